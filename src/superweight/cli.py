@@ -152,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     debug = getattr(args, "debug", False)
     _quiet_libraries(debug)
     # Human output goes to stderr when JSON goes to stdout.
-    console = Console(stderr=getattr(args, "json", None) == "-", highlight=False)
+    to_stderr = getattr(args, "json", None) == "-"
+    console = Console(stderr=to_stderr, highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(stderr=to_stderr, highlight=False, width=160)  # logs and pipes: do not wrap at 80
     try:
         return {"detect": cmd_detect, "verify": cmd_verify, "index": cmd_index}[args.cmd](args, console)
     except SuperweightError as e:

@@ -86,6 +86,7 @@ class Finding:
     prompt: int = 0
     effect: Effect | None = None
     reason: str | None = None
+    jointly_with: list[Coord] | None = None  # proven only together with these (same row or column)
 
     def to_dict(self) -> dict:
         d = {
@@ -102,6 +103,8 @@ class Finding:
             d["effect"] = self.effect.to_dict()
         if self.reason is not None:
             d["reason"] = self.reason
+        if self.jointly_with:
+            d["jointly_with"] = [c.to_dict() for c in self.jointly_with]
         return d
 
 
@@ -216,18 +219,23 @@ def control_for(lm: LoadedModel, coord: Coord, avoid: set[Coord]) -> Coord:
     return Coord(coord.layer, r, c, coord.expert)
 
 
-def measure(lm: LoadedModel, probe: Probe, coord: Coord, avoid: set[Coord] = frozenset(),
+def measure(lm: LoadedModel, probe: Probe, coords: list[Coord], avoid: set[Coord] = frozenset(),
             control_above: float = 0.0) -> Effect:
-    """Zero ``coord`` alone, then (if it moved predictions by at least ``control_above``
-    nats) a control weight alone; compare the damage."""
-    with zeroed(lm.adapter, [coord]):
+    """Zero ``coords`` together (usually one weight), then, if that moved predictions by at
+    least ``control_above`` nats, the same number of control weights; compare the damage."""
+    with zeroed(lm.adapter, coords):
         lp = probe.current()
     eff = Effect(kl=probe.kl(lp), ppl=probe.ppl(lp), ppl_intact=probe.ppl())
     if eff.kl >= control_above:
-        eff.control = control_for(lm, coord, set(avoid) | {coord})
-        with zeroed(lm.adapter, [eff.control]):
+        avoid = set(avoid) | set(coords)
+        controls = []
+        for c in coords:
+            controls.append(control_for(lm, c, avoid))
+            avoid.add(controls[-1])
+        with zeroed(lm.adapter, controls):
             eff.control_kl = probe.kl()
-        eff.control_value = lm.adapter.value(eff.control)
+        eff.control = controls[0]
+        eff.control_value = lm.adapter.value(controls[0])
     return eff
 
 
@@ -264,11 +272,12 @@ def detect(lm: LoadedModel, cfg: DetectConfig | None = None, log: Callable[[str]
     confirmed: list[Finding] = []
     rejected: list[Finding] = []
     examined: set[Coord] = set()
+    removed: list[Coord] = []  # every single-weight candidate: zeroed for the next scans
     first: list[SiteRecord] = []
     rnd = 0
     for rnd in range(1, cfg.max_rounds + 1):
         log(f"round {rnd}: scanning {len(lm.adapter.sites)} down projections")
-        with zeroed(lm.adapter, [f.coord for f in confirmed]):
+        with zeroed(lm.adapter, removed):
             records, which = scan(lm, prompt_ids)
         if rnd == 1:
             first = per_layer(records)
@@ -289,10 +298,13 @@ def detect(lm: LoadedModel, cfg: DetectConfig | None = None, log: Callable[[str]
                 )
                 rejected.append(f)
                 continue
+            removed.append(f.coord)
             log(f"round {rnd}: proving layer {f.coord.layer} [{f.coord.row}, {f.coord.col}] by ablation")
-            f.effect = measure(lm, probe, f.coord, examined, control_above=cfg.min_kl)
+            f.effect = measure(lm, probe, [f.coord], examined, control_above=cfg.min_kl)
             f.reason = judge(f.effect, cfg)
             (rejected if f.reason else confirmed).append(f)
+    confirmed += _prove_jointly(lm, probe, rejected, examined, cfg, log)
+    rejected = [f for f in rejected if f.reason]
     confirmed.sort(key=lambda f: (f.coord.layer, f.coord.expert or 0, f.coord.row, f.coord.col))
     return DetectResult(
         model=lm.name, architecture=lm.adapter.model_type, num_layers=lm.adapter.num_layers,
@@ -300,6 +312,34 @@ def detect(lm: LoadedModel, cfg: DetectConfig | None = None, log: Callable[[str]
         super_activation=super_activation(lm, prompt_ids[0], confirmed), rounds=rnd,
         probe_ppl=probe.ppl(), config=cfg,
     )
+
+
+def _prove_jointly(lm, probe, rejected: list[Finding], examined: set[Coord], cfg: DetectConfig, log) -> list[Finding]:
+    """Weights that share a row or a column in one matrix can stand in for each other, so
+    that zeroing any one alone does little (Phi-3-mini has three per column). Test each
+    such group of individually failed candidates together; confirm the group if it passes."""
+    pool = [f for f in rejected if f.effect is not None and f.effect.kl < cfg.min_kl]
+    groups: dict = {}
+    for f in pool:
+        c = f.coord
+        groups.setdefault(("row", c.layer, c.expert, c.row), []).append(f)
+        groups.setdefault(("col", c.layer, c.expert, c.col), []).append(f)
+    proven: list[Finding] = []
+    used: set[Coord] = set()
+    for key, members in sorted(groups.items(), key=lambda kv: (-len(kv[1]), str(kv[0]))):
+        members = [f for f in members if f.coord not in used]
+        if len(members) < 2:
+            continue
+        coords = [f.coord for f in members]
+        log(f"proving {len(coords)} weights of layer {key[1]} sharing a {key[0]} together")
+        eff = measure(lm, probe, coords, examined, control_above=cfg.min_kl)
+        if judge(eff, cfg) is None:
+            for f in members:
+                f.effect, f.reason = eff, None
+                f.jointly_with = [c for c in coords if c != f.coord]
+                used.add(f.coord)
+                proven.append(f)
+    return proven
 
 
 @torch.no_grad()
@@ -349,7 +389,7 @@ def verify(lm: LoadedModel, coords: list[Coord], cfg: DetectConfig | None = None
     verdicts = []
     for c, site in zip(coords, sites):
         log(f"ablating layer {c.layer} [{c.row}, {c.col}]")
-        eff = measure(lm, probe, c, set(coords))
+        eff = measure(lm, probe, [c], set(coords))
         reason = judge(eff, cfg)
         r = records.get((c.layer, c.expert))
         spike = r is not None and (r.output_channel, r.col) == (c.row, c.col)

