@@ -49,7 +49,7 @@ def test_zeroing_the_super_weight_wrecks_perplexity(ppl, ppl_intact):
 
 
 def test_zeroing_ordinary_weights_of_the_same_matrix_barely_matters(smol, ppl, ppl_intact):
-    w = smol.adapter.site(SW).weight().detach()
+    w = smol.adapter.weight(smol.adapter.site(SW))
     # the detector's control (largest |w| outside the super weight's row and column) and a typical weight
     strong = control_for(smol, SW, {SW})
     typical = sw.Coord(11, 100, 100)

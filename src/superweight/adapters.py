@@ -74,12 +74,16 @@ class Site:
     expert: int | None = None
     transposed: bool = False
 
-    def weight(self) -> torch.Tensor:
-        """The weight as a 2-D ``[out, in]`` view (no copy)."""
+    def param(self) -> torch.Tensor:
+        """The stored parameter this site's weight lives in."""
+        return self.module.down_proj if self.expert is not None else self.module.weight
+
+    def weight(self, param: torch.Tensor | None = None) -> torch.Tensor:
+        """The weight as a 2-D ``[out, in]`` view (no copy) of ``param`` (default: the live one)."""
+        p = self.param() if param is None else param
         if self.expert is not None:
-            return self.module.down_proj[self.expert]
-        w = self.module.weight
-        return w.t() if self.transposed else w
+            return p[self.expert]
+        return p.t() if self.transposed else p
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -123,6 +127,7 @@ class Adapter:
         if not self.sites:
             raise UnsupportedModelError(f"no MLP down projection found in {type(model).__name__}")
         self._by_key = {(s.layer, s.expert): s for s in self.sites}
+        self.streamer = None  # set when decoder layers are streamed from disk (streaming.py)
 
     @property
     def num_layers(self) -> int:
@@ -160,5 +165,12 @@ class Adapter:
             )
         return site
 
+    def weight(self, site: Site) -> torch.Tensor:
+        """A site's ``[out, in]`` weight, read from the checkpoint if its layer is streamed."""
+        p = site.param()
+        if p.is_meta and self.streamer is not None:
+            p = self.streamer.read(site.param_name)
+        return site.weight(p).detach()
+
     def value(self, coord: Coord) -> float:
-        return float(self.site(coord).weight()[coord.row, coord.col].detach())
+        return float(self.weight(self.site(coord))[coord.row, coord.col])

@@ -22,6 +22,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     p.add_argument("--json", metavar="PATH", help="write the result as JSON to PATH ('-' for stdout)")
     p.add_argument("--as", dest="index_id", metavar="HUB_ID", help="compare against this model's index entry")
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="read decoder layers from disk one at a time (default: on CPU for local safetensors/GGUF)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
     p.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
 
@@ -88,7 +90,7 @@ def _load(args, log):
 
     log("loading model")
     return load(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
-                index_id=args.index_id, log=log)
+                index_id=args.index_id, stream=args.stream, log=log)
 
 
 def cmd_detect(args, console) -> int:

@@ -172,15 +172,22 @@ def encode_prompts(lm: LoadedModel, prompts) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def scan(lm: LoadedModel, prompt_ids: list[torch.Tensor]) -> tuple[dict, dict]:
+def scan(lm: LoadedModel, prompt_ids: list[torch.Tensor], residual: list | None = None) -> tuple[dict, dict]:
     """One forward pass per prompt with every down projection hooked.
 
-    Returns (records keyed by (layer, expert), prompt index of each record)."""
+    Returns (records keyed by (layer, expert), prompt index of each record). If
+    ``residual`` is a list, it receives, for the first prompt, each layer's output hidden
+    state as ``(max |h| per channel [H], argmax token per channel [H])``."""
     best: dict = {}
     which: dict = {}
     for i, ids in enumerate(prompt_ids):
+        want = residual is not None and i == 0
         with capture(lm.adapter) as rec:
-            lm.model(input_ids=ids, use_cache=False)
+            out = lm.model(input_ids=ids, use_cache=False, output_hidden_states=want)
+        if want:
+            for h in out.hidden_states[1:]:  # after each decoder layer
+                mx, tok = h[0].float().abs().max(dim=0)
+                residual.append((mx, tok))
         for key, r in rec.items():
             if key not in best or r.max_output > best[key].max_output:
                 best[key], which[key] = r, i
@@ -209,7 +216,7 @@ def spikes(records: dict, ratio: float) -> list[SiteRecord]:
 
 def control_for(lm: LoadedModel, coord: Coord, avoid: set[Coord]) -> Coord:
     """The largest-magnitude weight of the same matrix outside ``coord``'s row and column."""
-    w = lm.adapter.site(coord).weight().detach().abs().float().clone()
+    w = lm.adapter.weight(lm.adapter.site(coord)).abs().float().clone()
     w[coord.row, :] = -1
     w[:, coord.col] = -1
     for c in avoid:
@@ -273,12 +280,13 @@ def detect(lm: LoadedModel, cfg: DetectConfig | None = None, log: Callable[[str]
     rejected: list[Finding] = []
     examined: set[Coord] = set()
     removed: list[Coord] = []  # every single-weight candidate: zeroed for the next scans
+    residual: list = []  # intact model, first prompt: per layer (max |h| per channel, token)
     first: list[SiteRecord] = []
     rnd = 0
     for rnd in range(1, cfg.max_rounds + 1):
         log(f"round {rnd}: scanning {len(lm.adapter.sites)} down projections")
         with zeroed(lm.adapter, removed):
-            records, which = scan(lm, prompt_ids)
+            records, which = scan(lm, prompt_ids, residual if rnd == 1 else None)
         if rnd == 1:
             first = per_layer(records)
         new = []
@@ -309,7 +317,7 @@ def detect(lm: LoadedModel, cfg: DetectConfig | None = None, log: Callable[[str]
     return DetectResult(
         model=lm.name, architecture=lm.adapter.model_type, num_layers=lm.adapter.num_layers,
         prompts=list(cfg.prompts), super_weights=confirmed, rejected=rejected, layers=first,
-        super_activation=super_activation(lm, prompt_ids[0], confirmed), rounds=rnd,
+        super_activation=super_activation(residual, confirmed), rounds=rnd,
         probe_ppl=probe.ppl(), config=cfg,
     )
 
@@ -342,17 +350,16 @@ def _prove_jointly(lm, probe, rejected: list[Finding], examined: set[Coord], cfg
     return proven
 
 
-@torch.no_grad()
-def super_activation(lm: LoadedModel, ids: torch.Tensor, found: list[Finding]) -> dict | None:
+def super_activation(residual: list, found: list[Finding]) -> dict | None:
     """The residual-stream channel the super weights write to, and its max |h| after each layer."""
-    if not found:
+    if not found or not residual:
         return None
     channel = max(found, key=lambda f: abs(f.output_activation)).coord.row
-    out = lm.model(input_ids=ids, output_hidden_states=True, use_cache=False)
-    hs = out.hidden_states[1:]  # after each decoder layer (the last one may be normed by some models)
-    mags = [float(h[0, :, channel].abs().max()) for h in hs]
-    tokens = [int(h[0, :, channel].abs().argmax()) for h in hs]
-    return {"channel": channel, "max_per_layer": mags, "token_per_layer": tokens}
+    return {
+        "channel": channel,
+        "max_per_layer": [float(mx[channel]) for mx, _ in residual],
+        "token_per_layer": [int(tok[channel]) for _, tok in residual],
+    }
 
 
 @dataclass

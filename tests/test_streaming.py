@@ -1,0 +1,83 @@
+"""Streaming decoder layers from disk gives the same answer as holding the model in memory."""
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import tiny_model, plant
+
+import superweight as sw
+
+
+def _summary(result):
+    return (
+        [(str(f.coord), round(f.value, 5), round(f.effect.kl, 3)) for f in result.super_weights],
+        [(str(f.coord), (f.reason or "")[:40]) for f in result.rejected],
+        [(r.layer, r.output_channel, r.col, round(r.max_output, 2)) for r in result.layers],
+    )
+
+
+@pytest.mark.parametrize("model_type,coord,factor", [
+    ("llama", sw.Coord(1, 5, 7), 400.0),
+    ("gpt2", sw.Coord(1, 5, 7), 400.0),
+    ("opt", sw.Coord(2, 9, 3), 400.0),
+])
+def test_streamed_equals_in_memory_on_tiny_models(tmp_path, model_type, coord, factor):
+    lm = tiny_model(model_type)
+    plant(lm, coord, factor)
+    lm.model.save_pretrained(tmp_path)
+    lm.tokenizer.save_pretrained(tmp_path)
+    streamed = sw.load(str(tmp_path), stream=True)
+    whole = sw.load(str(tmp_path), stream=False)
+    assert streamed.adapter.streamer is not None and whole.adapter.streamer is None
+    assert streamed.model.get_submodule(streamed.adapter.family.layers)[0].state_dict()  # meta, but present
+    a, b = sw.detect(streamed), sw.detect(whole)
+    assert a.coords == b.coords == [coord]
+    assert _summary(a) == _summary(b)
+
+
+def test_checkpoint_in_an_older_layout_is_loaded_whole(tmp_path):
+    """transformers saves Mixtral per expert and fuses the experts when loading: such a
+    checkpoint cannot be streamed tensor by tensor. Asked for, that is an error; by
+    default the model is loaded whole."""
+    lm = tiny_model("mixtral")
+    coord = sw.Coord(1, 5, 7, 2)
+    plant(lm, coord, 2000.0)
+    lm.model.save_pretrained(tmp_path)
+    lm.tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(sw.UsageError, match="cannot stream.*--no-stream"):
+        sw.load(str(tmp_path), stream=True)
+    auto = sw.load(str(tmp_path))
+    assert auto.adapter.streamer is None
+    assert sw.detect(auto).coords == [coord]
+
+
+def test_streamed_equals_in_memory_on_the_real_model(smol, smol_result):
+    assert smol.adapter.streamer is not None  # the default path streams on CPU
+    whole = sw.load(stream=False)
+    other = sw.detect(whole)
+    assert other.coords == smol_result.coords
+    assert _summary(other) == _summary(smol_result)
+
+
+def test_edits_on_streamed_layers_are_applied_and_undone(smol):
+    c = sw.Coord(11, 507, 1229)
+    ids = smol.tokenizer("Apple Inc. is a worldwide tech company.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        intact = smol.model(input_ids=ids).logits
+        with sw.zeroed(smol.adapter, [c]):
+            with sw.zeroed(smol.adapter, [c]):  # nested edits of one weight
+                pass
+            assert smol.adapter.streamer.edits  # still zeroed after the inner block
+            broken = smol.model(input_ids=ids).logits
+        assert not smol.adapter.streamer.edits
+        again = smol.model(input_ids=ids).logits
+    assert not torch.allclose(intact, broken, atol=1e-2)
+    assert torch.equal(intact, again)
+    assert smol.adapter.value(c) == pytest.approx(5.876, abs=1e-3)  # read from disk, unedited
+    layer = smol.model.model.layers[11]
+    assert layer.mlp.down_proj.weight.is_meta  # released after the forward
+
+
+def test_stream_requires_a_local_checkpoint():
+    with pytest.raises(sw.UsageError, match="streaming needs a local safetensors"):
+        sw.load("HuggingFaceTB/SmolLM2-135M-Instruct", stream=True)
