@@ -51,18 +51,22 @@ def test_detect_default_model_json_contract():
 
 def test_detect_table_and_json_file(tmp_path, capsys):
     dest = tmp_path / "out.json"
-    assert main(["detect", "--prompt", "Summer is hot. Winter is", "--prompt", "Paris is a city.", "--json", str(dest), "-v"]) == 0
+    png = tmp_path / "spikes.png"
+    assert main(["detect", "--prompt", "Summer is hot. Winter is", "--prompt", "Paris is a city.", "--json", str(dest), "-v",
+                 "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = capsys.readouterr().out
     assert "507" in text and "1229" in text and "per-layer spikes" in text and "agrees" in text
     out = json.loads(dest.read_text())
     assert len(out["prompts"]) == 2 and out["super_weights"][0]["col"] == 1229
-    assert not list(tmp_path.glob(".out.json.*"))  # no temp file left behind
+    assert not list(tmp_path.glob(".*"))  # no temp file left behind
 
 
 def test_verify_and_index_commands(capsys):
     assert main(["verify", "--coords", "11:507:1229", "28:507:678"]) == 0
     text = capsys.readouterr().out
     assert "11:507:1229" in text and "yes" in text and "no" in text
+    assert "all 2 zeroed together" in text
     assert main(["verify"]) == 0  # default: the index entry of the default model
     assert "11:507:1229" in capsys.readouterr().out
     assert main(["index", "--json", "-"]) == 0

@@ -9,14 +9,14 @@ Public API::
     sw.known("HuggingFaceTB/SmolLM2-135M-Instruct")   # index entry or None
 """
 from .coords import Coord
-from .detect import DetectConfig, DetectResult, Finding, Verdict, detect, verify
+from .detect import DetectConfig, DetectResult, Finding, Verdict, detect, verify, verify_together
 from .errors import ModelLoadError, SuperweightError, UnsupportedModelError, UsageError
 from .hooks import edited, zeroed
 from .index import IndexEntry, compare, index, known
 from .model import LoadedModel, load
 
 __all__ = [
-    "Coord", "DetectConfig", "DetectResult", "Finding", "Verdict", "detect", "verify", "load", "LoadedModel",
+    "Coord", "DetectConfig", "DetectResult", "Finding", "Verdict", "detect", "verify", "verify_together", "load", "LoadedModel",
     "index", "known", "compare", "IndexEntry", "zeroed", "edited",
     "SuperweightError", "UsageError", "ModelLoadError", "UnsupportedModelError",
 ]

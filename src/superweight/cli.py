@@ -5,11 +5,11 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+from .atomic import atomic_path
 from .errors import SuperweightError, UsageError
 
 
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("detect", help="find the super weights of a model and prove each by ablation")
     _common(d)
     d.add_argument("--verbose", "-v", action="store_true", help="also print the per-layer spike table")
+    d.add_argument("--plot", metavar="PNG", help="draw per-layer spikes and the super activation to this PNG")
     v = sub.add_parser("verify", help="check claimed coordinates on a checkpoint by ablation")
     _common(v)
     v.add_argument("--coords", nargs="+", metavar="L:R:C", help="coordinates to check (default: the index entry)")
@@ -52,14 +53,8 @@ def write_json(obj, dest: str) -> None:
     path = Path(dest)
     if not path.parent.exists():
         raise UsageError(f"cannot write {dest}: directory {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 @contextmanager
@@ -101,6 +96,9 @@ def cmd_detect(args, console) -> int:
     cfg = DetectConfig(prompts=tuple(args.prompt) if args.prompt is not None else (DEFAULT_PROMPT,))
     if any(not p.strip() for p in cfg.prompts):
         raise UsageError("empty prompt: give some text with --prompt")
+    for dest in (args.json, args.plot):
+        if dest and dest != "-" and not Path(dest).parent.exists():
+            raise UsageError(f"cannot write {dest}: directory {Path(dest).parent} does not exist")
     with _status(console, console.is_terminal) as log:
         lm = _load(args, log)
         result = detect(lm, cfg, log=log)
@@ -110,6 +108,10 @@ def cmd_detect(args, console) -> int:
         out = result.to_dict()
         out["index"] = agreement
         write_json(out, args.json)
+    if args.plot:
+        from .plot import plot_detect
+
+        plot_detect(result, args.plot)
     report.print_detect(console, result, agreement, lm.index_id, verbose=args.verbose)
     return 0
 
@@ -117,7 +119,7 @@ def cmd_detect(args, console) -> int:
 def cmd_verify(args, console) -> int:
     from . import report
     from .coords import Coord
-    from .detect import DEFAULT_PROMPT, DetectConfig, verify
+    from .detect import DEFAULT_PROMPT, DetectConfig, verify, verify_together
     from .index import known
 
     coords = [Coord.parse(c) for c in args.coords] if args.coords else None
@@ -130,9 +132,15 @@ def cmd_verify(args, console) -> int:
                 raise UsageError(f"{lm.name} is not in the index: give coordinates with --coords L:R:C")
             coords = list(entry.super_weights)
         verdicts = verify(lm, coords, cfg, log=log)
+        together = None
+        if len(coords) > 1:
+            log(f"ablating all {len(coords)} together")
+            eff, reason = verify_together(lm, coords, cfg)
+            together = {"coords": [str(c) for c in coords], "is_super_weight_set": reason is None,
+                        "effect": eff.to_dict(), **({"reason": reason} if reason else {})}
     if args.json:
-        write_json({"model": lm.name, "verdicts": [v.to_dict() for v in verdicts]}, args.json)
-    report.print_verify(console, lm.name, verdicts)
+        write_json({"model": lm.name, "verdicts": [v.to_dict() for v in verdicts], "together": together}, args.json)
+    report.print_verify(console, lm.name, verdicts, together)
     return 0
 
 

@@ -402,3 +402,14 @@ def verify(lm: LoadedModel, coords: list[Coord], cfg: DetectConfig | None = None
         spike = r is not None and (r.output_channel, r.col) == (c.row, c.col)
         verdicts.append(Verdict(c, site.param_name, lm.adapter.value(c), eff, reason is None, reason, spike))
     return verdicts
+
+
+def verify_together(lm: LoadedModel, coords: list[Coord], cfg: DetectConfig | None = None) -> tuple[Effect, str | None]:
+    """Zero all ``coords`` at once (weights sharing a row or column can stand in for each
+    other) and judge the damage like a single candidate's: (effect, reason or None)."""
+    cfg = cfg or DetectConfig()
+    for c in coords:
+        lm.adapter.site(c)
+    probe = Probe.build(lm.model, lm.tokenizer, cfg.probe_sentences)
+    eff = measure(lm, probe, list(coords), set(coords))
+    return eff, judge(eff, cfg)

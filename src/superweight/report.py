@@ -73,7 +73,7 @@ def print_detect(console, result, agreement, index_id, verbose: bool = False) ->
         console.print(t)
 
 
-def print_verify(console, name, verdicts) -> None:
+def print_verify(console, name, verdicts, together=None) -> None:
     t = Table(title=f"verify: {name}", title_justify="left")
     for col in ("coordinate", "value", "super weight?", "KL", "probe ppl", "control KL", "spike", "why not"):
         t.add_column(col, justify="left" if col == "why not" else "right")
@@ -82,6 +82,12 @@ def print_verify(console, name, verdicts) -> None:
              f"{v.effect.ppl_intact:.3g}->{v.effect.ppl:.3g}", _g(v.effect.control_kl, 2), "yes" if v.spike else "no",
              v.reason or "")
     console.print(t)
+    if together:
+        e = together["effect"]
+        console.print(escape(
+            f"all {len(together['coords'])} zeroed together: KL {e['kl']:.3g}, probe ppl {e['probe_ppl_intact']:.3g}->"
+            f"{e['probe_ppl']:.3g} -> {'a super-weight set' if together['is_super_weight_set'] else 'not a super-weight set'}"
+            + (f" ({together['reason']})" if together.get("reason") else "")))
 
 
 def print_index(console, entries) -> None:
