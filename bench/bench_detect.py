@@ -37,6 +37,10 @@ assert len(rec) == 30
 '''
 
 
+# What any run of either path pays before it touches a weight.
+IMPORTS = "import superweight.cli, superweight.detect; from transformers import AutoTokenizer, LlamaForCausalLM"
+
+
 def run_once(cmd: list[str]) -> tuple[float, float]:
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -67,6 +71,7 @@ def main() -> None:
     exe = shutil.which("superweight") or str(Path(sys.executable).parent / "superweight")
     plain = measure("plain transformers path", [sys.executable, "-c", PLAIN], args.repeat)
     ours = measure("superweight detect", [exe, "detect", "--json", os.devnull], args.repeat)
+    floor = measure("imports only", [sys.executable, "-c", IMPORTS], args.repeat)
     speed = plain["wall"] / ours["wall"]
     mem = ours["rss"] / plain["rss"]
     lines = [
@@ -81,9 +86,20 @@ def main() -> None:
         f"| plain path: `from_pretrained(gguf_file=...)` + one hooked forward | {plain['wall']:.2f} | {plain['rss']:.0f} |",
         f"| `superweight detect` (full detection: scans, ablation proofs, controls) | {ours['wall']:.2f} | {ours['rss']:.0f} |",
         f"| ratio | {speed:.1f}x faster | {mem:.2f}x the memory |",
+        f"| for scale: Python start + imports of torch, transformers, Llama and superweight only | {floor['wall']:.2f} | {floor['rss']:.0f} |",
         "",
         f"Targets: at least 5x less wall time ({'met' if speed >= 5 else 'NOT met'}), "
         f"at most half the peak memory ({'met' if mem <= 0.5 else 'NOT met'}).",
+        "",
+        f"The plain path does one forward pass; `detect` does about a dozen (scans, one ablation per examined "
+        f"spike, controls) and still finishes {speed:.1f}x sooner, because it skips transformers' GGUF parsing "
+        f"(the converted checkpoint is cached on first use) and streams the decoder layers from disk. "
+        f"Python start and the imports of torch and transformers' Llama alone take {floor['wall']:.1f} s, "
+        f"{floor['wall'] / plain['wall']:.0%} of the plain path; a 5x target ({plain['wall'] / 5:.1f} s) "
+        + (f"leaves {plain['wall'] / 5 - floor['wall']:.1f} s for loading and a dozen forward passes."
+           if plain['wall'] / 5 > floor['wall'] else "is below that import time, so no detection can meet it "
+           "as a fresh process; detection itself (load + all passes) takes "
+           f"{ours['wall'] - floor['wall']:.1f} s of the {ours['wall']:.1f} s."),
         "<!-- /bench:detect -->",
     ]
     block = "\n".join(lines)
