@@ -48,6 +48,11 @@ class LoadedModel:
         return next(self.model.parameters()).device
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def default_model_path() -> Path:
     spec = importlib.util.find_spec(DEFAULT_PACKAGE)  # locate without importing (its __init__ needs `llm`)
     if spec is None or spec.origin is None:
@@ -126,7 +131,7 @@ def _check_weights(directory: Path) -> None:
             with safe_open(str(f), framework="pt") as h:
                 keys = list(h.keys())
         except Exception as e:  # noqa: BLE001 - the library raises several types
-            raise ModelLoadError(f"cannot read {f}: {str(e).splitlines()[0]}") from e
+            raise ModelLoadError(f"cannot read {f}: {_first_line(e)}") from e
         size = f.stat().st_size
         with open(f, "rb") as fh:
             n = int.from_bytes(fh.read(8), "little")
@@ -157,7 +162,7 @@ def gguf_to_hf_dir(path: Path, log=None) -> Path:
         tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(f"cannot read GGUF file {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+        raise ModelLoadError(f"cannot read GGUF file {path}: {_first_line(e)}") from e
     _check_causal(model.config)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
@@ -165,9 +170,13 @@ def gguf_to_hf_dir(path: Path, log=None) -> Path:
         save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt", "source": str(path)})
         model.config.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        if target.exists():  # an incomplete earlier attempt
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / "model.safetensors").is_file():  # not a concurrent run that finished first
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -220,7 +229,7 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
     try:
         config = AutoConfig.from_pretrained(str(source), trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(f"cannot load the config of {ref}: {str(e).splitlines()[0]}") from e
+        raise ModelLoadError(f"cannot load the config of {ref}: {_first_line(e)}") from e
     _check_causal(config)
     if isinstance(source, Path) and source.is_dir():
         _check_weights(source)
@@ -249,7 +258,7 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
     except SuperweightError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(f"cannot load {ref or 'the default model'}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+        raise ModelLoadError(f"cannot load {ref or 'the default model'}: {_first_line(e)}") from e
     model.eval().requires_grad_(False)  # inference only
     adapter = Adapter(model)
     adapter.streamer = streamer
