@@ -68,12 +68,13 @@ def test_edits_on_streamed_layers_are_applied_and_undone(smol):
             with sw.zeroed(smol.adapter, [c]):  # nested edits of one weight
                 pass
             assert smol.adapter.streamer.edits  # still zeroed after the inner block
+            assert smol.adapter.value(c) == 0.0  # reads see the edit, as in memory
             broken = smol.model(input_ids=ids).logits
         assert not smol.adapter.streamer.edits
         again = smol.model(input_ids=ids).logits
     assert not torch.allclose(intact, broken, atol=1e-2)
     assert torch.equal(intact, again)
-    assert smol.adapter.value(c) == pytest.approx(5.876, abs=1e-3)  # read from disk, unedited
+    assert smol.adapter.value(c) == pytest.approx(5.876, abs=1e-3)  # read from disk, edit undone
     layer = smol.model.model.layers[11]
     assert layer.mlp.down_proj.weight.is_meta  # released after the forward
 

@@ -166,7 +166,8 @@ class Adapter:
         return site
 
     def weight(self, site: Site) -> torch.Tensor:
-        """A site's ``[out, in]`` weight, read from the checkpoint if its layer is streamed."""
+        """A site's current ``[out, in]`` weight (edits included), read from the checkpoint if
+        its layer is streamed."""
         p = site.param()
         if p.is_meta and self.streamer is not None:
             p = self.streamer.read(site.param_name)

@@ -161,21 +161,19 @@ def capture(adapter: Adapter) -> Iterator[dict[tuple[int, int | None], SiteRecor
 
 
 @contextmanager
-def edited(adapter: Adapter, values: dict[Coord, float]) -> Iterator[None]:
-    """Set single weights to new values for the duration of the block; originals come back
-    on exit, on error too. Weights are edited in memory (or, for layers streamed from
-    disk, as each layer is read), never on disk."""
+def edited_params(adapter: Adapter, edits: list[tuple[str, tuple[int, ...], float]]) -> Iterator[None]:
+    """Set single elements ``(parameter name, stored index, value)`` for the duration of the
+    block; originals come back on exit, on error too. Parameters are edited in memory (or,
+    for layers streamed from disk, as each layer is read), never on disk."""
     saved: list[tuple[torch.Tensor, tuple[int, ...], torch.Tensor]] = []
     pending: list[tuple[str, tuple[int, ...]]] = []
     try:
         with torch.no_grad():
-            for coord, value in values.items():
-                site = adapter.site(coord)
-                param = site.param()
-                idx = site.stored_index(coord)
+            for name, idx, value in edits:
+                param = adapter.model.get_parameter(name)
                 if param.is_meta and adapter.streamer is not None:
-                    adapter.streamer.edit(site.param_name, idx, value)
-                    pending.append((site.param_name, idx))
+                    adapter.streamer.edit(name, idx, value)
+                    pending.append((name, idx))
                     continue
                 saved.append((param, idx, param[idx].clone()))
                 param[idx] = value
@@ -188,6 +186,15 @@ def edited(adapter: Adapter, values: dict[Coord, float]) -> Iterator[None]:
             adapter.streamer.unedit(name, idx)
 
 
-def zeroed(adapter: Adapter, coords) -> "contextmanager":
+def edited(adapter: Adapter, values: dict[Coord, float]):
+    """Set weights named by coordinates to new values inside the block (see ``edited_params``)."""
+    edits = []
+    for coord, value in values.items():
+        site = adapter.site(coord)
+        edits.append((site.param_name, site.stored_index(coord), float(value)))
+    return edited_params(adapter, edits)
+
+
+def zeroed(adapter: Adapter, coords):
     """Zero the given weights inside the block (see ``edited``)."""
     return edited(adapter, {c: 0.0 for c in coords})

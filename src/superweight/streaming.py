@@ -113,11 +113,9 @@ class Streamer:
         return hook
 
     def read(self, name: str) -> torch.Tensor:
-        """A parameter's stored value (without edits), in the model's dtype, on CPU."""
-        return self._convert_plain(self.ckpt.read_many([name])[name])
-
-    def _convert_plain(self, t: torch.Tensor) -> torch.Tensor:
-        return t.to(self.dtype) if t.dtype.is_floating_point and t.dtype != self.dtype else t
+        """A parameter's current value (stored value plus active edits), in the model's dtype,
+        on CPU: what the layer would see if it ran now."""
+        return self._convert(name, self.ckpt.read_many([name])[name])
 
     def edit(self, name: str, idx: tuple, value: float) -> None:
         self.edits.setdefault(name, {}).setdefault(idx, []).append(value)
