@@ -28,9 +28,29 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments get one line on stderr (and exit 2), not a usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"superweight: error: {message} (see {self.prog} --help)\n")
+
+
+def _measure_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--coords", nargs="+", metavar="L:R:C", help="super weights (default: detect them first)")
+    p.add_argument("--tasks", nargs="+", metavar="TASK",
+                   help="lm-eval tasks (default: the paper's seven; 'none' for no zero-shot)")
+    p.add_argument("--limit", type=int, help="items per task (default: all)")
+    p.add_argument("--texts", nargs="+", default=["gpl3", "lambada"], metavar="SRC",
+                   help="perplexity sources: gpl3, lambada, or paths to text files (default: gpl3 lambada)")
+    p.add_argument("--seqlen", type=int, default=2048, help="perplexity window (default 2048, capped at the context)")
+    p.add_argument("--max-windows", type=int, default=8, help="windows per text source (default 8; 0: all)")
+    p.add_argument("--out", default="superweight-results", help="output directory (default ./superweight-results)")
+    p.add_argument("--batch-size", type=int, default=16, help="lm-eval batch size (default 16)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="superweight", description="Find and prove the super weights of causal LMs.")
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    ap = _Parser(prog="superweight", description="Find and prove the super weights of causal LMs.")
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     d = sub.add_parser("detect", help="find the super weights of a model and prove each by ablation")
     _common(d)
     d.add_argument("--verbose", "-v", action="store_true", help="also print the per-layer spike table")
@@ -38,6 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="check claimed coordinates on a checkpoint by ablation")
     _common(v)
     v.add_argument("--coords", nargs="+", metavar="L:R:C", help="coordinates to check (default: the index entry)")
+    a = sub.add_parser("ablate", help="the paper's Table 1, Figures 4 and 5: prune, restore, control")
+    _common(a)
+    _measure_args(a)
+    a.add_argument("--stopword-prompts", type=int, default=500, help="LAMBADA prompts for the stopword shift (0: skip)")
+    a.add_argument("--prune-fraction", type=float, default=1e-6, help="control: top fraction of each matrix (default 1e-6)")
+    a.add_argument("--prune-topk", type=int, help="control: the k largest of each matrix instead of a fraction")
+    s_ = sub.add_parser("scale", help="the paper's Figure 6: accuracy and perplexity against a scale factor")
+    _common(s_)
+    _measure_args(s_)
+    s_.add_argument("--factors", nargs="+", type=float, required=True, metavar="S", help="scale factors, e.g. 0 0.5 1 2 3")
     i = sub.add_parser("index", help="list the known super weights shipped with the package")
     i.add_argument("--json", metavar="PATH", help="write the index as JSON to PATH ('-' for stdout)")
     i.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
@@ -71,6 +101,10 @@ def _quiet_libraries(debug: bool) -> None:
         return
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore")
+    import logging
+
+    for name in ("lm_eval", "lm-eval", "datasets", "evaluate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         from transformers.utils import logging as hf_logging
 
@@ -144,6 +178,92 @@ def cmd_verify(args, console) -> int:
     return 0
 
 
+def _ablate_setup(args, log):
+    from .ablate import AblateConfig
+    from .coords import Coord
+    from .detect import detect
+
+    tasks = [t for arg in (args.tasks or []) for t in arg.split(",") if t]
+    coords = [Coord.parse(c) for c in args.coords] if args.coords else None
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit must be at least 1, not {args.limit}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a directory")
+    if args.stream is None:
+        args.stream = False  # lm-eval scores a model held in memory
+    lm = _load(args, log)
+    if coords is None:
+        log("detecting the super weights first")
+        coords = detect(lm, log=log).coords
+        if not coords:
+            raise UsageError(f"{lm.name}: no super weight found to ablate; give --coords")
+    for c in coords:
+        lm.adapter.site(c)
+    from .zeroshot import PAPER_TASKS
+
+    extra = {}
+    if getattr(args, "prune_topk", None) is not None:
+        extra["prune_topk"] = args.prune_topk
+    if getattr(args, "prune_fraction", None) is not None:
+        extra["prune_fraction"] = args.prune_fraction
+    if getattr(args, "stopword_prompts", None) is not None:
+        extra["stopword_prompts"] = args.stopword_prompts
+    cfg = AblateConfig(
+        tasks=() if tasks == ["none"] else tuple(tasks or PAPER_TASKS), limit=args.limit, texts=tuple(args.texts),
+        seqlen=args.seqlen, max_windows=args.max_windows or None, batch_size=args.batch_size, **extra,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    return lm, coords, cfg, out
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def cmd_ablate(args, console) -> int:
+    from .ablate import ablate
+    from .plot import plot_activations, plot_stopwords
+
+    with _status(console, console.is_terminal) as log:
+        lm, coords, cfg, out = _ablate_setup(args, log)
+        result = ablate(lm, coords, cfg, log=log)
+    table = result.markdown()
+    write_json(result.to_dict(), str(out / "ablate.json"))
+    _write_text(out / "ablate.md", table + "\n")
+    plot_activations(result, out / "activations.png")
+    if result.stopwords:
+        plot_stopwords(result, out / "stopwords.png")
+    if args.json:
+        write_json(result.to_dict(), args.json)
+    console.print(f"super weights: {', '.join(str(c) for c in coords)}; written to {out}/")
+    console.print(table, markup=False)
+    for sft in result.stopwords[:8]:
+        console.print(f"  {sft.token!r}: {sft.before:.4f} -> {sft.after:.4f} (x{sft.ratio:.2f})", markup=False)
+    return 0
+
+
+def cmd_scale(args, console) -> int:
+    from .ablate import scale_sweep
+    from .plot import plot_scale
+
+    with _status(console, console.is_terminal) as log:
+        lm, coords, cfg, out = _ablate_setup(args, log)
+        results = scale_sweep(lm, coords, args.factors, cfg, log=log)
+    obj = {"model": lm.name, "super_weights": [c.to_dict() for c in coords], "factors": args.factors,
+           "results": [r.to_dict() for r in results]}
+    write_json(obj, str(out / "scale.json"))
+    plot_scale(lm.name, args.factors, results, out / "scale.png")
+    if args.json:
+        write_json(obj, args.json)
+    for f, r in zip(args.factors, results):
+        acc = f"mean acc {100 * r.mean_accuracy:.2f}; " if r.mean_accuracy is not None else ""
+        console.print(f"x{f:g}: {acc}" + ", ".join(f"ppl {t} {v:.2f}" for t, v in r.perplexity.items()), markup=False)
+    console.print(f"written to {out}/")
+    return 0
+
+
 def cmd_index(args, console) -> int:
     from . import report
     from .index import index
@@ -167,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console = Console(stderr=to_stderr, highlight=False, width=160)  # logs and pipes: do not wrap at 80
     try:
-        return {"detect": cmd_detect, "verify": cmd_verify, "index": cmd_index}[args.cmd](args, console)
+        commands = {"detect": cmd_detect, "verify": cmd_verify, "ablate": cmd_ablate, "scale": cmd_scale,
+                    "index": cmd_index}
+        return commands[args.cmd](args, console)
     except SuperweightError as e:
         if debug:
             raise

@@ -9,11 +9,7 @@ from .atomic import atomic_path
 def plot_detect(result, path: str | Path) -> Path:
     """Write a PNG (atomically): max |X| and max |Y| of each layer's down projection, the
     super-activation channel's max |h| after each layer, and the confirmed super weights."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     path = Path(path)
     layers = [r.layer for r in result.layers]
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
@@ -36,9 +32,79 @@ def plot_detect(result, path: str | Path) -> Path:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png")
     finally:
         plt.close(fig)
     return path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_activations(result, path: str | Path) -> Path:
+    """Figure 4: the super-activation channel's max |h| after each layer, per condition."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=120)
+    for c in result.conditions:
+        ax.plot(range(len(c.activation)), c.activation, "o-", ms=3, label=c.name)
+    ax.set_yscale("log")
+    ax.set_xlabel("layer")
+    ax.set_ylabel(f"max |h| on channel {result.channel}")
+    ax.set_title(f"{result.model}: the super activation through the network", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
+def plot_stopwords(result, path: str | Path) -> Path:
+    """Figure 5: mean next-token probability of the most-moved tokens, intact vs super weights removed."""
+    plt = _plt()
+    shifts = result.stopwords
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=120)
+    xs = range(len(shifts))
+    ax.bar([x - 0.2 for x in xs], [s.before for s in shifts], width=0.4, label="original")
+    ax.bar([x + 0.2 for x in xs], [s.after for s in shifts], width=0.4, label="super weights removed")
+    ax.set_xticks(list(xs), [repr(s.token) for s in shifts], rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("mean next-token probability")
+    n = result.config.stopword_prompts
+    ax.set_title(f"{result.model}: tokens whose probability moved most ({n} LAMBADA prompts)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
+def plot_scale(model: str, factors: list[float], results, path: str | Path) -> Path:
+    """Figure 6: mean zero-shot accuracy and perplexity against the super-weight scale factor."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=120)
+    if results and results[0].accuracy:
+        ax.plot(factors, [100 * r.mean_accuracy for r in results], "o-", color="C0", label="mean accuracy (%)")
+        ax.set_ylabel("mean zero-shot accuracy (%)")
+    ax2 = ax.twinx()
+    for i, t in enumerate(results[0].perplexity if results else []):
+        ax2.plot(factors, [r.perplexity[t] for r in results], "s--", color=f"C{i + 1}", label=f"perplexity {t}")
+    ax2.set_yscale("log")
+    ax2.set_ylabel("perplexity (log)")
+    ax.set_xlabel("super weight scale factor")
+    ax.set_title(f"{model}: scaling the super weights", fontsize=9)
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, Path(path))

@@ -111,6 +111,6 @@ def evaluate(lm: LoadedModel, tasks=PAPER_TASKS, limit: int | None = None, batch
         manager, names = TaskManager(), tasks
     model = HFLM(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=batch_size)
     out = simple_evaluate(model=model, tasks=names, task_manager=manager, limit=limit, num_fewshot=0,
-                          log_samples=False, verbosity="ERROR")
+                          log_samples=False, verbosity="ERROR", bootstrap_iters=0)
     results = out["results"]
     return {t: float(results[n]["acc,none"]) for t, n in zip(tasks, names)}

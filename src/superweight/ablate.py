@@ -1,0 +1,204 @@
+"""The paper's Table 1 and Figures 4 to 6 for any model: ablations and their measurements.
+
+Conditions (each an intervention from ``interventions``, undone afterwards):
+- ``original``: the intact model;
+- ``prune SW``: the super weights zeroed;
+- ``prune non-SW``: the largest weights of every decoder matrix zeroed (top ``prune_fraction``
+  of each, or ``prune_topk``), the super weights kept: the control;
+- ``prune SW, restore SA``: the super weights zeroed and their super activation put back.
+
+Measurements per condition: zero-shot ``acc`` through lm-eval, perplexity (GPTQ-style) on
+each text source, the super-activation channel's max |h| after every layer; and, between
+``original`` and ``prune SW``, the stopword shift of the mean next-token distribution.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import data, stopwords, zeroshot
+from .coords import Coord
+from .effect import perplexity
+from .errors import UsageError
+from .interventions import activation_restored, outliers_pruned, scaled, zeroed
+from .model import LoadedModel
+
+GPL3 = Path("/usr/share/common-licenses/GPL-3")
+CONDITIONS = ("original", "prune SW", "prune non-SW", "prune SW, restore SA")
+
+
+@dataclass(frozen=True)
+class AblateConfig:
+    tasks: tuple[str, ...] = zeroshot.PAPER_TASKS
+    limit: int | None = None  # items per task (None: all)
+    texts: tuple[str, ...] = ("gpl3", "lambada")  # "gpl3", "lambada", or paths of local text files
+    seqlen: int = 2048  # capped at the model's context
+    max_windows: int | None = 8  # per text source
+    stopword_prompts: int = 500
+    prune_fraction: float = 1e-6
+    prune_topk: int | None = None
+    prompt: str = "Apple Inc. is a worldwide tech company."
+    batch_size: int = 16
+
+
+@dataclass
+class ConditionResult:
+    name: str
+    accuracy: dict[str, float] = field(default_factory=dict)
+    perplexity: dict[str, float] = field(default_factory=dict)
+    activation: list[float] = field(default_factory=list)  # SA channel max |h| after each layer
+
+    @property
+    def mean_accuracy(self) -> float | None:
+        return sum(self.accuracy.values()) / len(self.accuracy) if self.accuracy else None
+
+    def to_dict(self) -> dict:
+        return {"condition": self.name, "accuracy": self.accuracy, "mean_accuracy": self.mean_accuracy,
+                "perplexity": self.perplexity, "activation": self.activation}
+
+
+@dataclass
+class AblateResult:
+    model: str
+    super_weights: list[Coord]
+    channel: int
+    conditions: list[ConditionResult]
+    stopwords: list[stopwords.TokenShift]
+    config: AblateConfig
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return {
+            "model": self.model,
+            "super_weights": [c.to_dict() for c in self.super_weights],
+            "super_activation_channel": self.channel,
+            "conditions": [c.to_dict() for c in self.conditions],
+            "stopwords": [s.to_dict() for s in self.stopwords],
+            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.config).items()},
+        }
+
+    def markdown(self) -> str:
+        tasks = list(self.config.tasks)
+        texts = list(self.conditions[0].perplexity) if self.conditions else []
+        head = ["condition"] + tasks + ["AVG"] + [f"ppl {t}" for t in texts]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for c in self.conditions:
+            accs = [f"{100 * c.accuracy[t]:.2f}" for t in tasks]
+            avg = f"{100 * c.mean_accuracy:.2f}" if c.mean_accuracy is not None else "-"
+            ppl = [f"{c.perplexity[t]:.2f}" for t in texts]
+            lines.append("| " + " | ".join([c.name] + accs + [avg] + ppl) + " |")
+        return "\n".join(lines)
+
+
+def read_text(source: str) -> str:
+    if source == "gpl3":
+        return GPL3.read_text()
+    if source == "lambada":
+        return data.lambada_text()
+    p = Path(source)
+    if not p.is_file():
+        raise UsageError(f"text source {source!r}: no such file (use gpl3, lambada or a path)")
+    return p.read_text()
+
+
+def check_config(lm: LoadedModel, cfg: AblateConfig) -> AblateConfig:
+    zeroshot.check_tasks(cfg.tasks) if cfg.tasks else None
+    if cfg.limit is not None and cfg.limit < 1:
+        raise UsageError(f"--limit must be at least 1, not {cfg.limit}")
+    if not 0 < cfg.prune_fraction < 1:
+        raise UsageError(f"prune fraction must be in (0, 1), not {cfg.prune_fraction}")
+    ctx = getattr(lm.model.config, "max_position_embeddings", None) or cfg.seqlen
+    seqlen = min(cfg.seqlen, ctx)
+    for t in cfg.texts:
+        n = len(lm.tokenizer(read_text(t), add_special_tokens=False)["input_ids"])
+        if n < seqlen:
+            raise UsageError(f"text source {t!r} has {n} tokens, fewer than one window of {seqlen}")
+    from dataclasses import replace
+
+    return replace(cfg, seqlen=seqlen)
+
+
+def interventions(lm: LoadedModel, coords: list[Coord], cfg: AblateConfig) -> dict[str, Callable]:
+    values = {c: lm.adapter.value(c) for c in coords}
+
+    @contextmanager
+    def restore():
+        with zeroed(lm.adapter, coords), activation_restored(lm.adapter, coords, values):
+            yield
+
+    return {
+        "original": nullcontext,
+        "prune SW": lambda: zeroed(lm.adapter, coords),
+        "prune non-SW": lambda: outliers_pruned(lm.adapter, cfg.prune_fraction, cfg.prune_topk, keep=coords),
+        "prune SW, restore SA": restore,
+    }
+
+
+@torch.no_grad()
+def activation_profile(lm: LoadedModel, prompt: str, channel: int) -> list[float]:
+    ids = lm.tokenizer(prompt, return_tensors="pt")["input_ids"].to(lm.device)
+    hs = lm.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states[1:]
+    return [float(h[0, :, channel].abs().max()) for h in hs]
+
+
+def measure_condition(lm: LoadedModel, name: str, cfg: AblateConfig, channel: int,
+                      texts: dict[str, str], log=None) -> ConditionResult:
+    res = ConditionResult(name)
+    res.activation = activation_profile(lm, cfg.prompt, channel)
+    for t, text in texts.items():
+        if log:
+            log(f"{name}: perplexity on {t}")
+        res.perplexity[t] = perplexity(lm.model, lm.tokenizer, text, cfg.seqlen, cfg.max_windows)
+    if cfg.tasks:
+        if log:
+            log(f"{name}: zero-shot {', '.join(cfg.tasks)}")
+        res.accuracy = zeroshot.evaluate(lm, cfg.tasks, cfg.limit, cfg.batch_size, log=log)
+    return res
+
+
+def ablate(lm: LoadedModel, coords: list[Coord], cfg: AblateConfig | None = None, log=None) -> AblateResult:
+    """Run the four conditions of the paper's Table 1 on ``lm`` (see the module docstring)."""
+    cfg = check_config(lm, cfg or AblateConfig())
+    if not coords:
+        raise UsageError("no super weights to ablate")
+    for c in coords:
+        lm.adapter.site(c)
+    channel = max(coords, key=lambda c: abs(lm.adapter.value(c))).row
+    texts = {t: read_text(t) for t in cfg.texts}
+    conds = interventions(lm, coords, cfg)
+    results = []
+    for name in CONDITIONS:
+        with conds[name]():
+            results.append(measure_condition(lm, name, cfg, channel, texts, log))
+    shift = []
+    if cfg.stopword_prompts:
+        if log:
+            log(f"stopword shift over {cfg.stopword_prompts} LAMBADA prompts")
+        contexts = [i["context"] for i in data.lambada(cfg.stopword_prompts)]
+        shift = stopwords.shift(lm, contexts, conds["prune SW"], top=12)
+    return AblateResult(lm.name, list(coords), channel, results, shift, cfg)
+
+
+def scale_sweep(lm: LoadedModel, coords: list[Coord], factors: list[float], cfg: AblateConfig | None = None,
+                log=None) -> list[ConditionResult]:
+    """The paper's Figure 6: accuracy and perplexity with the super weights scaled by each factor."""
+    cfg = check_config(lm, cfg or AblateConfig())
+    if not factors:
+        raise UsageError("no scale factors given")
+    for f in factors:
+        if not math.isfinite(f):
+            raise UsageError(f"scale factor must be a finite number, not {f!r}")
+    channel = max(coords, key=lambda c: abs(lm.adapter.value(c))).row
+    texts = {t: read_text(t) for t in cfg.texts}
+    out = []
+    for f in factors:
+        with ExitStack() as stack:
+            stack.enter_context(scaled(lm.adapter, coords, f))
+            out.append(measure_condition(lm, f"x{f:g}", cfg, channel, texts, log))
+    return out

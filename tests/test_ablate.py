@@ -1,0 +1,77 @@
+"""The paper's ablations on real weights, with small limits (the full run lives in docs/results/)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import superweight as sw
+from superweight.ablate import AblateConfig, ablate, scale_sweep
+
+SW = [sw.Coord(11, 507, 1229)]
+SMALL = AblateConfig(tasks=("lambada_openai", "piqa"), limit=8, texts=("gpl3",), seqlen=512, max_windows=1,
+                     stopword_prompts=8)
+
+
+@pytest.fixture(scope="module")
+def whole():
+    return sw.load(stream=False)  # lm-eval scores a model held in memory
+
+
+@pytest.fixture(scope="module")
+def table1(whole):
+    return ablate(whole, SW, SMALL)
+
+
+def test_table1_conditions(table1):
+    by = {c.name: c for c in table1.conditions}
+    orig, prune, control, restore = (by[n] for n in ("original", "prune SW", "prune non-SW", "prune SW, restore SA"))
+    assert prune.perplexity["gpl3"] > 10 * orig.perplexity["gpl3"]
+    assert prune.accuracy["lambada_openai"] < orig.accuracy["lambada_openai"]
+    assert prune.accuracy["lambada_openai"] <= 0.125  # LAMBADA collapses
+    assert control.perplexity["gpl3"] < 2 * orig.perplexity["gpl3"] < prune.perplexity["gpl3"] / 5
+    assert restore.perplexity["gpl3"] == pytest.approx(orig.perplexity["gpl3"], rel=0.01)
+    # the super activation is gone from layer 11 on without the super weight
+    assert prune.activation[15] < orig.activation[15] / 3  # measured: 24,000 -> 6,300
+    assert "| prune SW |" in table1.markdown()
+    assert table1.stopwords and table1.to_dict()["conditions"][0]["condition"] == "original"
+
+
+def test_scale_sweep(whole):
+    cfg = AblateConfig(tasks=(), texts=("gpl3",), seqlen=512, max_windows=1, stopword_prompts=0)
+    zero, one = scale_sweep(whole, SW, [0.0, 1.0], cfg)
+    assert zero.perplexity["gpl3"] > 10 * one.perplexity["gpl3"]
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "superweight.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def _one_line(proc, pattern):
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and pattern in lines[0], proc.stderr
+
+
+def test_bad_input(tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("Too short for a window.")
+    _one_line(_run("ablate", "--coords", "11:507:1229", "--tasks", "no_such_task"), "unknown task 'no_such_task'")
+    _one_line(_run("ablate", "--coords", "11:507:1229", "--tasks", "none", "--texts", str(short)), "fewer than one window")
+    _one_line(_run("scale", "--coords", "11:507:1229", "--factors", "two"), "invalid float value: 'two'")
+    _one_line(_run("ablate", "--coords", "40:1:1"), "out of range")
+    _one_line(_run("ablate", "--coords", "11:507:1229", "--limit", "0"), "--limit must be at least 1")
+    assert not (tmp_path / "superweight-results").exists()
+
+
+def test_ablate_cli_writes_table_json_and_plots(tmp_path):
+    out = tmp_path / "res"
+    proc = _run("ablate", "--coords", "11:507:1229", "--tasks", "none", "--texts", "gpl3", "--seqlen", "512",
+                "--max-windows", "1", "--stopword-prompts", "4", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "| prune SW, restore SA |" in proc.stdout
+    got = json.loads((out / "ablate.json").read_text())
+    assert [c["condition"] for c in got["conditions"]] == ["original", "prune SW", "prune non-SW", "prune SW, restore SA"]
+    for png in ("activations.png", "stopwords.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
