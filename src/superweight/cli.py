@@ -41,11 +41,13 @@ def _measure_args(p: argparse.ArgumentParser) -> None:
                    help="lm-eval tasks (default: the paper's seven; 'none' for no zero-shot)")
     p.add_argument("--limit", type=int, help="items per task (default: all)")
     p.add_argument("--texts", nargs="+", default=["gpl3", "lambada"], metavar="SRC",
-                   help="perplexity sources: gpl3, lambada, or paths to text files (default: gpl3 lambada)")
+                   help="perplexity sources: gpl3, lambada, wikitext2 and c4 (online), or text files (default: gpl3 lambada)")
     p.add_argument("--seqlen", type=int, default=2048, help="perplexity window (default 2048, capped at the context)")
     p.add_argument("--max-windows", type=int, default=8, help="windows per text source (default 8; 0: all)")
     p.add_argument("--out", default="superweight-results", help="output directory (default ./superweight-results)")
     p.add_argument("--batch-size", type=int, default=16, help="lm-eval batch size (default 16)")
+    p.add_argument("--hub-tasks", action="store_true",
+                   help="run lm-eval's own task data from the hub (online) instead of the local copies")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,9 +213,9 @@ def _ablate_setup(args, log):
         extra["stopword_prompts"] = args.stopword_prompts
     cfg = AblateConfig(
         tasks=() if tasks == ["none"] else tuple(tasks or PAPER_TASKS), limit=args.limit, texts=tuple(args.texts),
-        seqlen=args.seqlen, max_windows=args.max_windows or None, batch_size=args.batch_size, **extra,
+        seqlen=args.seqlen, max_windows=args.max_windows or None, batch_size=args.batch_size,
+        local_tasks=not args.hub_tasks, **extra,
     )
-    out.mkdir(parents=True, exist_ok=True)
     return lm, coords, cfg, out
 
 
@@ -230,6 +232,7 @@ def cmd_ablate(args, console) -> int:
         lm, coords, cfg, out = _ablate_setup(args, log)
         result = ablate(lm, coords, cfg, log=log)
     table = result.markdown()
+    out.mkdir(parents=True, exist_ok=True)  # only now: a failed run leaves nothing behind
     write_json(result.to_dict(), str(out / "ablate.json"))
     _write_text(out / "ablate.md", table + "\n")
     plot_activations(result, out / "activations.png")
@@ -251,6 +254,7 @@ def cmd_scale(args, console) -> int:
     with _status(console, console.is_terminal) as log:
         lm, coords, cfg, out = _ablate_setup(args, log)
         results = scale_sweep(lm, coords, args.factors, cfg, log=log)
+    out.mkdir(parents=True, exist_ok=True)
     obj = {"model": lm.name, "super_weights": [c.to_dict() for c in coords], "factors": args.factors,
            "results": [r.to_dict() for r in results]}
     write_json(obj, str(out / "scale.json"))
