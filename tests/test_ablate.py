@@ -39,6 +39,11 @@ def test_table1_conditions(table1):
     assert table1.stopwords and table1.to_dict()["conditions"][0]["condition"] == "original"
 
 
+def test_zero_shot_needs_the_model_in_memory(smol):
+    with pytest.raises(sw.UsageError, match="stream=False"):
+        ablate(smol, SW, SMALL)
+
+
 def test_scale_sweep(whole):
     cfg = AblateConfig(tasks=(), texts=("gpl3",), seqlen=512, max_windows=1, stopword_prompts=0)
     zero, one = scale_sweep(whole, SW, [0.0, 1.0], cfg)

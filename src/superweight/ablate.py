@@ -124,7 +124,10 @@ def read_text(source: str) -> str:
 
 
 def check_config(lm: LoadedModel, cfg: AblateConfig) -> AblateConfig:
-    zeroshot.check_tasks(cfg.tasks) if cfg.tasks else None
+    if cfg.tasks:
+        zeroshot.check_tasks(cfg.tasks)
+        if lm.adapter.streamer is not None:
+            raise UsageError("zero-shot evaluation needs the model in memory: load it with stream=False")
     if cfg.limit is not None and cfg.limit < 1:
         raise UsageError(f"--limit must be at least 1, not {cfg.limit}")
     if not 0 < cfg.prune_fraction < 1:
