@@ -14,7 +14,7 @@ each text source, the super-activation channel's max |h| after every layer; and,
 from __future__ import annotations
 
 import math
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -123,7 +123,7 @@ def read_text(source: str) -> str:
     return p.read_text()
 
 
-def check_config(lm: LoadedModel, cfg: AblateConfig) -> AblateConfig:
+def check_config(lm: LoadedModel, cfg: AblateConfig, texts: dict[str, str]) -> AblateConfig:
     if cfg.tasks:
         zeroshot.check_tasks(cfg.tasks)
         if lm.adapter.streamer is not None:
@@ -134,8 +134,8 @@ def check_config(lm: LoadedModel, cfg: AblateConfig) -> AblateConfig:
         raise UsageError(f"prune fraction must be in (0, 1), not {cfg.prune_fraction}")
     ctx = getattr(lm.model.config, "max_position_embeddings", None) or cfg.seqlen
     seqlen = min(cfg.seqlen, ctx)
-    for t in cfg.texts:
-        n = len(lm.tokenizer(read_text(t), add_special_tokens=False)["input_ids"])
+    for t, text in texts.items():
+        n = len(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
         if n < seqlen:
             raise UsageError(f"text source {t!r} has {n} tokens, fewer than one window of {seqlen}")
     from dataclasses import replace
@@ -183,13 +183,14 @@ def measure_condition(lm: LoadedModel, name: str, cfg: AblateConfig, channel: in
 
 def ablate(lm: LoadedModel, coords: list[Coord], cfg: AblateConfig | None = None, log=None) -> AblateResult:
     """Run the four conditions of the paper's Table 1 on ``lm`` (see the module docstring)."""
-    cfg = check_config(lm, cfg or AblateConfig())
+    cfg = cfg or AblateConfig()
+    texts = {t: read_text(t) for t in cfg.texts}
+    cfg = check_config(lm, cfg, texts)
     if not coords:
         raise UsageError("no super weights to ablate")
     for c in coords:
         lm.adapter.site(c)
     channel = max(coords, key=lambda c: abs(lm.adapter.value(c))).row
-    texts = {t: read_text(t) for t in cfg.texts}
     conds = interventions(lm, coords, cfg)
     results = []
     for name in CONDITIONS:
@@ -207,17 +208,17 @@ def ablate(lm: LoadedModel, coords: list[Coord], cfg: AblateConfig | None = None
 def scale_sweep(lm: LoadedModel, coords: list[Coord], factors: list[float], cfg: AblateConfig | None = None,
                 log=None) -> list[ConditionResult]:
     """The paper's Figure 6: accuracy and perplexity with the super weights scaled by each factor."""
-    cfg = check_config(lm, cfg or AblateConfig())
+    cfg = cfg or AblateConfig()
+    texts = {t: read_text(t) for t in cfg.texts}
+    cfg = check_config(lm, cfg, texts)
     if not factors:
         raise UsageError("no scale factors given")
     for f in factors:
         if not math.isfinite(f):
             raise UsageError(f"scale factor must be a finite number, not {f!r}")
     channel = max(coords, key=lambda c: abs(lm.adapter.value(c))).row
-    texts = {t: read_text(t) for t in cfg.texts}
     out = []
     for f in factors:
-        with ExitStack() as stack:
-            stack.enter_context(scaled(lm.adapter, coords, f))
+        with scaled(lm.adapter, coords, f):
             out.append(measure_condition(lm, f"x{f:g}", cfg, channel, texts, log))
     return out
