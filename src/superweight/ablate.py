@@ -181,8 +181,8 @@ def measure_condition(lm: LoadedModel, name: str, cfg: AblateConfig, channel: in
     return res
 
 
-def ablate(lm: LoadedModel, coords: list[Coord], cfg: AblateConfig | None = None, log=None) -> AblateResult:
-    """Run the four conditions of the paper's Table 1 on ``lm`` (see the module docstring)."""
+def _prepare(lm: LoadedModel, coords: list[Coord], cfg: AblateConfig | None):
+    """Checked config, the text sources read once, and the super-activation channel."""
     cfg = cfg or AblateConfig()
     texts = {t: read_text(t) for t in cfg.texts}
     cfg = check_config(lm, cfg, texts)
@@ -191,6 +191,12 @@ def ablate(lm: LoadedModel, coords: list[Coord], cfg: AblateConfig | None = None
     for c in coords:
         lm.adapter.site(c)
     channel = max(coords, key=lambda c: abs(lm.adapter.value(c))).row
+    return cfg, texts, channel
+
+
+def ablate(lm: LoadedModel, coords: list[Coord], cfg: AblateConfig | None = None, log=None) -> AblateResult:
+    """Run the four conditions of the paper's Table 1 on ``lm`` (see the module docstring)."""
+    cfg, texts, channel = _prepare(lm, coords, cfg)
     conds = interventions(lm, coords, cfg)
     results = []
     for name in CONDITIONS:
@@ -208,15 +214,12 @@ def ablate(lm: LoadedModel, coords: list[Coord], cfg: AblateConfig | None = None
 def scale_sweep(lm: LoadedModel, coords: list[Coord], factors: list[float], cfg: AblateConfig | None = None,
                 log=None) -> list[ConditionResult]:
     """The paper's Figure 6: accuracy and perplexity with the super weights scaled by each factor."""
-    cfg = cfg or AblateConfig()
-    texts = {t: read_text(t) for t in cfg.texts}
-    cfg = check_config(lm, cfg, texts)
     if not factors:
         raise UsageError("no scale factors given")
     for f in factors:
         if not math.isfinite(f):
             raise UsageError(f"scale factor must be a finite number, not {f!r}")
-    channel = max(coords, key=lambda c: abs(lm.adapter.value(c))).row
+    cfg, texts, channel = _prepare(lm, coords, cfg)
     out = []
     for f in factors:
         with scaled(lm.adapter, coords, f):
