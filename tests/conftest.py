@@ -20,6 +20,22 @@ def smol():
 
 
 @pytest.fixture(scope="session")
+def smol_whole():
+    """The real model held in memory (lm-eval and in-place quantization need it)."""
+    import superweight as sw
+
+    return sw.load(stream=False)
+
+
+@pytest.fixture(scope="session")
+def smol_gguf():
+    """The real model read straight from its GGUF file, one dequantized layer at a time."""
+    import superweight as sw
+
+    return sw.load(stream=True)
+
+
+@pytest.fixture(scope="session")
 def smol_result(smol):
     import superweight as sw
 

@@ -16,8 +16,8 @@ SMALL = AblateConfig(tasks=("lambada_openai", "piqa"), limit=8, texts=("gpl3",),
 
 
 @pytest.fixture(scope="module")
-def whole():
-    return sw.load(stream=False)  # lm-eval scores a model held in memory
+def whole(smol_whole):
+    return smol_whole  # lm-eval scores a model held in memory
 
 
 @pytest.fixture(scope="module")

@@ -51,10 +51,9 @@ def test_checkpoint_in_an_older_layout_is_loaded_whole(tmp_path):
     assert sw.detect(auto).coords == [coord]
 
 
-def test_streamed_equals_in_memory_on_the_real_model(smol, smol_result):
+def test_streamed_equals_in_memory_on_the_real_model(smol, smol_result, smol_whole):
     assert smol.adapter.streamer is not None  # the default path streams on CPU
-    whole = sw.load(stream=False)
-    other = sw.detect(whole)
+    other = sw.detect(smol_whole)
     assert other.coords == smol_result.coords
     assert _summary(other) == _summary(smol_result)
 
@@ -82,3 +81,47 @@ def test_edits_on_streamed_layers_are_applied_and_undone(smol):
 def test_stream_requires_a_local_checkpoint():
     with pytest.raises(sw.UsageError, match="streaming needs a local safetensors"):
         sw.load("HuggingFaceTB/SmolLM2-135M-Instruct", stream=True)
+
+
+def test_gguf_read_layer_by_layer_equals_the_converted_checkpoint(smol_gguf, smol_result):
+    """``stream=True`` on a GGUF file dequantizes one layer at a time from the memory-mapped
+    file (no conversion); the answer is the converted checkpoint's, to the last digit shown."""
+    from superweight.streaming import GGUFCheckpoint
+
+    assert isinstance(smol_gguf.adapter.streamer.ckpt, GGUFCheckpoint)
+    assert smol_gguf.model.model.layers[0].mlp.down_proj.weight.is_meta
+    other = sw.detect(smol_gguf)
+    assert other.coords == smol_result.coords
+    assert _summary(other) == _summary(smol_result)
+
+
+def test_progress_is_reported_per_layer(tmp_path):
+    lm = tiny_model("llama")
+    lm.model.save_pretrained(tmp_path)
+    lm.tokenizer.save_pretrained(tmp_path)
+    seen = []
+
+    class Log:
+        def __call__(self, msg):
+            pass
+
+        def layer(self, i, n):
+            seen.append((i, n))
+    streamed = sw.load(str(tmp_path), stream=True, log=Log())
+    with torch.no_grad():
+        streamed.model(torch.tensor([[256, 65, 66]]))
+    assert seen == [(i, 4) for i in range(1, 5)]
+
+
+def test_a_tensor_whose_shape_disagrees_with_the_config_is_one_line(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from test_cli import one_error_line, run
+
+    lm = tiny_model("llama")
+    lm.model.save_pretrained(tmp_path)
+    lm.tokenizer.save_pretrained(tmp_path)
+    f = tmp_path / "model.safetensors"
+    t = load_file(f)
+    t["model.layers.2.mlp.down_proj.weight"] = t["model.layers.2.mlp.down_proj.weight"][:, :-1].contiguous()
+    save_file(t, f, metadata={"format": "pt"})
+    one_error_line(run("detect", str(tmp_path), "--stream"), "model.layers.2.mlp.down_proj.weight has shape (64, 127)")

@@ -23,3 +23,49 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(dest: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Build a directory in a temp sibling and rename it into place once complete. An
+    existing ``dest`` is refused unless ``overwrite`` (then replaced only at the end). A
+    failure, a full disk included, leaves nothing behind and ``dest`` as it was."""
+    import errno
+    import shutil
+
+    from .errors import SuperweightError, UsageError
+
+    dest = Path(dest)
+    if dest.exists() and not overwrite:
+        raise UsageError(f"{dest} exists; choose another --out or pass --overwrite")
+    if dest.exists() and not dest.is_dir():
+        raise UsageError(f"{dest} exists and is not a directory")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        try:
+            yield tmp
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise SuperweightError(f"disk full while writing {dest}; nothing was written") from e
+            raise
+        umask = _umask()
+        os.chmod(tmp, 0o777 & ~umask)
+        for f in tmp.rglob("*"):  # mkstemp/mkdtemp and some writers make private files
+            os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~umask)
+        old = None
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+            os.replace(dest, old / dest.name)
+        os.replace(tmp, dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

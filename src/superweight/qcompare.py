@@ -1,0 +1,223 @@
+"""Compare weight quantizers on one model: perplexity (and optionally zero-shot accuracy)
+against effective bits per weight. The Pareto front is the result.
+
+Methods (every one applied to the same decoder linear weights, undone after each):
+- ``RTN blocks``: plain asymmetric min-max RTN in the paper's blocks (flattened runs of B);
+- ``paper``: the paper's recipe in the same blocks: clip each block at mean+9*std of |w|,
+  quantize, restore the super weights;
+- ``RTN groups``: plain RTN in groups of G input channels per row;
+- ``ours``: RTN in groups, holding out exactly the super weights and the weight columns of
+  massive input channels (the super activation's channel and its kind, ``act_ratio``);
+  ``ours blocks``: the same hold-out in the paper's blocks;
+- ``HQQ``: the ``hqq`` package's half-quadratic quantizer (data-free, optimizes scale and
+  zero), 4-bit codes with float16 scale and zero per group of G (``axis=1``: groups of G
+  consecutive elements of the flattened row-major weight, hqq's own convention), when
+  ``hqq`` is installed (``pip install superweight[hqq]``).
+Sizes are per method; effective bits per weight count codes, scales, zero points and the
+held-out values with their indices (``quant.py``). Quantization wall time is reported.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .coords import Coord
+from .effect import perplexity
+from .errors import UsageError
+from .model import LoadedModel
+from .quant import Clip, QuantConfig
+from .quantize import quantized, targets
+
+WHOLE = None
+BLOCK_SIZES = (64, 256, 1024, 4096, 16384, 65536, WHOLE)
+GROUP_SIZES = (32, 64, 128, 256)
+HQQ_GROUPS = (32, 64, 128)
+ACT_RATIO = 10.0
+
+
+@dataclass
+class Point:
+    method: str
+    bits: int
+    size: int | None  # block/group size; None = whole tensor
+    bits_per_weight: float
+    seconds: float  # quantization wall time
+    perplexity: dict[str, float] = field(default_factory=dict)
+    accuracy: dict[str, float] = field(default_factory=dict)
+    config: dict | None = None
+
+    @property
+    def mean_accuracy(self) -> float | None:
+        return sum(self.accuracy.values()) / len(self.accuracy) if self.accuracy else None
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "bits": self.bits, "size": self.size,
+                "bits_per_weight": round(self.bits_per_weight, 4), "seconds": round(self.seconds, 2),
+                "perplexity": self.perplexity, "accuracy": self.accuracy, "mean_accuracy": self.mean_accuracy,
+                "config": self.config}
+
+
+def plan(bits=(3, 4), block_sizes=BLOCK_SIZES, group_sizes=GROUP_SIZES, hqq_groups=HQQ_GROUPS,
+         act_ratio: float = ACT_RATIO) -> list[tuple[str, int, int | None, QuantConfig | None, bool]]:
+    """(method, bits, size, config or None for HQQ, hold out the super weights) per point."""
+    out = []
+    for b in bits:
+        for B in block_sizes:
+            out.append(("RTN blocks", b, B, QuantConfig(b, "block", B), False))
+            out.append(("paper", b, B, QuantConfig(b, "block", B, clip=Clip("z", 9.0), hold="restore"), True))
+            out.append(("ours blocks", b, B, QuantConfig(b, "block", B, act_ratio=act_ratio), True))
+        for G in group_sizes:
+            out.append(("RTN groups", b, G, QuantConfig(b, "group", G), False))
+            out.append(("ours", b, G, QuantConfig(b, "group", G, act_ratio=act_ratio), True))
+        for G in hqq_groups:
+            out.append(("HQQ", b, G, None, False))
+    return out
+
+
+def hqq_available() -> bool:
+    try:
+        import hqq.core.quantize  # noqa: F401
+    except Exception:  # noqa: BLE001 - missing, or its optional CUDA bits failing to import
+        return False
+    return True
+
+
+def hqq_quantize_(lm: LoadedModel, bits: int, group: int) -> tuple[float, float]:
+    """HQQ every decoder linear weight in place (float16 scale and zero, as hqq stores them);
+    returns (effective bits per weight, seconds)."""
+    from hqq.core.quantize import Quantizer
+
+    total = numel = 0
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for _, p in targets(lm):
+            w = p.data.float()
+            w2 = w.reshape(-1, w.shape[-1]) if w.dim() == 3 else w
+            if w2.numel() % group:
+                raise UsageError(f"HQQ group {group} does not divide a weight of {w2.numel()} elements")
+            q, meta = Quantizer.quantize(w2, nbits=bits, group_size=group, axis=1, bitpack=False, optimize=True,
+                                         compute_dtype=torch.float32, device="cpu" if w.device.type == "cpu" else str(w.device))
+            meta["compute_dtype"] = torch.float32
+            meta["scale"] = meta["scale"].half().float()
+            meta["zero"] = meta["zero"].half().float()
+            p.data.copy_(Quantizer.dequantize(q, meta).reshape(p.shape).to(p.dtype))
+            total += w.numel() * bits + (w.numel() // group) * 32
+            numel += w.numel()
+    return total / numel, time.perf_counter() - t0
+
+
+def measure(lm: LoadedModel, texts: dict[str, str], seqlen: int, max_windows: int | None,
+            tasks=(), limit=None, log=None) -> tuple[dict[str, float], dict[str, float]]:
+    ppl = {k: perplexity(lm.model, lm.tokenizer, t, seqlen, max_windows) for k, t in texts.items()}
+    acc = {}
+    if tasks:
+        from . import zeroshot
+
+        acc = zeroshot.evaluate(lm, tasks, limit=limit, log=log)
+    return ppl, acc
+
+
+def compare(lm: LoadedModel, coords: list[Coord], texts: dict[str, str], points=None, seqlen: int = 1024,
+            max_windows: int | None = 4, tasks=(), limit=None, log=None) -> tuple[Point, list[Point]]:
+    """Full precision, then every planned point; returns (reference, points)."""
+    log = log or (lambda _m: None)
+    if lm.adapter.streamer is not None:
+        raise UsageError("the comparison needs the model in memory: load it with stream=False")
+    points = plan() if points is None else points
+    if any(cfg is None for _, _, _, cfg, _ in points) and not hqq_available():
+        log("hqq is not installed: HQQ points skipped (pip install hqq)")
+        points = [p for p in points if p[3] is not None]
+    for _, _, _, cfg, _ in points:
+        if cfg is not None:
+            cfg.check()
+    log("full precision")
+    ppl, acc = measure(lm, texts, seqlen, max_windows, tasks, limit, log)
+    ref = Point("full precision", 32, None, float(torch.finfo(next(lm.model.parameters()).dtype).bits), 0.0, ppl, acc)
+    out = []
+    for i, (method, b, size, cfg, keep_sw) in enumerate(points):
+        label = f"{method} {b}-bit {'whole' if size is None else size}"
+        log(f"[{i + 1}/{len(points)}] {label}")
+        if cfg is None:
+            saved = [(p, p.data.clone()) for _, p in targets(lm)]
+            try:
+                bpw, secs = hqq_quantize_(lm, b, size)
+                ppl, acc = measure(lm, texts, seqlen, max_windows, tasks, limit, log)
+            finally:
+                with torch.no_grad():
+                    for p, old in saved:
+                        p.data.copy_(old)
+            out.append(Point(method, b, size, bpw, secs, ppl, acc, {"hqq_group": size, "nbits": b}))
+            continue
+        with quantized(lm, cfg, keep=coords if keep_sw else ()) as rep:
+            ppl, acc = measure(lm, texts, seqlen, max_windows, tasks, limit, log)
+        out.append(Point(method, b, size, rep.bits_per_weight, rep.seconds, ppl, acc,
+                         {**cfg.to_dict(), "super_weights_held": [str(c) for c in (coords if keep_sw else [])]}))
+    return ref, out
+
+
+def markdown(ref: Point, points: list[Point]) -> str:
+    texts = list(ref.perplexity)
+    has_acc = bool(ref.accuracy)
+    head = ["method", "bits", "size", "bits/weight", *[f"ppl {t}" for t in texts]]
+    head += ["mean acc"] if has_acc else []
+    head += ["quant s"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def row(p: Point) -> str:
+        cells = [p.method, str(p.bits), "whole" if p.size is None else str(p.size), f"{p.bits_per_weight:.3f}"]
+        cells += [f"{p.perplexity[t]:.2f}" if p.perplexity[t] < 1e5 else f"{p.perplexity[t]:.3g}" for t in texts]
+        if has_acc:
+            cells.append(f"{100 * p.mean_accuracy:.2f}" if p.mean_accuracy is not None else "")
+        cells.append(f"{p.seconds:.1f}")
+        return "| " + " | ".join(cells) + " |"
+
+    rows.append(row(ref))
+    for p in sorted(points, key=lambda p: (p.bits, p.method, p.bits_per_weight)):
+        rows.append(row(p))
+    return "\n".join(rows)
+
+
+def pareto(points: list[Point], text: str) -> list[Point]:
+    """Points no other point beats on both bits per weight and perplexity."""
+    front = []
+    for p in sorted(points, key=lambda p: (p.bits_per_weight, p.perplexity[text])):
+        if not front or p.perplexity[text] < front[-1].perplexity[text]:
+            front.append(p)
+    return front
+
+
+def w8a8_table(lm: LoadedModel, coords: list[Coord], texts: dict[str, str], seqlen: int = 1024,
+               max_windows: int | None = 4, log=None) -> dict[str, dict[str, float]]:
+    """The paper's activation experiment: perplexity at full precision, simulated W8A8 naive
+    and with the super activation held out, and the activations alone (A8) both ways;
+    ``gap closed`` = (naive - hold-out) / (naive - full precision), per text."""
+    from .actquant import w8a8
+
+    log = log or (lambda _m: None)
+    runs = {"full precision": None, "W8A8 naive": (True, ()), "W8A8 SA hold-out": (True, coords),
+            "A8 naive": (False, ()), "A8 SA hold-out": (False, coords)}
+    out: dict[str, dict[str, float]] = {}
+    for name, how in runs.items():
+        log(name)
+        if how is None:
+            out[name] = {k: perplexity(lm.model, lm.tokenizer, t, seqlen, max_windows) for k, t in texts.items()}
+            continue
+        with w8a8(lm, holdout=how[1], weights=how[0]):
+            out[name] = {k: perplexity(lm.model, lm.tokenizer, t, seqlen, max_windows) for k, t in texts.items()}
+    fp = out["full precision"]
+    for prefix in ("W8A8", "A8"):
+        naive, held = out[f"{prefix} naive"], out[f"{prefix} SA hold-out"]
+        out[f"{prefix} gap closed"] = {k: (naive[k] - held[k]) / (naive[k] - fp[k]) if naive[k] != fp[k] else 0.0
+                                       for k in fp}
+    return out
+
+
+def w8a8_markdown(table: dict[str, dict[str, float]]) -> str:
+    texts = list(table["full precision"])
+    rows = ["| condition | " + " | ".join(f"ppl {t}" for t in texts) + " |", "|---|" + "---|" * len(texts)]
+    for name, vals in table.items():
+        fmt = (lambda v: f"{100 * v:.0f}%") if "gap" in name else (lambda v: f"{v:.3f}")
+        rows.append(f"| {name} | " + " | ".join(fmt(vals[t]) for t in texts) + " |")
+    return "\n".join(rows)
