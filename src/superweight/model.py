@@ -94,6 +94,17 @@ def _is_gguf(path: Path) -> bool:
         return f.read(4) == b"GGUF"
 
 
+def _fits_on(directory: Path, device: str) -> bool:
+    """Whether a checkpoint's weights fit in an accelerator's free memory (with 20% to spare
+    for activations); when they do not, its layers are streamed to it one at a time."""
+    try:
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+    except Exception:  # noqa: BLE001 - not CUDA, or no driver: load it whole and let it say so
+        return True
+    size = sum(f.stat().st_size for f in Path(directory).glob("*.safetensors"))
+    return size < 0.8 * free
+
+
 def _conversion_fits(path: Path) -> bool:
     """Whether converting a GGUF file (transformers holds the whole model, dequantized to
     float32, in memory once) fits in the memory available: an estimate of 8x the file size
@@ -209,7 +220,10 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
     (see streaming.py). Default (None): on CPU, for local safetensors checkpoints (GGUF
     files included, via their converted cache) whose tensor names match the model; each
     pass then costs one read of the weights from the page cache, small next to CPU
-    compute, and memory stays near one layer. On an accelerator the model is loaded whole.
+    compute, and memory stays near one layer. On an accelerator the model is loaded whole
+    when its weights fit in the free memory, and streamed to it otherwise. A GGUF file whose
+    one-time conversion would not fit in RAM is read layer by layer straight from the file
+    (``stream=True`` asks for that always).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -243,7 +257,7 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
     local = gguf is not None or isinstance(source, Path) and source.is_dir() and any(source.glob("*.safetensors"))
     stream_asked = bool(stream)
     if stream is None:
-        stream = gguf is not None or local and torch.device(device).type == "cpu"
+        stream = gguf is not None or local and (torch.device(device).type == "cpu" or not _fits_on(source, device))
     elif stream and not local:
         raise UsageError("streaming needs a local safetensors checkpoint (a directory or a .gguf file)")
     where = {"gguf_file": gguf.name} if gguf is not None else {}
