@@ -33,7 +33,7 @@ from typing import Callable
 import torch
 
 from .coords import Coord
-from .effect import PROBE_SENTENCES, Probe
+from .effect import PROBE_SENTENCES, Probe, log_probs
 from .errors import UsageError
 from .hooks import SiteRecord, capture, zeroed
 from .model import LoadedModel
@@ -234,16 +234,68 @@ def measure(lm: LoadedModel, probe: Probe, coords: list[Coord], avoid: set[Coord
         lp = probe.current()
     eff = Effect(kl=probe.kl(lp), ppl=probe.ppl(lp), ppl_intact=probe.ppl())
     if eff.kl >= control_above:
-        avoid = set(avoid) | set(coords)
-        controls = []
-        for c in coords:
-            controls.append(control_for(lm, c, avoid))
-            avoid.add(controls[-1])
-        with zeroed(lm.adapter, controls):
-            eff.control_kl = probe.kl()
-        eff.control = controls[0]
-        eff.control_value = lm.adapter.value(controls[0])
+        add_control(lm, probe, eff, coords, avoid)
     return eff
+
+
+def add_control(lm: LoadedModel, probe: Probe, eff: Effect, coords: list[Coord], avoid: set[Coord]) -> None:
+    """Zero as many control weights as ``coords`` and record their damage in ``eff``."""
+    avoid = set(avoid) | set(coords)
+    controls = []
+    for c in coords:
+        controls.append(control_for(lm, c, avoid))
+        avoid.add(controls[-1])
+    with zeroed(lm.adapter, controls):
+        eff.control_kl = probe.kl()
+    eff.control = controls[0]
+    eff.control_value = lm.adapter.value(controls[0])
+
+
+BATCH_PROBES = 8  # single-weight ablations measured side by side in one forward pass
+
+
+def single_effects(lm: LoadedModel, probe: Probe, coords: list[Coord]) -> list[Effect]:
+    """The effect of zeroing each of ``coords`` alone, ``BATCH_PROBES`` at a time in one
+    forward pass: zeroing W[r, c] of a linear map is exactly subtracting X[..., c] * W[r, c]
+    from its output channel r, so each copy of the probe batch gets its own subtraction
+    from a hook on that weight's module. One pass instead of one per candidate matters when
+    every pass reads the weights from disk. Fused-expert weights are zeroed one at a time."""
+    out: list[Effect | None] = [None] * len(coords)
+    batchable = []
+    for i, c in enumerate(coords):
+        if lm.adapter.site(c).expert is None:
+            batchable.append(i)
+        else:
+            out[i] = measure(lm, probe, [c])
+    B = probe.input_ids.shape[0]
+    for start in range(0, len(batchable), BATCH_PROBES):
+        idx = batchable[start:start + BATCH_PROBES]
+        by_module: dict[int, tuple] = {}
+        for k, i in enumerate(idx):
+            site = lm.adapter.site(coords[i])
+            by_module.setdefault(id(site.module), (site.module, []))[1].append((k, coords[i], lm.adapter.value(coords[i])))
+        handles = []
+        for module, items in by_module.values():
+            def hook(mod, inp, y, items=items, kb=len(idx) * B):
+                # [K*B, T, d]; some families (OPT) flatten tokens batch-major to [K*B*T, d]
+                x = inp[0].reshape(kb, -1, inp[0].shape[-1])
+                out = y.clone()
+                y3 = out.view(kb, -1, out.shape[-1])
+                for k, c, v in items:
+                    rows = slice(k * B, (k + 1) * B)
+                    y3[rows, :, c.row] -= (x[rows, :, c.col].float() * v).to(out.dtype)
+                return out
+            handles.append(module.register_forward_hook(hook))
+        try:
+            lp = log_probs(probe.model, probe.input_ids.repeat(len(idx), 1), probe.mask.repeat(len(idx), 1))
+        finally:
+            for h in handles:
+                h.remove()
+        n = lp.shape[0] // len(idx)
+        for k, i in enumerate(idx):
+            part = lp[k * n:(k + 1) * n]
+            out[i] = Effect(kl=probe.kl(part), ppl=probe.ppl(part), ppl_intact=probe.ppl())
+    return out
 
 
 def judge(effect: Effect, cfg: DetectConfig) -> str | None:
@@ -298,6 +350,7 @@ def detect(lm: LoadedModel, cfg: DetectConfig | None = None, log: Callable[[str]
                 new.append(f)
         if not new:
             break
+        eligible = []
         for f in new[: cfg.max_candidates]:
             if abs(f.share) < cfg.min_share or f.share < 0:
                 f.reason = (
@@ -306,9 +359,14 @@ def detect(lm: LoadedModel, cfg: DetectConfig | None = None, log: Callable[[str]
                 )
                 rejected.append(f)
                 continue
+            eligible.append(f)
+        if eligible:
+            log(f"round {rnd}: proving {len(eligible)} candidate(s) by ablation")
+        for f, eff in zip(eligible, single_effects(lm, probe, [f.coord for f in eligible])):
             removed.append(f.coord)
-            log(f"round {rnd}: proving layer {f.coord.layer} [{f.coord.row}, {f.coord.col}] by ablation")
-            f.effect = measure(lm, probe, [f.coord], examined, control_above=cfg.min_kl)
+            if eff.kl >= cfg.min_kl:
+                add_control(lm, probe, eff, [f.coord], examined)
+            f.effect = eff
             f.reason = judge(f.effect, cfg)
             (rejected if f.reason else confirmed).append(f)
     confirmed += _prove_jointly(lm, probe, rejected, examined, cfg, log)
