@@ -14,7 +14,9 @@ The algorithm (one forward pass per round, all down projections hooked):
    the candidate's row and column. A super weight moves them by at least ``min_kl`` and
    by at least ``min_control_ratio`` times the control. Spikes that fail are reported
    under ``rejected`` with the reason (late-layer spikes that cancel the super
-   activation are the known case).
+   activation are the known case). The single-weight ablations of a round run side by
+   side in one batched forward pass (``single_effects``), which matters when every pass
+   reads the weights from disk.
 4. Iterate: zero every confirmed super weight and scan again; spikes that were hidden
    behind them (several super weights can share a row or a column) become new
    candidates. Stop when a round brings no coordinate not yet examined.
