@@ -37,7 +37,7 @@ Conventions (the decisions, written down):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -159,7 +159,6 @@ class _Pieces:
     size: int
     rows: int
     cols: int
-    views: list = field(default_factory=list)
 
     @classmethod
     def of(cls, rows: int, cols: int, layout: str, size: int | None) -> "_Pieces":
