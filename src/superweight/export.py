@@ -129,7 +129,7 @@ def save_quantized(lm: LoadedModel, cfg: QuantConfig, out: str | Path, keep=(), 
                     if tuple(t.shape) != shapes[k]:
                         raise ModelLoadError(f"{k} has shape {tuple(t.shape)} in the checkpoint, the config implies {shapes[k]}")
                     new, q = quantize_param(t, cfg, kept.get(k, []), lm.adapter.family.transposed, cols.get(k, []))
-                    report.add(k, t.shape, q, float(t.float().pow(2).sum()))
+                    report.add(k, t.shape, q)
                     t = new
                 writer.add(k, t)
                 del t

@@ -144,6 +144,7 @@ class QuantizedTensor:
     clip_value: float | None = None  # the clip threshold used (the chosen one for auto)
     sq_error: float = 0.0  # sum of squared reconstruction error
     numel: int = 0
+    norm_sq: float = 0.0  # sum of squares of the input, for the relative error
 
     @property
     def bits_per_weight(self) -> float:
@@ -330,4 +331,5 @@ def quantize_tensor(w: torch.Tensor, cfg: QuantConfig, keep: list[tuple[int, int
     sbits = torch.finfo(SCALE_DTYPES[cfg.scale_dtype]).bits
     vbits = torch.finfo(w.dtype).bits if w.dtype.is_floating_point else 32
     total = x.numel() * cfg.bits + n_blocks * sbits * (1 if cfg.symmetric else 2) + n_held * (vbits + 32)
-    return QuantizedTensor(deq.to(w.dtype), n_blocks, n_held, float(total), value, err, x.numel())
+    return QuantizedTensor(deq.to(w.dtype), n_blocks, n_held, float(total), value, err, x.numel(),
+                           float(x.pow(2).sum()))

@@ -61,8 +61,8 @@ class QuantReport:
     def held(self) -> int:
         return sum(t.held for t in self.tensors)
 
-    def add(self, name: str, shape, q: QuantizedTensor, norm_sq: float) -> None:
-        rel = (q.sq_error / norm_sq) ** 0.5 if norm_sq > 0 else 0.0
+    def add(self, name: str, shape, q: QuantizedTensor) -> None:
+        rel = (q.sq_error / q.norm_sq) ** 0.5 if q.norm_sq > 0 else 0.0
         self.tensors.append(TensorReport(name, tuple(shape), q.blocks, q.held, q.bits_per_weight, rel, q.clip_value))
         self.bits_total += q.bits_total
         self.numel += q.numel
@@ -178,7 +178,7 @@ def quantize_(lm: LoadedModel, cfg: QuantConfig, keep=(), include=(), exclude=()
     with torch.no_grad():
         for name, p in _loop(chosen, log, "quantizing"):
             new, q = quantize_param(p.data, cfg, kept.get(name, []), lm.adapter.family.transposed, cols.get(name, []))
-            report.add(name, p.shape, q, float(p.data.float().pow(2).sum()))
+            report.add(name, p.shape, q)
             p.data.copy_(new)
     report.seconds = time.perf_counter() - t0
     return report
