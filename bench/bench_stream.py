@@ -107,16 +107,32 @@ def write_checkpoint(shape: str, out: Path, layers_per_shard: int = 2) -> None:
 
 
 def _tokenizer():
-    """A byte-level tokenizer padded to the 32,000-token vocabulary: no download needed."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    """A BPE tokenizer with Llama-2's 32,000-token vocabulary size and BOS, trained here on the
+    English text every Debian machine has (licences, copyright files, Python's standard
+    library): no download needed, and about Llama-2's token counts on the probe sentences
+    (11 to 19 tokens each, against 56 to 61 for a byte-level tokenizer, which would make
+    every probe pass 4x the compute a real model needs)."""
+    import glob
+
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {ch: i for i, ch in enumerate(alphabet)}
-    vocab["<s>"], vocab["</s>"] = len(vocab), len(vocab) + 1
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    files = [f for pattern in ("/usr/share/common-licenses/*", "/usr/share/doc/*/copyright", "/usr/lib/python3*/*.py")
+             for f in sorted(glob.glob(pattern)) if os.path.isfile(f)]
+    tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<s>", "</s>"], show_progress=False)
+    tok.train(files, trainer)  # no files: the byte alphabet alone
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
 
 
@@ -135,13 +151,13 @@ def run(cmd: list[str] | str, shell: bool = False) -> tuple[float, float, str]:
 
 PLAIN = r'''
 import sys, torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16).eval()
 rec = {}
 for i, layer in enumerate(model.model.layers):
     layer.mlp.down_proj.register_forward_hook(
         lambda m, inp, out, i=i: rec.__setitem__(i, (inp[0].abs().max().item(), out.abs().max().item())))
-ids = torch.tensor([[256] + list(b"Apple Inc. is a worldwide tech company.")])
+ids = AutoTokenizer.from_pretrained(sys.argv[1])("Apple Inc. is a worldwide tech company.", return_tensors="pt")["input_ids"]
 with torch.no_grad():
     model(ids)
 i = max(rec, key=lambda k: rec[k][1])

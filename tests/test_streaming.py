@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import tiny_model, plant
+from tiny import plant, tiny_model
 
 import superweight as sw
 
@@ -125,3 +125,66 @@ def test_a_tensor_whose_shape_disagrees_with_the_config_is_one_line(tmp_path):
     t["model.layers.2.mlp.down_proj.weight"] = t["model.layers.2.mlp.down_proj.weight"][:, :-1].contiguous()
     save_file(t, f, metadata={"format": "pt"})
     one_error_line(run("detect", str(tmp_path), "--stream"), "model.layers.2.mlp.down_proj.weight has shape (64, 127)")
+
+
+def test_cache_plan_keeps_the_longest_prefix_that_fits():
+    from superweight.streaming import cache_plan
+
+    assert cache_plan([10, 10, 10], None) == set()  # unknown memory: leave the cache alone
+    assert cache_plan([10, 10, 10], 30) == set()
+    assert cache_plan([10, 10, 10], 25) == {2}
+    assert cache_plan([10, 10, 10], 5) == {0, 1, 2}
+    assert cache_plan([10, 10, 10], -3) == {0, 1, 2}
+
+
+def test_spans_point_at_each_tensors_bytes(tmp_path, smol_gguf):
+    """Page-cache advice covers exactly the bytes a layer's tensors are stored in."""
+    import numpy as np
+
+    from superweight.streaming import Checkpoint
+
+    lm = tiny_model("llama")
+    lm.model.save_pretrained(tmp_path)
+    ck = Checkpoint(tmp_path)
+    for name in ("model.layers.1.mlp.down_proj.weight", "model.layers.3.self_attn.q_proj.weight"):
+        f, off, n = ck.span(name)
+        t = ck.read_many([name])[name]
+        with open(f, "rb") as h:
+            h.seek(off)
+            assert h.read(n) == t.contiguous().view(torch.uint8).numpy().tobytes()
+    g = smol_gguf.adapter.streamer.ckpt
+    name = "model.layers.11.mlp.down_proj.weight"
+    f, off, n = g.span(name)
+    with open(f, "rb") as h:
+        h.seek(off)
+        assert h.read(n) == np.asarray(g.where[name].data).tobytes()
+
+
+def test_layers_that_do_not_fit_are_dropped_from_the_page_cache(tmp_path, monkeypatch):
+    """With no room, every layer's bytes are dropped after it runs and the next layer's are
+    requested ahead; the answer does not change."""
+    import os
+
+    from superweight import streaming
+
+    lm = tiny_model("llama")
+    coord = sw.Coord(1, 5, 7)
+    plant(lm, coord, 400.0)
+    lm.model.save_pretrained(tmp_path)
+    lm.tokenizer.save_pretrained(tmp_path)
+    calls = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, adv: (calls.append((off, n, adv)), real(fd, off, n, adv)))
+    monkeypatch.setattr(streaming, "available_memory", lambda: 0)
+    tight = sw.load(str(tmp_path), stream=True)
+    assert tight.adapter.streamer.drop == {0, 1, 2, 3}
+    with torch.no_grad():
+        tight.model(torch.tensor([[256, 65, 66]]))
+    dropped = {(off, n) for off, n, adv in calls if adv == os.POSIX_FADV_DONTNEED}
+    ahead = {(off, n) for off, n, adv in calls if adv == os.POSIX_FADV_WILLNEED}
+    every = {(off, n) for layer in tight.adapter.streamer.spans for _, off, n in layer}
+    assert dropped == ahead == every
+    monkeypatch.setattr(streaming, "available_memory", lambda: 1 << 40)
+    roomy = sw.load(str(tmp_path), stream=True)
+    assert roomy.adapter.streamer.drop == set()
+    assert _summary(sw.detect(tight)) == _summary(sw.detect(roomy))

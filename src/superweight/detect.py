@@ -1,6 +1,6 @@
 """Find super weights automatically and prove each one by its effect.
 
-The algorithm (one forward pass per round, all down projections hooked):
+The algorithm (all down projections hooked):
 
 1. Scan: on each prompt, record for every down projection the largest |Y[t, row]| and,
    at that same token t, the input channel ``col`` whose term X[t,col] * W[row,col]
@@ -14,12 +14,19 @@ The algorithm (one forward pass per round, all down projections hooked):
    the candidate's row and column. A super weight moves them by at least ``min_kl`` and
    by at least ``min_control_ratio`` times the control. Spikes that fail are reported
    under ``rejected`` with the reason (late-layer spikes that cancel the super
-   activation are the known case). The single-weight ablations of a round run side by
-   side in one batched forward pass (``single_effects``), which matters when every pass
-   reads the weights from disk.
-4. Iterate: zero every confirmed super weight and scan again; spikes that were hidden
+   activation are the known case). A round's ablations, their controls and the next
+   round's scan run side by side in one batched forward pass (``passes.run``), which
+   matters when every pass reads the weights from disk.
+4. Iterate: zero every single-weight candidate and scan again; spikes that were hidden
    behind them (several super weights can share a row or a column) become new
-   candidates. Stop when a round brings no coordinate not yet examined.
+   candidates. A spike found at a down projection that already had one examined is
+   examined only if it is at least ``hidden_ratio`` of the largest examined there: weights
+   that stand in for each other or share a row are of one order of magnitude (the
+   paper's pairs, and the tiny-model tests, within 2x), while ordinary weights of the
+   massive input's column give a trail of ever smaller rows, each a new spike once the
+   one above it is zeroed (about 1/20 of the super weight's on a synthetic Llama-2). Such
+   trailing spikes are listed as rejected, unprobed. Stop when a round zeroes nothing new:
+   the next scan would see the same model.
 
 Thresholds were set on SmolLM2-135M-Instruct, the one real model on hand (see
 docs/detection.md): its super weight moves predictions by ~4.4 nats, the strongest
@@ -34,11 +41,13 @@ from typing import Callable
 
 import torch
 
+from . import passes
 from .coords import Coord
-from .effect import PROBE_SENTENCES, Probe, log_probs
+from .effect import PROBE_SENTENCES, Probe
 from .errors import UsageError
 from .hooks import SiteRecord, capture, zeroed
 from .model import LoadedModel
+from .passes import Group, stack
 
 DEFAULT_PROMPT = "Apple Inc. is a worldwide tech company."
 
@@ -50,6 +59,7 @@ class DetectConfig:
     min_share: float = 0.5  # one weight must explain at least this share of the spike
     min_kl: float = 2.0  # zeroing a super weight alone moves predictions by at least this (nats)
     min_control_ratio: float = 10.0  # ... and by this many times more than zeroing the control
+    hidden_ratio: float = 0.1  # a later round's spike at an examined site: examined if >= this x the largest there
     max_rounds: int = 8
     max_candidates: int = 16  # per round, largest spikes first
     probe_sentences: tuple[str, ...] = PROBE_SENTENCES
@@ -253,53 +263,6 @@ def add_control(lm: LoadedModel, probe: Probe, eff: Effect, coords: list[Coord],
     eff.control_value = lm.adapter.value(controls[0])
 
 
-BATCH_PROBES = 8  # single-weight ablations measured side by side in one forward pass
-
-
-def single_effects(lm: LoadedModel, probe: Probe, coords: list[Coord]) -> list[Effect]:
-    """The effect of zeroing each of ``coords`` alone, ``BATCH_PROBES`` at a time in one
-    forward pass: zeroing W[r, c] of a linear map is exactly subtracting X[..., c] * W[r, c]
-    from its output channel r, so each copy of the probe batch gets its own subtraction
-    from a hook on that weight's module. One pass instead of one per candidate matters when
-    every pass reads the weights from disk. Fused-expert weights are zeroed one at a time."""
-    out: list[Effect | None] = [None] * len(coords)
-    batchable = []
-    for i, c in enumerate(coords):
-        if lm.adapter.site(c).expert is None:
-            batchable.append(i)
-        else:
-            out[i] = measure(lm, probe, [c])
-    B = probe.input_ids.shape[0]
-    for start in range(0, len(batchable), BATCH_PROBES):
-        idx = batchable[start:start + BATCH_PROBES]
-        by_module: dict[int, tuple] = {}
-        for k, i in enumerate(idx):
-            site = lm.adapter.site(coords[i])
-            by_module.setdefault(id(site.module), (site.module, []))[1].append((k, coords[i], lm.adapter.value(coords[i])))
-        handles = []
-        for module, items in by_module.values():
-            def hook(mod, inp, y, items=items, kb=len(idx) * B):
-                # [K*B, T, d]; some families (OPT) flatten tokens batch-major to [K*B*T, d]
-                x = inp[0].reshape(kb, -1, inp[0].shape[-1])
-                out = y.clone()
-                y3 = out.view(kb, -1, out.shape[-1])
-                for k, c, v in items:
-                    rows = slice(k * B, (k + 1) * B)
-                    y3[rows, :, c.row] -= (x[rows, :, c.col].float() * v).to(out.dtype)
-                return out
-            handles.append(module.register_forward_hook(hook))
-        try:
-            lp = log_probs(probe.model, probe.input_ids.repeat(len(idx), 1), probe.mask.repeat(len(idx), 1))
-        finally:
-            for h in handles:
-                h.remove()
-        n = lp.shape[0] // len(idx)
-        for k, i in enumerate(idx):
-            part = lp[k * n:(k + 1) * n]
-            out[i] = Effect(kl=probe.kl(part), ppl=probe.ppl(part), ppl_intact=probe.ppl())
-    return out
-
-
 def judge(effect: Effect, cfg: DetectConfig) -> str | None:
     """None if the effect proves a super weight, else the reason it does not."""
     if effect.kl < cfg.min_kl:
@@ -325,28 +288,30 @@ def _finding(lm: LoadedModel, r: SiteRecord, rnd: int, prompt: int) -> Finding:
 
 
 def detect(lm: LoadedModel, cfg: DetectConfig | None = None, log: Callable[[str], None] | None = None) -> DetectResult:
-    """Find and prove the super weights of a loaded model. See the module docstring."""
+    """Find and prove the super weights of a loaded model. See the module docstring.
+
+    Passes: the first runs the intact probe and the first scan together; each round after
+    that is one more, which proves the round's candidates and their controls side by side
+    and scans for the next round with all of them zeroed (``passes.run``)."""
     cfg = cfg or DetectConfig()
     log = log or (lambda _msg: None)
-    prompt_ids = encode_prompts(lm, cfg.prompts)
-    probe = Probe.build(lm.model, lm.tokenizer, cfg.probe_sentences)
+    prompts, pmask = stack(encode_prompts(lm, cfg.prompts))
+    ids, mask = Probe.encode(lm.model, lm.tokenizer, cfg.probe_sentences)
     confirmed: list[Finding] = []
     rejected: list[Finding] = []
     examined: set[Coord] = set()
     removed: list[Coord] = []  # every single-weight candidate: zeroed for the next scans
-    residual: list = []  # intact model, first prompt: per layer (max |h| per channel, token)
-    first: list[SiteRecord] = []
+    site_max: dict[tuple, float] = {}  # (layer, expert) -> largest |Y| examined there
+    log(f"round 1: scanning {len(lm.adapter.sites)} down projections")
+    base, scanned = passes.run(lm, [Group(ids, mask), Group(prompts, pmask, scan=True, residual=True)])
+    probe = Probe.from_base(lm.model, ids, mask, base.log_probs)
+    residual = scanned.residual  # intact model, first prompt: per layer (max |h| per channel, token)
+    first = per_layer(scanned.records)
     rnd = 0
     for rnd in range(1, cfg.max_rounds + 1):
-        log(f"round {rnd}: scanning {len(lm.adapter.sites)} down projections")
-        with zeroed(lm.adapter, removed):
-            records, which = scan(lm, prompt_ids, residual if rnd == 1 else None)
-        if rnd == 1:
-            first = per_layer(records)
         new = []
-        for r in spikes(records, cfg.spike_ratio):
-            key = (r.layer, r.expert)
-            f = _finding(lm, r, rnd, which[key])
+        for r in spikes(scanned.records, cfg.spike_ratio):
+            f = _finding(lm, r, rnd, scanned.which[(r.layer, r.expert)])
             if f.coord not in examined:
                 examined.add(f.coord)
                 new.append(f)
@@ -354,6 +319,15 @@ def detect(lm: LoadedModel, cfg: DetectConfig | None = None, log: Callable[[str]
             break
         eligible = []
         for f in new[: cfg.max_candidates]:
+            key = (f.coord.layer, f.coord.expert)
+            above = site_max.get(key)
+            if above is not None and abs(f.output_activation) < cfg.hidden_ratio * above:
+                f.reason = (
+                    f"a trailing spike: |Y| {abs(f.output_activation):.4g} is under {cfg.hidden_ratio:g}x the "
+                    f"{above:.4g} already examined in this down projection; not probed"
+                )
+                rejected.append(f)
+                continue
             if abs(f.share) < cfg.min_share or f.share < 0:
                 f.reason = (
                     f"no single weight accounts for the spike: the largest term X[t,col]*W[row,col] "
@@ -362,15 +336,29 @@ def detect(lm: LoadedModel, cfg: DetectConfig | None = None, log: Callable[[str]
                 rejected.append(f)
                 continue
             eligible.append(f)
-        if eligible:
-            log(f"round {rnd}: proving {len(eligible)} candidate(s) by ablation")
-        for f, eff in zip(eligible, single_effects(lm, probe, [f.coord for f in eligible])):
-            removed.append(f.coord)
-            if eff.kl >= cfg.min_kl:
-                add_control(lm, probe, eff, [f.coord], examined)
-            f.effect = eff
+        for f in new[: cfg.max_candidates]:
+            key = (f.coord.layer, f.coord.expert)
+            site_max[key] = max(site_max.get(key, 0.0), abs(f.output_activation))
+        if not eligible:
+            break  # nothing zeroed: the next scan would see the same model
+        removed += [f.coord for f in eligible]
+        controls = [control_for(lm, f.coord, examined) for f in eligible]
+        groups = [Group(ids, mask, zero=(c,)) for c in [f.coord for f in eligible] + controls]
+        more = rnd < cfg.max_rounds
+        if more:
+            groups.append(Group(prompts, pmask, zero=tuple(removed), scan=True))
+        log(f"round {rnd}: proving {len(eligible)} candidate(s) by ablation"
+            + (f", scanning for round {rnd + 1}" if more else ""))
+        answers = passes.run(lm, groups)
+        k = len(eligible)
+        for i, f in enumerate(eligible):
+            lp, control = answers[i].log_probs, controls[i]
+            f.effect = Effect(kl=probe.kl(lp), ppl=probe.ppl(lp), ppl_intact=probe.ppl(), control=control,
+                              control_value=lm.adapter.value(control), control_kl=probe.kl(answers[k + i].log_probs))
             f.reason = judge(f.effect, cfg)
             (rejected if f.reason else confirmed).append(f)
+        if more:
+            scanned = answers[-1]
     confirmed += _prove_jointly(lm, probe, rejected, examined, cfg, log)
     rejected = [f for f in rejected if f.reason]
     confirmed.sort(key=lambda f: (f.coord.layer, f.coord.expert or 0, f.coord.row, f.coord.col))

@@ -58,6 +58,12 @@ class Probe:
 
     @classmethod
     def build(cls, model, tokenizer, sentences=PROBE_SENTENCES) -> "Probe":
+        input_ids, mask = cls.encode(model, tokenizer, sentences)
+        return cls.from_base(model, input_ids, mask, log_probs(model, input_ids, mask))
+
+    @staticmethod
+    def encode(model, tokenizer, sentences=PROBE_SENTENCES) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sentences as a right-padded batch on the model's device: (ids [B, T], mask [B, T])."""
         ids = [tokenizer(s, add_special_tokens=True)["input_ids"] for s in sentences]
         ids = [i for i in ids if len(i) >= 2]
         if not ids:
@@ -69,13 +75,16 @@ class Probe:
             input_ids[b, : len(i)] = torch.tensor(i)
             mask[b, : len(i)] = True
         dev = _device(model)
-        input_ids, mask = input_ids.to(dev), mask.to(dev)
+        return input_ids.to(dev), mask.to(dev)
+
+    @classmethod
+    def from_base(cls, model, input_ids: torch.Tensor, mask: torch.Tensor, base: torch.Tensor) -> "Probe":
+        """A probe from the intact model's log-probs ``base`` [N, V] on ``encode``'s batch."""
         has_next = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], 1)
         rows = has_next[mask]  # in the order of mask's real positions
         nxt = mask.clone()
         nxt[:, 0] = False
         targets = input_ids[nxt]  # the token after each position in ``rows``, same order
-        base = log_probs(model, input_ids, mask)
         nll = cls._nll(base, rows, targets)
         neg_entropy = (base.exp() * base).sum(-1)
         p = base.exp_()  # reuse the buffer: the probabilities are all we keep

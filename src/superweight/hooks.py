@@ -43,8 +43,9 @@ class SiteRecord:
     share: float  # X[t,col]*W[row,col] / Y[t,row]
 
 
-def summarize(site: Site, x: torch.Tensor, y: torch.Tensor, tokens: torch.Tensor) -> SiteRecord:
-    """x: [N, in], y: [N, out] for N tokens whose prompt positions are ``tokens``."""
+def summarize(site: Site, x: torch.Tensor, y: torch.Tensor, tokens: torch.Tensor, zeroed=()) -> SiteRecord:
+    """x: [N, in], y: [N, out] for N tokens whose prompt positions are ``tokens``.
+    ``zeroed``: (row, col) pairs of the weight to count as zero (ablated by subtraction)."""
     x = x.detach().float()
     y = y.detach().float()
     ax, ay = x.abs(), y.abs()
@@ -54,6 +55,9 @@ def summarize(site: Site, x: torch.Tensor, y: torch.Tensor, tokens: torch.Tensor
     to, row = divmod(o_flat, y.shape[1])
     w_row = site.weight()[row].detach().float()  # [in]
     contrib = x[to] * w_row  # [in]
+    for r, c in zeroed:
+        if r == row:
+            contrib[c] = 0.0
     col = int(contrib.abs().argmax())
     y_val = float(y[to, row])
     share = float(contrib[col]) / y_val if y_val != 0 else 0.0

@@ -7,6 +7,14 @@ and put back on the meta device by a forward hook after. Peak memory is about on
 plus the resident parts and the activations; each forward pass reads the layers' bytes
 once (from the page cache when warm).
 
+Page cache, managed so that repeated passes read little from disk: while a layer runs,
+the next layer's bytes are requested from the kernel (``POSIX_FADV_WILLNEED``), so disk
+reads overlap compute. When the decoder layers do not all fit in the memory available,
+the layers that do fit (from the first) are left in the page cache and the rest are
+dropped from it right after they run (``POSIX_FADV_DONTNEED``): a sequential pass over a
+file larger than the cache would otherwise evict each page just before the next pass
+wants it, and every pass would read the whole checkpoint from disk again.
+
 Weight edits (``hooks.edited``) on a streamed layer are kept here and applied each time
 the layer is materialized; ``read`` gives any parameter's stored value on demand.
 """
@@ -14,6 +22,8 @@ from __future__ import annotations
 
 import ctypes
 import json
+import mmap
+import os
 from pathlib import Path
 
 import torch
@@ -22,6 +32,12 @@ from accelerate.utils import set_module_tensor_to_device
 from safetensors import safe_open
 
 from .errors import ModelLoadError
+
+ST_DTYPES = {  # safetensors dtype names -> torch
+    "BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 class Checkpoint:
@@ -42,17 +58,69 @@ class Checkpoint:
         missing = {f for f in set(self.where.values()) if not f.is_file()}
         if missing:
             raise ModelLoadError(f"shard listed in the index is missing: {sorted(missing)[0]}")
+        self._spans: dict[str, tuple[Path, int, int]] | None = None
+        self._meta: dict[str, tuple[torch.dtype, list[int]]] = {}
+        self._maps: dict[Path, mmap.mmap] = {}
 
-    def read_many(self, names: list[str]) -> dict[str, torch.Tensor]:
+    def span(self, name: str) -> tuple[Path, int, int] | None:
+        """(file, byte offset, byte length) of a tensor's data, for page-cache advice."""
+        if self._spans is None:
+            self._spans = {}
+            for f in set(self.where.values()):
+                try:
+                    with open(f, "rb") as h:
+                        n = int.from_bytes(h.read(8), "little")
+                        header = json.loads(h.read(n))
+                    size = f.stat().st_size
+                except (OSError, ValueError):
+                    continue  # a damaged shard is reported by the read itself
+                for k, v in header.items():
+                    if k != "__metadata__":
+                        a, b = v["data_offsets"]
+                        self._spans[k] = (f, 8 + n + a, b - a)
+                        if v.get("dtype") in ST_DTYPES and 8 + n + b <= size:
+                            self._meta[k] = (ST_DTYPES[v["dtype"]], v["shape"])
+        return self._spans.get(name)
+
+    def read_iter(self, names: list[str], view: bool = False):
+        """(name, tensor) for each of ``names``, one file opened at a time. ``view``: a
+        zero-copy tensor over a private (copy-on-write) map of the file, where the dtype
+        allows: no copy of the bytes at all, the page cache is the weight; ``release``
+        drops those pages from this process again."""
         by_file: dict[Path, list[str]] = {}
         for n in names:
             by_file.setdefault(self.where[n], []).append(n)
-        out = {}
         for f, ns in by_file.items():
+            if view and all(self.span(n) is not None and n in self._meta for n in ns):
+                mm = self._map(f)
+                for n in ns:
+                    _, off, size = self._spans[n]
+                    dtype, shape = self._meta[n]
+                    count = size // torch.empty((), dtype=dtype).element_size()
+                    t = torch.frombuffer(mm, dtype=dtype, count=count, offset=off) if count else torch.empty(0, dtype=dtype)
+                    yield n, t.view(shape)
+                continue
             with safe_open(str(f), framework="pt") as h:
                 for n in ns:
-                    out[n] = h.get_tensor(n)
-        return out
+                    yield n, h.get_tensor(n)
+
+    def _map(self, f: Path) -> mmap.mmap:
+        if f not in self._maps:
+            with open(f, "rb") as h:
+                self._maps[f] = mmap.mmap(h.fileno(), 0, access=mmap.ACCESS_COPY)
+        return self._maps[f]
+
+    def release(self, spans) -> None:
+        """Unmap these byte spans' pages from this process (they stay in the page cache), so
+        resident memory stays at one layer however many layers a pass has viewed."""
+        for f, off, n in spans:
+            mm = self._maps.get(f)
+            if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+                start = off - off % mmap.PAGESIZE
+                mm.madvise(mmap.MADV_DONTNEED, start, min(off + n, len(mm)) - start)
+
+    def read_many(self, names: list[str]) -> dict[str, torch.Tensor]:
+        return dict(self.read_iter(names))
 
 
 class GGUFCheckpoint:
@@ -85,17 +153,77 @@ class GGUFCheckpoint:
         tensors = {t.name: t for t in self.reader.tensors}
         self.where = {hf: tensors[g] for g, hf in self.key_map.items() if g in tensors}
 
-    def read_many(self, names: list[str]) -> dict[str, torch.Tensor]:
+    def span(self, name: str) -> tuple[Path, int, int] | None:
+        t = self.where.get(name)
+        return None if t is None else (self.dir, int(t.data_offset), int(t.n_bytes))
+
+    def release(self, spans) -> None:
+        """Unmap these byte spans' pages from this process (see ``Checkpoint.release``)."""
+        mm = getattr(self.reader.data, "_mmap", None)
+        if mm is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        for _, off, n in spans:
+            start = off - off % mmap.PAGESIZE
+            mm.madvise(mmap.MADV_DONTNEED, start, min(off + n, len(mm)) - start)
+
+    def read_iter(self, names: list[str], view: bool = False):
         from gguf import dequantize
 
-        out = {}
         for n in names:
             t = self.where[n]
             w = dequantize(t.data, t.tensor_type)
             w = self.processor.process(weights=w, name=t.name, tensor_key_mapping=self.key_map,
                                        parsed_parameters={"config": self.cfg, "tensors": {}}).weights
-            out[n] = torch.from_numpy(w.copy())
-        return out
+            yield n, torch.from_numpy(w.copy())
+
+    def read_many(self, names: list[str]) -> dict[str, torch.Tensor]:
+        return dict(self.read_iter(names))
+
+
+WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)  # absent off Linux/Unix: advice is skipped
+DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", None)
+
+
+def _advise(spans, advice) -> None:
+    """posix_fadvise over byte spans [(file, offset, length)]; a no-op where unsupported."""
+    if advice is None or not hasattr(os, "posix_fadvise"):
+        return
+    for f, off, n in spans:
+        try:
+            fd = os.open(f, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.posix_fadvise(fd, off, n, advice)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def available_memory() -> int | None:
+    """MemAvailable in bytes (Linux), else None."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def cache_plan(layer_bytes: list[int], room: int | None) -> set[int]:
+    """The layers to drop from the page cache after each use: none if all fit in ``room``
+    bytes, else the ones past the longest prefix that does."""
+    if room is None or sum(layer_bytes) <= room:
+        return set()
+    total, keep = 0, 0
+    for b in layer_bytes:
+        if total + b > room:
+            break
+        total += b
+        keep += 1
+    return set(range(keep, len(layer_bytes)))
 
 
 def _hand_big_blocks_back() -> None:
@@ -122,14 +250,23 @@ class Streamer:
         self.progress = None  # called with (layer, num_layers) as each layer is read
         layers = model.get_submodule(layers_path)
         self.num_layers = len(layers)
+        self.spans: list[list] = []  # per layer: byte spans of its tensors in the checkpoint
         for i, layer in enumerate(layers):
             # (owning module, attribute, full checkpoint name, meta placeholder) per parameter
             slots = []
             for n, p in layer.named_parameters(recurse=True):
                 owner, _, leaf = n.rpartition(".")
                 slots.append((layer.get_submodule(owner) if owner else layer, leaf, f"{layers_path}.{i}.{n}", p))
+            self.spans.append([sp for _, _, full, _ in slots if (sp := checkpoint.span(full)) is not None])
             self.handles.append(layer.register_forward_pre_hook(self._materialize(i, slots)))
-            self.handles.append(layer.register_forward_hook(self._release(slots)))
+            self.handles.append(layer.register_forward_hook(self._release(i, slots)))
+        # Room for cached layers: what is available now, less this process's working set
+        # (the largest layer at the compute dtype, twice, and 1 GiB for activations).
+        on_disk = [sum(n for _, _, n in sp) for sp in self.spans]
+        width = max(torch.finfo(dtype).bits // 8, 1) if dtype.is_floating_point else 4
+        largest = max((sum(p.numel() for p in layer.parameters()) for layer in layers), default=0) * width
+        avail = available_memory()
+        self.drop = cache_plan(on_disk, None if avail is None else avail - 2 * largest - (1 << 30))
 
     def _convert(self, name: str, t: torch.Tensor) -> torch.Tensor:
         if t.dtype.is_floating_point and t.dtype != self.dtype:
@@ -144,22 +281,33 @@ class Streamer:
     # The hot path sets parameters directly (accelerate's set_module_tensor_to_device does the
     # same with checks that cost ~80 us a call, times every parameter of every layer per pass).
     def _materialize(self, index, slots):
+        where = {full: (owner, leaf, meta) for owner, leaf, full, meta in slots}
+
         def hook(module, args):
             if self.progress is not None:
                 self.progress(index + 1, self.num_layers)
-            tensors = self.ckpt.read_many([full for _, _, full, _ in slots])
-            for owner, leaf, full, meta in slots:
-                if tensors[full].shape != meta.shape:
-                    raise ModelLoadError(f"checkpoint tensor {full} has shape {tuple(tensors[full].shape)}, "
+            if index == 0:
+                _advise(self.spans[0], WILLNEED)
+            if index + 1 < self.num_layers:
+                _advise(self.spans[index + 1], WILLNEED)  # read ahead while this layer runs
+            # one tensor at a time: a converted copy never sits beside the whole raw layer
+            for full, raw in self.ckpt.read_iter(list(where), view=True):
+                owner, leaf, meta = where[full]
+                if raw.shape != meta.shape:
+                    raise ModelLoadError(f"checkpoint tensor {full} has shape {tuple(raw.shape)}, "
                                          f"the config implies {tuple(meta.shape)}")
-                t = self._convert(full, tensors[full]).to(self.device)
+                t = self._convert(full, raw).to(self.device)
+                del raw
                 owner._parameters[leaf] = torch.nn.Parameter(t, requires_grad=False)
         return hook
 
-    def _release(self, slots):
+    def _release(self, index, slots):
         def hook(module, args, output):
             for owner, leaf, _, meta in slots:
                 owner._parameters[leaf] = meta
+            self.ckpt.release(self.spans[index])
+            if index in self.drop:
+                _advise(self.spans[index], DONTNEED)
         return hook
 
     def read(self, name: str) -> torch.Tensor:

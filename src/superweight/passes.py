@@ -1,0 +1,165 @@
+"""Many questions, one forward pass: groups of rows that each see their own weights zeroed.
+
+Detection asks, round after round: what does the model predict with weight A zeroed, with
+its control zeroed, with B zeroed, ..., and where do the down projections spike with every
+candidate so far zeroed? Each is a forward pass; when the decoder layers stream from disk
+each pass is a read of the checkpoint. ``run`` answers them all in one pass: the groups'
+rows are stacked into one right-padded batch, and zeroing W[r, c] of a linear map is
+exactly subtracting X[..., c] * W[r, c] from output channel r, so a hook on each down
+projection gives every group its own subtractions and records the spikes of the groups
+that ask for them. Padding positions are masked out of every record.
+
+Fused mixture-of-experts weights are not one linear map per row group; a model with them
+runs the groups one after another, with the weights really zeroed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .coords import Coord
+from .effect import log_probs
+from .hooks import capture, summarize, zeroed
+from .model import LoadedModel
+
+MAX_GROUPS = 16  # groups per pass: bounds the batch's activations and logits
+
+
+@dataclass(frozen=True)
+class Group:
+    ids: torch.Tensor  # [b, T], right-padded
+    mask: torch.Tensor  # [b, T] bool
+    zero: tuple[Coord, ...] = ()  # weights zeroed for these rows only
+    scan: bool = False  # record every down projection's spike (no log-probs then)
+    residual: bool = False  # also max |h| per channel after each layer, first row
+
+
+@dataclass
+class Answer:
+    log_probs: torch.Tensor | None = None  # [N, V] at the real positions, row order (not for scans)
+    records: dict = field(default_factory=dict)  # (layer, expert) -> SiteRecord, largest |Y| over rows
+    which: dict = field(default_factory=dict)  # (layer, expert) -> row (prompt index) of that record
+    residual: list = field(default_factory=list)  # per layer: (max |h| per channel [H], its token [H])
+
+
+def stack(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[1, T_i] token rows -> right-padded ([b, T], mask [b, T])."""
+    width = max(r.shape[-1] for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long, device=rows[0].device)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool, device=rows[0].device)
+    for b, r in enumerate(rows):
+        ids[b, : r.shape[-1]] = r.reshape(-1)
+        mask[b, : r.shape[-1]] = True
+    return ids, mask
+
+
+def run(lm: LoadedModel, groups: list[Group]) -> list[Answer]:
+    """One Answer per group, in order; as few passes as ``MAX_GROUPS`` allows."""
+    if lm.adapter.has_experts:
+        return [_one(lm, g) for g in groups]
+    out: list[Answer] = []
+    for start in range(0, len(groups), MAX_GROUPS):
+        out += _batched(lm, groups[start:start + MAX_GROUPS])
+    return out
+
+
+def _keep(ans: Answer, rec, row: int) -> None:
+    key = (rec.layer, rec.expert)
+    if key not in ans.records or rec.max_output > ans.records[key].max_output:
+        ans.records[key], ans.which[key] = rec, row
+
+
+def _residual(hidden_states, rows: torch.Tensor) -> list:
+    """(max |h| over real tokens per channel, argmax token) after each decoder layer."""
+    out = []
+    for h in hidden_states[1:]:
+        mx, tok = h.float().abs()[rows].max(dim=0)
+        out.append((mx, tok))
+    return out
+
+
+@torch.no_grad()
+def _one(lm: LoadedModel, g: Group) -> Answer:
+    """A group on its own, weights really zeroed (any architecture, fused experts included)."""
+    ans = Answer()
+    with zeroed(lm.adapter, list(g.zero)):
+        if not g.scan:
+            ans.log_probs = log_probs(lm.model, g.ids, g.mask)
+            return ans
+        for b in range(g.ids.shape[0]):
+            ids = g.ids[b : b + 1, : int(g.mask[b].sum())]
+            want = g.residual and b == 0
+            with capture(lm.adapter) as rec:
+                o = lm.model(input_ids=ids, use_cache=False, output_hidden_states=want)
+            if want:
+                ans.residual = _residual([h[0] for h in o.hidden_states], slice(None))
+            for r in rec.values():
+                _keep(ans, r, b)
+    return ans
+
+
+@torch.no_grad()
+def _batched(lm: LoadedModel, groups: list[Group]) -> list[Answer]:
+    width = max(g.ids.shape[1] for g in groups)
+    ids = torch.cat([_pad(g.ids, width) for g in groups])
+    mask = torch.cat([_pad(g.mask, width) for g in groups])
+    n, T = ids.shape
+    spans, at = [], 0  # each group's rows in the batch
+    for g in groups:
+        spans.append(slice(at, at + g.ids.shape[0]))
+        at += g.ids.shape[0]
+    answers = [Answer() for _ in groups]
+    # per site: [(group rows, [(coord, value)])] to subtract
+    subtract: dict[int, list] = {}
+    for g, rows in zip(groups, spans):
+        for c in g.zero:
+            site = lm.adapter.site(c)
+            by = subtract.setdefault(id(site.module), {}).setdefault(rows.start, (rows, []))
+            by[1].append((c, lm.adapter.value(c)))
+    scans = [(k, g, rows) for k, (g, rows) in enumerate(zip(groups, spans)) if g.scan]
+    handles = []
+    for site in lm.adapter.sites:
+        todo = list(subtract.get(id(site.module), {}).values())
+
+        def hook(mod, inp, y, site=site, todo=todo):
+            x = inp[0].reshape(n, T, inp[0].shape[-1])  # some families (OPT) flatten tokens to [n*T, d]
+            out = y.clone() if todo else y
+            y3 = out.view(n, T, out.shape[-1])
+            for rows, items in todo:
+                for c, v in items:
+                    y3[rows, :, c.row] -= (x[rows, :, c.col].float() * v).to(out.dtype)
+            for k, g, rows in scans:
+                gone = [(c.row, c.col) for c in g.zero if c.layer == site.layer]
+                for b in range(rows.start, rows.stop):
+                    real = mask[b]
+                    rec = summarize(site, x[b][real], y3[b][real], torch.arange(int(real.sum())), zeroed=gone)
+                    _keep(answers[k], rec, b - rows.start)
+            return out
+        handles.append(site.module.register_forward_hook(hook))
+    want = any(g.residual for g in groups)
+    try:
+        o = lm.model(input_ids=ids, attention_mask=mask.long(), use_cache=False, output_hidden_states=want)
+    finally:
+        for h in handles:
+            h.remove()
+    logits = o.logits
+    for k, (g, rows) in enumerate(zip(groups, spans)):
+        if g.residual:
+            real = mask[rows.start]
+            answers[k].residual = _residual([h[rows.start] for h in o.hidden_states], real)
+        if g.scan:
+            continue
+        lengths = mask[rows].sum(1).tolist()
+        lp = torch.empty(sum(lengths), logits.shape[-1], dtype=torch.float32, device=logits.device)
+        i = 0
+        for b, m in zip(range(rows.start, rows.stop), lengths):
+            row = logits[b, :m].float()
+            lp[i : i + m] = row - row.logsumexp(-1, keepdim=True)
+            i += m
+        answers[k].log_probs = lp
+    return answers
+
+
+def _pad(t: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.nn.functional.pad(t, (0, width - t.shape[1]))
