@@ -24,6 +24,7 @@ import ctypes
 import json
 import mmap
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -247,6 +248,7 @@ class Streamer:
         self.prefix = layers_path + "."
         self.edits: dict[str, dict[tuple, list[float]]] = {}  # name -> index -> stack of values
         self.handles = []
+        self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="superweight-readahead")
         self.progress = None  # called with (layer, num_layers) as each layer is read
         layers = model.get_submodule(layers_path)
         self.num_layers = len(layers)
@@ -289,7 +291,9 @@ class Streamer:
             if index == 0:
                 _advise(self.spans[0], WILLNEED)
             if index + 1 < self.num_layers:
-                _advise(self.spans[index + 1], WILLNEED)  # read ahead while this layer runs
+                # read ahead while this layer runs; the kernel submits the reads inside the call,
+                # which blocks for a large layer, so it is made from a helper thread
+                self._ahead.submit(_advise, self.spans[index + 1], WILLNEED)
             # one tensor at a time: a converted copy never sits beside the whole raw layer
             for full, raw in self.ckpt.read_iter(list(where), view=True):
                 owner, leaf, meta = where[full]
