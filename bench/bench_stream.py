@@ -5,13 +5,15 @@ Writes a synthetic checkpoint (bf16 safetensors shards with an index; random wei
 of ``col`` scaled 40x so that its input activation is massive, and the output head's column
 ``row`` at std 0.5 so that predictions depend on the super activation, as in real models),
 then measures, each command as a fresh process (wall time, peak RSS from
-``os.wait4``), side by side in one run:
+``os.wait4``) that starts with the checkpoint evicted from the page cache, side by side in
+one run:
 
 - 13b: ``cat`` of the shards to /dev/null (reading the bytes once) against
   ``superweight detect DIR --stream``, and against two streamed forward passes on one
   token (what detection reads, without its compute);
 - 7b: the in-memory path (transformers ``from_pretrained`` plus one forward with hooks on
-  every down projection) against ``superweight detect DIR --stream``; and
+  every down projection) and the same detection with the model loaded whole
+  (``--no-stream``) against ``superweight detect DIR --stream``; and
   ``superweight quantize DIR --stream`` against ``cat`` of the shards into one file on the
   same disk (reading plus writing the bytes once).
 
@@ -137,8 +139,10 @@ def _tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
 
 
-def run(cmd: list[str] | str, shell: bool = False) -> tuple[float, float, str]:
-    """(wall s, peak RSS MiB, stdout) of a fresh process."""
+def run(cmd: list[str] | str, shell: bool = False, cold: Path | None = None) -> tuple[float, float, str]:
+    """(wall s, peak RSS MiB, stdout) of a fresh process; ``cold``: evict this checkpoint first."""
+    if cold is not None:
+        evict(cold)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, shell=shell, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out = proc.stdout.read().decode()
@@ -179,6 +183,19 @@ print(len(lm.adapter.streamer.drop))
 '''
 
 
+def evict(d: Path) -> None:
+    """Drop the checkpoint's pages from the page cache, so that every measurement starts
+    cold: what is cached otherwise depends on what ran before (a `cat` of the 13B took 9 to
+    48 s in earlier runs)."""
+    os.sync()
+    for f in d.glob("*.safetensors"):
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def shards(d: Path) -> str:
     return " ".join(str(p) for p in sorted(d.glob("*.safetensors")))
 
@@ -210,28 +227,31 @@ def bench(shape: str, root: Path) -> list[str]:
     rows = []
     L, R, C = sw_coord(shape)
     if shape in ("13b", "small"):
-        cat_w, cat_rss, _ = run(f"cat {shards(d)} > /dev/null", shell=True)
-        io_w, io_rss, io_out = run([sys.executable, "-c", IO_FLOOR, str(d)])
-        det_w, det_rss, out = run(detect_cmd(d))
+        cat_w, cat_rss, _ = run(f"cat {shards(d)} > /dev/null", shell=True, cold=d)
+        io_w, io_rss, io_out = run([sys.executable, "-c", IO_FLOOR, str(d)], cold=d)
+        det_w, det_rss, out = run(detect_cmd(d), cold=d)
         rows.append(f"| {shape} ({size / 1e9:.1f} GB) | read the shards once (`cat`) | {cat_w:.0f} | {cat_rss:.0f} | |")
         rows.append(f"| {shape} | two streamed passes on one token (detection's reads, not its compute) | {io_w:.0f} | "
                     f"{io_rss:.0f} | {io_out.strip()} layers dropped from the page cache after use; {io_w / cat_w:.1f}x the read |")
         rows.append(f"| {shape} | `superweight detect --stream` | {det_w:.0f} | {det_rss:.0f} | "
                     f"found {L}:{R}:{C}: {found(out, shape)}; {det_w / cat_w:.1f}x the read |")
     if shape in ("7b", "small"):
-        plain_w, plain_rss, plain_out = run([sys.executable, "-c", PLAIN, str(d)])
-        det_w, det_rss, out = run(detect_cmd(d))
+        plain_w, plain_rss, plain_out = run([sys.executable, "-c", PLAIN, str(d)], cold=d)
+        whole_w, whole_rss, whole_out = run([a if a != "--stream" else "--no-stream" for a in detect_cmd(d)], cold=d)
+        det_w, det_rss, out = run(detect_cmd(d), cold=d)
         rows.append(f"| {shape} ({size / 1e9:.1f} GB) | in memory: `from_pretrained` + forward with hooks | {plain_w:.0f} | "
                     f"{plain_rss:.0f} | largest spike: layer {plain_out.split()[0] if plain_out else '?'} |")
+        rows.append(f"| {shape} | in memory: `superweight detect --no-stream` (the same detection, model loaded whole) | "
+                    f"{whole_w:.0f} | {whole_rss:.0f} | found {L}:{R}:{C}: {found(whole_out, shape)} |")
         rows.append(f"| {shape} | `superweight detect --stream` | {det_w:.0f} | {det_rss:.0f} | found {L}:{R}:{C}: "
                     f"{found(out, shape)}; {det_rss / plain_rss:.3f}x the memory, {det_w / plain_w:.2f}x the time |")
         qout = root / f"llama2-{shape}-q4"
         copy = root / f"llama2-{shape}-copy.bin"
         shutil.rmtree(qout, ignore_errors=True)
-        cp_w, cp_rss, _ = run(f"cat {shards(d)} > {copy} && sync", shell=True)
+        cp_w, cp_rss, _ = run(f"cat {shards(d)} > {copy} && sync", shell=True, cold=d)
         copy.unlink()
         q_w, q_rss, _ = run([sys.executable, "-m", "superweight.cli", "quantize", str(d), "--stream", "--dtype", "bfloat16",
-                             "--coords", f"{L}:{R}:{C}", "--bits", "4", "--group-size", "128", "--out", str(qout)])
+                             "--coords", f"{L}:{R}:{C}", "--bits", "4", "--group-size", "128", "--out", str(qout)], cold=d)
         subprocess.run(["sync"])
         qsize = sum(p.stat().st_size for p in qout.glob("*.safetensors"))
         shutil.rmtree(qout, ignore_errors=True)
