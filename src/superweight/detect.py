@@ -349,12 +349,12 @@ def detect(lm: LoadedModel, cfg: DetectConfig | None = None, log: Callable[[str]
             groups.append(Group(prompts, pmask, zero=tuple(removed), scan=True))
         log(f"round {rnd}: proving {len(eligible)} candidate(s) by ablation"
             + (f", scanning for round {rnd + 1}" if more else ""))
-        answers = passes.run(lm, groups)
+        answers = passes.run(lm, groups, reduce=lambda lp: (probe.kl(lp), probe.ppl(lp)))
         k = len(eligible)
         for i, f in enumerate(eligible):
-            lp, control = answers[i].log_probs, controls[i]
-            f.effect = Effect(kl=probe.kl(lp), ppl=probe.ppl(lp), ppl_intact=probe.ppl(), control=control,
-                              control_value=lm.adapter.value(control), control_kl=probe.kl(answers[k + i].log_probs))
+            (kl, ppl), control = answers[i].log_probs, controls[i]
+            f.effect = Effect(kl=kl, ppl=ppl, ppl_intact=probe.ppl(), control=control,
+                              control_value=lm.adapter.value(control), control_kl=answers[k + i].log_probs[0])
             f.reason = judge(f.effect, cfg)
             (rejected if f.reason else confirmed).append(f)
         if more:

@@ -23,7 +23,10 @@ from .effect import log_probs
 from .hooks import capture, summarize, zeroed
 from .model import LoadedModel
 
-MAX_GROUPS = 16  # groups per pass: bounds the batch's activations and logits
+MAX_GROUPS = 16  # groups per pass: bounds the batch's activations
+# Bytes of float32 logits per pass: vocabulary-sized tensors dominate a small model's memory,
+# so a pass holds at most the larger of this and 1/32 of the model's weights.
+LOGITS_BUDGET = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ class Group:
 
 @dataclass
 class Answer:
-    log_probs: torch.Tensor | None = None  # [N, V] at the real positions, row order (not for scans)
+    log_probs: object = None  # [N, V] at the real positions, row order, or ``reduce`` of it (not for scans)
     records: dict = field(default_factory=dict)  # (layer, expert) -> SiteRecord, largest |Y| over rows
     which: dict = field(default_factory=dict)  # (layer, expert) -> row (prompt index) of that record
     residual: list = field(default_factory=list)  # per layer: (max |h| per channel [H], its token [H])
@@ -54,14 +57,27 @@ def stack(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-def run(lm: LoadedModel, groups: list[Group]) -> list[Answer]:
-    """One Answer per group, in order; as few passes as ``MAX_GROUPS`` allows."""
+def run(lm: LoadedModel, groups: list[Group], reduce=None) -> list[Answer]:
+    """One Answer per group, in order, in as few passes as ``MAX_GROUPS`` and
+    ``LOGITS_BUDGET`` allow. ``reduce``: applied to each group's log-probs as soon as they
+    exist, and kept in their place (a few numbers instead of an [N, V] tensor per group)."""
     if lm.adapter.has_experts:
-        return [_one(lm, g) for g in groups]
+        return [_one(lm, g, reduce) for g in groups]
+    vocab = lm.model.get_output_embeddings().weight.shape[0]
+    width = max(g.ids.shape[1] for g in groups)
+    weights = sum(p.numel() * p.element_size() for p in lm.model.parameters())  # meta ones count too
+    budget = max(LOGITS_BUDGET, weights // 32)
     out: list[Answer] = []
-    for start in range(0, len(groups), MAX_GROUPS):
-        out += _batched(lm, groups[start:start + MAX_GROUPS])
-    return out
+    chunk: list[Group] = []
+    rows = 0
+    for g in groups:
+        n = g.ids.shape[0]
+        if chunk and (len(chunk) == MAX_GROUPS or (rows + n) * width * vocab * 4 > budget):
+            out += _batched(lm, chunk, reduce)
+            chunk, rows = [], 0
+        chunk.append(g)
+        rows += n
+    return out + _batched(lm, chunk, reduce)
 
 
 def _keep(ans: Answer, rec, row: int) -> None:
@@ -80,12 +96,13 @@ def _residual(hidden_states, rows: torch.Tensor) -> list:
 
 
 @torch.no_grad()
-def _one(lm: LoadedModel, g: Group) -> Answer:
+def _one(lm: LoadedModel, g: Group, reduce=None) -> Answer:
     """A group on its own, weights really zeroed (any architecture, fused experts included)."""
     ans = Answer()
     with zeroed(lm.adapter, list(g.zero)):
         if not g.scan:
-            ans.log_probs = log_probs(lm.model, g.ids, g.mask)
+            lp = log_probs(lm.model, g.ids, g.mask)
+            ans.log_probs = reduce(lp) if reduce else lp
             return ans
         for b in range(g.ids.shape[0]):
             ids = g.ids[b : b + 1, : int(g.mask[b].sum())]
@@ -100,7 +117,7 @@ def _one(lm: LoadedModel, g: Group) -> Answer:
 
 
 @torch.no_grad()
-def _batched(lm: LoadedModel, groups: list[Group]) -> list[Answer]:
+def _batched(lm: LoadedModel, groups: list[Group], reduce=None) -> list[Answer]:
     width = max(g.ids.shape[1] for g in groups)
     ids = torch.cat([_pad(g.ids, width) for g in groups])
     mask = torch.cat([_pad(g.mask, width) for g in groups])
@@ -112,11 +129,14 @@ def _batched(lm: LoadedModel, groups: list[Group]) -> list[Answer]:
     answers = [Answer() for _ in groups]
     # per site: [(group rows, [(coord, value)])] to subtract
     subtract: dict[int, list] = {}
+    values: dict[Coord, float] = {}  # a streamed layer's value is a read from disk: once per coordinate
     for g, rows in zip(groups, spans):
         for c in g.zero:
             site = lm.adapter.site(c)
+            if c not in values:
+                values[c] = lm.adapter.value(c)
             by = subtract.setdefault(id(site.module), {}).setdefault(rows.start, (rows, []))
-            by[1].append((c, lm.adapter.value(c)))
+            by[1].append((c, values[c]))
     scans = [(k, g, rows) for k, (g, rows) in enumerate(zip(groups, spans)) if g.scan]
     handles = []
     for site in lm.adapter.sites:
@@ -157,7 +177,7 @@ def _batched(lm: LoadedModel, groups: list[Group]) -> list[Answer]:
             row = logits[b, :m].float()
             lp[i : i + m] = row - row.logsumexp(-1, keepdim=True)
             i += m
-        answers[k].log_probs = lp
+        answers[k].log_probs = reduce(lp) if reduce else lp
     return answers
 
 

@@ -1,0 +1,60 @@
+"""One batched pass answers like separate passes with the weights really zeroed."""
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import plant, tiny_model
+
+import superweight as sw
+from superweight import passes
+from superweight.effect import Probe
+from superweight.passes import Group, stack
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2", "opt"])
+def test_batched_groups_equal_separate_passes(model_type, monkeypatch):
+    lm = tiny_model(model_type)
+    a, b = sw.Coord(1, 5, 7), sw.Coord(2, 9, 3)
+    plant(lm, a, 400.0)
+    ids, mask = Probe.encode(lm.model, lm.tokenizer)
+    prompts, pmask = stack([lm.tokenizer(p, return_tensors="pt")["input_ids"] for p in ("Apple Inc. is big.", "Hi")])
+    groups = [
+        Group(ids, mask),
+        Group(ids, mask, zero=(a,)),
+        Group(ids, mask, zero=(a, b)),
+        Group(prompts, pmask, scan=True, residual=True),
+        Group(prompts, pmask, zero=(a,), scan=True),
+    ]
+    batched = passes.run(lm, groups)
+    monkeypatch.setattr(passes, "MAX_GROUPS", 1)
+    alone = [passes._one(lm, g) for g in groups]  # really zeroed, one pass each
+    for x, y in zip(batched[:3], alone[:3]):
+        torch.testing.assert_close(x.log_probs, y.log_probs, atol=2e-3, rtol=1e-3)  # subtracting vs zeroing: rounding only
+    assert (batched[0].log_probs - batched[1].log_probs).abs().max() > 0.1  # the ablation did something
+    for x, y in zip(batched[3:], alone[3:]):
+        assert x.records.keys() == y.records.keys()
+        for key in x.records:
+            rx, ry = x.records[key], y.records[key]
+            assert (rx.output_channel, rx.col, rx.output_token, x.which[key]) == (ry.output_channel, ry.col, ry.output_token, y.which[key])
+            assert rx.max_output == pytest.approx(ry.max_output, rel=1e-4)
+    # zeroed for the scan: layer 1's spike is no longer the planted weight
+    assert (batched[3].records[(1, None)].output_channel, batched[3].records[(1, None)].col) == (5, 7)
+    assert (batched[4].records[(1, None)].output_channel, batched[4].records[(1, None)].col) != (5, 7)
+    for (mx, tok), (my, toy) in zip(batched[3].residual, alone[3].residual):
+        torch.testing.assert_close(mx, my, atol=1e-3, rtol=1e-4)
+
+
+def test_logits_budget_splits_passes_without_changing_answers(monkeypatch):
+    lm = tiny_model("llama")
+    ids, mask = Probe.encode(lm.model, lm.tokenizer)
+    groups = [Group(ids, mask, zero=(sw.Coord(i % 4, i, i),)) for i in range(5)]
+    calls = []
+    real = passes._batched
+    monkeypatch.setattr(passes, "_batched", lambda lm, gs, reduce=None: (calls.append(len(gs)), real(lm, gs, reduce))[1])
+    one = passes.run(lm, groups, reduce=lambda lp: float(lp.sum()))
+    assert calls == [5]
+    monkeypatch.setattr(passes, "LOGITS_BUDGET", ids.numel() * 258 * 4 * 2)  # two groups' logits
+    calls.clear()
+    split = passes.run(lm, groups, reduce=lambda lp: float(lp.sum()))
+    assert calls == [2, 2, 1]
+    assert [x.log_probs for x in split] == pytest.approx([x.log_probs for x in one], rel=1e-5)
