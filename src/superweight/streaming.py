@@ -115,10 +115,7 @@ class Checkpoint:
         """Unmap these byte spans' pages from this process (they stay in the page cache), so
         resident memory stays at one layer however many layers a pass has viewed."""
         for f, off, n in spans:
-            mm = self._maps.get(f)
-            if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
-                start = off - off % mmap.PAGESIZE
-                mm.madvise(mmap.MADV_DONTNEED, start, min(off + n, len(mm)) - start)
+            _unmap(self._maps.get(f), off, n)
 
     def read_many(self, names: list[str]) -> dict[str, torch.Tensor]:
         return dict(self.read_iter(names))
@@ -160,12 +157,9 @@ class GGUFCheckpoint:
 
     def release(self, spans) -> None:
         """Unmap these byte spans' pages from this process (see ``Checkpoint.release``)."""
-        mm = getattr(self.reader.data, "_mmap", None)
-        if mm is None or not hasattr(mmap, "MADV_DONTNEED"):
-            return
+        mm = getattr(self.reader.data, "_mmap", None)  # numpy's memmap keeps its mmap here
         for _, off, n in spans:
-            start = off - off % mmap.PAGESIZE
-            mm.madvise(mmap.MADV_DONTNEED, start, min(off + n, len(mm)) - start)
+            _unmap(mm, off, n)
 
     def read_iter(self, names: list[str], view: bool = False):
         from gguf import dequantize
@@ -179,6 +173,13 @@ class GGUFCheckpoint:
 
     def read_many(self, names: list[str]) -> dict[str, torch.Tensor]:
         return dict(self.read_iter(names))
+
+
+def _unmap(mm: mmap.mmap | None, off: int, n: int) -> None:
+    """Drop a mapped byte range's pages from this process (not from the page cache)."""
+    if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+        start = off - off % mmap.PAGESIZE
+        mm.madvise(mmap.MADV_DONTNEED, start, min(off + n, len(mm)) - start)
 
 
 # Share of the free memory that the layers kept in the page cache may fill. Linux keeps only
