@@ -34,7 +34,12 @@ def log_probs(model, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     """[N, V] float32 next-token log-probabilities at the N real positions of a
     right-padded batch, in row order. Row by row: vocabulary-sized tensors dominate the
     memory of a small model's forward pass."""
-    logits = model(input_ids=input_ids, attention_mask=mask.long(), use_cache=False).logits
+    return real_log_probs(model(input_ids=input_ids, attention_mask=mask.long(), use_cache=False).logits, mask)
+
+
+def real_log_probs(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """logits [B, T, V], mask [B, T] (right-padded) -> [N, V] float32 log-probabilities at
+    the N real positions, row by row."""
     lengths = mask.sum(1).tolist()
     out = torch.empty(sum(lengths), logits.shape[-1], dtype=torch.float32, device=logits.device)
     i = 0

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .coords import Coord
-from .effect import log_probs
+from .effect import log_probs, real_log_probs
 from .hooks import capture, summarize, zeroed
 from .model import LoadedModel
 
@@ -170,13 +170,7 @@ def _batched(lm: LoadedModel, groups: list[Group], reduce=None) -> list[Answer]:
             answers[k].residual = _residual([h[rows.start] for h in o.hidden_states], real)
         if g.scan:
             continue
-        lengths = mask[rows].sum(1).tolist()
-        lp = torch.empty(sum(lengths), logits.shape[-1], dtype=torch.float32, device=logits.device)
-        i = 0
-        for b, m in zip(range(rows.start, rows.stop), lengths):
-            row = logits[b, :m].float()
-            lp[i : i + m] = row - row.logsumexp(-1, keepdim=True)
-            i += m
+        lp = real_log_probs(logits[rows], mask[rows])
         answers[k].log_probs = reduce(lp) if reduce else lp
     return answers
 
