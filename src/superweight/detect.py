@@ -246,21 +246,16 @@ def measure(lm: LoadedModel, probe: Probe, coords: list[Coord], avoid: set[Coord
         lp = probe.current()
     eff = Effect(kl=probe.kl(lp), ppl=probe.ppl(lp), ppl_intact=probe.ppl())
     if eff.kl >= control_above:
-        add_control(lm, probe, eff, coords, avoid)
+        avoid = set(avoid) | set(coords)
+        controls = []
+        for c in coords:
+            controls.append(control_for(lm, c, avoid))
+            avoid.add(controls[-1])
+        with zeroed(lm.adapter, controls):
+            eff.control_kl = probe.kl()
+        eff.control = controls[0]
+        eff.control_value = lm.adapter.value(controls[0])
     return eff
-
-
-def add_control(lm: LoadedModel, probe: Probe, eff: Effect, coords: list[Coord], avoid: set[Coord]) -> None:
-    """Zero as many control weights as ``coords`` and record their damage in ``eff``."""
-    avoid = set(avoid) | set(coords)
-    controls = []
-    for c in coords:
-        controls.append(control_for(lm, c, avoid))
-        avoid.add(controls[-1])
-    with zeroed(lm.adapter, controls):
-        eff.control_kl = probe.kl()
-    eff.control = controls[0]
-    eff.control_value = lm.adapter.value(controls[0])
 
 
 def judge(effect: Effect, cfg: DetectConfig) -> str | None:
@@ -319,8 +314,9 @@ def detect(lm: LoadedModel, cfg: DetectConfig | None = None, log: Callable[[str]
             break
         eligible = []
         for f in new[: cfg.max_candidates]:
-            key = (f.coord.layer, f.coord.expert)
+            key = (f.coord.layer, f.coord.expert)  # one finding per site and round
             above = site_max.get(key)
+            site_max[key] = max(above or 0.0, abs(f.output_activation))
             if above is not None and abs(f.output_activation) < cfg.hidden_ratio * above:
                 f.reason = (
                     f"a trailing spike: |Y| {abs(f.output_activation):.4g} is under {cfg.hidden_ratio:g}x the "
@@ -336,9 +332,6 @@ def detect(lm: LoadedModel, cfg: DetectConfig | None = None, log: Callable[[str]
                 rejected.append(f)
                 continue
             eligible.append(f)
-        for f in new[: cfg.max_candidates]:
-            key = (f.coord.layer, f.coord.expert)
-            site_max[key] = max(site_max.get(key, 0.0), abs(f.output_activation))
         if not eligible:
             break  # nothing zeroed: the next scan would see the same model
         removed += [f.coord for f in eligible]

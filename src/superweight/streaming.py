@@ -254,6 +254,7 @@ class Streamer:
         self.device = torch.device(device)
         self.prefix = layers_path + "."
         self.edits: dict[str, dict[tuple, list[float]]] = {}  # name -> index -> stack of values
+        self._last: tuple[str, torch.Tensor] | None = None  # (name, stored tensor) of the last ``read``
         self.handles = []
         self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="superweight-readahead")
         self.progress = None  # called with (layer, num_layers) as each layer is read
@@ -323,8 +324,12 @@ class Streamer:
 
     def read(self, name: str) -> torch.Tensor:
         """A parameter's current value (stored value plus active edits), in the model's dtype,
-        on CPU: what the layer would see if it ran now."""
-        return self._convert(name, self.ckpt.read_many([name])[name])
+        on CPU: what the layer would see if it ran now. The last tensor read is kept:
+        detection asks for one down projection several times in a row (its control, the
+        values it zeroes), and each ask would otherwise be a read from disk."""
+        if self._last is None or self._last[0] != name:
+            self._last = (name, self.ckpt.read_many([name])[name])
+        return self._convert(name, self._last[1])
 
     def edit(self, name: str, idx: tuple, value: float) -> None:
         self.edits.setdefault(name, {}).setdefault(idx, []).append(value)
