@@ -141,6 +141,8 @@ def _batched(lm: LoadedModel, groups: list[Group], reduce=None) -> list[Answer]:
     handles = []
     for site in lm.adapter.sites:
         todo = list(subtract.get(id(site.module), {}).values())
+        if not todo and not scans:
+            continue
 
         def hook(mod, inp, y, site=site, todo=todo):
             x = inp[0].reshape(n, T, inp[0].shape[-1])  # some families (OPT) flatten tokens to [n*T, d]
