@@ -11,7 +11,14 @@ from typing import Iterator
 
 @contextmanager
 def atomic_path(dest: str | Path) -> Iterator[Path]:
-    dest = Path(dest)
+    """A temp path to write, renamed over ``dest`` on success. A link is followed (the file
+    it names is replaced, not the link), and a destination that is not a regular file
+    (``/dev/null``, ``/dev/stdout``, a FIFO) is written in place: renaming over it would
+    replace the device itself with a file, which as root succeeds."""
+    dest = Path(os.path.realpath(dest))
+    if dest.exists() and not dest.is_file():
+        yield dest
+        return
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     tmp = Path(tmp)
