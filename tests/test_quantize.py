@@ -108,6 +108,37 @@ def test_saved_checkpoint_loads_with_transformers_and_matches(tmp_path):
     assert json.loads((out / MANIFEST).read_text())["config"]["bits"] == 8
 
 
+def test_a_per_expert_checkpoint_is_quantized_streamed_in_its_own_layout(tmp_path):
+    """Mixtral on disk keeps one tensor per expert; streamed quantization reads a layer's
+    experts fused, as the model holds them, and writes them back per expert: the output
+    has the source's tensor names, the held super weight intact, and the numbers of
+    quantizing the in-memory model."""
+    from safetensors import safe_open
+
+    lm = tiny_model("mixtral")
+    coord = sw.Coord(1, 5, 7, expert=2)
+    plant(lm, coord, 50)
+    src = tmp_path / "src"
+    lm.model.save_pretrained(src)
+    lm.tokenizer.save_pretrained(src)
+    streamed = sw.load(str(src), stream=True)
+    cfg = QuantConfig(bits=4, layout="group", size=16)
+    out = tmp_path / "q"
+    save_quantized(streamed, cfg, out, keep=[coord])
+
+    def keys(d):
+        return sorted(k for f in d.glob("*.safetensors") for k in safe_open(str(f), "pt").keys())
+    assert keys(out) == keys(src)
+    assert "model.layers.1.block_sparse_moe.experts.2.w2.weight" in keys(out)
+    loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    assert loaded.model.layers[1].mlp.experts.down_proj[2, 5, 7] == lm.adapter.value(coord)
+    with quantized(lm, cfg, keep=[coord]):
+        expected = _logits(lm)
+    with torch.no_grad():
+        got = loaded(IDS).logits
+    torch.testing.assert_close(got, expected)
+
+
 def test_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
     import errno
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import plant, tiny_model
+from tiny import plant, tiny_model, tiny_moe_gguf
 
 import superweight as sw
 
@@ -35,20 +35,109 @@ def test_streamed_equals_in_memory_on_tiny_models(tmp_path, model_type, coord, f
     assert _summary(a) == _summary(b)
 
 
-def test_checkpoint_in_an_older_layout_is_loaded_whole(tmp_path):
-    """transformers saves Mixtral per expert and fuses the experts when loading: such a
-    checkpoint cannot be streamed tensor by tensor. Asked for, that is an error; by
-    default the model is loaded whole."""
-    lm = tiny_model("mixtral")
+def _stored_keys(directory):
+    from safetensors import safe_open
+
+    return sorted(k for f in directory.glob("*.safetensors") for k in safe_open(str(f), "pt").keys())
+
+
+@pytest.mark.parametrize("model_type,expert_key", [
+    ("mixtral", "model.layers.1.block_sparse_moe.experts.2.w2.weight"),
+    ("qwen2_moe", "model.layers.1.mlp.experts.2.down_proj.weight"),
+])
+def test_per_expert_checkpoints_stream_through_transformers_fusion(tmp_path, model_type, expert_key):
+    """Hub MoE checkpoints keep one tensor per expert; the model holds them fused. They are
+    read layer by layer through transformers' own conversion mapping, with the answer of
+    the whole load, and a zeroed expert weight lands in the right expert and row."""
+    lm = tiny_model(model_type)
     coord = sw.Coord(1, 5, 7, 2)
     plant(lm, coord, 2000.0)
     lm.model.save_pretrained(tmp_path)
     lm.tokenizer.save_pretrained(tmp_path)
-    with pytest.raises(sw.UsageError, match="cannot stream.*--no-stream"):
-        sw.load(str(tmp_path), stream=True)
-    auto = sw.load(str(tmp_path))
-    assert auto.adapter.streamer is None
-    assert sw.detect(auto).coords == [coord]
+    assert expert_key in _stored_keys(tmp_path)  # the layout on disk is per expert
+    streamed = sw.load(str(tmp_path), stream=True)
+    whole = sw.load(str(tmp_path), stream=False)
+    assert streamed.adapter.streamer is not None
+    a, b = sw.detect(streamed), sw.detect(whole)
+    assert a.coords == b.coords == [coord]
+    assert _summary(a) == _summary(b)
+    assert streamed.adapter.value(coord) == whole.adapter.value(coord)
+    ids = torch.tensor([[3, 70, 101, 32, 9, 200]])
+    with torch.no_grad():
+        assert torch.equal(streamed.model(input_ids=ids).logits, whole.model(input_ids=ids).logits)
+        with sw.zeroed(streamed.adapter, [coord]), sw.zeroed(whole.adapter, [coord]):
+            assert torch.equal(streamed.model(input_ids=ids).logits, whole.model(input_ids=ids).logits)
+    experts = streamed.model.get_submodule(streamed.adapter.family.layers)[1].mlp.experts
+    assert experts.down_proj.is_meta  # released after the forward
+
+
+def test_a_moe_gguf_streams_layer_by_layer(tmp_path, monkeypatch):
+    """llama.cpp stores a layer's experts stacked, gate and up apart; the model holds gate
+    and up fused. Streamed straight from the file it gives the answer of the converted load,
+    and quantizing it writes the hub's per-expert layout with the super weight held."""
+    from safetensors import safe_open
+
+    from superweight.export import save_quantized
+    from superweight.quant import QuantConfig
+    from superweight.streaming import GGUFCheckpoint
+
+    monkeypatch.setenv("SUPERWEIGHT_CACHE", str(tmp_path / "cache"))
+    f = tmp_path / "tiny-moe.gguf"
+    coord = sw.Coord(1, 5, 7, 2)
+    tiny_moe_gguf(f, coord, 20000.0)
+    streamed = sw.load(str(f), stream=True)
+    whole = sw.load(str(f), stream=False)
+    assert isinstance(streamed.adapter.streamer.ckpt, GGUFCheckpoint)
+    assert len(streamed.adapter.streamer.ckpt.spans("model.layers.1.mlp.experts.gate_up_proj")) == 2  # gate, up
+    a, b = sw.detect(streamed), sw.detect(whole)
+    assert a.coords == b.coords == [coord]
+    assert _summary(a) == _summary(b)
+    ids = torch.tensor([[3, 70, 101, 32, 9, 200]])
+    with torch.no_grad():
+        assert torch.equal(streamed.model(input_ids=ids).logits, whole.model(input_ids=ids).logits)
+    out = tmp_path / "q"
+    save_quantized(streamed, QuantConfig(bits=4, layout="group", size=16), out, keep=[coord])
+    keys = {k for p in out.glob("*.safetensors") for k in safe_open(str(p), "pt").keys()}
+    assert "model.layers.1.mlp.experts.2.down_proj.weight" in keys
+    q = sw.load(str(out), stream=True)
+    assert q.adapter.value(coord) == whole.adapter.value(coord)
+
+
+def test_a_base_model_checkpoint_streams_under_the_causal_lm_prefix(tmp_path):
+    """GPT-2's hub checkpoint is the base model's (``h.0...``, no ``transformer.``):
+    transformers adds the prefix when loading, and so does streaming."""
+    from safetensors.torch import load_file, save_file
+
+    lm = tiny_model("gpt2")
+    coord = sw.Coord(1, 5, 7)
+    plant(lm, coord, 400.0)
+    lm.model.save_pretrained(tmp_path)
+    lm.tokenizer.save_pretrained(tmp_path)
+    f = tmp_path / "model.safetensors"
+    sd = {k.removeprefix("transformer."): v for k, v in load_file(f).items()}
+    assert "h.1.mlp.c_proj.weight" in sd
+    save_file(sd, f, metadata={"format": "pt"})
+    streamed = sw.load(str(tmp_path), stream=True)
+    whole = sw.load(str(tmp_path), stream=False)
+    assert streamed.adapter.streamer is not None
+    assert _summary(sw.detect(streamed)) == _summary(sw.detect(whole))
+
+
+@pytest.mark.parametrize("stream", [True, False, None])
+def test_a_checkpoint_lacking_a_weight_is_refused(tmp_path, stream):
+    """transformers fills a weight the checkpoint lacks with random values and goes on;
+    every measurement after that would be of noise, so it is one line and an error."""
+    from safetensors.torch import load_file, save_file
+
+    lm = tiny_model("llama")
+    lm.model.save_pretrained(tmp_path)
+    lm.tokenizer.save_pretrained(tmp_path)
+    f = tmp_path / "model.safetensors"
+    sd = load_file(f)
+    sd["model.final_norm.weight"] = sd.pop("model.norm.weight")
+    save_file(sd, f, metadata={"format": "pt"})
+    with pytest.raises(sw.ModelLoadError, match="no tensor for model.norm.weight"):
+        sw.load(str(tmp_path), stream=stream)
 
 
 def test_streamed_equals_in_memory_on_the_real_model(smol, smol_result, smol_whole):
@@ -157,7 +246,7 @@ def test_spans_point_at_each_tensors_bytes(tmp_path, smol_gguf):
     f, off, n = g.span(name)
     with open(f, "rb") as h:
         h.seek(off)
-        assert h.read(n) == np.asarray(g.where[name].data).tobytes()
+        assert h.read(n) == np.asarray(g.where[name][0].data).tobytes()
 
 
 def test_layers_that_do_not_fit_are_dropped_from_the_page_cache(tmp_path, monkeypatch):

@@ -75,3 +75,63 @@ def plant(lm: sw.LoadedModel, coord: sw.Coord, factor: float = 400.0, base: floa
         with torch.no_grad():
             norm.weight[coord.row] = 50.0
     return base
+
+
+def tiny_moe_gguf(path, coord: sw.Coord, factor: float = 400.0) -> None:
+    """Write a tiny Qwen3-MoE GGUF file (float32 tensors, experts stacked per layer as
+    llama.cpp stores them: ``blk.N.ffn_{gate,up,down}_exps``) with a super weight planted
+    at ``coord`` and a byte-level BPE tokenizer with one merge. Tensor names come from
+    transformers' own GGUF name map. Sizes that transformers' GGUF reader does not take
+    from the file (the experts' width) are left at the config class's defaults."""
+    from accelerate import init_empty_weights
+    from gguf import GGUFWriter
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    from transformers.modeling_gguf_pytorch_utils import (
+        TENSOR_PROCESSORS,
+        get_gguf_hf_weights_map,
+    )
+
+    tokens = list(bytes_to_unicode().values()) + ["Ġt", "<|endoftext|>", "<|im_end|>"]
+    vocab = len(tokens)
+    cfg = AutoConfig.for_model(
+        "qwen3_moe", vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=4, head_dim=8, num_experts=4,
+        num_experts_per_tok=4,  # every token visits every expert: the planted one sees the probe
+
+        max_position_embeddings=128, rms_norm_eps=1e-6, rope_theta=1e6, tie_word_embeddings=False,
+        norm_topk_prob=True, initializer_range=INIT,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    lm = sw.LoadedModel.wrap(model, byte_tokenizer(), name="tiny-qwen3-moe-gguf")
+    plant(lm, coord, factor)
+    with init_empty_weights():
+        meta = AutoModelForCausalLM.from_config(cfg)
+    names = {hf: g for g, hf in get_gguf_hf_weights_map(meta, TENSOR_PROCESSORS["qwen3moe"](config=cfg.to_dict())).items()}
+    w = GGUFWriter(str(path), "qwen3moe")
+    for key, value in [("context_length", 128), ("block_count", 3), ("feed_forward_length", 64),
+                       ("embedding_length", 32), ("attention.head_count", 4), ("attention.head_count_kv", 4),
+                       ("attention.key_length", 8), ("expert_count", 4), ("expert_used_count", 4)]:
+        w.add_uint32(f"qwen3moe.{key}", value)
+    w.add_float32("qwen3moe.rope.freq_base", 1e6)
+    w.add_float32("qwen3moe.attention.layer_norm_rms_epsilon", 1e-6)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("qwen2")
+    w.add_token_list(tokens)
+    w.add_token_types([1] * 257 + [3, 3])
+    w.add_token_merges(["Ġ t"])
+    w.add_bos_token_id(vocab - 2)
+    w.add_eos_token_id(vocab - 1)
+    for hf, p in model.state_dict().items():
+        t = p.detach().numpy()
+        if hf.endswith("experts.gate_up_proj"):  # [E, 2I, H]: gate rows, then up rows
+            half = t.shape[1] // 2
+            w.add_tensor(names[hf].replace("up", "gate") + ".weight", t[:, :half].copy())
+            w.add_tensor(names[hf].replace("gate", "up") + ".weight", t[:, half:].copy())
+        elif hf in names:
+            g = names[hf]
+            w.add_tensor(g if g.endswith((".weight", ".bias")) else g + ".weight", t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()

@@ -8,7 +8,10 @@ effective bits per weight, overall and per tensor.
 
 From a local safetensors checkpoint (a GGUF file's converted cache included) the work is
 tensor by tensor: each tensor is read, quantized if chosen, and written into shards of at
-most ``max_shard_bytes``; memory stays near one shard, so models larger than RAM work. Other
+most ``max_shard_bytes``; memory stays near one shard, so models larger than RAM work.
+Tensors are read under the model's names (``streaming.Mapped``: a layer's per-expert
+tensors stacked into the fused tensor the model holds) and written under the names
+``save_pretrained`` gives them, so the output has the layout the in-memory path writes. Other
 sources (hub ids, ``.bin``) are quantized in memory and saved with ``save_pretrained``.
 Either way the directory appears only when complete (``atomic_dir``); the source is only read.
 """
@@ -78,12 +81,12 @@ class ShardWriter:
 def _source_checkpoint(lm: LoadedModel, names: list[str]):
     """The checkpoint to read tensor by tensor: the one the model streams from, or its local
     safetensors directory; None when it lacks a chosen tensor under the model's name."""
-    from .streaming import Checkpoint
+    from .streaming import Checkpoint, Mapped
 
     ckpt = lm.adapter.streamer.ckpt if lm.adapter.streamer is not None else None
     src = lm.source
     if ckpt is None and isinstance(src, Path) and src.is_dir() and any(src.glob("*.safetensors")):
-        ckpt = Checkpoint(src)
+        ckpt = Mapped(Checkpoint(src), lm.model)
     return ckpt if ckpt is not None and all(n in ckpt.where for n in names) else None
 
 
@@ -111,28 +114,35 @@ def save_quantized(lm: LoadedModel, cfg: QuantConfig, out: str | Path, keep=(), 
             lm.model.save_pretrained(tmp, max_shard_size=max_shard_bytes)
             lm.tokenizer.save_pretrained(tmp)
         else:
-            from .streaming import Checkpoint
+            from transformers.core_model_loading import revert_weight_conversion
 
-            safetensors = isinstance(ckpt, Checkpoint)
+            from .streaming import GGUFCheckpoint
+
+            safetensors = not isinstance(ckpt, GGUFCheckpoint)
             dtype = next((p.dtype for _, p in chosen), torch.float32)
             report = QuantReport(cfg, list(keep))
             t0 = time.perf_counter()
             cols = held_columns(lm, names, cfg)
             writer = ShardWriter(tmp, max_shard_bytes)
             chosen_set = set(names)
-            order = sorted(ckpt.where, key=lambda k: str(ckpt.where[k])) if safetensors else list(ckpt.where)
-            for k in _loop(order, log, "quantizing"):
-                t = ckpt.read_many([k])[k]
-                if not safetensors and t.dtype.is_floating_point:
-                    t = t.to(dtype)  # GGUF: dequantized float32, written at the model's dtype
-                if k in chosen_set:
-                    if tuple(t.shape) != shapes[k]:
-                        raise ModelLoadError(f"{k} has shape {tuple(t.shape)} in the checkpoint, the config implies {shapes[k]}")
-                    new, q = quantize_param(t, cfg, kept.get(k, []), lm.adapter.family.transposed, cols.get(k, []))
-                    report.add(k, t.shape, q)
-                    t = new
-                writer.add(k, t)
-                del t
+            # one group per stored tensor, or per set of stored tensors transformers fuses on
+            # load (a layer's experts): read under the model's names, quantized as the model
+            # holds them, written back under the names save_pretrained would use
+            for group in _loop(ckpt.groups(), log, "quantizing"):
+                out = {}
+                for k, t in ckpt.read_iter(group):
+                    if not safetensors and t.dtype.is_floating_point:
+                        t = t.to(dtype)  # GGUF: dequantized float32, written at the model's dtype
+                    if k in chosen_set:
+                        if tuple(t.shape) != shapes[k]:
+                            raise ModelLoadError(f"{k} has shape {tuple(t.shape)} in the checkpoint, the config implies {shapes[k]}")
+                        new, q = quantize_param(t, cfg, kept.get(k, []), lm.adapter.family.transposed, cols.get(k, []))
+                        report.add(k, t.shape, q)
+                        t = new
+                    out[k] = t
+                for k, t in revert_weight_conversion(lm.model, out).items():
+                    writer.add(k, t)
+                del out
             writer.close()
             report.seconds = time.perf_counter() - t0
             if safetensors:

@@ -208,6 +208,14 @@ def gguf_to_hf_dir(path: Path, log=None) -> Path:
     return target
 
 
+def _lacks(ref, names: list[str]) -> ModelLoadError:
+    """A checkpoint without some of the model's weights (after transformers' renames and
+    fusions): transformers would fill them with random values and carry on, and every
+    measurement after that would be of noise."""
+    more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+    return ModelLoadError(f"{ref}: the checkpoint has no tensor for {names[0]}{more}")
+
+
 def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", device: str = "cpu",
          trust_remote_code: bool = False, index_id: str | None = None, stream: bool | None = None,
          log=None) -> LoadedModel:
@@ -218,12 +226,14 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
 
     ``stream``: keep decoder layers on disk and read each one just for its forward pass
     (see streaming.py). Default (None): on CPU, for local safetensors checkpoints (GGUF
-    files included, via their converted cache) whose tensor names match the model; each
-    pass then costs one read of the weights from the page cache, small next to CPU
+    files included, via their converted cache), read under the model's tensor names
+    through transformers' own load-time renames and fusions (per-expert MoE tensors
+    included, see ``streaming.Mapped``); each pass then costs one read of the weights from the page cache, small next to CPU
     compute, and memory stays near one layer. On an accelerator the model is loaded whole
     when its weights fit in the free memory, and streamed to it otherwise. A GGUF file whose
     one-time conversion would not fit in RAM is read layer by layer straight from the file
-    (``stream=True`` asks for that always).
+    (``stream=True`` asks for that always). A checkpoint that lacks one of the model's
+    weights is refused either way (transformers would initialize it at random).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -255,7 +265,6 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
     else:
         source = gguf_to_hf_dir(path, log)
     local = gguf is not None or isinstance(source, Path) and source.is_dir() and any(source.glob("*.safetensors"))
-    stream_asked = bool(stream)
     if stream is None:
         stream = gguf is not None or local and (torch.device(device).type == "cpu" or not _fits_on(source, device))
     elif stream and not local:
@@ -278,19 +287,16 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
             built = build_streamed(config, source, family_for(config.model_type).layers, torch_dtype, device,
                                    trust_remote_code)
             if isinstance(built, str):
-                if stream_asked:
-                    raise UsageError(
-                        f"cannot stream {ref}: its tensor names differ from the model's (no {built!r}); "
-                        "load it whole (--no-stream)"
-                    )
-                built = None
-        if built is not None:
+                raise _lacks(ref, [built])
             model, streamer = built
         else:
             streamer = None
-            model = AutoModelForCausalLM.from_pretrained(
-                source_arg, dtype=torch_dtype, trust_remote_code=trust_remote_code, **where
-            ).to(device)
+            model, info = AutoModelForCausalLM.from_pretrained(
+                source_arg, dtype=torch_dtype, trust_remote_code=trust_remote_code, output_loading_info=True, **where
+            )
+            if info.get("missing_keys"):
+                raise _lacks(ref, sorted(info["missing_keys"]))
+            model = model.to(device)
     except SuperweightError:
         raise
     except Exception as e:  # noqa: BLE001

@@ -15,6 +15,13 @@ dropped from it right after they run (``POSIX_FADV_DONTNEED``): a sequential pas
 file larger than the cache would otherwise evict each page just before the next pass
 wants it, and every pass would read the whole checkpoint from disk again.
 
+Tensor names: a safetensors checkpoint is read under the model's parameter names through
+transformers' own load-time conversion mapping (``Mapped``), so what ``from_pretrained``
+renames or fuses streams too: Mixtral's and Qwen-MoE's per-expert tensors become the
+layer's fused expert tensors as the layer is read. GGUF files go through transformers' GGUF
+name map and tensor processors (``GGUFCheckpoint``), Qwen2/3-MoE's stacked gate and up
+experts included.
+
 Weight edits (``hooks.edited``) on a streamed layer are kept here and applied each time
 the layer is materialized; ``read`` gives any parameter's stored value on demand.
 """
@@ -83,6 +90,10 @@ class Checkpoint:
                             self._meta[k] = (ST_DTYPES[v["dtype"]], v["shape"])
         return self._spans.get(name)
 
+    def spans(self, name: str) -> list[tuple[Path, int, int]]:
+        sp = self.span(name)
+        return [] if sp is None else [sp]
+
     def read_iter(self, names: list[str], view: bool = False):
         """(name, tensor) for each of ``names``, one file opened at a time. ``view``: a
         zero-copy tensor over a private (copy-on-write) map of the file, where the dtype
@@ -121,6 +132,106 @@ class Checkpoint:
         return dict(self.read_iter(names))
 
 
+class Mapped:
+    """A safetensors checkpoint under the model's parameter names, through transformers'
+    own load-time conversion mapping: the renames and fusions ``from_pretrained`` applies
+    (Mixtral's and Qwen-MoE's per-expert tensors stacked into one fused ``down_proj``, a
+    base model's keys under a ``ForCausalLM``'s prefix, legacy names). Each model tensor
+    comes from one *job*: its checkpoint tensors and the converter that builds it, run only
+    when the tensor is read; a job with no converter is the stored tensor itself (a
+    zero-copy view when streamed). Only the tensors of the layer being read are touched."""
+
+    def __init__(self, inner: Checkpoint, model: torch.nn.Module):
+        from copy import deepcopy
+
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import (
+            WeightConverter,
+            dot_natural_key,
+            rename_source_key,
+        )
+
+        self.inner, self.dir, self.model = inner, inner.dir, model
+        self._copy = deepcopy
+        mapping = get_model_conversion_mapping(model)
+        converters = [m for m in mapping if isinstance(m, WeightConverter)]
+        renamings = [m for m in mapping if not isinstance(m, WeightConverter)]
+        by_pattern = {p: c for c in converters for p in c.source_patterns}
+        meta = model.state_dict()
+        prefix = getattr(model, "base_model_prefix", None) or None
+        # job key (first target's model name) -> (converter or None, [(source pattern, stored key)])
+        self.jobs: dict[str, tuple[object, list[tuple[str, str]]]] = {}
+        for key in sorted(inner.where, key=dot_natural_key):  # expert order, as transformers stacks them
+            name, pattern = rename_source_key(key, renamings, converters, prefix, meta)
+            if name not in meta and key in meta:
+                name, pattern = key, None
+            if name not in meta:
+                continue  # a tensor the model does not use; transformers ignores it too
+            conv = by_pattern[pattern] if pattern is not None else None
+            self.jobs.setdefault(name, (conv, []))[1].append((pattern or key, key))
+        self.where: dict[str, str] = {}  # model name -> its job
+        for job, (conv, _) in self.jobs.items():
+            for out in self._outputs(job, conv):
+                if out in meta:
+                    self.where[out] = job
+
+    @staticmethod
+    def _outputs(job: str, conv) -> list[str]:
+        """Model names a job fills: its key, and for a split (qkv -> q, k, v) the other
+        targets, named the way the converter names them (its key with the pattern swapped)."""
+        if conv is None or len(conv.target_patterns) == 1:
+            return [job]
+        first = conv.target_patterns[0]
+        return [job.replace(first, t, 1) for t in conv.target_patterns]
+
+    def spans(self, name: str) -> list[tuple[Path, int, int]]:
+        """Byte spans of every stored tensor the model tensor ``name`` is built from."""
+        job = self.where.get(name)
+        if job is None:
+            return []
+        return [sp for _, key in self.jobs[job][1] if (sp := self.inner.span(key)) is not None]
+
+    def span(self, name: str) -> tuple[Path, int, int] | None:
+        sp = self.spans(name)
+        return sp[0] if len(sp) == 1 else None
+
+    def release(self, spans) -> None:
+        self.inner.release(spans)
+
+    def read_iter(self, names: list[str], view: bool = False):
+        by_job: dict[str, list[str]] = {}
+        for n in names:
+            by_job.setdefault(self.where[n], []).append(n)
+        plain = [j for j in by_job if self.jobs[j][0] is None]
+        stored = {self.jobs[j][1][0][1]: j for j in plain}
+        for key, t in self.inner.read_iter(list(stored), view=view):
+            yield stored[key], t
+        for job, wanted in by_job.items():
+            conv, sources = self.jobs[job]
+            if conv is None:
+                continue
+            conv = self._copy(conv)
+            for pattern, key in sources:
+                conv.add_tensor(job, key, pattern, lambda k=key: self.inner.read_many([k])[k])
+            out = conv.convert(job, model=self.model, config=getattr(self.model, "config", None))
+            for n in wanted:
+                if n not in out:
+                    raise ModelLoadError(f"converting {sources[0][1]} did not give {n}")
+                yield n, out[n]
+
+    def read_many(self, names: list[str]) -> dict[str, torch.Tensor]:
+        return dict(self.read_iter(names))
+
+    def groups(self) -> list[list[str]]:
+        """Model names, one list per job, in the checkpoint's file order: what to read,
+        edit and write back together."""
+        first = {job: str(self.inner.where[src[0][1]]) for job, (_, src) in self.jobs.items()}
+        names: dict[str, list[str]] = {}
+        for n, job in self.where.items():
+            names.setdefault(job, []).append(n)
+        return [names[j] for j in sorted(names, key=lambda j: first[j])]
+
+
 class GGUFCheckpoint:
     """A GGUF file read through the ``gguf`` package's memory-mapped reader, under the model's
     parameter names: each tensor is dequantized (to float32) only when read. The name map
@@ -144,16 +255,30 @@ class GGUFCheckpoint:
         arch = bytes(field.parts[field.data[0]]).decode() if field else ""
         self.cfg = config.to_dict()
         self.processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=self.cfg)
-        if type(self.processor).__name__ in ("Qwen2MoeTensorProcessor", "GptOssTensorProcessor", "MiniMaxM2TensorProcessor"):
+        if type(self.processor).__name__ == "GptOssTensorProcessor":
+            # it splits the stacked experts into per-expert names that a second, load-time
+            # conversion fuses again; not mirrored here
             raise ModelLoadError(f"{path.name}: per-layer GGUF reading does not handle {arch} experts; "
                                  "load it whole (--no-stream)")
         self.key_map = get_gguf_hf_weights_map(model, self.processor)  # gguf name -> model name
-        tensors = {t.name: t for t in self.reader.tensors}
-        self.where = {hf: tensors[g] for g, hf in self.key_map.items() if g in tensors}
+        # model name -> the GGUF tensors it is built from: one, or for fused MoE experts
+        # (Qwen2/3-MoE, MiniMax-M2) the stacked gate and up tensors that make gate_up_proj;
+        # the expert entries of the name map lack the ".weight" the file's names carry
+        self.where: dict[str, list] = {}
+        for t in self.reader.tensors:
+            hf = self.key_map.get(t.name) or self.key_map.get(t.name.removesuffix(".weight"))
+            if hf is not None:
+                self.where.setdefault(hf, []).append(t)
 
     def span(self, name: str) -> tuple[Path, int, int] | None:
-        t = self.where.get(name)
-        return None if t is None else (self.dir, int(t.data_offset), int(t.n_bytes))
+        sp = self.spans(name)
+        return sp[0] if len(sp) == 1 else None
+
+    def spans(self, name: str) -> list[tuple[Path, int, int]]:
+        return [(self.dir, int(t.data_offset), int(t.n_bytes)) for t in self.where.get(name, [])]
+
+    def groups(self) -> list[list[str]]:
+        return [[n] for n in self.where]
 
     def release(self, spans) -> None:
         """Unmap these byte spans' pages from this process (see ``Checkpoint.release``)."""
@@ -165,11 +290,20 @@ class GGUFCheckpoint:
         from gguf import dequantize
 
         for n in names:
-            t = self.where[n]
-            w = dequantize(t.data, t.tensor_type)
-            w = self.processor.process(weights=w, name=t.name, tensor_key_mapping=self.key_map,
-                                       parsed_parameters={"config": self.cfg, "tensors": {}}).weights
-            yield n, torch.from_numpy(w.copy())
+            # as transformers' load_gguf_checkpoint: the processor either gives the tensor
+            # back (under its GGUF name) or builds the model tensor itself in "tensors"
+            parsed = {"config": self.cfg, "tensors": {}}
+            out = None
+            for t in self.where[n]:
+                r = self.processor.process(weights=dequantize(t.data, t.tensor_type), name=t.name,
+                                           tensor_key_mapping=self.key_map, parsed_parameters=parsed)
+                if r.name is not None:
+                    out = torch.from_numpy(r.weights.copy())
+            if n in parsed["tensors"]:
+                out = parsed["tensors"][n]
+            if out is None:
+                raise ModelLoadError(f"{self.dir.name}: reading {self.where[n][0].name} did not give {n}")
+            yield n, out
 
     def read_many(self, names: list[str]) -> dict[str, torch.Tensor]:
         return dict(self.read_iter(names))
@@ -267,7 +401,7 @@ class Streamer:
             for n, p in layer.named_parameters(recurse=True):
                 owner, _, leaf = n.rpartition(".")
                 slots.append((layer.get_submodule(owner) if owner else layer, leaf, f"{layers_path}.{i}.{n}", p))
-            self.spans.append([sp for _, _, full, _ in slots if (sp := checkpoint.span(full)) is not None])
+            self.spans.append(list(dict.fromkeys(sp for _, _, full, _ in slots for sp in checkpoint.spans(full))))
             self.handles.append(layer.register_forward_pre_hook(self._materialize(i, slots)))
             self.handles.append(layer.register_forward_hook(self._release(i, slots)))
         # Room for cached layers: what is available now, less this process's working set
@@ -345,9 +479,8 @@ class Streamer:
 
 def build_streamed(config, directory: Path, layers_path: str, dtype, device, trust_remote_code=False):
     """A model with resident non-layer weights and streamed decoder layers, or a string
-    naming a parameter the checkpoint lacks when its tensor names differ from the model's
-    (older layouts that transformers renames or fuses at load time, such as per-expert
-    MoE weights): such checkpoints are loaded whole. ``directory``: a safetensors
+    naming a parameter the checkpoint lacks even after transformers' load-time renames and
+    fusions (``Mapped``), which ``load`` refuses. ``directory``: a safetensors
     checkpoint directory, or a ``.gguf`` file (read and dequantized layer by layer)."""
     from transformers import AutoModelForCausalLM
 
@@ -355,7 +488,7 @@ def build_streamed(config, directory: Path, layers_path: str, dtype, device, tru
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     model.eval().requires_grad_(False)
     directory = Path(directory)
-    ckpt = GGUFCheckpoint(directory, model, config) if directory.is_file() else Checkpoint(directory)
+    ckpt = GGUFCheckpoint(directory, model, config) if directory.is_file() else Mapped(Checkpoint(directory), model)
     model.tie_weights()  # transformers ties the head to the embedding only when loading
     # Tied parameters (input embedding = output head) are one tensor under several names,
     # and a checkpoint stores it under one of them.
