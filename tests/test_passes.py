@@ -7,15 +7,39 @@ from tiny import plant, tiny_model
 
 import superweight as sw
 from superweight import passes
-from superweight.effect import Probe
+from superweight.effect import Probe, log_probs
+from superweight.hooks import capture
 from superweight.passes import Group, stack
 
 
-@pytest.mark.parametrize("model_type", ["llama", "gpt2", "opt"])
-def test_batched_groups_equal_separate_passes(model_type, monkeypatch):
+@torch.no_grad()
+def _really_zeroed(lm, g: Group) -> passes.Answer:
+    """The reference: a group on its own, its weights really zeroed, one prompt at a time."""
+    ans = passes.Answer()
+    with sw.zeroed(lm.adapter, list(g.zero)):
+        if not g.scan:
+            ans.log_probs = log_probs(lm.model, g.ids, g.mask)
+            return ans
+        for b in range(g.ids.shape[0]):
+            ids = g.ids[b : b + 1, : int(g.mask[b].sum())]
+            want = g.residual and b == 0
+            with capture(lm.adapter) as rec:
+                o = lm.model(input_ids=ids, use_cache=False, output_hidden_states=want)
+            if want:
+                ans.residual = passes._residual([h[0] for h in o.hidden_states], slice(None))
+            for r in rec.values():
+                passes._keep(ans, r, b)
+    return ans
+
+
+@pytest.mark.parametrize("model_type,expert", [
+    ("llama", None), ("gpt2", None), ("opt", None),
+    ("mixtral", 2), ("qwen2_moe", 1),  # fused experts: each expert sees only its routed rows
+])
+def test_batched_groups_equal_separate_passes(model_type, expert):
     lm = tiny_model(model_type)
-    a, b = sw.Coord(1, 5, 7), sw.Coord(2, 9, 3)
-    plant(lm, a, 400.0)
+    a, b = sw.Coord(1, 5, 7, expert), sw.Coord(2, 9, 3, expert)
+    plant(lm, a, 400.0 if expert is None else 2000.0)
     ids, mask = Probe.encode(lm.model, lm.tokenizer)
     prompts, pmask = stack([lm.tokenizer(p, return_tensors="pt")["input_ids"] for p in ("Apple Inc. is big.", "Hi")])
     groups = [
@@ -26,8 +50,7 @@ def test_batched_groups_equal_separate_passes(model_type, monkeypatch):
         Group(prompts, pmask, zero=(a,), scan=True),
     ]
     batched = passes.run(lm, groups)
-    monkeypatch.setattr(passes, "MAX_GROUPS", 1)
-    alone = [passes._one(lm, g) for g in groups]  # really zeroed, one pass each
+    alone = [_really_zeroed(lm, g) for g in groups]
     for x, y in zip(batched[:3], alone[:3]):
         torch.testing.assert_close(x.log_probs, y.log_probs, atol=2e-3, rtol=1e-3)  # subtracting vs zeroing: rounding only
     assert (batched[0].log_probs - batched[1].log_probs).abs().max() > 0.1  # the ablation did something
@@ -38,8 +61,9 @@ def test_batched_groups_equal_separate_passes(model_type, monkeypatch):
             assert (rx.output_channel, rx.col, rx.output_token, x.which[key]) == (ry.output_channel, ry.col, ry.output_token, y.which[key])
             assert rx.max_output == pytest.approx(ry.max_output, rel=1e-4)
     # zeroed for the scan: layer 1's spike is no longer the planted weight
-    assert (batched[3].records[(1, None)].output_channel, batched[3].records[(1, None)].col) == (5, 7)
-    assert (batched[4].records[(1, None)].output_channel, batched[4].records[(1, None)].col) != (5, 7)
+    site = (1, expert)
+    assert (batched[3].records[site].output_channel, batched[3].records[site].col) == (5, 7)
+    assert (batched[4].records[site].output_channel, batched[4].records[site].col) != (5, 7)
     for (mx, tok), (my, toy) in zip(batched[3].residual, alone[3].residual):
         torch.testing.assert_close(mx, my, atol=1e-3, rtol=1e-4)
 

@@ -5,8 +5,9 @@ Y (``[B, T, out]``). Mixture-of-experts layers in transformers keep all experts 
 3-D parameter and call ``F.linear`` on a slice per expert; there a ``TorchFunctionMode``,
 active only while the experts module runs, sees each of those calls and tells the
 experts apart by which slice of ``down_proj`` is passed. Token positions of routed
-rows are recovered by matching the expert's input rows against the tokens entering
-the experts module (they are exact copies).
+rows come from the router's choices the experts module is given (``top_k_index``), in the
+order transformers' experts loop uses; where a module is not given them, by matching the
+expert's input rows against the tokens entering it (exact copies).
 """
 from __future__ import annotations
 
@@ -69,13 +70,23 @@ def summarize(site: Site, x: torch.Tensor, y: torch.Tensor, tokens: torch.Tensor
     )
 
 
-class _ExpertCalls(TorchFunctionMode):
-    """Sees the per-expert F.linear calls inside one fused-experts module."""
+def routed_tokens(top_k_index: torch.Tensor, expert: int) -> torch.Tensor:
+    """Flattened token indices of the rows an expert is given, in the order transformers'
+    experts loop passes them (``torch.where`` over [slot, token]: by top-k slot, then token)."""
+    _, tok = torch.where((top_k_index.reshape(-1, top_k_index.shape[-1]) == expert).T)
+    return tok
 
-    def __init__(self, experts_module, hidden: torch.Tensor, on_down):
+
+class _ExpertCalls(TorchFunctionMode):
+    """Sees the per-expert F.linear calls inside one fused-experts module and passes each
+    down projection's (expert, X, Y, flattened token indices) to ``on_down``."""
+
+    def __init__(self, experts_module, hidden: torch.Tensor, top_k_index, on_down, strict: bool):
         super().__init__()
+        self.strict = strict
         self.m = experts_module
         self.hidden = hidden  # [N, D] tokens entering the experts module (flattened)
+        self.top_k_index = top_k_index  # [N, k] the router's choices, when the module is given them
         self.on_down = on_down
         self.tokens: dict[int, torch.Tensor] = {}
 
@@ -93,16 +104,79 @@ class _ExpertCalls(TorchFunctionMode):
             x, w = args[0], args[1]
             e = self._expert_of(w, self.m.down_proj)
             if e is not None:
-                self.on_down(e, x, out, self.tokens.get(e))
+                tok = self.tokens.get(e)
+                if tok is None or tok.shape[0] != x.shape[0]:
+                    tok = torch.full((x.shape[0],), -1)
+                self.on_down(e, x, out, tok)
             else:
                 for name in ("gate_up_proj", "up_proj", "gate_proj"):
                     p = getattr(self.m, name, None)
                     if isinstance(p, torch.Tensor) and (e := self._expert_of(w, p)) is not None:
-                        # rows of x are copies of rows of self.hidden: find which
-                        eq = (x[:, None, :] == self.hidden[None, :, :]).all(-1)
-                        self.tokens[e] = eq.float().argmax(-1)
+                        tok = routed_tokens(self.top_k_index, e) if self.top_k_index is not None else None
+                        if tok is None or tok.shape[0] != x.shape[0] or not torch.equal(self.hidden[tok], x):
+                            # rows of x are copies of rows of self.hidden: find which (the
+                            # first match: exact for one prompt, not for a batch that repeats
+                            # one, so ``strict`` leaves the rows unknown, -1)
+                            eq = (x[:, None, :] == self.hidden[None, :, :]).all(-1)
+                            tok = torch.full((x.shape[0],), -1) if self.strict else eq.float().argmax(-1)
+                        self.tokens[e] = tok
                         break
         return out
+
+
+@contextmanager
+def watch(adapter: Adapter, fn, sites=None, strict: bool = False) -> Iterator[None]:
+    """Call ``fn(site, x [N, in], y [N, out], tokens [N])`` for every down projection that runs
+    inside the block, ``tokens`` being each row's index into the flattened [B * T] batch
+    (-1 where unknown). ``fn`` may change ``y`` in place: the model goes on with it.
+    ``sites``: only these (default: all). ``strict``: an expert's rows are named only from
+    the router's choices, never by matching values (ambiguous in a batch). Fused experts run in transformers' eager loop
+    while watched, so each expert's rows can be seen."""
+    sites = adapter.sites if sites is None else sites
+    handles = []
+    with ExitStack() as stack:
+        experts_modules = {}
+        for site in sites:
+            if site.expert is None:
+                def hook(mod, inp, out, site=site):
+                    x = inp[0].reshape(-1, inp[0].shape[-1])
+                    y = out.reshape(-1, out.shape[-1])
+                    fn(site, x, y, torch.arange(x.shape[0]))
+                    if y.data_ptr() != out.data_ptr():  # reshape copied: hand the edited copy on
+                        return y.view(out.shape)
+                handles.append(site.module.register_forward_hook(hook))
+            else:
+                experts_modules.setdefault(id(site.module), (site.module, {}))[1][site.expert] = site
+        for mod, by_expert in experts_modules.values():
+            cfg = getattr(mod, "config", None)
+            if cfg is not None and hasattr(cfg, "_experts_implementation"):
+                old = cfg._experts_implementation
+                cfg._experts_implementation = "eager"
+                stack.callback(setattr, cfg, "_experts_implementation", old)
+            state = {}
+
+            def pre(m, args, kwargs, by_expert=by_expert, state=state):
+                hidden = args[0] if args else kwargs["hidden_states"]
+                top_k = args[1] if len(args) > 1 else kwargs.get("top_k_index")
+                top_k = top_k if isinstance(top_k, torch.Tensor) and top_k.dim() >= 2 else None
+
+                def on_down(e, x, y, tokens):
+                    if e in by_expert:
+                        fn(by_expert[e], x, y, tokens)
+
+                state["mode"] = _ExpertCalls(m, hidden.reshape(-1, hidden.shape[-1]), top_k, on_down, strict)
+                state["mode"].__enter__()
+
+            def post(m, args, out, state=state):
+                state.pop("mode").__exit__(None, None, None)
+
+            handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(mod.register_forward_hook(post))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
 
 @contextmanager
@@ -114,54 +188,15 @@ def capture(adapter: Adapter) -> Iterator[dict[tuple[int, int | None], SiteRecor
     """
     records: dict[tuple[int, int | None], SiteRecord] = {}
 
-    def keep(rec: SiteRecord) -> None:
+    def keep(site, x, y, tokens) -> None:
+        rec = summarize(site, x, y, tokens)
         key = (rec.layer, rec.expert)
         old = records.get(key)
         if old is None or rec.max_output > old.max_output:
             records[key] = rec
 
-    handles = []
-    with ExitStack() as stack:
-        experts_modules = {}
-        for site in adapter.sites:
-            if site.expert is None:
-                def hook(mod, inp, out, site=site):
-                    x = inp[0].reshape(-1, inp[0].shape[-1])
-                    y = out.reshape(-1, out.shape[-1])
-                    keep(summarize(site, x, y, torch.arange(x.shape[0])))
-                handles.append(site.module.register_forward_hook(hook))
-            else:
-                experts_modules.setdefault(id(site.module), (site.module, {}))[1][site.expert] = site
-        for mod, sites in experts_modules.values():
-            cfg = getattr(mod, "config", None)
-            if cfg is not None and hasattr(cfg, "_experts_implementation"):
-                old = cfg._experts_implementation
-                cfg._experts_implementation = "eager"
-                stack.callback(setattr, cfg, "_experts_implementation", old)
-            state = {}
-
-            def pre(m, args, kwargs, sites=sites, state=state):
-                hidden = args[0] if args else kwargs["hidden_states"]
-                hidden = hidden.reshape(-1, hidden.shape[-1])
-
-                def on_down(e, x, y, tokens):
-                    if e in sites:
-                        toks = tokens if tokens is not None else torch.full((x.shape[0],), -1)
-                        keep(summarize(sites[e], x, y, toks))
-
-                state["mode"] = _ExpertCalls(m, hidden, on_down)
-                state["mode"].__enter__()
-
-            def post(m, args, out, state=state):
-                state.pop("mode").__exit__(None, None, None)
-
-            handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
-            handles.append(mod.register_forward_hook(post))
-        try:
-            yield records
-        finally:
-            for h in handles:
-                h.remove()
+    with watch(adapter, keep):
+        yield records
 
 
 @contextmanager

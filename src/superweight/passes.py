@@ -9,8 +9,9 @@ exactly subtracting X[..., c] * W[r, c] from output channel r, so a hook on each
 projection gives every group its own subtractions and records the spikes of the groups
 that ask for them. Padding positions are masked out of every record.
 
-Fused mixture-of-experts weights are not one linear map per row group; a model with them
-runs the groups one after another, with the weights really zeroed.
+Fused mixture-of-experts weights are handled the same way inside the experts loop: each
+expert's down projection sees only its routed rows, whose batch rows the router's choices
+give (``hooks.watch``); routing is per token, so the groups stay independent.
 """
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from dataclasses import dataclass, field
 import torch
 
 from .coords import Coord
-from .effect import log_probs, real_log_probs
-from .hooks import capture, summarize, zeroed
+from .effect import real_log_probs
+from .errors import UnsupportedModelError
+from .hooks import summarize, watch
 from .model import LoadedModel
 
 MAX_GROUPS = 16  # groups per pass: bounds the batch's activations
@@ -61,8 +63,6 @@ def run(lm: LoadedModel, groups: list[Group], reduce=None) -> list[Answer]:
     """One Answer per group, in order, in as few passes as ``MAX_GROUPS`` and
     ``LOGITS_BUDGET`` allow. ``reduce``: applied to each group's log-probs as soon as they
     exist, and kept in their place (a few numbers instead of an [N, V] tensor per group)."""
-    if lm.adapter.has_experts:
-        return [_one(lm, g, reduce) for g in groups]
     vocab = lm.model.get_output_embeddings().weight.shape[0]
     width = max(g.ids.shape[1] for g in groups)
     weights = sum(p.numel() * p.element_size() for p in lm.model.parameters())  # meta ones count too
@@ -96,27 +96,6 @@ def _residual(hidden_states, rows: torch.Tensor) -> list:
 
 
 @torch.no_grad()
-def _one(lm: LoadedModel, g: Group, reduce=None) -> Answer:
-    """A group on its own, weights really zeroed (any architecture, fused experts included)."""
-    ans = Answer()
-    with zeroed(lm.adapter, list(g.zero)):
-        if not g.scan:
-            lp = log_probs(lm.model, g.ids, g.mask)
-            ans.log_probs = reduce(lp) if reduce else lp
-            return ans
-        for b in range(g.ids.shape[0]):
-            ids = g.ids[b : b + 1, : int(g.mask[b].sum())]
-            want = g.residual and b == 0
-            with capture(lm.adapter) as rec:
-                o = lm.model(input_ids=ids, use_cache=False, output_hidden_states=want)
-            if want:
-                ans.residual = _residual([h[0] for h in o.hidden_states], slice(None))
-            for r in rec.values():
-                _keep(ans, r, b)
-    return ans
-
-
-@torch.no_grad()
 def _batched(lm: LoadedModel, groups: list[Group], reduce=None) -> list[Answer]:
     width = max(g.ids.shape[1] for g in groups)
     ids = torch.cat([_pad(g.ids, width) for g in groups])
@@ -138,33 +117,29 @@ def _batched(lm: LoadedModel, groups: list[Group], reduce=None) -> list[Answer]:
             by = subtract.setdefault(id(site.module), {}).setdefault(rows.start, (rows, []))
             by[1].append((c, values[c]))
     scans = [(k, g, rows) for k, (g, rows) in enumerate(zip(groups, spans)) if g.scan]
-    handles = []
-    for site in lm.adapter.sites:
-        todo = list(subtract.get(id(site.module), {}).values())
-        if not todo and not scans:
-            continue
+    keys = {(c.layer, c.expert) for c in values}
+    watched = [s for s in lm.adapter.sites if scans or (s.layer, s.expert) in keys]
 
-        def hook(mod, inp, y, site=site, todo=todo):
-            x = inp[0].reshape(n, T, inp[0].shape[-1])  # some families (OPT) flatten tokens to [n*T, d]
-            out = y.clone() if todo else y
-            y3 = out.view(n, T, out.shape[-1])
-            for rows, items in todo:
-                for c, v in items:
-                    y3[rows, :, c.row] -= (x[rows, :, c.col].float() * v).to(out.dtype)
-            for k, g, rows in scans:
-                gone = [(c.row, c.col) for c in g.zero if c.layer == site.layer]
-                for b in range(rows.start, rows.stop):
-                    real = mask[b]
-                    rec = summarize(site, x[b][real], y3[b][real], torch.arange(int(real.sum())), zeroed=gone)
-                    _keep(answers[k], rec, b - rows.start)
-            return out
-        handles.append(site.module.register_forward_hook(hook))
+    def hook(site, x, y, tokens):
+        # x: [N, in], y: [N, out], rows of the [n * T] batch (all of it, or an expert's share)
+        if (tokens < 0).any():  # an experts module not given the router's choices
+            raise UnsupportedModelError(f"{site.path}: cannot tell which batch rows each expert is given")
+        b, t = tokens // T, tokens % T
+        for rows, items in subtract.get(id(site.module), {}).values():
+            sel = (b >= rows.start) & (b < rows.stop)
+            for c, v in items:
+                if c.expert == site.expert:
+                    y[sel, c.row] -= (x[sel, c.col].float() * v).to(y.dtype)
+        for k, g, rows in scans:
+            gone = [(c.row, c.col) for c in g.zero if c.layer == site.layer and c.expert == site.expert]
+            for row in range(rows.start, rows.stop):
+                sel = (b == row) & mask[row, t]
+                if sel.any():
+                    _keep(answers[k], summarize(site, x[sel], y[sel], t[sel], zeroed=gone), row - rows.start)
+
     want = any(g.residual for g in groups)
-    try:
+    with watch(lm.adapter, hook, sites=watched, strict=True):
         o = lm.model(input_ids=ids, attention_mask=mask.long(), use_cache=False, output_hidden_states=want)
-    finally:
-        for h in handles:
-            h.remove()
     logits = o.logits
     for k, (g, rows) in enumerate(zip(groups, spans)):
         if g.residual:
