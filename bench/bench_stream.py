@@ -11,6 +11,9 @@ one run:
 - 13b: ``cat`` of the shards to /dev/null (reading the bytes once) against
   ``superweight detect DIR --stream``, and against two streamed forward passes on one
   token (what detection reads, without its compute);
+- moe: the same three on a mixture of experts stored one tensor per expert, as on the
+  hub (Qwen1.5-MoE-A2.7B's shape, 28.6 GB; the super weight planted in routed expert 7),
+  whose layers are fused expert by expert as they are read;
 - 7b: the in-memory path (transformers ``from_pretrained`` plus one forward with hooks on
   every down projection) and the same detection with the model loaded whole
   (``--no-stream``) against ``superweight detect DIR --stream``; and
@@ -18,7 +21,8 @@ one run:
   same disk (reading plus writing the bytes once).
 
     python bench/bench_stream.py --shape 13b 7b --dir /var/tmp/sw-bench [--write docs/benchmarks.md]
-    python bench/bench_stream.py --shape small     # a 4-layer check of the recipe, seconds
+    python bench/bench_stream.py --shape moe --dir /var/tmp/sw-bench
+    python bench/bench_stream.py --shape small moe-small   # 4-layer checks of the recipes, seconds
 
 Free disk is checked first; the run stops with one line if there is not enough.
 """
@@ -34,21 +38,39 @@ import sys
 import time
 from pathlib import Path
 
+VOCAB = 32000
+SW_LAYER, SW_VALUE, BOOST, HEAD = 2, 1.5, 40.0, 0.5
 SHAPES = {
     "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32),
     "13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40),
     "small": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8),
 }
-VOCAB = 32000
-SW_LAYER, SW_VALUE, BOOST, HEAD = 2, 1.5, 40.0, 0.5
+# Mixture of experts, stored one tensor per expert as on the hub: Qwen1.5-MoE-A2.7B's shape
+# (14.3B parameters, 28.6 GB in bf16; 60 routed experts, 4 per token, and a shared expert).
+MOE_SHAPES = {
+    "moe": dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=16, num_experts=60, num_experts_per_tok=4,
+                moe_intermediate_size=1408, shared_expert_intermediate_size=5632, vocab_size=151936),
+    "moe-small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_experts=8, num_experts_per_tok=2,
+                      moe_intermediate_size=128, shared_expert_intermediate_size=512, vocab_size=VOCAB),
+}
+SW_EXPERT, ROUTE = 7, 0.9
 
 
-def sw_coord(shape: str) -> tuple[int, int, int]:
+def sw_coord(shape: str) -> tuple:
+    if shape in MOE_SHAPES:
+        s = MOE_SHAPES[shape]
+        return SW_LAYER, 2533 % s["hidden_size"], 7890 % s["moe_intermediate_size"], SW_EXPERT
     s = SHAPES[shape]
     return SW_LAYER, 2533 % s["hidden_size"], 7890 % s["intermediate_size"]
 
 
 def checkpoint_bytes(shape: str) -> int:
+    if shape in MOE_SHAPES:
+        s = MOE_SHAPES[shape]
+        h, n, e = s["hidden_size"], s["num_hidden_layers"], s["num_experts"]
+        per_layer = 4 * h * h + 3 * h + e * 3 * h * s["moe_intermediate_size"] + 3 * h * s["shared_expert_intermediate_size"] \
+            + e * h + h + 2 * h
+        return 2 * (n * per_layer + 2 * s["vocab_size"] * h + h)
     s = SHAPES[shape]
     h, i, n = s["hidden_size"], s["intermediate_size"], s["num_hidden_layers"]
     per_layer = 4 * h * h + 3 * h * i + 2 * h
@@ -100,6 +122,77 @@ def write_checkpoint(shape: str, out: Path, layers_per_shard: int = 2) -> None:
     head[:, row] = rnd(VOCAB, std=HEAD)  # the output reads the super activation's channel, as real models do
     t = {"model.embed_tokens.weight": rnd(VOCAB, h), "lm_head.weight": head,
          "model.norm.weight": torch.ones(h, dtype=torch.bfloat16)}
+    save_file(t, str(tmp / name), metadata={"format": "pt"})
+    weight_map.update({key: name for key in t})
+    size = sum(f.stat().st_size for f in tmp.glob("*.safetensors"))
+    (tmp / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": size}, "weight_map": weight_map}))
+    cfg.save_pretrained(tmp)
+    _tokenizer().save_pretrained(tmp)
+    os.replace(tmp, out)
+
+
+def write_moe_checkpoint(shape: str, out: Path, layers_per_shard: int = 2) -> None:
+    """Qwen2-MoE, one tensor per expert. The planted super weight is in routed expert
+    ``SW_EXPERT`` of layer ``SW_LAYER`` (its gate and up rows of ``col`` boosted, as in the
+    dense shapes); every token's embedding carries a shared direction u and that layer's
+    router row for the expert reads u, so the expert is among every token's top-k."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import Qwen2MoeConfig
+
+    s = MOE_SHAPES[shape]
+    h, n, e = s["hidden_size"], s["num_hidden_layers"], s["num_experts"]
+    mi, si, vocab = s["moe_intermediate_size"], s["shared_expert_intermediate_size"], s["vocab_size"]
+    cfg = Qwen2MoeConfig(max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=False, intermediate_size=si,
+                         num_key_value_heads=s["num_attention_heads"], decoder_sparse_step=1, dtype="bfloat16", **s)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+
+    def rnd(*shape, std=0.02):
+        return (torch.randn(*shape, generator=g, dtype=torch.bfloat16) * std).contiguous()
+
+    u = torch.randn(h, generator=g)
+    u = u / u.norm()
+    layer_, row, col, expert = sw_coord(shape)
+    weight_map = {}
+    groups = [list(range(i, min(i + layers_per_shard, n))) for i in range(0, n, layers_per_shard)]
+    total = len(groups) + 1
+    for k, layers in enumerate(groups):
+        t = {}
+        for i in layers:
+            p = f"model.layers.{i}."
+            t[p + "input_layernorm.weight"] = torch.ones(h, dtype=torch.bfloat16)
+            t[p + "post_attention_layernorm.weight"] = torch.ones(h, dtype=torch.bfloat16)
+            for m in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                t[p + f"self_attn.{m}.weight"] = rnd(h, h)
+            for m in ("q_proj", "k_proj", "v_proj"):
+                t[p + f"self_attn.{m}.bias"] = torch.zeros(h, dtype=torch.bfloat16)
+            router = rnd(e, h)
+            if i == layer_:
+                router[expert] = (ROUTE * u).to(torch.bfloat16)
+            t[p + "mlp.gate.weight"] = router
+            for x in range(e):
+                gate, up, down = rnd(mi, h), rnd(mi, h), rnd(h, mi)
+                if i == layer_ and x == expert:
+                    gate[col] *= BOOST
+                    up[col] *= BOOST
+                    down[row, col] = SW_VALUE
+                q = p + f"mlp.experts.{x}."
+                t[q + "gate_proj.weight"], t[q + "up_proj.weight"], t[q + "down_proj.weight"] = gate, up, down
+            q = p + "mlp.shared_expert."
+            t[q + "gate_proj.weight"], t[q + "up_proj.weight"], t[q + "down_proj.weight"] = rnd(si, h), rnd(si, h), rnd(h, si)
+            t[p + "mlp.shared_expert_gate.weight"] = rnd(1, h)
+        name = f"model-{k + 1:05d}-of-{total:05d}.safetensors"
+        save_file(t, str(tmp / name), metadata={"format": "pt"})
+        weight_map.update({key: name for key in t})
+        print(f"  wrote {name}", file=sys.stderr, flush=True)
+    name = f"model-{total:05d}-of-{total:05d}.safetensors"
+    head = rnd(vocab, h)
+    head[:, row] = rnd(vocab, std=HEAD)
+    embed = (rnd(vocab, h).float() + 0.9 * u).to(torch.bfloat16)  # |rnd row| is about 0.9 at h=2048
+    t = {"model.embed_tokens.weight": embed, "lm_head.weight": head, "model.norm.weight": torch.ones(h, dtype=torch.bfloat16)}
     save_file(t, str(tmp / name), metadata={"format": "pt"})
     weight_map.update({key: name for key in t})
     size = sum(f.stat().st_size for f in tmp.glob("*.safetensors"))
@@ -204,13 +297,18 @@ def detect_cmd(d: Path) -> list[str]:
     return [sys.executable, "-m", "superweight.cli", "detect", str(d), "--stream", "--dtype", "bfloat16", "--json", "-"]
 
 
+def _dirname(shape: str) -> str:
+    return f"qwen-moe-{shape}" if shape in MOE_SHAPES else f"llama2-{shape}"
+
+
 def found(out: str, shape: str) -> bool:
     sws = json.loads(out)["super_weights"]
-    return [(s["layer"], s["row"], s["col"]) for s in sws] == [sw_coord(shape)]
+    return [(s["layer"], s["row"], s["col"]) + ((s["expert"],) if s.get("expert") is not None else ()) for s in sws] \
+        == [sw_coord(shape)]
 
 
 def bench(shape: str, root: Path) -> list[str]:
-    d = root / f"llama2-{shape}"
+    d = root / _dirname(shape)
     need = 0 if d.is_dir() else checkpoint_bytes(shape)
     if shape == "7b":
         need += checkpoint_bytes(shape) * 2  # the quantized copy and the cat copy
@@ -225,8 +323,9 @@ def bench(shape: str, root: Path) -> list[str]:
         print(f"  {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     size = sum(p.stat().st_size for p in d.glob("*.safetensors"))
     rows = []
-    L, R, C = sw_coord(shape)
-    if shape in ("13b", "small"):
+    L, R, C = sw_coord(shape)[:3]
+    coord = ":".join(str(v) for v in sw_coord(shape))
+    if shape in ("13b", "small", "moe", "moe-small"):
         cat_w, cat_rss, _ = run(f"cat {shards(d)} > /dev/null", shell=True, cold=d)
         io_w, io_rss, io_out = run([sys.executable, "-c", IO_FLOOR, str(d)], cold=d)
         det_w, det_rss, out = run(detect_cmd(d), cold=d)
@@ -234,7 +333,7 @@ def bench(shape: str, root: Path) -> list[str]:
         rows.append(f"| {shape} | two streamed passes on one token (detection's reads, not its compute) | {io_w:.0f} | "
                     f"{io_rss:.0f} | {io_out.strip()} layers dropped from the page cache after use; {io_w / cat_w:.1f}x the read |")
         rows.append(f"| {shape} | `superweight detect --stream` | {det_w:.0f} | {det_rss:.0f} | "
-                    f"found {L}:{R}:{C}: {found(out, shape)}; {det_w / cat_w:.1f}x the read |")
+                    f"found {coord}: {found(out, shape)}; {det_w / cat_w:.1f}x the read |")
     if shape in ("7b", "small"):
         plain_w, plain_rss, plain_out = run([sys.executable, "-c", PLAIN, str(d)], cold=d)
         whole_w, whole_rss, whole_out = run([a if a != "--stream" else "--no-stream" for a in detect_cmd(d)], cold=d)
@@ -263,10 +362,10 @@ def bench(shape: str, root: Path) -> list[str]:
 
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--generate":
-        write_checkpoint(sys.argv[2], Path(sys.argv[3]))
+        (write_moe_checkpoint if sys.argv[2] in MOE_SHAPES else write_checkpoint)(sys.argv[2], Path(sys.argv[3]))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", nargs="+", choices=sorted(SHAPES), default=["13b", "7b"])
+    ap.add_argument("--shape", nargs="+", choices=sorted(SHAPES) + sorted(MOE_SHAPES), default=["13b", "7b"])
     ap.add_argument("--dir", default="/var/tmp/superweight-bench", help="where the synthetic checkpoints go")
     ap.add_argument("--write", metavar="MD", help="append the table to this markdown file")
     ap.add_argument("--clean", action="store_true", help="delete the synthetic checkpoints afterwards")
@@ -277,7 +376,7 @@ def main() -> None:
     for shape in args.shape:
         rows += bench(shape, root)
         if args.clean:
-            shutil.rmtree(root / f"llama2-{shape}", ignore_errors=True)
+            shutil.rmtree(root / _dirname(shape), ignore_errors=True)
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     head = (f"\n## Streaming checkpoints larger than memory ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
             f"{mem:.0f} GiB RAM, {platform.python_version()})\n\n`python bench/bench_stream.py --shape {' '.join(args.shape)}`\n\n")

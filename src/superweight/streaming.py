@@ -211,8 +211,8 @@ class Mapped:
             if conv is None:
                 continue
             conv = self._copy(conv)
-            for pattern, key in sources:
-                conv.add_tensor(job, key, pattern, lambda k=key: self.inner.read_many([k])[k])
+            for pattern, key in sources:  # views where ``view``: the converter's stack is the one copy
+                conv.add_tensor(job, key, pattern, lambda k=key: next(self.inner.read_iter([k], view=view))[1])
             out = conv.convert(job, model=self.model, config=getattr(self.model, "config", None))
             for n in wanted:
                 if n not in out:
