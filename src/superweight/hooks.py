@@ -130,8 +130,8 @@ def watch(adapter: Adapter, fn, sites=None, strict: bool = False) -> Iterator[No
     inside the block, ``tokens`` being each row's index into the flattened [B * T] batch
     (-1 where unknown). ``fn`` may change ``y`` in place: the model goes on with it.
     ``sites``: only these (default: all). ``strict``: an expert's rows are named only from
-    the router's choices, never by matching values (ambiguous in a batch). Fused experts run in transformers' eager loop
-    while watched, so each expert's rows can be seen."""
+    the router's choices, never by matching values (ambiguous in a batch). Fused experts
+    run in transformers' eager loop while watched, so each expert's rows can be seen."""
     sites = adapter.sites if sites is None else sites
     handles = []
     with ExitStack() as stack:

@@ -228,8 +228,8 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
     (see streaming.py). Default (None): on CPU, for local safetensors checkpoints (GGUF
     files included, via their converted cache), read under the model's tensor names
     through transformers' own load-time renames and fusions (per-expert MoE tensors
-    included, see ``streaming.Mapped``); each pass then costs one read of the weights from the page cache, small next to CPU
-    compute, and memory stays near one layer. On an accelerator the model is loaded whole
+    included, see ``streaming.Mapped``); each pass then costs one read of the weights from
+    the page cache, small next to CPU compute, and memory stays near one layer. On an accelerator the model is loaded whole
     when its weights fit in the free memory, and streamed to it otherwise. A GGUF file whose
     one-time conversion would not fit in RAM is read layer by layer straight from the file
     (``stream=True`` asks for that always). A checkpoint that lacks one of the model's

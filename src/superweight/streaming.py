@@ -191,10 +191,6 @@ class Mapped:
             return []
         return [sp for _, key in self.jobs[job][1] if (sp := self.inner.span(key)) is not None]
 
-    def span(self, name: str) -> tuple[Path, int, int] | None:
-        sp = self.spans(name)
-        return sp[0] if len(sp) == 1 else None
-
     def release(self, spans) -> None:
         self.inner.release(spans)
 
