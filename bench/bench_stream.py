@@ -77,15 +77,10 @@ def checkpoint_bytes(shape: str) -> int:
     return 2 * (n * per_layer + 2 * VOCAB * h + h)
 
 
-def write_checkpoint(shape: str, out: Path, layers_per_shard: int = 2) -> None:
+def _start(out: Path):
+    """A fresh ``.partial`` sibling of ``out`` to write into, a seeded bf16 sampler and its generator."""
     import torch
-    from safetensors.torch import save_file
-    from transformers import LlamaConfig
 
-    s = SHAPES[shape]
-    h, inter, n = s["hidden_size"], s["intermediate_size"], s["num_hidden_layers"]
-    cfg = LlamaConfig(vocab_size=VOCAB, max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False,
-                      num_key_value_heads=s["num_attention_heads"], dtype="bfloat16", **s)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -93,35 +88,21 @@ def write_checkpoint(shape: str, out: Path, layers_per_shard: int = 2) -> None:
 
     def rnd(*shape, std=0.02):
         return (torch.randn(*shape, generator=g, dtype=torch.bfloat16) * std).contiguous()
+    return tmp, rnd, g
 
-    layer_, row, col = sw_coord(shape)
-    weight_map, shards = {}, []
-    groups = [list(range(i, min(i + layers_per_shard, n))) for i in range(0, n, layers_per_shard)]
-    total = len(groups) + 1
-    for k, layers in enumerate(groups):
-        t = {}
-        for i in layers:
-            p = f"model.layers.{i}."
-            t[p + "input_layernorm.weight"] = torch.ones(h, dtype=torch.bfloat16)
-            t[p + "post_attention_layernorm.weight"] = torch.ones(h, dtype=torch.bfloat16)
-            for m in ("q_proj", "k_proj", "v_proj", "o_proj"):
-                t[p + f"self_attn.{m}.weight"] = rnd(h, h)
-            gate, up, down = rnd(inter, h), rnd(inter, h), rnd(h, inter)
-            if i == layer_:
-                gate[col] *= BOOST  # a massive input activation on channel col ...
-                up[col] *= BOOST
-                down[row, col] = SW_VALUE  # ... times the super weight
-            t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"], t[p + "mlp.down_proj.weight"] = gate, up, down
-        name = f"model-{k + 1:05d}-of-{total:05d}.safetensors"
-        save_file(t, str(tmp / name), metadata={"format": "pt"})
-        weight_map.update({key: name for key in t})
-        shards.append(name)
-        print(f"  wrote {name}", file=sys.stderr, flush=True)
+
+def _finish(tmp: Path, out: Path, cfg, weight_map: dict, total: int, vocab: int, h: int, rnd, row: int,
+            embed=lambda e: e) -> None:
+    """The last shard (embeddings, norm, and a head that reads the super activation's channel
+    ``row``, as real models do), the index, config and tokenizer; then ``tmp`` becomes ``out``.
+    ``embed``: applied to the sampled embeddings."""
+    import torch
+    from safetensors.torch import save_file
+
     name = f"model-{total:05d}-of-{total:05d}.safetensors"
-    head = rnd(VOCAB, h)
-    head[:, row] = rnd(VOCAB, std=HEAD)  # the output reads the super activation's channel, as real models do
-    t = {"model.embed_tokens.weight": rnd(VOCAB, h), "lm_head.weight": head,
-         "model.norm.weight": torch.ones(h, dtype=torch.bfloat16)}
+    head = rnd(vocab, h)
+    head[:, row] = rnd(vocab, std=HEAD)
+    t = {"model.embed_tokens.weight": embed(rnd(vocab, h)), "lm_head.weight": head, "model.norm.weight": torch.ones(h, dtype=torch.bfloat16)}
     save_file(t, str(tmp / name), metadata={"format": "pt"})
     weight_map.update({key: name for key in t})
     size = sum(f.stat().st_size for f in tmp.glob("*.safetensors"))
@@ -131,31 +112,23 @@ def write_checkpoint(shape: str, out: Path, layers_per_shard: int = 2) -> None:
     os.replace(tmp, out)
 
 
-def write_moe_checkpoint(shape: str, out: Path, layers_per_shard: int = 2) -> None:
-    """Qwen2-MoE, one tensor per expert. The planted super weight is in routed expert
-    ``SW_EXPERT`` of layer ``SW_LAYER`` (its gate and up rows of ``col`` boosted, as in the
-    dense shapes); every token's embedding carries a shared direction u and that layer's
-    router row for the expert reads u, so the expert is among every token's top-k."""
+def _mlp(rnd, h: int, inter: int, plant: bool, row: int, col: int) -> tuple:
+    """(gate, up, down) of one MLP; ``plant``: the super weight at [row, col] with its input
+    channel made massive (gate and up rows of ``col`` scaled ``BOOST``)."""
+    gate, up, down = rnd(inter, h), rnd(inter, h), rnd(h, inter)
+    if plant:
+        gate[col] *= BOOST  # a massive input activation on channel col ...
+        up[col] *= BOOST
+        down[row, col] = SW_VALUE  # ... times the super weight
+    return gate, up, down
+
+
+def _write_layers(tmp: Path, n: int, h: int, rnd, mlp, layers_per_shard: int, qkv_bias: bool = False) -> tuple[dict, int]:
+    """Decoder layers in shards of ``layers_per_shard``: norms and attention here, the rest from
+    ``mlp(i, prefix) -> {name: tensor}``. Returns (weight_map, number of shards with the last)."""
     import torch
     from safetensors.torch import save_file
-    from transformers import Qwen2MoeConfig
 
-    s = MOE_SHAPES[shape]
-    h, n, e = s["hidden_size"], s["num_hidden_layers"], s["num_experts"]
-    mi, si, vocab = s["moe_intermediate_size"], s["shared_expert_intermediate_size"], s["vocab_size"]
-    cfg = Qwen2MoeConfig(max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=False, intermediate_size=si,
-                         num_key_value_heads=s["num_attention_heads"], decoder_sparse_step=1, dtype="bfloat16", **s)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    g = torch.Generator().manual_seed(0)
-
-    def rnd(*shape, std=0.02):
-        return (torch.randn(*shape, generator=g, dtype=torch.bfloat16) * std).contiguous()
-
-    u = torch.randn(h, generator=g)
-    u = u / u.norm()
-    layer_, row, col, expert = sw_coord(shape)
     weight_map = {}
     groups = [list(range(i, min(i + layers_per_shard, n))) for i in range(0, n, layers_per_shard)]
     total = len(groups) + 1
@@ -167,39 +140,70 @@ def write_moe_checkpoint(shape: str, out: Path, layers_per_shard: int = 2) -> No
             t[p + "post_attention_layernorm.weight"] = torch.ones(h, dtype=torch.bfloat16)
             for m in ("q_proj", "k_proj", "v_proj", "o_proj"):
                 t[p + f"self_attn.{m}.weight"] = rnd(h, h)
-            for m in ("q_proj", "k_proj", "v_proj"):
-                t[p + f"self_attn.{m}.bias"] = torch.zeros(h, dtype=torch.bfloat16)
-            router = rnd(e, h)
-            if i == layer_:
-                router[expert] = (ROUTE * u).to(torch.bfloat16)
-            t[p + "mlp.gate.weight"] = router
-            for x in range(e):
-                gate, up, down = rnd(mi, h), rnd(mi, h), rnd(h, mi)
-                if i == layer_ and x == expert:
-                    gate[col] *= BOOST
-                    up[col] *= BOOST
-                    down[row, col] = SW_VALUE
-                q = p + f"mlp.experts.{x}."
-                t[q + "gate_proj.weight"], t[q + "up_proj.weight"], t[q + "down_proj.weight"] = gate, up, down
-            q = p + "mlp.shared_expert."
-            t[q + "gate_proj.weight"], t[q + "up_proj.weight"], t[q + "down_proj.weight"] = rnd(si, h), rnd(si, h), rnd(h, si)
-            t[p + "mlp.shared_expert_gate.weight"] = rnd(1, h)
+            if qkv_bias:
+                for m in ("q_proj", "k_proj", "v_proj"):
+                    t[p + f"self_attn.{m}.bias"] = torch.zeros(h, dtype=torch.bfloat16)
+            t.update(mlp(i, p))
         name = f"model-{k + 1:05d}-of-{total:05d}.safetensors"
         save_file(t, str(tmp / name), metadata={"format": "pt"})
         weight_map.update({key: name for key in t})
         print(f"  wrote {name}", file=sys.stderr, flush=True)
-    name = f"model-{total:05d}-of-{total:05d}.safetensors"
-    head = rnd(vocab, h)
-    head[:, row] = rnd(vocab, std=HEAD)
-    embed = (rnd(vocab, h).float() + 0.9 * u).to(torch.bfloat16)  # |rnd row| is about 0.9 at h=2048
-    t = {"model.embed_tokens.weight": embed, "lm_head.weight": head, "model.norm.weight": torch.ones(h, dtype=torch.bfloat16)}
-    save_file(t, str(tmp / name), metadata={"format": "pt"})
-    weight_map.update({key: name for key in t})
-    size = sum(f.stat().st_size for f in tmp.glob("*.safetensors"))
-    (tmp / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": size}, "weight_map": weight_map}))
-    cfg.save_pretrained(tmp)
-    _tokenizer().save_pretrained(tmp)
-    os.replace(tmp, out)
+    return weight_map, total
+
+
+def write_checkpoint(shape: str, out: Path, layers_per_shard: int = 2) -> None:
+    from transformers import LlamaConfig
+
+    s = SHAPES[shape]
+    h, inter, n = s["hidden_size"], s["intermediate_size"], s["num_hidden_layers"]
+    cfg = LlamaConfig(vocab_size=VOCAB, max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                      num_key_value_heads=s["num_attention_heads"], dtype="bfloat16", **s)
+    tmp, rnd, _ = _start(out)
+    layer_, row, col = sw_coord(shape)
+
+    def mlp(i, p):
+        gate, up, down = _mlp(rnd, h, inter, i == layer_, row, col)
+        return {p + "mlp.gate_proj.weight": gate, p + "mlp.up_proj.weight": up, p + "mlp.down_proj.weight": down}
+
+    weight_map, total = _write_layers(tmp, n, h, rnd, mlp, layers_per_shard)
+    _finish(tmp, out, cfg, weight_map, total, VOCAB, h, rnd, row)
+
+
+def write_moe_checkpoint(shape: str, out: Path, layers_per_shard: int = 2) -> None:
+    """Qwen2-MoE, one tensor per expert. The planted super weight is in routed expert
+    ``SW_EXPERT`` of layer ``SW_LAYER`` (its gate and up rows of ``col`` boosted, as in the
+    dense shapes); every token's embedding carries a shared direction u and that layer's
+    router row for the expert reads u, so the expert is among every token's top-k."""
+    import torch
+    from transformers import Qwen2MoeConfig
+
+    s = MOE_SHAPES[shape]
+    h, n, e = s["hidden_size"], s["num_hidden_layers"], s["num_experts"]
+    mi, si, vocab = s["moe_intermediate_size"], s["shared_expert_intermediate_size"], s["vocab_size"]
+    cfg = Qwen2MoeConfig(max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=False, intermediate_size=si,
+                         num_key_value_heads=s["num_attention_heads"], decoder_sparse_step=1, dtype="bfloat16", **s)
+    tmp, rnd, g = _start(out)
+    u = torch.randn(h, generator=g)
+    u = u / u.norm()
+    layer_, row, col, expert = sw_coord(shape)
+
+    def mlp(i, p):
+        router = rnd(e, h)
+        if i == layer_:
+            router[expert] = (ROUTE * u).to(torch.bfloat16)
+        t = {p + "mlp.gate.weight": router}
+        for x in range(e):
+            q = p + f"mlp.experts.{x}."
+            gate, up, down = _mlp(rnd, h, mi, i == layer_ and x == expert, row, col)
+            t[q + "gate_proj.weight"], t[q + "up_proj.weight"], t[q + "down_proj.weight"] = gate, up, down
+        q = p + "mlp.shared_expert."
+        t[q + "gate_proj.weight"], t[q + "up_proj.weight"], t[q + "down_proj.weight"] = rnd(si, h), rnd(si, h), rnd(h, si)
+        t[p + "mlp.shared_expert_gate.weight"] = rnd(1, h)
+        return t
+
+    weight_map, total = _write_layers(tmp, n, h, rnd, mlp, layers_per_shard, qkv_bias=True)
+    # every token carries u; a sampled embedding row's norm is about 0.9 at h=2048
+    _finish(tmp, out, cfg, weight_map, total, vocab, h, rnd, row, embed=lambda x: (x.float() + 0.9 * u).to(torch.bfloat16))
 
 
 def _tokenizer():
