@@ -30,6 +30,17 @@ def _device(model) -> torch.device:
 
 
 @torch.no_grad()
+def stack(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows ([T_i] or [1, T_i]) -> right-padded ([b, T], mask [b, T])."""
+    width = max(r.shape[-1] for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long, device=rows[0].device)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool, device=rows[0].device)
+    for b, r in enumerate(rows):
+        ids[b, : r.shape[-1]] = r.reshape(-1)
+        mask[b, : r.shape[-1]] = True
+    return ids, mask
+
+
 def log_probs(model, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """[N, V] float32 next-token log-probabilities at the N real positions of a
     right-padded batch, in row order. Row by row: vocabulary-sized tensors dominate the
@@ -73,12 +84,7 @@ class Probe:
         ids = [i for i in ids if len(i) >= 2]
         if not ids:
             raise ValueError("probe sentences are empty after tokenization")
-        width = max(len(i) for i in ids)
-        input_ids = torch.zeros(len(ids), width, dtype=torch.long)
-        mask = torch.zeros(len(ids), width, dtype=torch.bool)
-        for b, i in enumerate(ids):
-            input_ids[b, : len(i)] = torch.tensor(i)
-            mask[b, : len(i)] = True
+        input_ids, mask = stack([torch.tensor(i) for i in ids])
         dev = _device(model)
         return input_ids.to(dev), mask.to(dev)
 

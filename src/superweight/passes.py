@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .coords import Coord
-from .effect import real_log_probs
+from .effect import real_log_probs, stack  # noqa: F401 - stack: padding, re-exported for callers
 from .errors import UnsupportedModelError
 from .hooks import summarize, watch
 from .model import LoadedModel
@@ -46,17 +46,6 @@ class Answer:
     records: dict = field(default_factory=dict)  # (layer, expert) -> SiteRecord, largest |Y| over rows
     which: dict = field(default_factory=dict)  # (layer, expert) -> row (prompt index) of that record
     residual: list = field(default_factory=list)  # per layer: (max |h| per channel [H], its token [H])
-
-
-def stack(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """[1, T_i] token rows -> right-padded ([b, T], mask [b, T])."""
-    width = max(r.shape[-1] for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long, device=rows[0].device)
-    mask = torch.zeros(len(rows), width, dtype=torch.bool, device=rows[0].device)
-    for b, r in enumerate(rows):
-        ids[b, : r.shape[-1]] = r.reshape(-1)
-        mask[b, : r.shape[-1]] = True
-    return ids, mask
 
 
 def run(lm: LoadedModel, groups: list[Group], reduce=None) -> list[Answer]:
