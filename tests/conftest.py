@@ -45,3 +45,19 @@ def smol_result(smol):
 @pytest.fixture(scope="session")
 def gpl3_text() -> str:
     return GPL3.read_text()
+
+
+@pytest.fixture(scope="session")
+def qwen():
+    """The second real model: Qwen2.5-Coder-0.5B-Instruct, assembled from its PyPI parts on
+    first use (never skipped either)."""
+    import superweight as sw
+
+    return sw.load("qwen2.5-coder-0.5b")
+
+
+@pytest.fixture(scope="session")
+def qwen_result(qwen):
+    import superweight as sw
+
+    return sw.detect(qwen)

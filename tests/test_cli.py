@@ -32,21 +32,25 @@ def test_detect_default_model_json_contract():
     proc = run("detect", "--json", "-")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    for key in ("model", "architecture", "num_layers", "prompts", "super_weights", "rejected", "super_activation", "layers"):
+    for key in ("model", "architecture", "num_layers", "prompts", "super_weights", "strong", "rejected", "super_activation",
+                "layers", "massive_channels", "text"):
         assert key in out
+    assert out["text"]["source"] == "lambada" and set(out["text"]["ppl_intact"]) == {"bos", "mid"}
     assert out["architecture"] == "llama" and out["num_layers"] == 30
     assert out["prompts"] == ["Apple Inc. is a worldwide tech company."]
     (found,) = out["super_weights"]
     assert (found["layer"], found["row"], found["col"]) == (11, 507, 1229)
     for key in ("module", "value", "input_activation", "output_activation"):
         assert key in found
+    assert found["grade"] == "super" and found["effect"]["matters_in"] == ["bos", "mid"]
+    assert {c["kind"] for c in found["effect"]["controls"]} == {"largest", "random", "neighbours"}
     assert all("reason" in r for r in out["rejected"])
     assert out["super_activation"]["channel"] == 507
     assert len(out["super_activation"]["max_per_layer"]) == 30
     layer = out["layers"][11]
     assert set(layer) >= {"max_input", "input_channel", "max_output", "output_channel", "token"}
     assert out["index"]["status"] == "agrees"
-    assert "super weights" in proc.stderr  # the table goes to stderr when JSON takes stdout
+    assert "graded weights" in proc.stderr  # the table goes to stderr when JSON takes stdout
 
 
 def test_detect_table_and_json_file(tmp_path, capsys):
@@ -65,7 +69,7 @@ def test_detect_table_and_json_file(tmp_path, capsys):
 def test_verify_and_index_commands(capsys):
     assert main(["verify", "--coords", "11:507:1229", "28:507:678"]) == 0
     text = capsys.readouterr().out
-    assert "11:507:1229" in text and "yes" in text and "no" in text
+    assert "11:507:1229" in text and "super" in text and "rejected" in text
     assert "all 2 zeroed together" in text
     assert main(["verify"]) == 0  # default: the index entry of the default model
     assert "11:507:1229" in capsys.readouterr().out
@@ -213,3 +217,19 @@ def test_coordinate_parsing():
     for bad in ("1:2", "a:b:c", "-1:2:3", ""):
         with pytest.raises(sw.UsageError):
             sw.Coord.parse(bad)
+
+
+def test_text_too_short_for_one_window_is_one_line(tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("Only a few words here.\n\nAnd a second short passage.")
+    one_error_line(run("detect", "--text", str(short)), "too short for one window of 512 tokens")
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--text", "/no/such/text.txt"], "no such file"),
+    (["--window", "0"], "window must be a positive integer"),
+    (["--windows", "-1"], "windows must be a positive integer"),
+    (["--window", "8"], "at least 16 tokens"),
+])
+def test_bad_proof_options_are_one_line(args, msg):
+    one_error_line(run("detect", *args), msg)

@@ -41,7 +41,21 @@ def test_late_cancelling_spike_is_rejected_with_a_reason(smol_result):
     late = [f for f in smol_result.rejected if f.coord.layer >= 27 and f.coord.row == 507]
     assert late, "the late-layer spikes on the super-activation channel must be examined"
     assert all(f.reason for f in late)
-    assert any(f.effect is not None and f.effect.kl < smol_result.config.min_kl for f in late)
+    cfg = smol_result.config
+    on_text = [f for f in late if f.effect is not None and f.effect.text is not None]
+    assert on_text and all(max(f.effect.text.kl.values()) < cfg.strong_kl for f in on_text)
+
+
+def test_the_super_weight_is_graded_super_on_real_text_in_both_conditions(smol_result):
+    (f,) = smol_result.super_weights
+    assert f.grade == "super" and f.effect.matters_in == ["bos", "mid"]
+    cfg = smol_result.config
+    for cond in ("bos", "mid"):
+        assert f.effect.text.ppl_ratio[cond] >= cfg.super_ppl_ratio
+        assert f.effect.margin[cond] >= cfg.min_control_ratio
+    assert smol_result.text["window"] == 512 and smol_result.text["start_token"] == "<|endoftext|>"
+    (m,) = [m for m in smol_result.massive if m["channel"] == 507]
+    assert m["made_by"] == "weight" and m["weight"] == str(SW) and m["source_layer"] == 11
 
 
 def test_zeroing_the_super_weight_wrecks_perplexity(ppl, ppl_intact):
@@ -64,4 +78,5 @@ def test_index_agrees_and_verify_confirms(smol, smol_result):
     assert sw.compare(smol_result.coords, entry)["status"] == "agrees"
     verdicts = sw.verify(smol, [SW, sw.Coord(28, 507, 678), sw.Coord(11, 100, 100)])
     assert [v.is_super_weight for v in verdicts] == [True, False, False]
+    assert [v.grade for v in verdicts] == ["super", "rejected", "rejected"]
     assert verdicts[0].spike and verdicts[1].spike and not verdicts[2].spike

@@ -59,6 +59,11 @@ def tiny_model(model_type: str, seed: int = 0):
     return sw.LoadedModel.wrap(model.eval(), byte_tokenizer(), name=f"tiny-{model_type}")
 
 
+def graded(result) -> list[sw.Coord]:
+    """Coordinates graded super or strong."""
+    return result.coords + result.strong_coords
+
+
 def plant(lm: sw.LoadedModel, coord: sw.Coord, factor: float = 400.0, base: float | None = None) -> float:
     """Make ``coord`` a super weight: set it to ``factor`` times ``base`` (default: the
     matrix's max |w| before planting). Returns the base, to plant several alike."""
@@ -135,3 +140,25 @@ def tiny_moe_gguf(path, coord: sw.Coord, factor: float = 400.0) -> None:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def weaken(lm: sw.LoadedModel, coord: sw.Coord, target_kl: float = 0.5) -> float:
+    """Scale the output head so that zeroing ``coord`` moves the probe sentences' next-token
+    distributions by about ``target_kl`` nats (a weak but specific weight, as on real
+    models that are not wrecked by one scalar): logits scale with the head, and KL with
+    them. Bisection on the scale; returns the KL reached."""
+    from superweight.detect import measure
+    from superweight.effect import Probe
+
+    head = lm.model.get_output_embeddings().weight
+    orig = head.detach().clone()
+    lo, hi, kl = 0.0, 1.0, 0.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        with torch.no_grad():
+            head.copy_(orig * mid)
+        kl = measure(lm, Probe.build(lm.model, lm.tokenizer), [coord]).kl
+        if abs(kl - target_kl) < 0.05:
+            break
+        lo, hi = (mid, hi) if kl < target_kl else (lo, mid)
+    return kl

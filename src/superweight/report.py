@@ -19,36 +19,46 @@ def _short(module: str, coord) -> str:
     return tail if coord.expert is None else f"{tail}[{coord.expert}]"
 
 
-def _effect(f) -> str:
-    e = f.effect
-    if e is None:
+def _text(e, cond: str) -> str:
+    """Real-text effect in one condition: perplexity ratio, KL, and the control margin."""
+    if e is None or e.text is None:
         return "-"
-    return f"KL {e.kl:.3g}, ppl {e.ppl_intact:.3g}->{e.ppl:.3g}"
-
-
-def _control(f) -> str:
-    e = f.effect
-    if e is None or e.control is None:
-        return "-"
-    return f"[{e.control.row},{e.control.col}] KL {e.control_kl:.2g}"
+    ctl = e.control_kl_text(cond)
+    margin = e.margin.get(cond) if e.margin else None
+    return (f"ppl x{e.text.ppl_ratio[cond]:.3g}, KL {e.text.kl[cond]:.3g}"
+            + (f" (ctl {ctl:.2g}, {margin:.0f}x)" if ctl is not None and margin is not None else ""))
 
 
 def print_detect(console, result, agreement, index_id, verbose: bool = False) -> None:
     console.print(f"[bold]{result.model}[/bold]  ({result.architecture}, {result.num_layers} layers, "
                   f"{result.rounds} round(s), probe perplexity {result.probe_ppl:.4g})")
-    if result.super_weights:
-        t = Table(title="super weights (row = output channel, col = input channel)", title_justify="left")
-        for col in ("layer", "module", "row", "col", "value", "input act", "output act", "token", "zeroing it alone", "control"):
-            t.add_column(col, justify="left" if col in ("module", "zeroing it alone", "control") else "right")
-        for f in result.super_weights:
-            _add(t, str(f.coord.layer), _short(f.module, f.coord), str(f.coord.row), str(f.coord.col), _g(f.value),
-                      _g(f.input_activation), _g(f.output_activation), str(f.token), _effect(f), _control(f))
+    if result.text:
+        tx = result.text
+        console.print(escape(
+            f"real text: {tx['source']}, {tx['windows']['bos']} + {tx['windows']['mid']} window(s) of {tx['window']} tokens; "
+            f"bos = starting with {tx['start_token']} (perplexity {tx['ppl_intact']['bos']:.4g}), "
+            f"mid = starting mid-text ({tx['ppl_intact']['mid']:.4g})"))
+    graded = result.super_weights + result.strong
+    if graded:
+        t = Table(title="graded weights (row = output channel, col = input channel; zeroed alone on real text, "
+                        "next to the strongest control)", title_justify="left")
+        for col in ("grade", "layer", "module", "row", "col", "value", "output act", "token", "bos", "mid", "matters in"):
+            t.add_column(col, justify="left" if col in ("grade", "module", "bos", "mid", "matters in") else "right")
+        for f in graded:
+            e = f.effect
+            _add(t, f.grade + (" (jointly)" if f.jointly_with else ""), str(f.coord.layer), _short(f.module, f.coord),
+                 str(f.coord.row), str(f.coord.col), _g(f.value), _g(f.output_activation), str(f.token),
+                 _text(e, "bos"), _text(e, "mid"), ", ".join(e.matters_in) if e else "-")
         console.print(t)
-    else:
-        console.print("no super weight found: no down-projection spike survived the ablation test")
+    if not result.super_weights:
+        console.print("no super weight found: no single weight's removal wrecks the model on real text"
+                      + (f" ({len(result.strong)} strong weight(s) above)" if result.strong else ""))
     if result.super_activation:
         sa = result.super_activation
         console.print(f"super activation: residual channel {sa['channel']}, max |h| {max(sa['max_per_layer']):.4g}")
+    for m in result.massive:
+        console.print(escape(f"massive channel {m['channel']}: from layer {m['begins']}, peak {m['peak']:.4g} after layer "
+                             f"{m['peak_layer']} on token {m['token']}: {m['explanation']}"))
     if result.rejected:
         t = Table(title="examined and rejected", title_justify="left")
         for col in ("layer", "row", "col", "value", "output act", "reason"):
@@ -75,18 +85,18 @@ def print_detect(console, result, agreement, index_id, verbose: bool = False) ->
 
 def print_verify(console, name, verdicts, together=None) -> None:
     t = Table(title=f"verify: {name}", title_justify="left")
-    for col in ("coordinate", "value", "super weight?", "KL", "probe ppl", "control KL", "spike", "why not"):
-        t.add_column(col, justify="left" if col == "why not" else "right")
+    for col in ("coordinate", "value", "grade", "probe KL", "bos", "mid", "spike", "why not super"):
+        t.add_column(col, justify="left" if col in ("why not super", "bos", "mid") else "right")
     for v in verdicts:
-        _add(t, str(v.coord), _g(v.value), "yes" if v.is_super_weight else "no", _g(v.effect.kl, 3),
-             f"{v.effect.ppl_intact:.3g}->{v.effect.ppl:.3g}", _g(v.effect.control_kl, 2), "yes" if v.spike else "no",
-             v.reason or "")
+        _add(t, str(v.coord), _g(v.value), v.grade, _g(v.effect.kl, 3), _text(v.effect, "bos"), _text(v.effect, "mid"),
+             "yes" if v.spike else "no", v.reason or "")
     console.print(t)
     if together:
         e = together["effect"]
         console.print(escape(
-            f"all {len(together['coords'])} zeroed together: KL {e['kl']:.3g}, probe ppl {e['probe_ppl_intact']:.3g}->"
-            f"{e['probe_ppl']:.3g} -> {'a super-weight set' if together['is_super_weight_set'] else 'not a super-weight set'}"
+            f"all {len(together['coords'])} zeroed together: probe KL {e['kl']:.3g}"
+            + "".join(f", {c}: ppl x{v['ppl_ratio']:.3g} KL {v['kl']:.3g}" for c, v in e.get("text", {}).items())
+            + f" -> {'a super-weight set' if together['is_super_weight_set'] else 'not a super-weight set'}"
             + (f" ({together['reason']})" if together.get("reason") else "")))
 
 

