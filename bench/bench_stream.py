@@ -306,7 +306,9 @@ def _dirname(shape: str) -> str:
 
 
 def found(out: str, shape: str) -> bool:
-    sws = json.loads(out)["super_weights"]
+    """The planted weight, graded super or strong (a random model's perplexity says little)."""
+    res = json.loads(out)
+    sws = res["super_weights"] + res.get("strong", [])
     return [(s["layer"], s["row"], s["col"]) + ((s["expert"],) if s.get("expert") is not None else ()) for s in sws] \
         == [sw_coord(shape)]
 

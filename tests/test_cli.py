@@ -57,7 +57,7 @@ def test_detect_table_and_json_file(tmp_path, capsys):
     dest = tmp_path / "out.json"
     png = tmp_path / "spikes.png"
     assert main(["detect", "--prompt", "Summer is hot. Winter is", "--prompt", "Paris is a city.", "--json", str(dest), "-v",
-                 "--plot", str(png)]) == 0
+                 "--plot", str(png), "--window", "128"]) == 0  # short windows: this tests the output, not the proof
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = capsys.readouterr().out
     assert "507" in text and "1229" in text and "per-layer spikes" in text and "agrees" in text
@@ -67,11 +67,11 @@ def test_detect_table_and_json_file(tmp_path, capsys):
 
 
 def test_verify_and_index_commands(capsys):
-    assert main(["verify", "--coords", "11:507:1229", "28:507:678"]) == 0
+    assert main(["verify", "--coords", "11:507:1229", "28:507:678", "--window", "128"]) == 0
     text = capsys.readouterr().out
     assert "11:507:1229" in text and "super" in text and "rejected" in text
     assert "all 2 zeroed together" in text
-    assert main(["verify"]) == 0  # default: the index entry of the default model
+    assert main(["verify", "--window", "128"]) == 0  # default: the index entry of the default model
     assert "11:507:1229" in capsys.readouterr().out
     assert main(["index", "--json", "-"]) == 0
     entries = json.loads(capsys.readouterr().out)

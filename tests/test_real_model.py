@@ -54,8 +54,11 @@ def test_the_super_weight_is_graded_super_on_real_text_in_both_conditions(smol_r
         assert f.effect.text.ppl_ratio[cond] >= cfg.super_ppl_ratio
         assert f.effect.margin[cond] >= cfg.min_control_ratio
     assert smol_result.text["window"] == 512 and smol_result.text["start_token"] == "<|endoftext|>"
-    (m,) = [m for m in smol_result.massive if m["channel"] == 507]
-    assert m["made_by"] == "weight" and m["weight"] == str(SW) and m["source_layer"] == 11
+    on = {(m["where"], m["token"]): m for m in smol_result.massive if m["channel"] == 507}
+    for where in ("prompt", "bos", "mid"):  # the first token everywhere, written by the super weight
+        m = on[(where, 0)]
+        assert m["made_by"] == "weight" and m["weight"] == str(SW) and m["source_layer"] == 11, where
+    assert {m["channel"] for m in smol_result.massive if m["where"] == "prompt"} == {507}
 
 
 def test_zeroing_the_super_weight_wrecks_perplexity(ppl, ppl_intact):

@@ -62,10 +62,11 @@ def test_the_delimiter_weight_matters_after_the_start_token_only(qwen_result, pp
     assert delim, "the delimiter super activation's weight must be graded"
     f = delim[0]
     assert f.effect.matters_in == ["bos"]
-    assert ppl([f.coord], "bos") > 1.3 * intact["bos"]  # independent: it hurts there
+    hurt = ppl([f.coord], "bos") / intact["bos"] - 1
+    assert hurt > 0.3  # independent: it hurts there
     assert ppl([f.coord], "mid") == pytest.approx(intact["mid"], rel=0.02)  # and not mid-text
-    for ctl in f.effect.controls:
-        assert ppl(ctl.coords, "bos") == pytest.approx(intact["bos"], rel=0.02), ctl.kind
+    for ctl in f.effect.controls:  # ordinary weights of the same matrix: a tenth of that at most
+        assert ppl(ctl.coords, "bos") / intact["bos"] - 1 < 0.1 * hurt, ctl.kind
 
 
 def test_every_verdict_agrees_with_an_independent_ablation(qwen_result, ppl, intact):
@@ -81,16 +82,17 @@ def test_every_verdict_agrees_with_an_independent_ablation(qwen_result, ppl, int
 
 
 def test_no_super_weight_but_both_massive_activations_are_explained(qwen_result):
-    """Channel 62 carries two: the first token's (layers 2 and 3) and the delimiters'
-    (one weight of layer 5); each entry names its source layers and their weights."""
+    """Channel 62 carries two: on the first token mid-text (layers 2 and 3), and after the
+    start token on the delimiter that follows it (one weight of layer 5); each entry names
+    its source layers and their weights."""
     assert qwen_result.super_weights == []  # no single scalar wrecks this model
-    delim = {str(f.coord) for f in qwen_result.strong if f.token > 0}
-    by_token = {}
-    for m in qwen_result.massive:
-        assert m["explanation"]
-        by_token.setdefault(m["channel"], {})[m["token"]] = m
-    top = qwen_result.massive[0]
-    first = by_token[top["channel"]][0]  # the largest: on the first token
-    assert first["begins"] < 5 and first["made_by"] in ("weight", "layer", "layers")
-    others = [m for t, m in by_token[top["channel"]].items() if t > 0]
-    assert any(m.get("weight") in delim and m["made_by"] == "weight" for m in others)
+    delim = [f for f in qwen_result.strong if f.token > 0]
+    assert delim
+    by = {(m["where"], m["token"]): m for m in qwen_result.massive if m["channel"] == delim[0].coord.row}
+    mid = by[("mid", 0)]
+    assert mid["begins"] < delim[0].coord.layer and mid["made_by"] in ("weight", "layer", "layers")
+    bos = [m for (where, t), m in by.items() if where == "bos"]
+    assert bos and bos[0]["token"] == 1  # the delimiter right after <|endoftext|> takes the role
+    assert bos[0]["source_layer"] == delim[0].coord.layer and bos[0].get("weight") == str(delim[0].coord)
+    assert bos[0]["made_by"] == "weight" and str(delim[0].coord) in bos[0]["explanation"]
+    assert all(m["explanation"] for m in qwen_result.massive)

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import plant, tiny_model, tiny_moe_gguf
+from tiny import graded, plant, tiny_model, tiny_moe_gguf
 
 import superweight as sw
 
 
 def _summary(result):
     return (
-        [(str(f.coord), round(f.value, 5), round(f.effect.kl, 3)) for f in result.super_weights],
+        [(str(f.coord), f.grade, round(f.value, 5), round(f.effect.kl, 3)) for f in result.super_weights + result.strong],
+        [(str(f.coord), {c: round(v, 3) for c, v in f.effect.text.kl.items()}) for f in result.super_weights + result.strong],
         [(str(f.coord), (f.reason or "")[:40]) for f in result.rejected],
         [(r.layer, r.output_channel, r.col, round(r.max_output, 2)) for r in result.layers],
     )
@@ -31,7 +32,7 @@ def test_streamed_equals_in_memory_on_tiny_models(tmp_path, model_type, coord, f
     assert streamed.adapter.streamer is not None and whole.adapter.streamer is None
     assert streamed.model.get_submodule(streamed.adapter.family.layers)[0].state_dict()  # meta, but present
     a, b = sw.detect(streamed), sw.detect(whole)
-    assert a.coords == b.coords == [coord]
+    assert graded(a) == graded(b) == [coord]
     assert _summary(a) == _summary(b)
 
 
@@ -59,7 +60,7 @@ def test_per_expert_checkpoints_stream_through_transformers_fusion(tmp_path, mod
     whole = sw.load(str(tmp_path), stream=False)
     assert streamed.adapter.streamer is not None
     a, b = sw.detect(streamed), sw.detect(whole)
-    assert a.coords == b.coords == [coord]
+    assert graded(a) == graded(b) == [coord]
     assert _summary(a) == _summary(b)
     assert streamed.adapter.value(coord) == whole.adapter.value(coord)
     ids = torch.tensor([[3, 70, 101, 32, 9, 200]])
@@ -90,7 +91,7 @@ def test_a_moe_gguf_streams_layer_by_layer(tmp_path, monkeypatch):
     assert isinstance(streamed.adapter.streamer.ckpt, GGUFCheckpoint)
     assert len(streamed.adapter.streamer.ckpt.spans("model.layers.1.mlp.experts.gate_up_proj")) == 2  # gate, up
     a, b = sw.detect(streamed), sw.detect(whole)
-    assert a.coords == b.coords == [coord]
+    assert graded(a) == graded(b) == [coord]
     assert _summary(a) == _summary(b)
     ids = torch.tensor([[3, 70, 101, 32, 9, 200]])
     with torch.no_grad():
@@ -140,11 +141,19 @@ def test_a_checkpoint_lacking_a_weight_is_refused(tmp_path, stream):
         sw.load(str(tmp_path), stream=stream)
 
 
-def test_streamed_equals_in_memory_on_the_real_model(smol, smol_result, smol_whole):
+SHORT = sw.DetectConfig(window=128)  # short real-text windows: these compare two ways of reading the weights
+
+
+@pytest.fixture(scope="module")
+def smol_short(smol):
+    return sw.detect(smol, SHORT)
+
+
+def test_streamed_equals_in_memory_on_the_real_model(smol, smol_short, smol_whole):
     assert smol.adapter.streamer is not None  # the default path streams on CPU
-    other = sw.detect(smol_whole)
-    assert other.coords == smol_result.coords
-    assert _summary(other) == _summary(smol_result)
+    other = sw.detect(smol_whole, SHORT)
+    assert other.coords == smol_short.coords == [sw.Coord(11, 507, 1229)]
+    assert _summary(other) == _summary(smol_short)
 
 
 def test_edits_on_streamed_layers_are_applied_and_undone(smol):
@@ -172,16 +181,16 @@ def test_stream_requires_a_local_checkpoint():
         sw.load("HuggingFaceTB/SmolLM2-135M-Instruct", stream=True)
 
 
-def test_gguf_read_layer_by_layer_equals_the_converted_checkpoint(smol_gguf, smol_result):
+def test_gguf_read_layer_by_layer_equals_the_converted_checkpoint(smol_gguf, smol_short):
     """``stream=True`` on a GGUF file dequantizes one layer at a time from the memory-mapped
     file (no conversion); the answer is the converted checkpoint's, to the last digit shown."""
     from superweight.streaming import GGUFCheckpoint
 
     assert isinstance(smol_gguf.adapter.streamer.ckpt, GGUFCheckpoint)
     assert smol_gguf.model.model.layers[0].mlp.down_proj.weight.is_meta
-    other = sw.detect(smol_gguf)
-    assert other.coords == smol_result.coords
-    assert _summary(other) == _summary(smol_result)
+    other = sw.detect(smol_gguf, SHORT)
+    assert other.coords == smol_short.coords
+    assert _summary(other) == _summary(smol_short)
 
 
 def test_progress_is_reported_per_layer(tmp_path):

@@ -358,7 +358,7 @@ class Judge:
         self.lm, self.cfg, self.log, self._rt = lm, cfg, log, None
         log(f"reading {cfg.text} for the real-text proof")  # before any pass: a bad --text fails at once
         self.windows = make_windows(lm.tokenizer, read_text(cfg.text), cfg.window, cfg.windows, lm.device,
-                                    cfg.text, context_of(lm.model))
+                                    cfg.text, context_of(lm.model), lm.model.get_input_embeddings().num_embeddings)
 
     @property
     def rt(self) -> RealText:
@@ -366,6 +366,12 @@ class Judge:
             self.log("the intact model on real text")
             self._rt = RealText(self.lm, self.windows)
         return self._rt
+
+    def massive(self, findings: list[Finding]) -> list[dict]:
+        """Massive activations on the real-text windows (where the attention sink forms)."""
+        if self._rt is None:
+            return []
+        return [m for c in CONDITIONS for m in massive_channels(self.lm, self._rt.hidden[c], findings, c)]
 
     def summary(self) -> dict | None:
         if self._rt is None:
@@ -489,7 +495,7 @@ def detect(lm: LoadedModel, cfg: DetectConfig | None = None, log: Callable[[str]
         prompts=list(cfg.prompts), super_weights=by_grade["super"], rejected=rejected, layers=first,
         super_activation=super_activation(residual, graded), rounds=rnd,
         probe_ppl=probe.ppl(), config=cfg, strong=by_grade["strong"], text=judge.summary(),
-        massive=massive_channels(lm, hidden, graded + rejected),
+        massive=massive_channels(lm, hidden, graded + rejected, "prompt") + judge.massive(graded + rejected),
     )
 
 
@@ -569,8 +575,9 @@ MASSIVE_RATIO = 100.0  # |h| >= this x the layer's median channel peak: massive
 MASSIVE_TOKENS = 4  # per channel, the tokens with the largest peaks
 
 
-def massive_channels(lm: LoadedModel, hidden: list, findings: list[Finding]) -> list[dict]:
-    """The residual stream's massive activations on the first prompt and what makes each one.
+def massive_channels(lm: LoadedModel, hidden: list, findings: list[Finding], where: str = "prompt") -> list[dict]:
+    """The residual stream's massive activations and what makes each one, on the first
+    prompt (``where="prompt"``) or a real-text window (``"bos"``, ``"mid"``).
 
     ``hidden``: the embeddings, then each layer's output, [T, H]. An activation (channel,
     token) is massive after a layer where its |h| is at least ``MASSIVE_RATIO`` times the
@@ -593,11 +600,11 @@ def massive_channels(lm: LoadedModel, hidden: list, findings: list[Finding]) -> 
         toks = big[:, :, ch].any(0).nonzero().flatten().tolist()
         toks = sorted(toks, key=lambda t: -float(stack[:, t, ch].max()))[:MASSIVE_TOKENS]
         for t in toks:
-            out.append(_massive(lm, hidden, big, stack, ch, t, findings))
+            out.append(_massive(lm, hidden, big, stack, ch, t, findings, where))
     return sorted(out, key=lambda m: -abs(m["peak"]))
 
 
-def _massive(lm, hidden, big, stack, ch: int, t: int, findings: list[Finding]) -> dict:
+def _massive(lm, hidden, big, stack, ch: int, t: int, findings: list[Finding], where: str) -> dict:
     layers = big[:, t, ch].nonzero().flatten().tolist()
     peak_layer = int(stack[:, t, ch].argmax())
     series = [float(h[t, ch]) for h in hidden]
@@ -608,13 +615,17 @@ def _massive(lm, hidden, big, stack, ch: int, t: int, findings: list[Finding]) -
     sources = sorted((i for i in range(len(delta)) if share[i] >= 0.1), key=lambda i: -share[i])
     src = sources[0] if sources else max(range(len(delta)), key=lambda i: sign * delta[i])
     top = sorted(range(len(delta)), key=lambda i: -abs(delta[i]))[:5]
-    entry = {"channel": ch, "token": t, "begins": layers[0], "massive_layers": len(layers), "peak_layer": peak_layer,
+    entry = {"where": where, "channel": ch, "token": t, "begins": layers[0], "massive_layers": len(layers), "peak_layer": peak_layer,
              "peak": peak, "source_layer": src, "source_share": share[src],
              "contributions": {str(i): delta[i] for i in sorted(top)}}
 
     def at(layer):
-        here = [f for f in findings if f.coord.row == ch and f.coord.layer == layer and f.token == t]
-        return min(here, key=lambda f: GRADES.index(f.grade)) if here else None
+        """The finding on this channel at this layer: graded first, then probed, then the largest
+        spike; on the prompt only at this token (a window's tokens are not the prompt's)."""
+        here = [f for f in findings if f.coord.row == ch and f.coord.layer == layer
+                and (where != "prompt" or f.token == t)]
+        key = lambda f: (GRADES.index(f.grade), f.effect is None, -abs(f.output_activation))  # noqa: E731
+        return min(here, key=key) if here else None
 
     def says(layer):
         f = at(layer)

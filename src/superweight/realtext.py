@@ -35,23 +35,19 @@ CONDITIONS = ("bos", "mid")
 TOP_K = 256
 
 
-def start_token(tokenizer) -> tuple[int, str] | None:
-    """(id, text) of the token a document starts with; None when the tokenizer has none."""
+def start_token(tokenizer, vocab_size: int | None = None) -> tuple[int, str] | None:
+    """(id, text) of the token a document starts with; None when the tokenizer has none.
+    Ids the model has no embedding for (``>= vocab_size``: a tokenizer that added tokens
+    the checkpoint never learned) are passed over."""
+    def fits(tid):
+        return tid is not None and (vocab_size is None or 0 <= tid < vocab_size)
+
     probe = tokenizer("a", add_special_tokens=True)["input_ids"]
     bare = tokenizer("a", add_special_tokens=False)["input_ids"]
-    if len(probe) > len(bare) and probe[-len(bare):] == bare:
-        tid = probe[0]
-    else:
-        vocab = tokenizer.get_vocab()
-        if "<|endoftext|>" in vocab:
-            tid = vocab["<|endoftext|>"]
-        elif tokenizer.bos_token_id is not None:
-            tid = tokenizer.bos_token_id
-        elif tokenizer.eos_token_id is not None:
-            tid = tokenizer.eos_token_id
-        else:
-            return None
-    return int(tid), tokenizer.convert_ids_to_tokens(int(tid))
+    choices = [probe[0]] if len(probe) > len(bare) and probe[-len(bare):] == bare else []
+    choices += [tokenizer.get_vocab().get("<|endoftext|>"), tokenizer.bos_token_id, tokenizer.eos_token_id]
+    tid = next((t for t in choices if fits(t)), None)
+    return None if tid is None else (int(tid), tokenizer.convert_ids_to_tokens(int(tid)))
 
 
 def context_of(model) -> int | None:
@@ -83,14 +79,14 @@ class Windows:
 
 
 def make_windows(tokenizer, text: str, window: int, count: int, device, source: str = "text",
-                 context: int | None = None) -> Windows:
+                 context: int | None = None, vocab_size: int | None = None) -> Windows:
     """``count`` windows of each condition (fewer if the text is short; at least one, else a
     UsageError naming the shortfall). Passages are the text's blank-line-separated blocks."""
     if context:
         window = min(window, context)
     if window < 16:
         raise UsageError(f"real-text windows must be at least 16 tokens, not {window}")
-    start = start_token(tokenizer)
+    start = start_token(tokenizer, vocab_size)
     passages = [p.strip() for p in text.split("\n\n") if p.strip()]
     stream: list[int] = []
     starts: list[int] = []  # token offset where each passage begins
@@ -184,9 +180,11 @@ class RealText:
 
     def __init__(self, lm, windows: Windows):
         self.lm, self.windows = lm, windows
-        groups = [Group(windows.ids[c], windows.mask[c]) for c in CONDITIONS]
+        groups = [Group(windows.ids[c], windows.mask[c], residual=True) for c in CONDITIONS]
         answers = run(lm, groups, per_group=[self._base(c) for c in CONDITIONS])
         self.base: dict[str, Baseline] = {c: a.log_probs for c, a in zip(CONDITIONS, answers)}
+        # the intact residual stream on each condition's first window: embeddings, then each layer [T, H]
+        self.hidden: dict[str, list] = {c: a.hidden for c, a in zip(CONDITIONS, answers)}
 
     def _base(self, cond):
         return lambda lp: Baseline.of(lp, self.windows.ids[cond], self.windows.mask[cond])

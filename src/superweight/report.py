@@ -57,8 +57,8 @@ def print_detect(console, result, agreement, index_id, verbose: bool = False) ->
         sa = result.super_activation
         console.print(f"super activation: residual channel {sa['channel']}, max |h| {max(sa['max_per_layer']):.4g}")
     for m in result.massive:
-        console.print(escape(f"massive channel {m['channel']}: from layer {m['begins']}, peak {m['peak']:.4g} after layer "
-                             f"{m['peak_layer']} on token {m['token']}: {m['explanation']}"))
+        console.print(escape(f"massive activation ({m['where']}) channel {m['channel']}, token {m['token']}: from layer "
+                             f"{m['begins']}, peak {m['peak']:.4g} after layer {m['peak_layer']}: {m['explanation']}"))
     if result.rejected:
         t = Table(title="examined and rejected", title_justify="left")
         for col in ("layer", "row", "col", "value", "output act", "reason"):
