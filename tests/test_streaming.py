@@ -141,7 +141,7 @@ def test_a_checkpoint_lacking_a_weight_is_refused(tmp_path, stream):
         sw.load(str(tmp_path), stream=stream)
 
 
-SHORT = sw.DetectConfig(window=128)  # short real-text windows: these compare two ways of reading the weights
+SHORT = sw.DetectConfig(window=64)  # short real-text windows: these compare two ways of reading the weights
 
 
 @pytest.fixture(scope="module")
