@@ -85,13 +85,21 @@ def markdown(all_rows: list[dict], cfg: sw.DetectConfig, seconds: dict) -> str:
     def best(r):
         return max(r["bos_kl"], r["mid_kl"])
 
+    def margin(r):  # the best condition's KL over its strongest control's (floored)
+        return max(r[c + "_kl"] / max(r[c + "_ctl"] or 0.0, cfg.kl_floor) for c in ("bos", "mid")
+                   if r[c + "_ctl"] is not None)
+
     graded = [r for r in real if r["grade"] in ("super", "strong")]
-    rej = [r for r in real if r["grade"] == "rejected"]
+    weak = [r for r in real if r["grade"] == "rejected" and best(r) < cfg.strong_kl]
+    unspecific = [r for r in real if r["grade"] == "rejected" and best(r) >= cfg.strong_kl]
     supers = [r for r in real if r["grade"] == "super"]
     margins = [
         f"- `strong_kl` = {cfg.strong_kl:g}: the weakest graded weight on a real model moves real text by "
-        f"{min(map(best, graded)):.3g} nats; the strongest rejected on real text by {max(map(best, rej)):.3g}."
-        if graded and rej else "",
+        f"{min(map(best, graded)):.3g} nats; the strongest rejected for a small effect by {max(map(best, weak)):.3g}."
+        if graded and weak else "",
+        f"- `min_control_ratio` = {cfg.min_control_ratio:g}: graded weights beat their strongest control by "
+        f"{min(map(margin, graded)):.3g}x at least; weights rejected as not specific reach "
+        f"{max(map(margin, unspecific)):.3g}x at most." if graded and unspecific else "",
         f"- `super_ppl_ratio` = {cfg.super_ppl_ratio:g}: the weakest super weight multiplies perplexity by "
         f"{min(max(r['bos_ppl'], r['mid_ppl']) for r in supers):.3g}; the strongest weight below super by "
         f"{max(max(r['bos_ppl'], r['mid_ppl']) for r in real if r['grade'] != 'super'):.3g}." if supers else "",
@@ -108,16 +116,20 @@ def main() -> int:
     ap.add_argument("--write", help="write the markdown table to this file")
     ap.add_argument("--json", help="write every row as JSON")
     ap.add_argument("--no-tiny", action="store_true")
+    ap.add_argument("--from-json", help="render the table from an earlier --json file instead of measuring")
     args = ap.parse_args()
     all_rows, seconds = [], {}
-    for name, label in ((None, "SmolLM2-135M"), ("qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B")):
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        all_rows, seconds = saved["rows"], saved["seconds"]
+    for name, label in () if args.from_json else ((None, "SmolLM2-135M"), ("qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B")):
         lm = sw.load(name)
         t = time.time()
         r = sw.detect(lm, log=lambda m: print(f"  {label}: {m}", file=sys.stderr, flush=True))
         seconds[label] = time.time() - t
         all_rows += rows(r, label)
         del lm
-    if not args.no_tiny:
+    if not args.no_tiny and not args.from_json:
         all_rows += tiny_rows()
     text = markdown(all_rows, sw.DetectConfig(), seconds)
     print(text)
@@ -126,7 +138,7 @@ def main() -> int:
                                     f"Run {time.strftime('%Y-%m-%d')}; KL in nats; ctl = the strongest control's KL.\n\n"
                                     + text)
     if args.json:
-        Path(args.json).write_text(json.dumps(all_rows, indent=1))
+        Path(args.json).write_text(json.dumps({"rows": all_rows, "seconds": seconds}, indent=1))
     return 0
 
 
