@@ -281,7 +281,7 @@ def cmd_detect(args, console) -> int:
 def cmd_verify(args, console) -> int:
     from . import report
     from .coords import Coord
-    from .detect import verify, verify_together
+    from .detect import Judge, verify, verify_together
     from .index import known
 
     coords = [Coord.parse(c) for c in args.coords] if args.coords else None
@@ -293,11 +293,12 @@ def cmd_verify(args, console) -> int:
             if entry is None:
                 raise UsageError(f"{lm.name} is not in the index: give coordinates with --coords L:R:C")
             coords = list(entry.super_weights)
-        verdicts = verify(lm, coords, cfg, log=log)
+        judge = Judge(lm, cfg, log)
+        verdicts = verify(lm, coords, cfg, log=log, judge=judge)
         together = None
         if len(coords) > 1:
             log(f"ablating all {len(coords)} together")
-            eff, reason = verify_together(lm, coords, cfg, log=log)
+            eff, reason = verify_together(lm, coords, cfg, log=log, judge=judge)
             together = {"coords": [str(c) for c in coords], "is_super_weight_set": reason is None,
                         "effect": eff.to_dict(), **({"reason": reason} if reason else {})}
     if args.json:

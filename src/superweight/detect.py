@@ -378,11 +378,13 @@ class Judge:
             return None
         return {**self._rt.windows.to_dict(), "ppl_intact": {c: self._rt.ppl(c) for c in CONDITIONS}}
 
-    def prove(self, items: list[tuple[list[Coord], Effect]], avoid: set[Coord]) -> list[tuple[str, str | None]]:
-        """Grade each (coordinates zeroed together, its probe effect): screen, zero on real
-        text, and for those with an effect above ``strong_kl`` measure the controls."""
+    def prove(self, items: list[tuple[list[Coord], Effect]], avoid: set[Coord],
+              screen: bool = True) -> list[tuple[str, str | None]]:
+        """Grade each (coordinates zeroed together, its probe effect): screen (unless
+        ``screen`` is False: coordinates a user asks about), zero on real text, and for those
+        with an effect above ``strong_kl`` measure the controls."""
         cfg = self.cfg
-        todo = [k for k, (_, eff) in enumerate(items) if screened(eff, cfg)]
+        todo = [k for k, (_, eff) in enumerate(items) if not screen or screened(eff, cfg)]
         if todo:
             self.log(f"zeroing {len(todo)} candidate(s) on real text")
             for k, te in zip(todo, self.rt.measure([tuple(items[k][0]) for k in todo])):
@@ -684,19 +686,21 @@ class Verdict:
 
 
 def verify(lm: LoadedModel, coords: list[Coord], cfg: DetectConfig | None = None,
-           log: Callable[[str], None] | None = None) -> list[Verdict]:
-    """Check claimed coordinates on this checkpoint: each zeroed alone, graded as detect
-    grades a candidate (``is_super_weight``: graded ``super``)."""
+           log: Callable[[str], None] | None = None, judge: Judge | None = None) -> list[Verdict]:
+    """Check claimed coordinates on this checkpoint: each zeroed alone on real text (no
+    screen: every one is measured), graded as detect grades a candidate
+    (``is_super_weight``: graded ``super``)."""
     cfg = cfg or DetectConfig()
     log = log or (lambda _msg: None)
     if not coords:
         raise UsageError("no coordinates to verify")
     sites = [lm.adapter.site(c) for c in coords]  # range checks before any work
+    judge = judge or Judge(lm, cfg, log)  # reads the text: a bad --text fails before any pass
     records, _ = scan(lm, encode_prompts(lm, cfg.prompts))
     probe = Probe.build(lm.model, lm.tokenizer, cfg.probe_sentences)
     log(f"ablating {len(coords)} coordinate(s) on the probe sentences")
     effects = [measure(lm, probe, [c], set(coords)) for c in coords]
-    grades = Judge(lm, cfg, log).prove([([c], e) for c, e in zip(coords, effects)], set(coords))
+    grades = judge.prove([([c], e) for c, e in zip(coords, effects)], set(coords), screen=False)
     verdicts = []
     for c, site, eff, (g, reason) in zip(coords, sites, effects, grades):
         r = records.get((c.layer, c.expert))
@@ -708,13 +712,15 @@ def verify(lm: LoadedModel, coords: list[Coord], cfg: DetectConfig | None = None
 
 
 def verify_together(lm: LoadedModel, coords: list[Coord], cfg: DetectConfig | None = None,
-                    log: Callable[[str], None] | None = None) -> tuple[Effect, str | None]:
+                    log: Callable[[str], None] | None = None, judge: Judge | None = None) -> tuple[Effect, str | None]:
     """Zero all ``coords`` at once (weights sharing a row or column can stand in for each
-    other) and grade the damage like a single candidate's: (effect, reason or None)."""
+    other) and grade the damage like a single candidate's: (effect, reason or None).
+    ``judge``: the one ``verify`` used, to reuse its windows and intact baselines."""
     cfg = cfg or DetectConfig()
     for c in coords:
         lm.adapter.site(c)
+    judge = judge or Judge(lm, cfg, log or (lambda _m: None))
     probe = Probe.build(lm.model, lm.tokenizer, cfg.probe_sentences)
     eff = measure(lm, probe, list(coords), set(coords))
-    (g, reason), = Judge(lm, cfg, log or (lambda _m: None)).prove([(list(coords), eff)], set(coords))
+    (g, reason), = judge.prove([(list(coords), eff)], set(coords), screen=False)
     return eff, reason if g == "super" else (reason or f"{g}, not super")
