@@ -8,7 +8,8 @@ from .atomic import atomic_path
 
 def plot_detect(result, path: str | Path) -> Path:
     """Write a PNG (atomically): max |X| and max |Y| of each layer's down projection, the
-    super-activation channel's max |h| after each layer, and the confirmed super weights."""
+    super-activation channel's max |h| after each layer, and the graded weights (super in
+    red, strong in orange, with the conditions where each matters)."""
     plt = _plt()
     path = Path(path)
     layers = [r.layer for r in result.layers]
@@ -19,16 +20,19 @@ def plot_detect(result, path: str | Path) -> Path:
     if sa:
         ax.plot(range(len(sa["max_per_layer"])), sa["max_per_layer"], "-", lw=2, alpha=0.6,
                 label=f"residual channel {sa['channel']} max |h| (super activation)")
-    for f in result.super_weights:
-        ax.axvline(f.coord.layer, color="red", ls=":", lw=1)
-        ax.annotate(f"SW {f.coord.layer}:[{f.coord.row},{f.coord.col}]", (f.coord.layer, abs(f.output_activation)),
-                    textcoords="offset points", xytext=(6, 6), color="red", fontsize=8)
+    for f in result.super_weights + result.strong:
+        color, tag = ("red", "SW") if f.grade == "super" else ("darkorange", "strong")
+        ax.axvline(f.coord.layer, color=color, ls=":", lw=1)
+        ax.annotate(f"{tag} {f.coord.layer}:[{f.coord.row},{f.coord.col}] ({', '.join(f.effect.matters_in)})",
+                    (f.coord.layer, abs(f.output_activation)), textcoords="offset points", xytext=(6, 6),
+                    color=color, fontsize=8)
     for f in result.rejected:
         ax.plot([f.coord.layer], [abs(f.output_activation)], "x", color="gray", ms=7)
     ax.set_yscale("log")
     ax.set_xlabel("layer")
     ax.set_ylabel("magnitude (log)")
-    ax.set_title(f"{result.model}: {len(result.super_weights)} super weight(s); x = examined and rejected", fontsize=9)
+    ax.set_title(f"{result.model}: {len(result.super_weights)} super, {len(result.strong)} strong weight(s); "
+                 "x = examined and rejected", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
