@@ -660,7 +660,7 @@ def _massive(lm, hidden, big, stack, ch: int, t: int, findings: list[Finding], w
         if f is not None:
             entry["weight"], entry["grade"] = str(f.coord), f.grade
         entry["explanation"] = "; ".join(says(i) for i in sources) + (
-            "; no weight graded there: removing any one of them alone matters little on real text")
+            "; no weight there is graded (each one's reason is in the rejected list)")
     return entry
 
 
