@@ -487,8 +487,8 @@ def detect(lm: LoadedModel, cfg: DetectConfig | None = None, log: Callable[[str]
     for f, (g, reason) in zip(probed, judge.prove([([f.coord], f.effect) for f in probed], examined)):
         f.grade, f.reason = g, reason
     found += probed
-    found += _prove_jointly(lm, probe, judge, found, examined, cfg, log)
-    found = [f for f in found if not (f.reason is None and f.grade == "rejected")]
+    joint = _prove_jointly(lm, probe, judge, found, examined, cfg, log)
+    found = [f for f in found if f.coord not in {j.coord for j in joint}] + joint  # the joint finding replaces it
     by_grade = {g: sorted((f for f in found if f.grade == g), key=_order) for g in ("super", "strong")}
     rejected = [f for f in found if f.grade == "rejected" and f.reason]
     graded = by_grade["super"] + by_grade["strong"]
@@ -511,7 +511,8 @@ def _prove_jointly(lm, probe, judge: Judge, found: list[Finding], examined: set[
     that zeroing any one alone does little (Phi-3-mini has three per column). Each such
     group of candidates that were probed and rejected alone is zeroed together and graded
     like one candidate; a group that grades ``super`` or ``strong`` is reported whole, each
-    member with ``jointly_with`` naming the others (copies of the rejected findings)."""
+    member with ``jointly_with`` naming the others (copies of the rejected findings, which
+    the caller replaces with them)."""
     pool = [f for f in found if f.effect is not None and f.grade == "rejected"]
     groups: dict = {}
     for f in pool:
@@ -539,8 +540,6 @@ def _prove_jointly(lm, probe, judge: Judge, found: list[Finding], examined: set[
         for f in members:
             proven.append(Finding(**{**f.__dict__, "effect": eff, "reason": None, "grade": g,
                                      "jointly_with": [c for c in coords if c != f.coord]}))
-    for f in proven:  # the joint finding replaces the rejected one
-        found[:] = [x for x in found if x.coord != f.coord]
     return proven
 
 
