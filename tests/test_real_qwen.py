@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import golden
 import pytest
 import torch
 
@@ -96,3 +97,8 @@ def test_no_super_weight_but_both_massive_activations_are_explained(qwen_result)
     assert bos[0]["source_layer"] == delim[0].coord.layer and bos[0].get("weight") == str(delim[0].coord)
     assert bos[0]["made_by"] == "weight" and str(delim[0].coord) in bos[0]["explanation"]
     assert all(m["explanation"] for m in qwen_result.massive)
+
+
+def test_detect_json_is_golden(qwen_result):
+    """What detect writes for the second real model stays as it was (tests/golden.py)."""
+    golden.check("detect-qwen2.5-coder-0.5b", qwen_result.to_dict())

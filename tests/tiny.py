@@ -82,12 +82,13 @@ def plant(lm: sw.LoadedModel, coord: sw.Coord, factor: float = 400.0, base: floa
     return base
 
 
-def tiny_moe_gguf(path, coord: sw.Coord, factor: float = 400.0) -> None:
+def tiny_moe_gguf(path, coord: sw.Coord, factor: float = 400.0, drop: str | None = None) -> None:
     """Write a tiny Qwen3-MoE GGUF file (float32 tensors, experts stacked per layer as
     llama.cpp stores them: ``blk.N.ffn_{gate,up,down}_exps``) with a super weight planted
     at ``coord`` and a byte-level BPE tokenizer with one merge. Tensor names come from
     transformers' own GGUF name map. Sizes that transformers' GGUF reader does not take
-    from the file (the experts' width) are left at the config class's defaults."""
+    from the file (the experts' width) are left at the config class's defaults. ``drop``:
+    leave out the tensors whose GGUF name contains it (a checkpoint that lacks a weight)."""
     from accelerate import init_empty_weights
     from gguf import GGUFWriter
     from transformers.convert_slow_tokenizer import bytes_to_unicode
@@ -133,7 +134,7 @@ def tiny_moe_gguf(path, coord: sw.Coord, factor: float = 400.0) -> None:
             half = t.shape[1] // 2
             w.add_tensor(names[hf].replace("up", "gate") + ".weight", t[:, :half].copy())
             w.add_tensor(names[hf].replace("gate", "up") + ".weight", t[:, half:].copy())
-        elif hf in names:
+        elif hf in names and not (drop and drop in names[hf]):
             g = names[hf]
             w.add_tensor(g if g.endswith((".weight", ".bias")) else g + ".weight", t)
     w.write_header_to_file()

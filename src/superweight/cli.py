@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
 import os
+import signal
 import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from .atomic import atomic_path
 from .errors import SuperweightError, UsageError
+from .outputs import Outputs, model_sources
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -26,6 +29,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="read decoder layers from disk one at a time (default: on CPU for local safetensors/GGUF)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
     p.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the options and output paths, then stop before loading the model")
 
 
 def _proof_args(p: argparse.ArgumentParser) -> None:
@@ -48,7 +53,22 @@ def detect_config(args):
     text = extra.get("text")
     if text and text not in ("lambada", "gpl3", "wikitext2", "c4") and not Path(text).is_file():
         raise UsageError(f"--text {text!r}: no such file (use lambada, gpl3, wikitext2, c4 or a path)")
-    return DetectConfig(prompts=prompts, **extra)
+    with _flags():
+        return DetectConfig(prompts=prompts, **extra)
+
+
+@contextmanager
+def _flags():
+    """A config's error names its field (``seqlen must be ...``); on the command line, say the flag."""
+    import re
+
+    try:
+        yield
+    except UsageError as e:
+        m = re.match(r"^([a-z][a-z_]*) must ", str(e))
+        if m:
+            raise UsageError("--" + m.group(1).replace("_", "-") + str(e)[len(m.group(1)):]) from None
+        raise
 
 
 class _Parser(argparse.ArgumentParser):
@@ -120,9 +140,11 @@ def quant_config(args):
         layout, size = "block", _size(args.block_size, ("whole", "tensor", "all"), "--block-size")
     else:
         layout, size = "group", _size(args.group_size or "128", ("row", "channel"), "--group-size")
-    return QuantConfig(bits=args.bits, layout=layout, size=size, symmetric=args.sym, clip=Clip.parse(args.clip),
-                       keep_fraction=args.keep_outliers, keep_scope=args.keep_scope, hold=args.hold,
-                       scale_dtype=args.scale_dtype, act_ratio=args.act_ratio, act_max_cols=args.act_max_cols).check()
+    with _flags():
+        return QuantConfig(bits=args.bits, layout=layout, size=size, symmetric=args.sym, clip=Clip.parse(args.clip),
+                           keep_fraction=args.keep_outliers, keep_scope=args.keep_scope, hold=args.hold,
+                           scale_dtype=args.scale_dtype, act_ratio=args.act_ratio,
+                           act_max_cols=args.act_max_cols).check()
 
 
 def _bytes(text: str) -> int:
@@ -131,7 +153,7 @@ def _bytes(text: str) -> int:
     num = t.rstrip("KMGIB")
     try:
         n = int(float(num) * units[t[len(num):]])
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, OverflowError):
         raise UsageError(f"--max-shard-size {text!r}: expected a size such as 500MB or 2GB") from None
     if n < 1:
         raise UsageError(f"--max-shard-size must be positive, not {text!r}")
@@ -189,17 +211,27 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def write_json(obj, dest: str) -> None:
-    text = json.dumps(obj, indent=2) + "\n"
-    if dest == "-":
+def write_json(obj, dest: str | Path) -> None:
+    """JSON to stdout (``-``) or to a staged output path. Not a number (NaN, infinity) is
+    refused: it is not JSON, and no reader would take it."""
+    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
+    if str(dest) == "-":
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    path = Path(dest)
-    if not path.parent.exists():
-        raise UsageError(f"cannot write {dest}: directory {path.parent} does not exist")
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    Path(dest).write_text(text)
+
+
+def _dry(console, outs: Outputs) -> int:
+    outs.discard()  # staged outputs removed, locks released: nothing lands
+    console.print("options and outputs are fine; nothing was loaded or written (--dry-run)", markup=False)
+    return 0
+
+
+def check_device(args) -> None:
+    from .model import check_device as check
+
+    check(args.device)
 
 
 class _Log:
@@ -230,7 +262,20 @@ def _quiet_libraries(debug: bool) -> None:
     if debug:
         return
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # for a tqdm imported after this
     warnings.filterwarnings("ignore")
+    try:  # libraries' own bars (transformers' GGUF conversion, lm-eval) are off unless --debug;
+        # ours pass disable= explicitly and keep theirs
+        from functools import partialmethod
+
+        import tqdm.std
+
+        if not getattr(tqdm.std, "_superweight_quiet", False):
+            tqdm.std.tqdm.__init__ = partialmethod(tqdm.std.tqdm.__init__, disable=True)
+            tqdm.std._superweight_quiet = True
+    except Exception:  # noqa: BLE001
+        pass
     import logging
 
     for name in ("lm_eval", "lm-eval", "datasets", "evaluate"):
@@ -244,12 +289,19 @@ def _quiet_libraries(debug: bool) -> None:
         pass
 
 
-def _load(args, log):
+def _load(args, log, outs: Outputs):
     from .model import load
 
     log("loading model")
-    return load(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
-                index_id=args.index_id, stream=args.stream, log=log)
+    lm = load(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
+              index_id=args.index_id, stream=args.stream, log=log)
+    outs.reading(lm.source)
+    return lm
+
+
+def _outputs(args) -> Outputs:
+    """The command's outputs, checked against the model it reads (see outputs.py)."""
+    return Outputs(sources=model_sources(getattr(args, "model", None)))
 
 
 def cmd_detect(args, console) -> int:
@@ -258,22 +310,25 @@ def cmd_detect(args, console) -> int:
     from .index import compare, known
 
     cfg = detect_config(args)
-    for dest in (args.json, args.plot):
-        if dest and dest != "-" and not Path(dest).parent.exists():
-            raise UsageError(f"cannot write {dest}: directory {Path(dest).parent} does not exist")
-    with _status(console, console.is_terminal) as log:
-        lm = _load(args, log)
-        result = detect(lm, cfg, log=log)
-    entry = known(lm.index_id)
-    agreement = compare(result.coords, entry) if entry else None
-    if args.json:
-        out = result.to_dict()
-        out["index"] = agreement
-        write_json(out, args.json)
-    if args.plot:
-        from .plot import plot_detect
+    check_device(args)
+    with _outputs(args) as outs:
+        js, png = outs.file(args.json, "--json"), outs.file(args.plot, "--plot")
+        if args.dry_run:
+            return _dry(console, outs)
+        with _status(console, console.is_terminal) as log:
+            lm = _load(args, log, outs)
+            result = detect(lm, cfg, log=log)
+        entry = known(lm.index_id)
+        agreement = compare(result.coords, entry) if entry else None
+        out = {**result.to_dict(), "index": agreement}
+        if js:
+            write_json(out, js)
+        if png:
+            from .plot import plot_detect
 
-        plot_detect(result, args.plot)
+            plot_detect(result, png)
+    if args.json == "-":
+        write_json(out, "-")
     report.print_detect(console, result, agreement, lm.index_id, verbose=args.verbose)
     return 0
 
@@ -286,42 +341,55 @@ def cmd_verify(args, console) -> int:
 
     coords = [Coord.parse(c) for c in args.coords] if args.coords else None
     cfg = detect_config(args)
-    with _status(console, console.is_terminal) as log:
-        lm = _load(args, log)
-        if coords is None:
-            entry = known(lm.index_id)
-            if entry is None:
-                raise UsageError(f"{lm.name} is not in the index: give coordinates with --coords L:R:C")
-            coords = list(entry.super_weights)
-        judge = Judge(lm, cfg, log)
-        verdicts = verify(lm, coords, cfg, log=log, judge=judge)
-        together = None
-        if len(coords) > 1:
-            log(f"ablating all {len(coords)} together")
-            eff, reason = verify_together(lm, coords, cfg, log=log, judge=judge)
-            together = {"coords": [str(c) for c in coords], "is_super_weight_set": reason is None,
-                        "effect": eff.to_dict(), **({"reason": reason} if reason else {})}
-    if args.json:
-        write_json({"model": lm.name, "verdicts": [v.to_dict() for v in verdicts], "together": together}, args.json)
+    check_device(args)
+    with _outputs(args) as outs:
+        js = outs.file(args.json, "--json")
+        if args.dry_run:
+            return _dry(console, outs)
+        with _status(console, console.is_terminal) as log:
+            lm = _load(args, log, outs)
+            if coords is None:
+                entry = known(lm.index_id)
+                if entry is None:
+                    raise UsageError(f"{lm.name} is not in the index: give coordinates with --coords L:R:C")
+                coords = list(entry.super_weights)
+            judge = Judge(lm, cfg, log)
+            verdicts = verify(lm, coords, cfg, log=log, judge=judge)
+            together = None
+            if len(coords) > 1:
+                log(f"ablating all {len(coords)} together")
+                eff, reason = verify_together(lm, coords, cfg, log=log, judge=judge)
+                together = {"coords": [str(c) for c in coords], "is_super_weight_set": reason is None,
+                            "effect": eff.to_dict(), **({"reason": reason} if reason else {})}
+        obj = {"model": lm.name, "verdicts": [v.to_dict() for v in verdicts], "together": together}
+        if js:
+            write_json(obj, js)
+    if args.json == "-":
+        write_json(obj, "-")
     report.print_verify(console, lm.name, verdicts, together)
     return 0
 
 
-def _ablate_setup(args, log):
+def _ablate_config(args):
+    """The AblateConfig of an ablate or scale command line (validated by the config)."""
     from .ablate import AblateConfig
-    from .coords import Coord
-    from .detect import detect
+    from .zeroshot import PAPER_TASKS
 
     tasks = [t for arg in (args.tasks or []) for t in arg.split(",") if t]
-    coords = [Coord.parse(c) for c in args.coords] if args.coords else None
-    if args.limit is not None and args.limit < 1:
-        raise UsageError(f"--limit must be at least 1, not {args.limit}")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a directory")
-    if args.stream is None:
-        args.stream = False  # lm-eval scores a model held in memory
-    lm = _load(args, log)
+    extra = {k: getattr(args, k) for k in ("prune_topk", "prune_fraction", "stopword_prompts")
+             if getattr(args, k, None) is not None}
+    with _flags():
+        return AblateConfig(
+            tasks=() if tasks == ["none"] else tuple(tasks or PAPER_TASKS), limit=args.limit, texts=tuple(args.texts),
+            seqlen=args.seqlen, max_windows=None if args.max_windows == 0 else args.max_windows,
+            batch_size=args.batch_size, local_tasks=not args.hub_tasks, **extra,
+        )
+
+
+def _ablate_coords(args, lm, log) -> list:
+    from .detect import detect
+
+    coords = _coords(args)
     if coords is None:
         log("detecting the super weights first")
         coords = detect(lm, log=log).coords
@@ -329,45 +397,48 @@ def _ablate_setup(args, log):
             raise UsageError(f"{lm.name}: no super weight found to ablate; give --coords")
     for c in coords:
         lm.adapter.site(c)
-    from .zeroshot import PAPER_TASKS
-
-    extra = {}
-    if getattr(args, "prune_topk", None) is not None:
-        extra["prune_topk"] = args.prune_topk
-    if getattr(args, "prune_fraction", None) is not None:
-        extra["prune_fraction"] = args.prune_fraction
-    if getattr(args, "stopword_prompts", None) is not None:
-        extra["stopword_prompts"] = args.stopword_prompts
-    cfg = AblateConfig(
-        tasks=() if tasks == ["none"] else tuple(tasks or PAPER_TASKS), limit=args.limit, texts=tuple(args.texts),
-        seqlen=args.seqlen, max_windows=args.max_windows or None, batch_size=args.batch_size,
-        local_tasks=not args.hub_tasks, **extra,
-    )
-    return lm, coords, cfg, out
+    return coords
 
 
-def _write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+def _in_memory(args) -> None:
+    """Checks for the commands that measure a model held in memory (lm-eval scores it there)."""
+    _coords(args)
+    check_device(args)
+    if args.stream is None:
+        args.stream = False
+
+
+def _coords(args) -> list | None:
+    from .coords import Coord
+
+    return [Coord.parse(c) for c in args.coords] if args.coords else None
 
 
 def cmd_ablate(args, console) -> int:
     from .ablate import ablate
     from .plot import plot_activations, plot_stopwords
 
-    with _status(console, console.is_terminal) as log:
-        lm, coords, cfg, out = _ablate_setup(args, log)
-        result = ablate(lm, coords, cfg, log=log)
-    table = result.markdown()
-    out.mkdir(parents=True, exist_ok=True)  # only now: a failed run leaves nothing behind
-    write_json(result.to_dict(), str(out / "ablate.json"))
-    _write_text(out / "ablate.md", table + "\n")
-    plot_activations(result, out / "activations.png")
-    if result.stopwords:
-        plot_stopwords(result, out / "stopwords.png")
-    if args.json:
-        write_json(result.to_dict(), args.json)
-    console.print(f"super weights: {', '.join(str(c) for c in coords)}; written to {out}/")
+    cfg = _ablate_config(args)
+    _in_memory(args)
+    with _outputs(args) as outs:
+        out, js = outs.directory(args.out, "--out", merge=True), outs.file(args.json, "--json")
+        if args.dry_run:
+            return _dry(console, outs)
+        with _status(console, console.is_terminal) as log:
+            lm = _load(args, log, outs)
+            coords = _ablate_coords(args, lm, log)
+            result = ablate(lm, coords, cfg, log=log)
+        table = result.markdown()
+        write_json(result.to_dict(), out / "ablate.json")
+        (out / "ablate.md").write_text(table + "\n")
+        plot_activations(result, out / "activations.png")
+        if result.stopwords:
+            plot_stopwords(result, out / "stopwords.png")
+        if js:
+            write_json(result.to_dict(), js)
+    if args.json == "-":
+        write_json(result.to_dict(), "-")
+    console.print(f"super weights: {', '.join(str(c) for c in coords)}; written to {args.out}/")
     console.print(table, markup=False)
     for sft in result.stopwords[:8]:
         console.print(f"  {sft.token!r}: {sft.before:.4f} -> {sft.after:.4f} (x{sft.ratio:.2f})", markup=False)
@@ -378,30 +449,40 @@ def cmd_scale(args, console) -> int:
     from .ablate import scale_sweep
     from .plot import plot_scale
 
-    with _status(console, console.is_terminal) as log:
-        lm, coords, cfg, out = _ablate_setup(args, log)
-        results = scale_sweep(lm, coords, args.factors, cfg, log=log)
-    out.mkdir(parents=True, exist_ok=True)
-    obj = {"model": lm.name, "super_weights": [c.to_dict() for c in coords], "factors": args.factors,
-           "results": [r.to_dict() for r in results]}
-    write_json(obj, str(out / "scale.json"))
-    plot_scale(lm.name, args.factors, results, out / "scale.png")
-    if args.json:
-        write_json(obj, args.json)
+    cfg = _ablate_config(args)
+    for f in args.factors:
+        if not math.isfinite(f):
+            raise UsageError(f"--factors must be finite numbers, not {f}")
+    _in_memory(args)
+    with _outputs(args) as outs:
+        out, js = outs.directory(args.out, "--out", merge=True), outs.file(args.json, "--json")
+        if args.dry_run:
+            return _dry(console, outs)
+        with _status(console, console.is_terminal) as log:
+            lm = _load(args, log, outs)
+            coords = _ablate_coords(args, lm, log)
+            results = scale_sweep(lm, coords, args.factors, cfg, log=log)
+        obj = {"model": lm.name, "super_weights": [c.to_dict() for c in coords], "factors": args.factors,
+               "results": [r.to_dict() for r in results]}
+        write_json(obj, out / "scale.json")
+        plot_scale(lm.name, args.factors, results, out / "scale.png")
+        if js:
+            write_json(obj, js)
+    if args.json == "-":
+        write_json(obj, "-")
     for f, r in zip(args.factors, results):
         acc = f"mean acc {100 * r.mean_accuracy:.2f}; " if r.mean_accuracy is not None else ""
         console.print(f"x{f:g}: {acc}" + ", ".join(f"ppl {t} {v:.2f}" for t, v in r.perplexity.items()), markup=False)
-    console.print(f"written to {out}/")
+    console.print(f"written to {args.out}/")
     return 0
 
 
 def _coords_or_detect(args, lm, log) -> list:
     """``--coords`` checked against the model, or the super weights detect finds."""
-    from .coords import Coord
     from .detect import DEFAULT_PROMPT, DetectConfig, detect
 
-    if args.coords:
-        coords = [Coord.parse(c) for c in args.coords]
+    coords = _coords(args)
+    if coords is not None:
         for c in coords:
             lm.adapter.site(c)
         return coords
@@ -411,28 +492,41 @@ def _coords_or_detect(args, lm, log) -> list:
 
 
 def cmd_quantize(args, console) -> int:
-    from .export import save_quantized
+    from .export import MANIFEST, write_quantized
 
     cfg = quant_config(args)
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise UsageError(f"{out} exists; choose another --out or pass --overwrite")
     shard = _bytes(args.max_shard_size)
-    with _status(console, console.is_terminal) as log:
-        lm = _load(args, log)
-        coords = _coords_or_detect(args, lm, log) if args.keep_super else []
-        log("quantizing")
-        report = save_quantized(lm, cfg, out, keep=coords, include=args.include, exclude=args.exclude,
-                                overwrite=args.overwrite, max_shard_bytes=shard, log=log)
-    if args.json:
-        write_json({"model": lm.name, "out": str(out), **report.to_dict()}, args.json)
+    _coords(args)
+    check_device(args)
+    with _outputs(args) as outs:
+        out = outs.directory(args.out, "--out", overwrite=args.overwrite, marker=MANIFEST)
+        js = outs.file(args.json, "--json")
+        if args.dry_run:
+            return _dry(console, outs)
+        with _status(console, console.is_terminal) as log:
+            lm = _load(args, log, outs)
+            coords = _coords_or_detect(args, lm, log) if args.keep_super else []
+            log("quantizing")
+            report = write_quantized(lm, cfg, out, keep=coords, include=args.include, exclude=args.exclude,
+                                     max_shard_bytes=shard, log=log)
+        obj = {"model": lm.name, "out": args.out, **report.to_dict()}
+        if js:
+            write_json(obj, js)
+    if args.json == "-":
+        write_json(obj, "-")
     held = ", ".join(str(c) for c in coords) if coords else ("none found" if args.keep_super else "none (--no-keep-super)")
     console.print(f"{cfg.describe()}", markup=False)
     console.print(f"quantized {len(report.tensors)} tensors ({report.numel:,} weights) in {report.seconds:.1f} s: "
                   f"{report.bits_per_weight:.3f} effective bits per weight, {report.held:,} held out exactly", markup=False)
     console.print(f"super weights held out: {held}", markup=False)
-    console.print(f"written to {out}/ (load it with transformers; manifest: {out}/superweight-quant.json)", markup=False)
+    console.print(f"written to {args.out}/ (load it with transformers; manifest: {args.out}/{MANIFEST})", markup=False)
     return 0
+
+
+def _positive(values, flag: str, minimum: int = 1) -> None:
+    for v in values or ():
+        if v < minimum:
+            raise UsageError(f"{flag} must be at least {minimum}, not {v}")
 
 
 def cmd_quant_compare(args, console) -> int:
@@ -442,44 +536,52 @@ def cmd_quant_compare(args, console) -> int:
 
     blocks = [_size(b, ("whole", "tensor", "all"), "--block-sizes") for b in args.block_sizes]
     groups = [_size(g, ("row", "channel"), "--group-sizes") for g in args.group_sizes]
+    _positive(args.hqq_groups, "--hqq-groups")
+    _positive([args.seqlen], "--seqlen", 16)
+    _positive([args.max_windows], "--max-windows", 0)
+    _positive([args.limit] if args.limit is not None else [], "--limit")
+    if not math.isfinite(args.act_ratio) or args.act_ratio < 0:
+        raise UsageError(f"--act-ratio must be a finite number >= 0, not {args.act_ratio}")
+    for b in args.bits:
+        if not 2 <= b <= 8:
+            raise UsageError(f"--bits must be from 2 to 8, not {b}")
     points = plan(tuple(args.bits), blocks, groups, args.hqq_groups, args.act_ratio)
     for *_, cfg, _k in points:
         if cfg is not None:
             cfg.check()
-    if args.limit is not None and args.limit < 1:
-        raise UsageError(f"--limit must be at least 1, not {args.limit}")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a directory")
     texts = {t: read_text(t) for t in args.texts}
-    if args.stream is None:
-        args.stream = False
-    with _status(console, console.is_terminal) as log:
-        lm = _load(args, log)
-        coords = _coords_or_detect(args, lm, log)
-        if args.tasks:
-            from . import zeroshot
+    _in_memory(args)
+    with _outputs(args) as outs:
+        out, js = outs.directory(args.out, "--out", merge=True), outs.file(args.json, "--json")
+        if args.dry_run:
+            return _dry(console, outs)
+        with _status(console, console.is_terminal) as log:
+            lm = _load(args, log, outs)
+            coords = _coords_or_detect(args, lm, log)
+            if args.tasks:
+                from . import zeroshot
 
-            zeroshot.check_tasks(args.tasks)
-        ref, pts = compare(lm, coords, texts, points, args.seqlen, args.max_windows or None, tuple(args.tasks),
-                           args.limit, log=lambda m: (log(m), print(m, file=sys.stderr, flush=True)
-                                                      if not console.is_terminal else None))
-        acts = w8a8_table(lm, coords, texts, args.seqlen, args.max_windows or None, log) if args.w8a8 else None
-    table = markdown(ref, pts)
-    if acts:
-        table += "\n\nSimulated W8A8 (weights 8-bit per tensor, linear inputs 8-bit per token):\n\n" + w8a8_markdown(acts)
-    out.mkdir(parents=True, exist_ok=True)
-    obj = {"model": lm.name, "super_weights": [str(c) for c in coords], "seqlen": args.seqlen,
-           "max_windows": args.max_windows, "tasks": args.tasks, "limit": args.limit,
-           "reference": ref.to_dict(), "points": [p.to_dict() for p in pts], "w8a8": acts,
-           "pareto": {t: [f"{p.method} {p.bits}-bit {p.size}" for p in pareto(pts, t)] for t in texts}}
-    write_json(obj, str(out / "compare.json"))
-    _write_text(out / "compare.md", table + "\n")
-    plot_quant(ref, pts, out / "compare.png", f"{lm.name}: weight quantization")
-    if args.json:
-        write_json(obj, args.json)
+                zeroshot.check_tasks(args.tasks)
+            ref, pts = compare(lm, coords, texts, points, args.seqlen, args.max_windows or None, tuple(args.tasks),
+                               args.limit, log=lambda m: (log(m), print(m, file=sys.stderr, flush=True)
+                                                          if not console.is_terminal else None))
+            acts = w8a8_table(lm, coords, texts, args.seqlen, args.max_windows or None, log) if args.w8a8 else None
+        table = markdown(ref, pts)
+        if acts:
+            table += "\n\nSimulated W8A8 (weights 8-bit per tensor, linear inputs 8-bit per token):\n\n" + w8a8_markdown(acts)
+        obj = {"model": lm.name, "super_weights": [str(c) for c in coords], "seqlen": args.seqlen,
+               "max_windows": args.max_windows, "tasks": args.tasks, "limit": args.limit,
+               "reference": ref.to_dict(), "points": [p.to_dict() for p in pts], "w8a8": acts,
+               "pareto": {t: [f"{p.method} {p.bits}-bit {p.size}" for p in pareto(pts, t)] for t in texts}}
+        write_json(obj, out / "compare.json")
+        (out / "compare.md").write_text(table + "\n")
+        plot_quant(ref, pts, out / "compare.png", f"{lm.name}: weight quantization")
+        if js:
+            write_json(obj, js)
+    if args.json == "-":
+        write_json(obj, "-")
     console.print(table, markup=False)
-    console.print(f"written to {out}/", markup=False)
+    console.print(f"written to {args.out}/", markup=False)
     return 0
 
 
@@ -489,12 +591,49 @@ def cmd_index(args, console) -> int:
 
     entries = index()
     if args.json:
-        write_json([e.to_dict() for e in entries], args.json)
+        with Outputs() as outs:
+            write_json([e.to_dict() for e in entries], outs.file(args.json, "--json") or "-")
     report.print_index(console, entries)
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is so that every output's cleanup runs,
+    as Ctrl-C's KeyboardInterrupt does."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum, frame):
+    raise Terminated(signum)
+
+
+@contextmanager
+def _signals_end_the_run():
+    """SIGTERM and SIGHUP end the run as Ctrl-C does (temporaries removed, no output
+    landed), not abruptly; the caller's handlers come back after. Only the main thread
+    can install handlers (not a notebook's worker thread)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
+    with _signals_end_the_run():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     from rich.console import Console
 
     args = build_parser().parse_args(argv)
@@ -514,9 +653,21 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"superweight: error: {e}", file=sys.stderr)
         return e.exit_code
+    except Terminated as e:
+        print(f"superweight: stopped by {signal.Signals(e.signum).name}; no partial output is left", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
-        print("superweight: interrupted", file=sys.stderr)
+        print("superweight: interrupted; no partial output is left", file=sys.stderr)
         return 130
+    except OSError as e:
+        if debug:
+            raise
+        if e.errno == errno.ENOSPC:
+            print("superweight: error: disk full; nothing was written", file=sys.stderr)
+            return 2
+        where = f" {e.filename}" if e.filename else ""
+        print(f"superweight: error: {e.strerror or type(e).__name__}:{where}", file=sys.stderr)
+        return 2
     except Exception as e:  # noqa: BLE001 - one line, not a traceback; --debug shows it
         if debug:
             raise

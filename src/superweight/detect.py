@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
+import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -225,6 +226,10 @@ def encode_prompts(lm: LoadedModel, prompts) -> list[torch.Tensor]:
         ids = lm.tokenizer(p, return_tensors="pt")["input_ids"]
         if ids.numel() == 0:
             raise UsageError(f"prompt {p!r} tokenizes to nothing")
+        ctx = context_of(lm.model)
+        if ctx is not None and ids.shape[1] > ctx:
+            raise UsageError(f"a prompt of {ids.shape[1]} tokens is longer than {lm.name}'s context of {ctx} tokens; "
+                             "give a shorter --prompt")
         out.append(ids.to(lm.device))
     return out
 
@@ -294,7 +299,7 @@ def controls_for(lm: LoadedModel, coords: list[Coord], avoid: set[Coord], n_rand
     for coord in coords:
         w = lm.adapter.weight(lm.adapter.site(coord)).abs().float()
         largest.append(control_for(lm, coord, avoid | set(largest)))
-        rng = random.Random(hash((coord.layer, coord.row, coord.col, coord.expert)) & 0xFFFFFFFF)
+        rng = random.Random(zlib.crc32(str(coord).encode()))  # not hash(): hash(None) differs between runs
         out, inp = w.shape
         while len(rand) < n_random * (coords.index(coord) + 1):
             c = Coord(coord.layer, rng.randrange(out), rng.randrange(inp), coord.expert)

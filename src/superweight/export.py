@@ -99,57 +99,67 @@ def _copy_side_files(src: Path, dst: Path) -> None:
 
 def save_quantized(lm: LoadedModel, cfg: QuantConfig, out: str | Path, keep=(), include=(), exclude=(),
                    overwrite: bool = False, max_shard_bytes: int = 2 << 30, log=None) -> QuantReport:
-    """Quantize ``lm``'s decoder linear weights and write the whole model to ``out``."""
+    """Quantize ``lm``'s decoder linear weights and write the whole model to ``out``, which
+    appears only once complete (``atomic_dir``: locked, refused if it exists unless
+    ``overwrite``)."""
     cfg.check()
+    with atomic_dir(out, overwrite) as tmp:
+        return write_quantized(lm, cfg, tmp, keep, include, exclude, max_shard_bytes, log)
+
+
+def write_quantized(lm: LoadedModel, cfg: QuantConfig, tmp: Path, keep=(), include=(), exclude=(),
+                    max_shard_bytes: int = 2 << 30, log=None) -> QuantReport:
+    """``save_quantized``'s work, into the existing empty directory ``tmp`` (a staging directory)."""
+    cfg.check()
+    tmp = Path(tmp)
     chosen = targets(lm, include, exclude)
     names = [n for n, _ in chosen]
     shapes = {n: tuple(p.shape) for n, p in chosen}
     kept = _kept_by_param(lm, keep)
     ckpt = _source_checkpoint(lm, names)
-    with atomic_dir(out, overwrite) as tmp:
-        if ckpt is None:
-            if any(p.is_meta for _, p in chosen):
-                raise ModelLoadError("cannot quantize a streamed model whose checkpoint names differ from the model's")
-            report = quantize_(lm, cfg, keep, include, exclude, log)
-            lm.model.save_pretrained(tmp, max_shard_size=max_shard_bytes)
-            lm.tokenizer.save_pretrained(tmp)
+    if ckpt is None:
+        if any(p.is_meta for _, p in chosen):
+            raise ModelLoadError("cannot quantize a streamed model whose checkpoint names differ from the model's")
+        report = quantize_(lm, cfg, keep, include, exclude, log)
+        lm.model.save_pretrained(tmp, max_shard_size=max_shard_bytes)
+        lm.tokenizer.save_pretrained(tmp)
+    else:
+        from transformers.core_model_loading import revert_weight_conversion
+
+        from .streaming import GGUFCheckpoint
+
+        safetensors = not isinstance(ckpt, GGUFCheckpoint)
+        dtype = next((p.dtype for _, p in chosen), torch.float32)
+        report = QuantReport(cfg, list(keep))
+        t0 = time.perf_counter()
+        cols = held_columns(lm, names, cfg)
+        writer = ShardWriter(tmp, max_shard_bytes)
+        chosen_set = set(names)
+        # one group per stored tensor, or per set of stored tensors transformers fuses on
+        # load (a layer's experts): read under the model's names, quantized as the model
+        # holds them, written back under the names save_pretrained would use
+        for group in _loop(ckpt.groups(), log, "quantizing"):
+            out = {}
+            for k, t in ckpt.read_iter(group):
+                if not safetensors and t.dtype.is_floating_point:
+                    t = t.to(dtype)  # GGUF: dequantized float32, written at the model's dtype
+                if k in chosen_set:
+                    if tuple(t.shape) != shapes[k]:
+                        raise ModelLoadError(f"{k} has shape {tuple(t.shape)} in the checkpoint, the config implies {shapes[k]}")
+                    new, q = quantize_param(t, cfg, kept.get(k, []), lm.adapter.family.transposed, cols.get(k, []))
+                    report.add(k, t.shape, q)
+                    t = new
+                out[k] = t
+            for k, t in revert_weight_conversion(lm.model, out).items():
+                writer.add(k, t)
+            del out
+        writer.close()
+        report.seconds = time.perf_counter() - t0
+        if safetensors:
+            _copy_side_files(ckpt.dir, tmp)
         else:
-            from transformers.core_model_loading import revert_weight_conversion
-
-            from .streaming import GGUFCheckpoint
-
-            safetensors = not isinstance(ckpt, GGUFCheckpoint)
-            dtype = next((p.dtype for _, p in chosen), torch.float32)
-            report = QuantReport(cfg, list(keep))
-            t0 = time.perf_counter()
-            cols = held_columns(lm, names, cfg)
-            writer = ShardWriter(tmp, max_shard_bytes)
-            chosen_set = set(names)
-            # one group per stored tensor, or per set of stored tensors transformers fuses on
-            # load (a layer's experts): read under the model's names, quantized as the model
-            # holds them, written back under the names save_pretrained would use
-            for group in _loop(ckpt.groups(), log, "quantizing"):
-                out = {}
-                for k, t in ckpt.read_iter(group):
-                    if not safetensors and t.dtype.is_floating_point:
-                        t = t.to(dtype)  # GGUF: dequantized float32, written at the model's dtype
-                    if k in chosen_set:
-                        if tuple(t.shape) != shapes[k]:
-                            raise ModelLoadError(f"{k} has shape {tuple(t.shape)} in the checkpoint, the config implies {shapes[k]}")
-                        new, q = quantize_param(t, cfg, kept.get(k, []), lm.adapter.family.transposed, cols.get(k, []))
-                        report.add(k, t.shape, q)
-                        t = new
-                    out[k] = t
-                for k, t in revert_weight_conversion(lm.model, out).items():
-                    writer.add(k, t)
-                del out
-            writer.close()
-            report.seconds = time.perf_counter() - t0
-            if safetensors:
-                _copy_side_files(ckpt.dir, tmp)
-            else:
-                lm.model.config.save_pretrained(tmp)
-                lm.tokenizer.save_pretrained(tmp)
-        manifest = {"tool": f"superweight {__version__}", "source": lm.name, **report.to_dict()}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            lm.model.config.save_pretrained(tmp)
+            lm.tokenizer.save_pretrained(tmp)
+    manifest = {"tool": f"superweight {__version__}", "source": lm.name, **report.to_dict()}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return report

@@ -2,8 +2,10 @@
 
 GGUF files are converted once by transformers' own GGUF reader (dequantized to float32)
 into an ordinary Hugging Face directory in the cache (``$SUPERWEIGHT_CACHE``, default
-``~/.cache/superweight``), keyed by the file's path, size and modification time; later
-runs load that directory. The user's file is only read. ``trust_remote_code`` is off
+``~/.cache/superweight``), keyed by the SHA-256 of the file's bytes (so a file replaced
+under the same name, size and time is converted anew); later runs load that directory.
+The hash of a file is remembered against its inode, size, mtime and ctime (which no
+tool can set back), so a file is read for hashing once, not at every load. The user's file is only read. ``trust_remote_code`` is off
 unless asked for; transformers reads ``.bin`` checkpoints with ``weights_only=True``.
 """
 from __future__ import annotations
@@ -12,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,8 +51,55 @@ class LoadedModel:
 
 
 def _first_line(e: BaseException) -> str:
+    """A library's exception as one line a user can act on: a bare KeyError or TypeError
+    says what was missing or wrong, a message cut at a colon keeps what follows, and
+    torch's advice to set ``weights_only=False`` (which would run the file's code) is
+    never passed on."""
     text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    if "weights_only" in text or "WeightsUnpickler" in text:
+        return ("the .bin file holds Python objects besides tensors; superweight reads .bin files with "
+                "weights_only=True and never runs their code (convert the checkpoint to safetensors)")
+    if isinstance(e, KeyError):
+        return f"a required entry is missing: {text}"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    line = lines[0]
+    if line.endswith(":") and len(lines) > 1:
+        line = f"{line} {'; '.join(lines[1:4])}"
+    if isinstance(e, (TypeError, AttributeError, IndexError, ValueError)) and not isinstance(e, UnicodeError):
+        line = f"{type(e).__name__}: {line}"
+    return line[:300]
+
+
+def _tokenizer_error(e: BaseException) -> str:
+    text = str(e)
+    if isinstance(e, KeyError):
+        return f"its tokenizer files lack the entry {text}"
+    if "Couldn't instantiate the backend tokenizer" in text:
+        return "no tokenizer file it can read (a tokenizer.json, or a slow tokenizer's own files)"
+    if isinstance(e, (AttributeError, TypeError)):
+        return f"its tokenizer files hold a value of the wrong kind ({type(e).__name__}: {text.strip()[:200]})"
+    return _first_line(e)
+
+
+def check_device(device: str) -> None:
+    """A device torch knows and this machine has, or a clear error (before any work)."""
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, xpu)") from None
+    if d.type == "cpu":
+        return
+    backend = getattr(torch, d.type, None)
+    available = getattr(backend, "is_available", lambda: False)
+    if d.type == "mps":
+        available = torch.backends.mps.is_available
+    if not available():
+        raise UsageError(f"--device {device}: no {d.type} device is available on this machine")
+    count = getattr(backend, "device_count", lambda: 1)()
+    if d.index is not None and d.index >= count:
+        raise UsageError(f"--device {device}: this machine has {count} {d.type} device(s), numbered from 0")
 
 
 def default_model_path() -> Path:
@@ -140,6 +188,10 @@ def _check_causal(config) -> None:
 def _check_weights(directory: Path) -> None:
     from safetensors import safe_open
 
+    from .streaming import read_index
+
+    for name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        read_index(directory, name)  # refuses shards outside the directory
     st = sorted(directory.glob("*.safetensors"))
     bins = sorted(directory.glob("pytorch_model*.bin"))
     if not st and not bins:
@@ -160,45 +212,130 @@ def _check_weights(directory: Path) -> None:
         del keys
 
 
-def _gguf_cache_dir(path: Path) -> Path:
+def content_hash(path: Path) -> str:
+    """SHA-256 of a file's bytes, remembered in the cache against (inode, size, mtime, ctime)."""
     st = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    return cache_root() / "gguf" / f"{path.stem}-{key}"
+    stamp = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+    memo = cache_root() / "gguf" / "hashes.json"
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = {}
+    key = str(path.resolve())
+    if isinstance(known, dict) and isinstance(known.get(key), dict) and known[key].get("stamp") == stamp:
+        return known[key]["sha256"]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    digest = h.hexdigest()
+    known = known if isinstance(known, dict) else {}
+    known[key] = {"stamp": stamp, "sha256": digest}
+    try:
+        from .atomic import atomic_path
+
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(memo) as tmp:
+            tmp.write_text(json.dumps(known, indent=1))
+    except OSError:
+        pass  # a read-only cache only costs hashing again next time
+    return digest
+
+
+def _gguf_cache_dir(path: Path) -> Path:
+    return cache_root() / "gguf" / f"{path.stem}-{content_hash(path)[:16]}"
+
+
+def _converted(target: Path) -> bool:
+    return (target / "config.json").is_file() and (target / "model.safetensors").is_file()
+
+
+def _sweep_legacy(where: Path, older_than: float = 86400.0) -> None:
+    """Conversion temporaries of versions before the lock (``.tmp-XXXXXXXX``), left by a
+    killed run: removed once a day old and ours (no run still converts after a day)."""
+    import time
+
+    for p in where.glob(".tmp-*"):
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        if p.is_dir() and st.st_uid == os.getuid() and time.time() - st.st_mtime > older_than:
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def gguf_to_hf_dir(path: Path, log=None) -> Path:
-    """Convert a GGUF file to a cached HF directory (float32) once; return its path."""
+    """Convert a GGUF file to a cached HF directory (float32) once; return its path. The
+    conversion holds the lock on its target (a second run waits for it, then uses its
+    result), is staged in a temporary, and clears what a killed conversion left."""
+    from .atomic import locked, publish_dir, temp_dir
+
     target = _gguf_cache_dir(path)
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    if _converted(target):
         return target
-    if log:
-        log(f"first use of {path.name}: converting GGUF to a cached float32 checkpoint (once)")
-    from safetensors.torch import save_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_legacy(target.parent)
+    with locked(target, wait=True):
+        if _converted(target):  # a run that held the lock before us finished it
+            return target
+        if log:
+            log(f"first use of {path.name}: converting GGUF to a cached float32 checkpoint (once)")
+        from safetensors.torch import save_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            model, info = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                               dtype=torch.float32, output_loading_info=True)
+        except Exception as e:  # noqa: BLE001
+            raise ModelLoadError(f"cannot read GGUF file {path}: {_first_line(e)}") from e
+        _check_causal(model.config)
+        if info.get("missing_keys"):
+            raise _lacks(str(path), sorted(info["missing_keys"]))
+        tmp = temp_dir(target)
+        try:
+            save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt", "source": str(path)})
+            model.config.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            publish_dir(tmp, target, overwrite=True)  # over an incomplete directory of an older version
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host answers a TCP connection within ``timeout`` seconds."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _hub_options(ref: str) -> dict:
+    """Offline first: a hub id already in the local hub cache is loaded from it with no
+    network call at all (delete it there, or set HF_HUB_OFFLINE=0 and download it with
+    ``hf download``, to refresh it); one that is not is downloaded, and when the hub cannot
+    be reached the load fails in one line within seconds instead of the hub client's retries."""
+    from huggingface_hub import try_to_load_from_cache
 
     try:
-        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(f"cannot read GGUF file {path}: {_first_line(e)}") from e
-    _check_causal(model.config)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-    try:
-        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt", "source": str(path)})
-        model.config.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        if target.exists():  # an incomplete earlier attempt
-            shutil.rmtree(target, ignore_errors=True)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / "model.safetensors").is_file():  # not a concurrent run that finished first
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+        cached = try_to_load_from_cache(ref, "config.json")
+    except Exception:  # noqa: BLE001 - not a valid repo id: the load below says so
+        cached = None
+    if isinstance(cached, str):
+        return {"local_files_only": True}
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        raise ModelLoadError(f"{ref} is not a local path and not in the hub cache, and HF_HUB_OFFLINE is set")
+    if not _hub_reachable():
+        raise ModelLoadError(f"{ref} is not a local path or a short name, not in the hub cache, and the Hugging Face "
+                             "hub cannot be reached to download it (offline?); give a local directory or .gguf file")
+    return {}
 
 
 def _lacks(ref, names: list[str]) -> ModelLoadError:
@@ -233,7 +370,10 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = resolve_dtype(dtype, device)
+    check_device(device)
     name = ref
+    if ref is not None and os.path.islink(os.path.expanduser(ref)) and not Path(ref).expanduser().exists():
+        raise ModelLoadError(f"{ref} is a broken symbolic link (to {os.readlink(os.path.expanduser(ref))})")
     gguf = None  # a GGUF file read layer by layer, without conversion
     short = resolve(ref or "smollm2", log) if ref is None or not Path(ref).expanduser().exists() else None
     if short is not None:
@@ -251,8 +391,9 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
             raise ModelLoadError(f"no such file or directory: {ref}")
         else:
             path = None
+    hub = {}
     if path is None:
-        source = ref  # hub id: normal download and cache; HF_HUB_OFFLINE is honoured by the hub client
+        source = ref  # hub id: from the hub cache, else downloaded (offline first, see _hub_options)
         index_id = index_id or ref
     elif path.is_dir():
         source = path
@@ -260,12 +401,15 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
         source = gguf = path
     else:
         source = gguf_to_hf_dir(path, log)
-    local = gguf is not None or isinstance(source, Path) and source.is_dir() and any(source.glob("*.safetensors"))
+    local = gguf is not None or isinstance(source, Path) and source.is_dir() and (
+        any(source.glob("*.safetensors")) or (source / "model.safetensors.index.json").is_file())
     if stream is None:
         stream = gguf is not None or local and (torch.device(device).type == "cpu" or not _fits_on(source, device))
     elif stream and not local:
         raise UsageError("streaming needs a local safetensors checkpoint (a directory or a .gguf file)")
-    where = {"gguf_file": gguf.name} if gguf is not None else {}
+    if path is None:
+        hub = _hub_options(ref)
+    where = {"gguf_file": gguf.name} if gguf is not None else hub
     source_arg = str(gguf.parent) if gguf is not None else str(source)
     try:
         config = AutoConfig.from_pretrained(source_arg, trust_remote_code=trust_remote_code, **where)
@@ -276,6 +420,9 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
         _check_weights(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source_arg, trust_remote_code=trust_remote_code, **where)
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"cannot load the tokenizer of {ref or 'the default model'}: {_tokenizer_error(e)}") from e
+    try:
         built = None
         if stream:
             from .streaming import build_streamed

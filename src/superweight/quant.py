@@ -103,14 +103,16 @@ class QuantConfig:
             raise UsageError(f"layout must be 'group' or 'block', not {self.layout!r}")
         if self.size is not None and (not isinstance(self.size, int) or self.size < 1):
             raise UsageError(f"{self.layout} size must be a positive integer (or whole), not {self.size!r}")
-        if not 0 <= self.keep_fraction < 1:
+        if not isinstance(self.keep_fraction, (int, float)) or not 0 <= self.keep_fraction < 1:
             raise UsageError(f"keep fraction must be in [0, 1), not {self.keep_fraction!r}")
         if self.keep_scope not in ("tensor", "block"):
             raise UsageError(f"keep scope must be 'tensor' or 'block', not {self.keep_scope!r}")
         if self.hold not in ("exclude", "restore"):
             raise UsageError(f"hold must be 'exclude' or 'restore', not {self.hold!r}")
-        if self.act_ratio < 0 or self.act_max_cols < 0:
-            raise UsageError("activation-column ratio and column cap must not be negative")
+        if not isinstance(self.act_ratio, (int, float)) or not math.isfinite(self.act_ratio) or self.act_ratio < 0:
+            raise UsageError(f"act_ratio must be a finite number >= 0 (0: off), not {self.act_ratio!r}")
+        if not isinstance(self.act_max_cols, int) or self.act_max_cols < 0:
+            raise UsageError(f"act_max_cols must be an integer >= 0, not {self.act_max_cols!r}")
         if self.scale_dtype not in SCALE_DTYPES:
             raise UsageError(f"scale dtype must be one of {', '.join(SCALE_DTYPES)}, not {self.scale_dtype!r}")
         return self

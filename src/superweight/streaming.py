@@ -48,15 +48,38 @@ ST_DTYPES = {  # safetensors dtype names -> torch
 }
 
 
+def read_index(directory: Path, name: str = "model.safetensors.index.json") -> dict[str, Path] | None:
+    """The weight map of a sharded checkpoint (None when it has no index). An entry that
+    names a file outside the directory (``../other/model.safetensors``, an absolute path)
+    is refused: a checkpoint reads only its own files. (Judged by the names, not by where
+    links lead: a hub cache's snapshot links every file to a blob elsewhere.)"""
+    directory = Path(directory)
+    index = directory / name
+    if not index.is_file():
+        return None
+    try:
+        wm = json.loads(index.read_text())["weight_map"]
+        items = [(str(k), str(v)) for k, v in wm.items()]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ModelLoadError(f"{index} is not a valid shard index: {type(e).__name__}") from None
+    root = os.path.normpath(os.path.abspath(directory))
+    out = {}
+    for k, v in items:
+        f = os.path.normpath(os.path.join(root, v))
+        if os.path.dirname(f) != root and not f.startswith(root + os.sep):
+            raise ModelLoadError(f"{index} names a shard outside the model directory: {v}")
+        out[k] = directory / v
+    return out
+
+
 class Checkpoint:
     """Which safetensors file holds each tensor (single file or sharded with an index)."""
 
     def __init__(self, directory: Path):
         self.dir = Path(directory)
-        index = self.dir / "model.safetensors.index.json"
-        if index.is_file():
-            wm = json.loads(index.read_text())["weight_map"]
-            self.where = {k: self.dir / v for k, v in wm.items()}
+        index = read_index(self.dir)
+        if index is not None:
+            self.where = index
         else:
             self.where = {}
             for f in sorted(self.dir.glob("*.safetensors")):

@@ -1,0 +1,176 @@
+"""A command's outputs as one transaction.
+
+Each output the command line names is checked before any work (its parent is a writable
+directory, a file is not a directory, ``--out`` is neither the model nor holds it), locked
+for the run (a second run to it is refused), staged next to where it goes, and landed
+together with the others at the end, or not at all: a command that fails, is interrupted
+(Ctrl-C, SIGTERM, SIGHUP) or finds a directory that appeared during the run without
+``--overwrite`` leaves none of its outputs and its temporaries removed. The final renames
+come after every check, so the one gap left is a rename failing between two outputs.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .atomic import Lock, anchor, publish_dir, publish_file, real, sweep, temp_dir, temp_file
+from .errors import UsageError
+
+
+@dataclass
+class Target:
+    flag: str  # the option that named it, for messages
+    given: str  # as the user wrote it
+    dest: Path  # its real path
+    tmp: Path  # where the command writes it
+    kind: str  # "file"; "dir" (lands whole); "merge" (its files land into a directory that may exist)
+    overwrite: bool = False
+
+
+def _writable(directory: Path) -> bool:
+    """Whether files can be made in ``directory`` (tried, not guessed from mode bits: root,
+    ACLs and read-only mounts all answer differently)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".superweight-probe-", dir=directory)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(probe)
+    return True
+
+
+def model_sources(ref: str | None) -> list[Path]:
+    """The paths a command reads its model from, known before loading: the file or directory
+    given, or the default model's file. (The converted GGUF cache and a hub snapshot are
+    added once loaded, by ``Outputs.reading``.)"""
+    if ref is None:
+        try:
+            from .model import default_model_path
+
+            return [default_model_path()]
+        except Exception:  # noqa: BLE001 - not installed: the load says so, in its own words
+            return []
+    p = Path(ref).expanduser()
+    return [p] if os.path.lexists(p) else []
+
+
+class Outputs:
+    """Declare outputs (checked and locked at once), write to each ``tmp``, land on exit."""
+
+    def __init__(self, sources=()):
+        self.sources = [real(s) for s in sources]
+        self.targets: list[Target] = []
+        self.locks: list[Lock] = []
+
+    def __enter__(self) -> "Outputs":
+        return self
+
+    def __exit__(self, et, e, tb) -> bool:
+        try:
+            if et is None:
+                self.commit()
+        finally:
+            self.discard()
+        return False
+
+    # -- declaring ----------------------------------------------------------------------
+    def file(self, given: str | None, flag: str) -> Path | None:
+        """A file output (``--json``, ``--plot``); None when not asked for or ``-`` (stdout)."""
+        if given is None or given == "-":
+            return None
+        dest = real(given)
+        if dest.is_dir():
+            raise UsageError(f"{flag} {given} is a directory; give a file name")
+        parent = dest.parent
+        if not parent.exists():
+            raise UsageError(f"{flag} {given}: directory {parent} does not exist")
+        if not parent.is_dir():
+            raise UsageError(f"{flag} {given}: {parent} is not a directory")
+        self._checks(flag, given, dest, holds=False)
+        return self._add(flag, given, dest, "file")
+
+    def directory(self, given: str, flag: str, *, overwrite: bool = False, merge: bool = False,
+                  marker: str | None = None) -> Path:
+        """A directory output. ``merge``: a results directory whose files are replaced one by
+        one (it may exist); otherwise it lands whole and an existing one is refused unless
+        ``overwrite``, and even then only if it is empty or holds ``marker`` (one of ours)."""
+        dest = real(given)
+        self._not_source(flag, given, dest, holds=True)
+        if dest.exists() and not dest.is_dir():
+            raise UsageError(f"{flag} {given} exists and is not a directory")
+        if dest.exists() and not merge:
+            if not overwrite:
+                raise UsageError(f"{flag} {given} exists; choose another or pass --overwrite")
+            cwd = real(os.getcwd())
+            if dest == cwd or dest in cwd.parents:
+                raise UsageError(f"{flag} {given}: refusing to replace the current directory or one that holds it")
+            if marker and any(dest.iterdir()) and not (dest / marker).is_file():
+                raise UsageError(f"{flag} {given} is not a superweight output (it has no {marker}); "
+                                 "refusing to replace it, even with --overwrite")
+        a = anchor(dest)
+        if not a.is_dir():
+            raise UsageError(f"{flag} {given}: {a} is not a directory")
+        self._checks(flag, given, dest, holds=True)
+        return self._add(flag, given, dest, "merge" if merge else "dir", overwrite)
+
+    def _checks(self, flag: str, given: str, dest: Path, holds: bool) -> None:
+        where = anchor(dest) if holds else dest.parent
+        if not _writable(where):
+            raise UsageError(f"{flag} {given}: directory {where} is not writable")
+        for t in self.targets:
+            if t.dest == dest or t.kind != "file" and t.dest in dest.parents or holds and dest in t.dest.parents:
+                raise UsageError(f"{flag} {given} and {t.flag} {t.given} name the same place")
+        self._not_source(flag, given, dest, holds)
+
+    def _not_source(self, flag: str, given: str, dest: Path, holds: bool) -> None:
+        for s in self.sources:
+            if dest == s:
+                raise UsageError(f"{flag} {given} is the model being read; choose another output")
+            if holds and dest in s.parents:
+                raise UsageError(f"{flag} {given} holds the model being read ({s}); choose another output")
+
+    def _add(self, flag: str, given: str, dest: Path, kind: str, overwrite: bool = False) -> Path:
+        lock = Lock(dest)  # refused here when another run writes it
+        self.locks.append(lock)
+        sweep(dest, lock.since)
+        tmp = temp_file(dest) if kind == "file" else temp_dir(dest)
+        self.targets.append(Target(flag, given, dest, tmp, kind, overwrite))
+        return tmp
+
+    def reading(self, *paths) -> None:
+        """Also refuse outputs onto what the loaded model turned out to read from."""
+        for p in paths:
+            if isinstance(p, (str, Path)) and os.path.lexists(p):
+                self.sources.append(real(p))
+        for t in self.targets:
+            self._not_source(t.flag, t.given, t.dest, t.kind != "file")
+
+    # -- landing ------------------------------------------------------------------------
+    def commit(self) -> None:
+        for t in self.targets:  # every check before the first rename
+            if t.kind == "dir" and t.dest.exists() and not t.overwrite:
+                raise UsageError(f"{t.flag} {t.given} appeared while this run was working; nothing was written "
+                                 "(choose another output or pass --overwrite)")
+            if t.kind == "file" and t.dest.is_dir() or t.kind != "file" and t.dest.exists() and not t.dest.is_dir():
+                raise UsageError(f"{t.flag} {t.given} changed type while this run was working; nothing was written")
+        for t in self.targets:
+            if t.kind == "file":
+                publish_file(t.tmp, t.dest)
+            elif t.kind == "dir" or not t.dest.exists():
+                publish_dir(t.tmp, t.dest, t.overwrite)
+            else:
+                for f in sorted(t.tmp.iterdir()):
+                    publish_file(f, t.dest / f.name)
+
+    def discard(self) -> None:
+        for t in self.targets:
+            if t.tmp.is_dir():
+                shutil.rmtree(t.tmp, ignore_errors=True)
+            else:
+                t.tmp.unlink(missing_ok=True)
+        for lock in self.locks:
+            lock.release()
+        self.locks, self.targets = [], []

@@ -1,0 +1,419 @@
+"""What superweight promises about your files (issue 12): every output is checked before any
+work, written by one run at a time, lands whole with the others or not at all, survives
+SIGTERM/SIGHUP as it survives Ctrl-C, and never replaces the model or a user's directory.
+Each case asserts the exit code, the single line, and what is (not) on disk afterwards."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tiny import plant, tiny_model, tiny_moe_gguf
+
+import superweight as sw
+from superweight.atomic import Lock
+from superweight.cli import main
+from superweight.export import MANIFEST
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def listing(d: Path) -> list[str]:
+    return sorted(p.name for p in Path(d).iterdir())
+
+
+def one_line(capsys, code: int, pattern: str, expect: int = 2) -> str:
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == expect, err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("superweight: "), lines[0]
+    assert pattern in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A tiny llama checkpoint (safetensors) with a planted super weight, read-only to the tests."""
+    d = tmp_path_factory.mktemp("ckpt") / "tiny"
+    lm = tiny_model("llama")
+    plant(lm, sw.Coord(1, 5, 7), 400)
+    lm.model.save_pretrained(d)
+    lm.tokenizer.save_pretrained(d)
+    return d
+
+
+def quantize(model: Path, out: Path, *extra: str) -> int:
+    return main(["quantize", str(model), "--out", str(out), "--no-keep-super", "--bits", "8", *extra])
+
+
+# -- output targets are checked before any work (a missing model would fail later: it is never reached)
+NOMODEL = "/no/such/model.gguf"
+
+
+@pytest.mark.parametrize("argv, pattern", [
+    (["detect", NOMODEL, "--json", "{file}/x.json"], "is not a directory"),
+    (["detect", NOMODEL, "--json", "{dir}"], "is a directory"),
+    (["detect", NOMODEL, "--plot", "{dir}"], "is a directory"),
+    (["detect", NOMODEL, "--plot", "{file}/p.png"], "is not a directory"),
+    (["detect", NOMODEL, "--json", "{dir}/ok.json", "--plot", "{dir}/missing/p.png"], "does not exist"),
+    (["verify", NOMODEL, "--coords", "1:1:1", "--json", "{dir}/missing/v.json"], "does not exist"),
+    (["ablate", NOMODEL, "--out", "{dir}/res", "--json", "{dir}/missing/a.json"], "does not exist"),
+    (["scale", NOMODEL, "--factors", "0", "1", "--out", "{dir}/res", "--json", "{dir}/missing/s.json"], "does not exist"),
+    (["quantize", NOMODEL, "--out", "{dir}/q", "--json", "{dir}/missing/q.json"], "does not exist"),
+    (["quantize", NOMODEL, "--out", "{file}/q"], "is not a directory"),
+    (["quantize", NOMODEL, "--out", "{file}"], "exists and is not a directory"),
+    (["ablate", NOMODEL, "--out", "{file}"], "exists and is not a directory"),
+    (["quant-compare", NOMODEL, "--out", "{file}/deeper"], "is not a directory"),
+    (["detect", NOMODEL, "--json", "{dir}/same.json", "--plot", "{dir}/same.json"], "name the same place"),
+    (["index", "--json", "{dir}"], "is a directory"),
+])
+def test_output_targets_are_refused_before_any_work(tmp_path, capsys, argv, pattern):
+    (tmp_path / "file").write_text("a user's file")
+    before = listing(tmp_path)
+    argv = [a.format(dir=tmp_path, file=tmp_path / "file") for a in argv]
+    one_line(capsys, main(argv), pattern)
+    assert listing(tmp_path) == before  # nothing written, not even ok.json
+    assert (tmp_path / "file").read_text() == "a user's file"
+
+
+def test_a_read_only_directory_is_refused_before_any_work(tmp_path, capsys):
+    """Checked by trying, so it holds for every user: root writes into a mode-0555
+    directory, so as root the read-only directory is /proc, where no one makes files."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o555)
+    if os.geteuid() == 0:
+        ro = Path("/proc")
+    before = listing(ro)
+    for args in (["detect", NOMODEL, "--json", f"{ro}/x.json"], ["detect", NOMODEL, "--plot", f"{ro}/p.png"],
+                 ["quantize", NOMODEL, "--out", f"{ro}/q"], ["ablate", NOMODEL, "--out", f"{ro}/res"]):
+        one_line(capsys, main(args), "is not writable")
+    assert listing(ro) == before
+
+
+# -- numbers: one line and exit 2 at once, never an internal error after minutes of work
+@pytest.mark.parametrize("argv, pattern", [
+    (["detect", "--device", "banana"], "--device 'banana' is not a torch device"),
+    (["detect", "--device", "cuda:7"], "--device cuda:7"),
+    (["quantize", "--out", "{dir}/q", "--max-shard-size", "inf"], "--max-shard-size"),
+    (["quantize", "--out", "{dir}/q", "--max-shard-size", "nan"], "--max-shard-size"),
+    (["quantize", "--out", "{dir}/q", "--max-shard-size", "0.1"], "--max-shard-size must be positive"),
+    (["ablate", "--seqlen", "0"], "--seqlen must be an integer >= 16"),
+    (["ablate", "--seqlen", "-5"], "--seqlen must be an integer >= 16"),
+    (["ablate", "--max-windows", "-1"], "--max-windows must be an integer >= 1"),
+    (["ablate", "--stopword-prompts", "-5"], "--stopword-prompts must be an integer >= 0"),
+    (["ablate", "--prune-fraction", "nan"], "--prune-fraction must be in (0, 1]"),
+    (["ablate", "--batch-size", "0"], "--batch-size must be an integer >= 1"),
+    (["scale", "--factors", "1", "inf"], "--factors must be finite"),
+    (["quant-compare", "--hqq-groups", "0"], "--hqq-groups must be at least 1"),
+    (["quant-compare", "--act-ratio", "nan"], "--act-ratio must be a finite number"),
+    (["quant-compare", "--bits", "9"], "--bits must be from 2 to 8"),
+    (["quantize", "--out", "{dir}/q", "--act-ratio", "nan"], "--act-ratio must be a finite number >= 0"),
+    (["quantize", "--out", "{dir}/q", "--act-ratio=-inf"], "--act-ratio must be a finite number >= 0"),
+    (["quantize", "--out", "{dir}/q", "--keep-outliers", "nan"], "keep fraction"),
+    (["quantize", "--out", "{dir}/q", "--act-max-cols=-1"], "--act-max-cols"),
+    (["detect", "--window", "8"], "at least 16 tokens"),
+    (["verify", "--windows", "0"], "--windows must be a positive integer"),
+])
+def test_bad_numbers_are_one_line(tmp_path, capsys, argv, pattern):
+    one_line(capsys, main([a.format(dir=tmp_path) for a in argv]), pattern)
+    assert listing(tmp_path) == []
+
+
+def test_quantize_out_dot_is_refused_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    one_line(capsys, main(["quantize", "--out", ".", "--overwrite"]), "refusing to replace the current directory")
+    one_line(capsys, main(["quantize", "--out", str(tmp_path.parent), "--overwrite"]), "refusing to replace")
+    assert listing(tmp_path) == ["notes.txt"]
+    assert not [p for p in tmp_path.parent.iterdir() if ".sw-" in p.name or p.name.startswith("..")]
+
+
+def test_a_prompt_longer_than_the_context_is_one_line(tmp_path, capsys):
+    lm = tiny_model("gpt2")  # 128 learned positions
+    lm.model.save_pretrained(tmp_path / "gpt2")
+    lm.tokenizer.save_pretrained(tmp_path / "gpt2")
+    one_line(capsys, main(["detect", str(tmp_path / "gpt2"), "--prompt", "word " * 100]), "longer than")
+
+
+# -- the model and the user's directories are never replaced
+def test_out_is_never_the_model_nor_holds_it(tiny_dir, tmp_path, capsys):
+    before = {p.name: p.stat().st_mtime_ns for p in tiny_dir.iterdir()}
+    one_line(capsys, quantize(tiny_dir, tiny_dir, "--overwrite"), "is the model being read")
+    one_line(capsys, quantize(tiny_dir, tiny_dir.parent, "--overwrite"), "holds the model being read")
+    one_line(capsys, main(["ablate", str(tiny_dir), "--out", str(tiny_dir), "--coords", "1:5:7"]), "is the model")
+    assert {p.name: p.stat().st_mtime_ns for p in tiny_dir.iterdir()} == before
+
+
+def test_overwrite_replaces_only_our_own_output(tiny_dir, tmp_path, capsys):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "thesis.tex").write_text("years of work")
+    one_line(capsys, quantize(tiny_dir, theirs, "--overwrite"), "is not a superweight output")
+    assert listing(theirs) == ["thesis.tex"]
+    out = tmp_path / "q"
+    assert quantize(tiny_dir, out) == 0
+    assert quantize(tiny_dir, out, "--overwrite", "--bits", "4") == 0
+    assert json.loads((out / MANIFEST).read_text())["config"]["bits"] == 4
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_directory_that_appears_during_the_run_is_not_replaced(tiny_dir, tmp_path, capsys, monkeypatch):
+    import superweight.export as export
+
+    out = tmp_path / "q"
+    real = export.write_quantized
+
+    def meanwhile(*a, **k):
+        report = real(*a, **k)
+        out.mkdir()
+        (out / "mine.txt").write_text("made while superweight ran")
+        return report
+
+    monkeypatch.setattr(export, "write_quantized", meanwhile)
+    one_line(capsys, quantize(tiny_dir, out, "--json", str(tmp_path / "q.json")), "appeared while this run was working")
+    assert listing(out) == ["mine.txt"]
+    assert listing(tmp_path) == ["q"]  # no JSON either: all or nothing
+
+
+def test_a_second_run_to_the_same_out_is_refused(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "q"
+    held = Lock(out)  # another run, mid-way
+    try:
+        one_line(capsys, quantize(tiny_dir, out), "is being written by another superweight run")
+        one_line(capsys, main(["detect", str(tiny_dir), "--json", str(out)]), "being written by another")
+    finally:
+        held.release()
+    assert listing(tmp_path) == []
+    assert quantize(tiny_dir, out) == 0
+
+
+def test_api_save_quantized_takes_the_same_lock(tiny_dir, tmp_path):
+    from superweight.export import save_quantized
+    from superweight.quant import QuantConfig
+
+    out = tmp_path / "q"
+    held = Lock(out)
+    try:
+        with pytest.raises(sw.UsageError, match="another superweight run"):
+            save_quantized(sw.load(str(tiny_dir)), QuantConfig(bits=8), out)
+    finally:
+        held.release()
+    assert listing(tmp_path) == []
+
+
+# -- signals: SIGTERM and SIGHUP as Ctrl-C; what SIGKILL leaves, the next run clears
+RUNNER = """
+import sys, time
+import superweight.export as export
+real = export.write_quantized
+def slow(*a, **k):
+    report = real(*a, **k)
+    open(sys.argv[1], "w").write("written")
+    time.sleep(120)
+    return report
+export.write_quantized = slow
+from superweight.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def start_slow_quantize(tiny_dir: Path, tmp_path: Path, out: Path) -> tuple[subprocess.Popen, Path]:
+    marker = tmp_path / "marker"
+    marker.unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, "-c", RUNNER, str(marker), "quantize", str(tiny_dir), "--out", str(out),
+                             "--no-keep-super", "--bits", "8", "--json", str(out) + ".json"],
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": SRC})
+    deadline = time.time() + 240
+    while not marker.exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    marker.unlink()
+    return proc, marker
+
+
+def staged(where: Path) -> list[str]:
+    return [p.name for p in where.iterdir() if ".sw-" in p.name]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_leave_nothing(tiny_dir, tmp_path, sig):
+    work = tmp_path / "work"
+    work.mkdir()
+    proc, _ = start_slow_quantize(tiny_dir, tmp_path, work / "q")
+    assert staged(work)  # the output is staged, complete, not landed
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 128 + sig, err
+    assert len(lines) == 1 and f"stopped by {signal.Signals(sig).name}" in lines[0], err
+    assert listing(work) == []
+
+
+def test_what_a_killed_run_left_is_cleared_by_the_next(tiny_dir, tmp_path, capsys):
+    work = tmp_path / "work"
+    work.mkdir()
+    proc, _ = start_slow_quantize(tiny_dir, tmp_path, work / "q")
+    proc.kill()  # SIGKILL: no handler runs
+    proc.communicate(timeout=60)
+    left = staged(work)
+    assert len(left) == 2  # the staged directory and the staged JSON
+    (work / ".other.sw-abcdefgh.tmp").mkdir()  # not ours to clear: another destination's
+    old = time.time() - 3600
+    os.utime(work / ".other.sw-abcdefgh.tmp", (old, old))
+    assert quantize(tiny_dir, work / "q", "--json", str(work / "q.json")) == 0
+    assert listing(work) == [".other.sw-abcdefgh.tmp", "q", "q.json"]
+
+
+# -- what the loader reads
+def test_index_entries_outside_the_model_directory_are_refused(tiny_dir, tmp_path, capsys):
+    import shutil
+
+    d = tmp_path / "sharded"
+    shutil.copytree(tiny_dir, d)
+    (d / "model.safetensors").rename(tmp_path / "elsewhere.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "elsewhere.safetensors"), "pt") as h:
+        names = list(h.keys())
+    (d / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: "../elsewhere.safetensors" for k in names}}))
+    for stream in ("--stream", "--no-stream"):
+        one_line(capsys, main(["detect", str(d), stream]), "names a shard outside the model directory")
+
+
+def test_gguf_cache_follows_the_content_not_the_name_size_and_time(tmp_path, monkeypatch):
+    monkeypatch.setenv("SUPERWEIGHT_CACHE", str(tmp_path / "cache"))
+    f = tmp_path / "m.gguf"
+    tiny_moe_gguf(f, sw.Coord(1, 3, 5, 2), 400.0)
+    first = {k: v.clone() for k, v in sw.load(str(f), stream=False).model.state_dict().items()}
+    st = f.stat()
+    g = tmp_path / "other.gguf"
+    tiny_moe_gguf(g, sw.Coord(1, 3, 5, 2), 900.0)  # same shapes and size, other values
+    assert g.stat().st_size == st.st_size
+    os.replace(g, f)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # the time restored
+    second = sw.load(str(f), stream=False).model.state_dict()
+    assert any(not second[k].equal(v) for k, v in first.items())
+    assert len([p for p in (tmp_path / "cache" / "gguf").iterdir() if p.is_dir()]) == 2
+
+
+def test_gguf_conversion_clears_what_a_killed_conversion_left(tmp_path, monkeypatch):
+    from superweight.model import _gguf_cache_dir
+
+    monkeypatch.setenv("SUPERWEIGHT_CACHE", str(tmp_path / "cache"))
+    f = tmp_path / "m.gguf"
+    tiny_moe_gguf(f, sw.Coord(1, 3, 5, 2), 400.0)
+    target = _gguf_cache_dir(f)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    killed = target.parent / f".{target.name}.sw-abcdefgh.tmp"  # a conversion killed mid-way
+    legacy = target.parent / ".tmp-abcdefgh"  # an older version's, two days old
+    for p in (killed, legacy):
+        p.mkdir()
+        (p / "model.safetensors").write_bytes(b"\0" * 1000)
+    old = time.time() - 2 * 86400
+    os.utime(killed, (old, old))
+    os.utime(legacy, (old, old))
+    sw.load(str(f), stream=False)
+    assert listing(target.parent) == sorted(["hashes.json", target.name])
+
+
+def test_gguf_conversion_refuses_a_checkpoint_that_lacks_a_weight(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SUPERWEIGHT_CACHE", str(tmp_path / "cache"))
+    f = tmp_path / "m.gguf"
+    tiny_moe_gguf(f, sw.Coord(1, 3, 5, 2), 400.0, drop="blk.1.attn_q.")
+    one_line(capsys, main(["detect", str(f), "--no-stream"]), "has no tensor for model.layers.1.self_attn.q_proj")
+    assert not [p for p in (tmp_path / "cache" / "gguf").iterdir() if p.is_dir()]
+
+
+def test_offline_hub_id_and_broken_link_fail_fast_in_one_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": SRC, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
+    env.pop("HF_HUB_OFFLINE", None)
+    (tmp_path / "broken").symlink_to(tmp_path / "gone")
+    for ref, pattern in [("no-such-org/no-such-model", "hub cannot be reached"),
+                         ("broken", "is a broken symbolic link")]:
+        proc = subprocess.run([sys.executable, "-m", "superweight.cli", "detect", ref], capture_output=True,
+                              text=True, timeout=120, env=env, cwd=tmp_path)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and pattern in lines[0], proc.stderr
+
+
+def test_first_gguf_use_prints_no_library_bar(tmp_path):
+    f = tmp_path / "m.gguf"
+    tiny_moe_gguf(f, sw.Coord(1, 3, 5, 2), 400.0)
+    env = {**os.environ, "PYTHONPATH": SRC, "SUPERWEIGHT_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "superweight.cli", "verify", str(f), "--no-stream",
+                           "--coords", "1:3:5:2", "--window", "16"], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "", proc.stderr  # no "Converting and de-quantizing GGUF tensors" bar, no warnings
+
+
+@pytest.mark.parametrize("exc, want, never", [
+    (KeyError("added_tokens"), "missing: 'added_tokens'", None),
+    (RuntimeError("Weights only load failed. ... set `weights_only=False` ..."), "never runs their code", "False"),
+    (ValueError("Couldn't instantiate the backend tokenizer from one of:\n(1) a file\n(2) another"),
+     "(1) a file", None),
+])
+def test_library_errors_become_one_actionable_line(exc, want, never):
+    from superweight.model import _first_line
+
+    line = _first_line(exc)
+    assert want in line and "\n" not in line
+    assert never is None or never not in line
+
+
+# -- fuzz: whatever numbers a user types, the answer is a run or one line and exit 2
+def test_numeric_options_fuzz(tmp_path):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    numbers = st.one_of(st.integers(-10**12, 10**12).map(str),
+                        st.floats(allow_nan=True, allow_infinity=True).map(repr),
+                        st.sampled_from(["0", "-0", "1e309", "-1", "nan", "inf", "-inf", "1.5", "", "x", "0x10"]))
+    options = {
+        "detect": ["--window", "--windows"],
+        "ablate": ["--seqlen", "--max-windows", "--limit", "--batch-size", "--stopword-prompts", "--prune-fraction",
+                   "--prune-topk"],
+        "scale": ["--factors", "--seqlen", "--max-windows"],
+        "quantize": ["--bits", "--act-ratio", "--act-max-cols", "--keep-outliers", "--max-shard-size",
+                     "--group-size", "--block-size"],
+        "quant-compare": ["--bits", "--seqlen", "--max-windows", "--hqq-groups", "--act-ratio", "--limit",
+                          "--group-sizes", "--block-sizes"],
+    }
+    cases = st.sampled_from(sorted(options)).flatmap(
+        lambda cmd: st.tuples(st.just(cmd), st.lists(st.tuples(st.sampled_from(options[cmd]), numbers),
+                                                     min_size=1, max_size=3)))
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(cases)
+    def run(case):
+        import contextlib
+        import io
+
+        cmd, opts = case
+        argv = [cmd, "--dry-run"] + [f"{k}={v}" for k, v in opts]
+        if cmd == "quantize":
+            argv += ["--out", str(tmp_path / "q")]
+        if cmd == "scale" and not any(k == "--factors" for k, _ in opts):
+            argv += ["--factors", "1"]
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                code = main(argv)
+            except SystemExit as e:  # argparse: not a number at all
+                code = e.code
+        lines = err.getvalue().strip().splitlines()
+        assert code in (0, 2), (argv, err.getvalue())
+        if code == 2:
+            assert len(lines) == 1 and lines[0].startswith("superweight: error:"), (argv, err.getvalue())
+            assert "internal error" not in lines[0]
+
+    run()
+    assert listing(tmp_path) == []
