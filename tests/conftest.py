@@ -10,6 +10,18 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 GPL3 = Path("/usr/share/common-licenses/GPL-3")
+REAL = {"smol", "smol_whole", "smol_gguf", "smol_result", "qwen", "qwen_result"}
+
+
+def pytest_collection_modifyitems(items):
+    """``real``: the test reads a real model's weights (through these fixtures, or marked by
+    hand); ``slow``: real, or it starts the command in a fresh process. ``pytest -m "not
+    slow"`` is the quick loop (tiny models, in process); CI runs everything."""
+    for item in items:
+        if REAL & set(item.fixturenames):
+            item.add_marker(pytest.mark.real)
+        if item.get_closest_marker("real"):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

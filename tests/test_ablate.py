@@ -44,6 +44,7 @@ def test_zero_shot_needs_the_model_in_memory(smol):
         ablate(smol, SW, SMALL)
 
 
+@pytest.mark.slow
 def test_scale_sweep(whole):
     cfg = AblateConfig(tasks=(), texts=("gpl3",), seqlen=512, max_windows=1, stopword_prompts=0)
     zero, one = scale_sweep(whole, SW, [0.0, 1.0], cfg)
@@ -59,6 +60,8 @@ def _one_line(proc, pattern):
     assert proc.returncode == 2 and len(lines) == 1 and pattern in lines[0], proc.stderr
 
 
+@pytest.mark.real
+@pytest.mark.slow
 def test_bad_input(tmp_path):
     short = tmp_path / "short.txt"
     short.write_text("Too short for a window.")
@@ -76,6 +79,8 @@ def test_bad_input(tmp_path):
     assert not (tmp_path / "w").exists()  # nothing half-written
 
 
+@pytest.mark.real
+@pytest.mark.slow
 def test_ablate_cli_writes_table_json_and_plots(tmp_path):
     out = tmp_path / "res"
     proc = _run("ablate", "--coords", "11:507:1229", "--tasks", "none", "--texts", "gpl3", "--seqlen", "512",

@@ -28,6 +28,8 @@ def one_error_line(proc: subprocess.CompletedProcess, pattern: str) -> None:
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.real
+@pytest.mark.slow
 def test_detect_default_model_json_contract():
     proc = run("detect", "--json", "-")
     assert proc.returncode == 0, proc.stderr
@@ -53,6 +55,8 @@ def test_detect_default_model_json_contract():
     assert "graded weights" in proc.stderr  # the table goes to stderr when JSON takes stdout
 
 
+@pytest.mark.real
+@pytest.mark.slow
 def test_detect_table_and_json_file(tmp_path, capsys):
     dest = tmp_path / "out.json"
     png = tmp_path / "spikes.png"
@@ -66,6 +70,8 @@ def test_detect_table_and_json_file(tmp_path, capsys):
     assert not list(tmp_path.glob(".*"))  # no temp file left behind
 
 
+@pytest.mark.real
+@pytest.mark.slow
 def test_verify_and_index_commands(capsys):
     assert main(["verify", "--coords", "11:507:1229", "28:507:678", "--window", "128"]) == 0
     text = capsys.readouterr().out
@@ -78,6 +84,7 @@ def test_verify_and_index_commands(capsys):
     assert any(e["model"] == "huggyllama/llama-7b" for e in entries)
 
 
+@pytest.mark.slow
 def test_local_directory_with_planted_weight(tmp_path):
     lm = tiny_model("qwen2")
     plant(lm, sw.Coord(2, 11, 13), 400)
@@ -91,16 +98,19 @@ def test_local_directory_with_planted_weight(tmp_path):
 
 # ---- bad input: one clear line on stderr, non-zero exit, no traceback ----
 
+@pytest.mark.slow
 def test_missing_path():
     one_error_line(run("detect", "./no/such/model"), "no such file or directory")
 
 
+@pytest.mark.slow
 def test_not_a_gguf_file(tmp_path):
     f = tmp_path / "weights.gguf"
     f.write_text("hello")
     one_error_line(run("detect", str(f)), "not a GGUF file")
 
 
+@pytest.mark.slow
 def test_truncated_gguf(tmp_path):
     src = sw.model.default_model_path()
     f = tmp_path / "cut.gguf"
@@ -112,15 +122,18 @@ def test_truncated_gguf(tmp_path):
     assert not list(env_cache.rglob("*.safetensors"))  # nothing half-written
 
 
+@pytest.mark.slow
 def test_directory_without_config(tmp_path):
     one_error_line(run("detect", str(tmp_path)), "no config.json")
 
 
+@pytest.mark.slow
 def test_directory_without_weights(tmp_path):
     tiny_model("llama").model.config.save_pretrained(tmp_path)
     one_error_line(run("detect", str(tmp_path)), "no weights")
 
 
+@pytest.mark.slow
 def test_truncated_safetensors(tmp_path):
     lm = tiny_model("llama")
     lm.model.save_pretrained(tmp_path)
@@ -130,6 +143,7 @@ def test_truncated_safetensors(tmp_path):
     one_error_line(run("detect", str(tmp_path)), "model.safetensors")
 
 
+@pytest.mark.slow
 def test_unsupported_architecture(tmp_path):
     from transformers import AutoConfig
 
@@ -138,6 +152,7 @@ def test_unsupported_architecture(tmp_path):
     one_error_line(run("detect", str(tmp_path)), "unsupported architecture 'bloom'")
 
 
+@pytest.mark.slow
 def test_not_a_causal_lm(tmp_path):
     from transformers import AutoConfig
 
@@ -147,20 +162,25 @@ def test_not_a_causal_lm(tmp_path):
     one_error_line(run("detect", str(tmp_path)), "not a causal language model")
 
 
+@pytest.mark.slow
 def test_empty_prompt():
     one_error_line(run("detect", "--prompt", "  "), "empty prompt")
 
 
+@pytest.mark.real
+@pytest.mark.slow
 def test_verify_coordinates_out_of_range():
     one_error_line(run("verify", "--coords", "30:0:0"), "out of range")
     one_error_line(run("verify", "--coords", "11:576:0"), "out of range")
     one_error_line(run("verify", "--coords", "11:5"), "bad coordinate")
 
 
+@pytest.mark.slow
 def test_json_into_missing_directory():
     one_error_line(run("detect", "--json", "/no/such/dir/out.json"), "does not exist")
 
 
+@pytest.mark.slow
 def test_bin_checkpoint_is_loaded_with_weights_only(tmp_path):
     import torch
 
@@ -181,6 +201,7 @@ def test_bin_checkpoint_is_loaded_with_weights_only(tmp_path):
     one_error_line(run("detect", str(bad)), "cannot load")
 
 
+@pytest.mark.slow
 def test_hub_id_offline_is_one_clear_line():
     import os
 
@@ -219,6 +240,8 @@ def test_coordinate_parsing():
             sw.Coord.parse(bad)
 
 
+@pytest.mark.real
+@pytest.mark.slow
 def test_text_too_short_for_one_window_is_one_line(tmp_path):
     short = tmp_path / "short.txt"
     short.write_text("Only a few words here.\n\nAnd a second short passage.")
@@ -231,5 +254,6 @@ def test_text_too_short_for_one_window_is_one_line(tmp_path):
     (["--windows", "-1"], "windows must be a positive integer"),
     (["--window", "8"], "at least 16 tokens"),
 ])
+@pytest.mark.slow
 def test_bad_proof_options_are_one_line(args, msg):
     one_error_line(run("detect", *args), msg)

@@ -243,6 +243,7 @@ def staged(where: Path) -> list[str]:
     return [p.name for p in where.iterdir() if ".sw-" in p.name]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_and_sighup_leave_nothing(tiny_dir, tmp_path, sig):
     work = tmp_path / "work"
@@ -257,6 +258,7 @@ def test_sigterm_and_sighup_leave_nothing(tiny_dir, tmp_path, sig):
     assert listing(work) == []
 
 
+@pytest.mark.slow
 def test_what_a_killed_run_left_is_cleared_by_the_next(tiny_dir, tmp_path, capsys):
     work = tmp_path / "work"
     work.mkdir()
@@ -333,6 +335,7 @@ def test_gguf_conversion_refuses_a_checkpoint_that_lacks_a_weight(tmp_path, monk
     assert not [p for p in (tmp_path / "cache" / "gguf").iterdir() if p.is_dir()]
 
 
+@pytest.mark.slow
 def test_offline_hub_id_and_broken_link_fail_fast_in_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": SRC, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
     env.pop("HF_HUB_OFFLINE", None)
@@ -345,6 +348,7 @@ def test_offline_hub_id_and_broken_link_fail_fast_in_one_line(tmp_path):
         assert proc.returncode == 2 and len(lines) == 1 and pattern in lines[0], proc.stderr
 
 
+@pytest.mark.slow
 def test_first_gguf_use_prints_no_library_bar(tmp_path):
     f = tmp_path / "m.gguf"
     tiny_moe_gguf(f, sw.Coord(1, 3, 5, 2), 400.0)

@@ -1,15 +1,38 @@
 """One batched pass answers like separate passes with the weights really zeroed."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 from tiny import plant, tiny_model
 
 import superweight as sw
 from superweight import passes
-from superweight.effect import Probe, log_probs
-from superweight.hooks import capture
+from superweight.effect import Probe, real_log_probs
+from superweight.hooks import summarize, watch
 from superweight.passes import Group, stack
+
+
+def log_probs(model, ids, mask):
+    """The reference log-probs: a plain forward pass."""
+    return real_log_probs(model(input_ids=ids, attention_mask=mask.long(), use_cache=False).logits, mask)
+
+
+@contextmanager
+def capture(adapter):
+    """The reference scan: every site's largest spike over the passes inside the block, one
+    prompt per pass, keyed by (layer, expert)."""
+    records = {}
+
+    def keep(site, x, y, tokens):
+        rec = summarize(site, x, y, tokens)
+        key = (rec.layer, rec.expert)
+        if key not in records or rec.max_output > records[key].max_output:
+            records[key] = rec
+
+    with watch(adapter, keep):
+        yield records
 
 
 @torch.no_grad()
@@ -54,7 +77,9 @@ def test_batched_groups_equal_separate_passes(model_type, expert):
     for x, y in zip(batched[:3], alone[:3]):
         torch.testing.assert_close(x.log_probs, y.log_probs, atol=2e-3, rtol=1e-3)  # subtracting vs zeroing: rounding only
     assert (batched[0].log_probs - batched[1].log_probs).abs().max() > 0.1  # the ablation did something
+    assert len(batched) == len(alone) == len(groups)
     for x, y in zip(batched[3:], alone[3:]):
+        assert x.records  # every site recorded: the comparison below is not over nothing
         assert x.records.keys() == y.records.keys()
         for key in x.records:
             rx, ry = x.records[key], y.records[key]
@@ -64,6 +89,7 @@ def test_batched_groups_equal_separate_passes(model_type, expert):
     site = (1, expert)
     assert (batched[3].records[site].output_channel, batched[3].records[site].col) == (5, 7)
     assert (batched[4].records[site].output_channel, batched[4].records[site].col) != (5, 7)
+    assert len(batched[3].residual) == len(alone[3].residual) == lm.adapter.num_layers
     for (mx, tok), (my, toy) in zip(batched[3].residual, alone[3].residual):
         torch.testing.assert_close(mx, my, atol=1e-3, rtol=1e-4)
 
@@ -81,4 +107,4 @@ def test_logits_budget_splits_passes_without_changing_answers(monkeypatch):
     calls.clear()
     split = passes.run(lm, groups, reduce=lambda lp: float(lp.sum()))
     assert calls == [2, 2, 1]
-    assert [x.log_probs for x in split] == pytest.approx([x.log_probs for x in one], rel=1e-5)
+    assert [x.value for x in split] == pytest.approx([x.value for x in one], rel=1e-5)

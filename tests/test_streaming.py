@@ -211,6 +211,7 @@ def test_progress_is_reported_per_layer(tmp_path):
     assert seen == [(i, 4) for i in range(1, 5)]
 
 
+@pytest.mark.slow
 def test_a_tensor_whose_shape_disagrees_with_the_config_is_one_line(tmp_path):
     from safetensors.torch import load_file, save_file
     from test_cli import one_error_line, run

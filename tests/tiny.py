@@ -148,8 +148,7 @@ def weaken(lm: sw.LoadedModel, coord: sw.Coord, target_kl: float = 0.5) -> float
     distributions by about ``target_kl`` nats (a weak but specific weight, as on real
     models that are not wrecked by one scalar): logits scale with the head, and KL with
     them. Bisection on the scale; returns the KL reached."""
-    from superweight.detect import measure
-    from superweight.effect import Probe
+    from superweight.detect import DetectConfig, intact, largest_controls, screen
 
     head = lm.model.get_output_embeddings().weight
     orig = head.detach().clone()
@@ -158,7 +157,8 @@ def weaken(lm: sw.LoadedModel, coord: sw.Coord, target_kl: float = 0.5) -> float
         mid = (lo + hi) / 2
         with torch.no_grad():
             head.copy_(orig * mid)
-        kl = measure(lm, Probe.build(lm.model, lm.tokenizer), [coord]).kl
+        probe, _ = intact(lm, DetectConfig())
+        kl = screen(lm, probe, [(coord,)], [largest_controls(lm, [coord])])[0][0].kl
         if abs(kl - target_kl) < 0.05:
             break
         lo, hi = (mid, hi) if kl < target_kl else (lo, mid)

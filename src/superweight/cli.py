@@ -289,12 +289,15 @@ def _quiet_libraries(debug: bool) -> None:
         pass
 
 
-def _load(args, log, outs: Outputs):
+def _load(args, log, outs: Outputs, in_memory: bool = False):
+    """Load the command's model; ``in_memory``: held whole unless --stream says otherwise
+    (lm-eval and the quantizer comparison measure a model in memory)."""
     from .model import load
 
     log("loading model")
+    stream = False if in_memory and args.stream is None else args.stream
     lm = load(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
-              index_id=args.index_id, stream=args.stream, log=log)
+              index_id=args.index_id, stream=stream, log=log)
     outs.reading(lm.source)
     return lm
 
@@ -386,26 +389,10 @@ def _ablate_config(args):
         )
 
 
-def _ablate_coords(args, lm, log) -> list:
-    from .detect import detect
-
-    coords = _coords(args)
-    if coords is None:
-        log("detecting the super weights first")
-        coords = detect(lm, log=log).coords
-        if not coords:
-            raise UsageError(f"{lm.name}: no super weight found to ablate; give --coords")
-    for c in coords:
-        lm.adapter.site(c)
-    return coords
-
-
-def _in_memory(args) -> None:
-    """Checks for the commands that measure a model held in memory (lm-eval scores it there)."""
+def _check_early(args) -> None:
+    """Checks for the commands that measure a model held in memory, before any work."""
     _coords(args)
     check_device(args)
-    if args.stream is None:
-        args.stream = False
 
 
 def _coords(args) -> list | None:
@@ -419,14 +406,14 @@ def cmd_ablate(args, console) -> int:
     from .plot import plot_activations, plot_stopwords
 
     cfg = _ablate_config(args)
-    _in_memory(args)
+    _check_early(args)
     with _outputs(args) as outs:
         out, js = outs.directory(args.out, "--out", merge=True), outs.file(args.json, "--json")
         if args.dry_run:
             return _dry(console, outs)
         with _status(console, console.is_terminal) as log:
-            lm = _load(args, log, outs)
-            coords = _ablate_coords(args, lm, log)
+            lm = _load(args, log, outs, in_memory=True)
+            coords = _targets(args, lm, log, needed=True)
             result = ablate(lm, coords, cfg, log=log)
         table = result.markdown()
         write_json(result.to_dict(), out / "ablate.json")
@@ -453,14 +440,14 @@ def cmd_scale(args, console) -> int:
     for f in args.factors:
         if not math.isfinite(f):
             raise UsageError(f"--factors must be finite numbers, not {f}")
-    _in_memory(args)
+    _check_early(args)
     with _outputs(args) as outs:
         out, js = outs.directory(args.out, "--out", merge=True), outs.file(args.json, "--json")
         if args.dry_run:
             return _dry(console, outs)
         with _status(console, console.is_terminal) as log:
-            lm = _load(args, log, outs)
-            coords = _ablate_coords(args, lm, log)
+            lm = _load(args, log, outs, in_memory=True)
+            coords = _targets(args, lm, log, needed=True)
             results = scale_sweep(lm, coords, args.factors, cfg, log=log)
         obj = {"model": lm.name, "super_weights": [c.to_dict() for c in coords], "factors": args.factors,
                "results": [r.to_dict() for r in results]}
@@ -477,18 +464,15 @@ def cmd_scale(args, console) -> int:
     return 0
 
 
-def _coords_or_detect(args, lm, log) -> list:
-    """``--coords`` checked against the model, or the super weights detect finds."""
-    from .detect import DEFAULT_PROMPT, DetectConfig, detect
+def _targets(args, lm, log, needed: bool = False) -> list:
+    """The weights a command acts on: ``--coords``, or what detect finds (``coords_or_detect``).
+    ``needed``: finding none is an error (ablate and scale have nothing to do then)."""
+    from .detect import coords_or_detect
 
-    coords = _coords(args)
-    if coords is not None:
-        for c in coords:
-            lm.adapter.site(c)
-        return coords
-    log("detecting the super weights first")
-    prompts = tuple(args.prompt) if getattr(args, "prompt", None) else (DEFAULT_PROMPT,)
-    return detect(lm, DetectConfig(prompts=prompts), log=log).coords
+    coords = coords_or_detect(lm, _coords(args), detect_config(args), log)
+    if needed and not coords:
+        raise UsageError(f"{lm.name}: no super weight found; give --coords")
+    return coords
 
 
 def cmd_quantize(args, console) -> int:
@@ -505,7 +489,7 @@ def cmd_quantize(args, console) -> int:
             return _dry(console, outs)
         with _status(console, console.is_terminal) as log:
             lm = _load(args, log, outs)
-            coords = _coords_or_detect(args, lm, log) if args.keep_super else []
+            coords = _targets(args, lm, log) if args.keep_super else []
             log("quantizing")
             report = write_quantized(lm, cfg, out, keep=coords, include=args.include, exclude=args.exclude,
                                      max_shard_bytes=shard, log=log)
@@ -550,14 +534,14 @@ def cmd_quant_compare(args, console) -> int:
         if cfg is not None:
             cfg.check()
     texts = {t: read_text(t) for t in args.texts}
-    _in_memory(args)
+    _check_early(args)
     with _outputs(args) as outs:
         out, js = outs.directory(args.out, "--out", merge=True), outs.file(args.json, "--json")
         if args.dry_run:
             return _dry(console, outs)
         with _status(console, console.is_terminal) as log:
-            lm = _load(args, log, outs)
-            coords = _coords_or_detect(args, lm, log)
+            lm = _load(args, log, outs, in_memory=True)
+            coords = _targets(args, lm, log)
             if args.tasks:
                 from . import zeroshot
 

@@ -22,7 +22,7 @@ from . import passes
 from .coords import Coord
 from .effect import PROBE_SENTENCES, Probe
 from .errors import UsageError
-from .hooks import SiteRecord, capture
+from .hooks import SiteRecord
 from .model import LoadedModel
 from .passes import Group, stack
 from .realtext import CONDITIONS, RealText, TextEffect, context_of, make_windows
@@ -234,29 +234,6 @@ def encode_prompts(lm: LoadedModel, prompts) -> list[torch.Tensor]:
     return out
 
 
-@torch.no_grad()
-def scan(lm: LoadedModel, prompt_ids: list[torch.Tensor], residual: list | None = None) -> tuple[dict, dict]:
-    """One forward pass per prompt with every down projection hooked.
-
-    Returns (records keyed by (layer, expert), prompt index of each record). If
-    ``residual`` is a list, it receives, for the first prompt, each layer's output hidden
-    state as ``(max |h| per channel [H], argmax token per channel [H])``."""
-    best: dict = {}
-    which: dict = {}
-    for i, ids in enumerate(prompt_ids):
-        want = residual is not None and i == 0
-        with capture(lm.adapter) as rec:
-            out = lm.model(input_ids=ids, use_cache=False, output_hidden_states=want)
-        if want:
-            for h in out.hidden_states[1:]:  # after each decoder layer
-                mx, tok = h[0].float().abs().max(dim=0)
-                residual.append((mx, tok))
-        for key, r in rec.items():
-            if key not in best or r.max_output > best[key].max_output:
-                best[key], which[key] = r, i
-    return best, which
-
-
 def per_layer(records: dict) -> list[SiteRecord]:
     """The strongest site (largest max |Y|) of each layer, in layer order."""
     top: dict[int, SiteRecord] = {}
@@ -426,7 +403,6 @@ def detect(lm: LoadedModel, cfg: DetectConfig | None = None, log: Callable[[str]
     cfg = cfg or DetectConfig()
     log = log or (lambda _msg: None)
     prompts, pmask = stack(encode_prompts(lm, cfg.prompts))
-    ids, mask = Probe.encode(lm.model, lm.tokenizer, cfg.probe_sentences)
     judge = Judge(lm, cfg, log)
     found: list[Finding] = []
     probed: list[Finding] = []  # screened on the probe sentences, to be proven on real text
@@ -434,8 +410,7 @@ def detect(lm: LoadedModel, cfg: DetectConfig | None = None, log: Callable[[str]
     removed: list[Coord] = []  # every single-weight candidate: zeroed for the next scans
     site_max: dict[tuple, float] = {}  # (layer, expert) -> largest |Y| examined there
     log(f"round 1: scanning {len(lm.adapter.sites)} down projections")
-    base, scanned = passes.run(lm, [Group(ids, mask), Group(prompts, pmask, scan=True, residual=True)])
-    probe = Probe.from_base(lm.model, ids, mask, base.log_probs)
+    probe, scanned = intact(lm, cfg, scan=True, residual=True)
     residual = scanned.residual  # intact model, first prompt: per layer (max |h| per channel, token)
     hidden = scanned.hidden  # the same, whole: embeddings, then after each layer [T, H]
     first = per_layer(scanned.records)
@@ -472,22 +447,17 @@ def detect(lm: LoadedModel, cfg: DetectConfig | None = None, log: Callable[[str]
         if not eligible:
             break  # nothing zeroed: the next scan would see the same model
         removed += [f.coord for f in eligible]
-        controls = [control_for(lm, f.coord, examined) for f in eligible]
-        groups = [Group(ids, mask, zero=(c,)) for c in [f.coord for f in eligible] + controls]
         more = rnd < cfg.max_rounds
-        if more:
-            groups.append(Group(prompts, pmask, zero=tuple(removed), scan=True))
         log(f"round {rnd}: screening {len(eligible)} candidate(s) on the probe sentences"
             + (f", scanning for round {rnd + 1}" if more else ""))
-        answers = passes.run(lm, groups, reduce=lambda lp: (probe.kl(lp), probe.ppl(lp)))
-        k = len(eligible)
-        for i, f in enumerate(eligible):
-            (kl, ppl), control = answers[i].log_probs, controls[i]
-            f.effect = Effect(kl=kl, ppl=ppl, ppl_intact=probe.ppl(), control=control,
-                              control_value=lm.adapter.value(control), control_kl=answers[k + i].log_probs[0])
+        effects, after = screen(lm, probe, [(f.coord,) for f in eligible],
+                                [(control_for(lm, f.coord, examined),) for f in eligible],
+                                [Group(prompts, pmask, zero=tuple(removed), scan=True)] if more else [])
+        for f, eff in zip(eligible, effects):
+            f.effect = eff
         probed += eligible
         if more:
-            scanned = answers[-1]
+            scanned = after[0]
     # on real text, once every spike is known: no control is a weight that a later round examines
     for f, (g, reason) in zip(probed, judge.prove([([f.coord], f.effect) for f in probed], examined)):
         f.grade, f.reason = g, reason
@@ -536,7 +506,8 @@ def _prove_jointly(lm, probe, judge: Judge, found: list[Finding], examined: set[
         return []
     edits = [[f.coord for f in members] for _, members in todo]
     log(f"screening {len(todo)} group(s) of weights sharing a row or column together")
-    effects = [measure(lm, probe, coords, examined, control_above=cfg.screen_kl) for coords in edits]
+    effects, _ = screen(lm, probe, edits, [largest_controls(lm, coords, examined) for coords in edits],
+                        control_above=cfg.screen_kl)
     proven = []
     for (key, members), coords, eff, (g, reason) in zip(todo, edits, effects,
                                                        judge.prove(list(zip(edits, effects)), examined)):
@@ -548,21 +519,43 @@ def _prove_jointly(lm, probe, judge: Judge, found: list[Finding], examined: set[
     return proven
 
 
-def measure(lm: LoadedModel, probe: Probe, coords: list[Coord], avoid: set[Coord] = frozenset(),
-            control_above: float = 0.0) -> Effect:
-    """On the probe sentences: zero ``coords`` together, then, if that moved predictions by
-    at least ``control_above`` nats, as many largest-weight controls (one batched pass)."""
+def largest_controls(lm: LoadedModel, coords: list[Coord], avoid: set[Coord] = frozenset()) -> tuple[Coord, ...]:
+    """One largest-weight control per coordinate (``control_for``), none of them another's."""
     avoid = set(avoid) | set(coords)
-    controls = []
+    out = []
     for c in coords:
-        controls.append(control_for(lm, c, avoid))
-        avoid.add(controls[-1])
-    answers = passes.run(lm, [Group(probe.input_ids, probe.mask, zero=tuple(coords)),
-                              Group(probe.input_ids, probe.mask, zero=tuple(controls))],
-                         reduce=lambda lp: (probe.kl(lp), probe.ppl(lp)))
-    (kl, ppl), (ckl, _) = answers[0].log_probs, answers[1].log_probs
-    return Effect(kl=kl, ppl=ppl, ppl_intact=probe.ppl(), control=controls[0],
-                  control_value=lm.adapter.value(controls[0]), control_kl=ckl if kl >= control_above else None)
+        out.append(control_for(lm, c, avoid))
+        avoid.add(out[-1])
+    return tuple(out)
+
+
+def screen(lm: LoadedModel, probe: Probe, edits: list, controls: list, extra: list[Group] = (),
+           control_above: float = 0.0) -> tuple[list[Effect], list[passes.Answer]]:
+    """The probe-sentence screen, in one batched run (``passes.run``): each edit (coordinates
+    zeroed together) and its control (likewise), plus ``extra`` groups (the next round's
+    scan) answered alongside. Returns an Effect per edit (its control's KL only where the
+    edit moved predictions by ``control_above`` nats or more), and the extra groups' Answers."""
+    rows = [Group(probe.input_ids, probe.mask, zero=tuple(z)) for z in list(edits) + list(controls)]
+    answers = passes.run(lm, rows + list(extra), reduce=lambda lp: (probe.kl(lp), probe.ppl(lp)))
+    k = len(edits)
+    effects = []
+    for i, ctrl in enumerate(controls):
+        (kl, ppl), (ckl, _) = answers[i].value, answers[k + i].value
+        effects.append(Effect(kl=kl, ppl=ppl, ppl_intact=probe.ppl(), control=ctrl[0],
+                              control_value=lm.adapter.value(ctrl[0]), control_kl=ckl if kl >= control_above else None))
+    return effects, answers[2 * k:]
+
+
+def intact(lm: LoadedModel, cfg: DetectConfig, scan: bool = False, residual: bool = False):
+    """The intact model on the probe sentences (a ``Probe``) and, with ``scan``, every down
+    projection's spike on the prompts (an ``Answer``), in one batched run."""
+    ids, mask = Probe.encode(lm.model, lm.tokenizer, cfg.probe_sentences)
+    groups = [Group(ids, mask)]
+    if scan:
+        prompts, pmask = stack(encode_prompts(lm, cfg.prompts))
+        groups.append(Group(prompts, pmask, scan=True, residual=residual))
+    answers = passes.run(lm, groups)
+    return Probe.from_base(lm.model, ids, mask, answers[0].log_probs), (answers[1] if scan else None)
 
 
 def super_activation(residual: list, found: list[Finding]) -> dict | None:
@@ -668,6 +661,19 @@ def _massive(lm, hidden, big, stack, ch: int, t: int, findings: list[Finding], w
     return entry
 
 
+def coords_or_detect(lm: LoadedModel, coords: list[Coord] | None = None, cfg: DetectConfig | None = None,
+                     log: Callable[[str], None] | None = None) -> list[Coord]:
+    """The weights a command acts on, by one rule: ``coords`` when given (each range-checked
+    against this model), else the super weights ``detect`` finds, which may be none (the
+    caller says whether that is an error)."""
+    if coords:
+        for c in coords:
+            lm.adapter.site(c)
+        return list(coords)
+    (log or (lambda _m: None))("detecting the super weights first")
+    return detect(lm, cfg, log=log).coords
+
+
 @dataclass
 class Verdict:
     coord: Coord
@@ -700,10 +706,10 @@ def verify(lm: LoadedModel, coords: list[Coord], cfg: DetectConfig | None = None
         raise UsageError("no coordinates to verify")
     sites = [lm.adapter.site(c) for c in coords]  # range checks before any work
     judge = judge or Judge(lm, cfg, log)  # reads the text: a bad --text fails before any pass
-    records, _ = scan(lm, encode_prompts(lm, cfg.prompts))
-    probe = Probe.build(lm.model, lm.tokenizer, cfg.probe_sentences)
+    probe, scanned = intact(lm, cfg, scan=True)
+    records = scanned.records
     log(f"ablating {len(coords)} coordinate(s) on the probe sentences")
-    effects = [measure(lm, probe, [c], set(coords)) for c in coords]
+    effects, _ = screen(lm, probe, [(c,) for c in coords], [largest_controls(lm, [c], set(coords)) for c in coords])
     grades = judge.prove([([c], e) for c, e in zip(coords, effects)], set(coords), screen=False)
     verdicts = []
     for c, site, eff, (g, reason) in zip(coords, sites, effects, grades):
@@ -724,7 +730,7 @@ def verify_together(lm: LoadedModel, coords: list[Coord], cfg: DetectConfig | No
     for c in coords:
         lm.adapter.site(c)
     judge = judge or Judge(lm, cfg, log or (lambda _m: None))
-    probe = Probe.build(lm.model, lm.tokenizer, cfg.probe_sentences)
-    eff = measure(lm, probe, list(coords), set(coords))
+    probe, _ = intact(lm, cfg)
+    (eff,), _ = screen(lm, probe, [tuple(coords)], [largest_controls(lm, list(coords))])
     (g, reason), = judge.prove([(list(coords), eff)], set(coords), screen=False)
     return eff, reason if g == "super" else (reason or f"{g}, not super")

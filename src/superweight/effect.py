@@ -1,7 +1,7 @@
 """Data-free measurements of what a change to the weights does to the model's predictions.
 
 ``Probe`` holds a few short built-in sentences (or the user's) and the intact model's
-next-token distributions on them; ``probe.kl()`` then measures, after an edit, the mean
+next-token distributions on them; ``probe.kl(lp)`` then measures, after an edit, the mean
 KL(intact || edited) over every predicted position, and ``probe.ppl()`` the
 perplexity on those sentences. ``perplexity`` is the GPTQ-style measure on a long text.
 """
@@ -41,13 +41,6 @@ def stack(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-def log_probs(model, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[N, V] float32 next-token log-probabilities at the N real positions of a
-    right-padded batch, in row order. Row by row: vocabulary-sized tensors dominate the
-    memory of a small model's forward pass."""
-    return real_log_probs(model(input_ids=input_ids, attention_mask=mask.long(), use_cache=False).logits, mask)
-
-
 def real_log_probs(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """logits [B, T, V], mask [B, T] (right-padded) -> [N, V] float32 log-probabilities at
     the N real positions, row by row."""
@@ -71,11 +64,6 @@ class Probe:
     rows: torch.Tensor  # [N] bool: real positions that predict a real next token
     targets: torch.Tensor  # [M] those next tokens
     intact_nll: float  # mean NLL of the intact model on the targets
-
-    @classmethod
-    def build(cls, model, tokenizer, sentences=PROBE_SENTENCES) -> "Probe":
-        input_ids, mask = cls.encode(model, tokenizer, sentences)
-        return cls.from_base(model, input_ids, mask, log_probs(model, input_ids, mask))
 
     @staticmethod
     def encode(model, tokenizer, sentences=PROBE_SENTENCES) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,13 +93,8 @@ class Probe:
     def _nll(lp: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor) -> float:
         return float(-lp[rows].gather(-1, targets[:, None]).mean())
 
-    def current(self) -> torch.Tensor:
-        """[N, V] log-probs of the model as it is now, at the real positions."""
-        return log_probs(self.model, self.input_ids, self.mask)
-
-    def kl(self, lp: torch.Tensor | None = None) -> float:
-        """Mean KL(intact || now) in nats over all real positions."""
-        lp = self.current() if lp is None else lp
+    def kl(self, lp: torch.Tensor) -> float:
+        """Mean KL(intact || ``lp``) in nats over all real positions."""
         cross = torch.bmm(self.base_p[:, None, :], lp[:, :, None])[:, 0, 0]  # sum_v p log q, no [N, V] temporary
         return max(0.0, float((self.neg_entropy - cross).mean()))  # >= 0; rounding can dip below
 

@@ -180,26 +180,6 @@ def watch(adapter: Adapter, fn, sites=None, strict: bool = False) -> Iterator[No
 
 
 @contextmanager
-def capture(adapter: Adapter) -> Iterator[dict[tuple[int, int | None], SiteRecord]]:
-    """Record every site's spikes during the forward passes inside the block (batch size 1).
-
-    Yields a dict keyed by (layer, expert); on several passes the record with the
-    largest |Y| is kept.
-    """
-    records: dict[tuple[int, int | None], SiteRecord] = {}
-
-    def keep(site, x, y, tokens) -> None:
-        rec = summarize(site, x, y, tokens)
-        key = (rec.layer, rec.expert)
-        old = records.get(key)
-        if old is None or rec.max_output > old.max_output:
-            records[key] = rec
-
-    with watch(adapter, keep):
-        yield records
-
-
-@contextmanager
 def edited_params(adapter: Adapter, edits: list[tuple[str, tuple[int, ...], float]]) -> Iterator[None]:
     """Set single elements ``(parameter name, stored index, value)`` for the duration of the
     block; originals come back on exit, on error too. Parameters are edited in memory (or,

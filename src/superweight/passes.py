@@ -42,7 +42,8 @@ class Group:
 
 @dataclass
 class Answer:
-    log_probs: object = None  # [N, V] at the real positions, row order, or ``reduce`` of it (not for scans)
+    log_probs: torch.Tensor | None = None  # [N, V] at the real positions, row order (no reduce, no scan)
+    value: object = None  # ``reduce`` of those log-probs, when a reducer was given (then no log_probs)
     records: dict = field(default_factory=dict)  # (layer, expert) -> SiteRecord, largest |Y| over rows
     which: dict = field(default_factory=dict)  # (layer, expert) -> row (prompt index) of that record
     residual: list = field(default_factory=list)  # per layer: (max |h| per channel [H], its token [H])
@@ -142,7 +143,10 @@ def _batched(lm: LoadedModel, groups: list[Group], reduce: list) -> list[Answer]
         if g.scan:
             continue
         lp = real_log_probs(logits[rows], mask[rows])
-        answers[k].log_probs = reduce[k](lp) if reduce[k] else lp
+        if reduce[k]:
+            answers[k].value = reduce[k](lp)
+        else:
+            answers[k].log_probs = lp
     return answers
 
 

@@ -182,7 +182,7 @@ class RealText:
         self.lm, self.windows = lm, windows
         groups = [Group(windows.ids[c], windows.mask[c], residual=True) for c in CONDITIONS]
         answers = run(lm, groups, per_group=[self._base(c) for c in CONDITIONS])
-        self.base: dict[str, Baseline] = {c: a.log_probs for c, a in zip(CONDITIONS, answers)}
+        self.base: dict[str, Baseline] = {c: a.value for c, a in zip(CONDITIONS, answers)}
         # the intact residual stream on each condition's first window: embeddings, then each layer [T, H]
         self.hidden: dict[str, list] = {c: a.hidden for c, a in zip(CONDITIONS, answers)}
 
@@ -206,7 +206,7 @@ class RealText:
     def collect(answers, n: int) -> list[TextEffect]:
         out = []
         for i in range(n):
-            pair = [answers[2 * i + j].log_probs for j in range(len(CONDITIONS))]
+            pair = [answers[2 * i + j].value for j in range(len(CONDITIONS))]
             out.append(TextEffect({c: p[0] for c, p in zip(CONDITIONS, pair)},
                                   {c: p[1] for c, p in zip(CONDITIONS, pair)}))
         return out
