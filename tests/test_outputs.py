@@ -108,7 +108,7 @@ def test_a_read_only_directory_is_refused_before_any_work(tmp_path, capsys):
     (["ablate", "--seqlen", "-5"], "--seqlen must be an integer >= 16"),
     (["ablate", "--max-windows", "-1"], "--max-windows must be an integer >= 1"),
     (["ablate", "--stopword-prompts", "-5"], "--stopword-prompts must be an integer >= 0"),
-    (["ablate", "--prune-fraction", "nan"], "--prune-fraction must be in (0, 1]"),
+    (["ablate", "--prune-fraction", "nan"], "--prune-fraction must be in (0, 1)"),
     (["ablate", "--batch-size", "0"], "--batch-size must be an integer >= 1"),
     (["scale", "--factors", "1", "inf"], "--factors must be finite"),
     (["quant-compare", "--hqq-groups", "0"], "--hqq-groups must be at least 1"),

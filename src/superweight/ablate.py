@@ -59,8 +59,8 @@ class AblateConfig:
         whole("prune_topk", self.prune_topk, 1, none_ok=True)
         whole("batch_size", self.batch_size, 1)
         f = self.prune_fraction
-        if not isinstance(f, (int, float)) or not math.isfinite(f) or not 0 < f <= 1:
-            raise UsageError(f"prune_fraction must be in (0, 1], not {f!r}")
+        if not isinstance(f, (int, float)) or not math.isfinite(f) or not 0 < f < 1:
+            raise UsageError(f"prune_fraction must be in (0, 1), not {f!r}")
         if not self.texts:
             raise UsageError("no perplexity text given")
 
@@ -120,10 +120,6 @@ def check_config(lm: LoadedModel, cfg: AblateConfig, texts: dict[str, str]) -> A
         zeroshot.check_tasks(cfg.tasks)
         if lm.adapter.streamer is not None:
             raise UsageError("zero-shot evaluation needs the model in memory: load it with stream=False")
-    if cfg.limit is not None and cfg.limit < 1:
-        raise UsageError(f"--limit must be at least 1, not {cfg.limit}")
-    if not 0 < cfg.prune_fraction < 1:
-        raise UsageError(f"prune fraction must be in (0, 1), not {cfg.prune_fraction}")
     ctx = getattr(lm.model.config, "max_position_embeddings", None) or cfg.seqlen
     seqlen = min(cfg.seqlen, ctx)
     for t, text in texts.items():

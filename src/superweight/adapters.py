@@ -100,6 +100,37 @@ class Site:
         return f"{self.path}.down_proj" if self.expert is not None else f"{self.path}.weight"
 
 
+@dataclass(frozen=True)
+class Layout:
+    """How a stored linear weight maps to the 2-D matrix of output rows by input columns that
+    the quantizer works on: ``linear`` ``[out, in]``; ``conv1d`` ``[in, out]`` (GPT-2,
+    transposed); ``experts`` ``[E, out, in]`` (fused, experts' rows stacked)."""
+
+    kind: str = "linear"
+
+    def matrix(self, w: torch.Tensor) -> torch.Tensor:
+        """[rows, in] view of the stored ``w`` (no copy)."""
+        if self.kind == "conv1d":
+            return w.t()
+        return w.reshape(-1, w.shape[-1]) if self.kind == "experts" else w
+
+    def index(self, idx: tuple[int, ...], shape) -> tuple[int, int]:
+        """A stored index, in ``matrix`` terms."""
+        if self.kind == "conv1d":
+            return (idx[1], idx[0])
+        if self.kind == "experts":
+            e, r, c = idx
+            return (e * shape[1] + r, c)
+        return tuple(idx)
+
+    def stored(self, m: torch.Tensor, shape) -> torch.Tensor:
+        """``matrix``'s inverse: the stored tensor of ``shape`` from a [rows, in] matrix."""
+        return m.t() if self.kind == "conv1d" else m.reshape(shape)
+
+    def in_features(self, shape) -> int:
+        return shape[0] if self.kind == "conv1d" else shape[-1]
+
+
 def _get(root: nn.Module, path: str) -> nn.Module | None:
     mod = root
     for part in path.split("."):
@@ -168,23 +199,43 @@ class Adapter:
     def weight(self, site: Site) -> torch.Tensor:
         """A site's current ``[out, in]`` weight (edits included), read from the checkpoint if
         its layer is streamed."""
-        p = site.param()
-        if p.is_meta and self.streamer is not None:
-            p = self.streamer.read(site.param_name)
-        return site.weight(p).detach()
+        return site.weight(self.read(site.param_name)).detach()
 
     def post_mlp_gain(self, layer: int) -> torch.Tensor | None:
         """The per-channel gain [H] of the norm some families (Gemma 2/3, OLMo 2/3) apply to
         the MLP's output before the residual add (Gemma's norms scale by 1 + weight); None
         where the MLP output goes to the residual stream as it is."""
         norm = getattr(self.layers[layer], "post_feedforward_layernorm", None)
-        w = getattr(norm, "weight", None)
-        if w is None:
+        if getattr(norm, "weight", None) is None:
             return None
-        if w.is_meta and self.streamer is not None:
-            w = self.streamer.read(f"{self.family.layers}.{layer}.post_feedforward_layernorm.weight")
-        w = w.detach().float()
+        w = self.read(f"{self.family.layers}.{layer}.post_feedforward_layernorm.weight").detach().float()
         return 1 + w if type(norm).__name__.startswith("Gemma") else w
 
     def value(self, coord: Coord) -> float:
         return float(self.weight(self.site(coord))[coord.row, coord.col])
+
+    def linear_weights(self) -> list[tuple[str, nn.Parameter]]:
+        """Every linear weight inside the decoder layers (attention and MLP projections, fused
+        experts), by full name; not norms, embeddings or the output head, which live outside
+        the layers or are 1-D."""
+        out = []
+        for i, layer in enumerate(self.layers):
+            prefix = f"{self.family.layers}.{i}."
+            for name, p in layer.named_parameters():
+                if p.dim() >= 2 and not name.endswith("bias"):
+                    out.append((prefix + name, p))
+        return out
+
+    def layout(self, param: torch.Tensor) -> Layout:
+        """How a decoder linear weight is stored (see ``Layout``)."""
+        if self.family.transposed:
+            return Layout("conv1d")
+        return Layout("experts" if param.dim() == 3 else "linear")
+
+    def read(self, name: str) -> torch.Tensor:
+        """A parameter's current value by full name, read from the checkpoint when its layer is
+        streamed (the model then holds it on the meta device)."""
+        p = self.model.get_parameter(name)
+        if p.is_meta and self.streamer is not None:
+            return self.streamer.read(name)
+        return p

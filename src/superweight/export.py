@@ -146,7 +146,7 @@ def write_quantized(lm: LoadedModel, cfg: QuantConfig, tmp: Path, keep=(), inclu
                 if k in chosen_set:
                     if tuple(t.shape) != shapes[k]:
                         raise ModelLoadError(f"{k} has shape {tuple(t.shape)} in the checkpoint, the config implies {shapes[k]}")
-                    new, q = quantize_param(t, cfg, kept.get(k, []), lm.adapter.family.transposed, cols.get(k, []))
+                    new, q = quantize_param(t, cfg, kept.get(k, []), lm.adapter.layout(t), cols.get(k, []))
                     report.add(k, t.shape, q)
                     t = new
                 out[k] = t

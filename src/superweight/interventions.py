@@ -76,15 +76,8 @@ def activation_restored(adapter: Adapter, coords, values: dict[Coord, float] | N
 
 
 def prunable_params(adapter: Adapter) -> list[tuple[str, nn.Parameter]]:
-    """Every linear weight inside the decoder layers (attention and MLP projections, fused
-    experts); not norms, embeddings or the output head, which live outside them or are 1-D."""
-    out = []
-    for i, layer in enumerate(adapter.layers):
-        prefix = f"{adapter.family.layers}.{i}."
-        for name, p in layer.named_parameters():
-            if p.dim() >= 2 and not name.endswith("bias"):
-                out.append((prefix + name, p))
-    return out
+    """Every linear weight inside the decoder layers (``Adapter.linear_weights``)."""
+    return adapter.linear_weights()
 
 
 def _top_indices(w: torch.Tensor, k: int, keep: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
@@ -110,7 +103,7 @@ def outliers_pruned(adapter: Adapter, fraction: float | None = 1e-6, topk: int |
         kept.setdefault(site.param_name, []).append(site.stored_index(c))
     edits = []
     for name, p in prunable_params(adapter):
-        w = adapter.streamer.read(name) if p.is_meta and adapter.streamer is not None else p
+        w = adapter.read(name)
         k = topk if topk is not None else max(1, math.ceil(fraction * w.numel()))
         edits += [(name, idx, 0.0) for idx in _top_indices(w, k, kept.get(name, []))]
     return edited_params(adapter, edits)

@@ -22,7 +22,7 @@ import torch
 
 from .coords import Coord
 from .errors import UsageError
-from .interventions import prunable_params
+from .adapters import Layout
 from .model import LoadedModel
 from .quant import QuantConfig, QuantizedTensor, quantize_tensor
 
@@ -79,7 +79,7 @@ class QuantReport:
 
 def targets(lm: LoadedModel, include=(), exclude=()) -> list[tuple[str, torch.nn.Parameter]]:
     """The decoder linear weights to quantize, filtered by name patterns."""
-    params = prunable_params(lm.adapter)
+    params = lm.adapter.linear_weights()
     chosen = [(n, p) for n, p in params
               if (not include or any(fnmatch.fnmatchcase(n, pat) for pat in include))
               and not any(fnmatch.fnmatchcase(n, pat) for pat in exclude)]
@@ -98,19 +98,13 @@ def _kept_by_param(lm: LoadedModel, keep) -> dict[str, list[tuple[int, ...]]]:
 
 
 def quantize_param(w: torch.Tensor, cfg: QuantConfig, keep: list[tuple[int, ...]] = (),
-                   transposed: bool = False, keep_cols: list[int] = ()) -> tuple[torch.Tensor, QuantizedTensor]:
-    """Quantize one stored parameter: 2-D ``[out, in]``, a transposed ``[in, out]`` Conv1D, or
-    fused experts ``[E, out, in]``. ``keep``: stored indices held out. Returns the new stored
-    tensor (same shape, dtype) and the quantizer's account."""
-    if transposed:
-        m, keep2 = w.t(), [(c, r) for r, c in keep]
-    elif w.dim() == 3:
-        m, keep2 = w.reshape(-1, w.shape[-1]), [(e * w.shape[1] + r, c) for e, r, c in keep]
-    else:
-        m, keep2 = w, [tuple(k) for k in keep]
-    q = quantize_tensor(m, cfg, keep2, keep_cols if w.dim() == 2 else ())
-    out = q.dequantized.t() if transposed else q.dequantized.reshape(w.shape)
-    return out.contiguous(), q
+                   layout: Layout = Layout(), keep_cols: list[int] = ()) -> tuple[torch.Tensor, QuantizedTensor]:
+    """Quantize one stored parameter, laid out as ``layout`` says (``Adapter.layout``).
+    ``keep``: stored indices held out. Returns the new stored tensor (same shape, dtype) and
+    the quantizer's account."""
+    keep2 = [layout.index(tuple(k), w.shape) for k in keep]
+    q = quantize_tensor(layout.matrix(w), cfg, keep2, keep_cols if w.dim() == 2 else ())
+    return layout.stored(q.dequantized, w.shape).contiguous(), q
 
 
 def massive_input_columns(lm: LoadedModel, names: list[str], ratio: float, max_cols: int,
@@ -177,7 +171,7 @@ def quantize_(lm: LoadedModel, cfg: QuantConfig, keep=(), include=(), exclude=()
     cols = held_columns(lm, [n for n, _ in chosen], cfg)
     with torch.no_grad():
         for name, p in _loop(chosen, log, "quantizing"):
-            new, q = quantize_param(p.data, cfg, kept.get(name, []), lm.adapter.family.transposed, cols.get(name, []))
+            new, q = quantize_param(p.data, cfg, kept.get(name, []), lm.adapter.layout(p), cols.get(name, []))
             report.add(name, p.shape, q)
             p.data.copy_(new)
     report.seconds = time.perf_counter() - t0
