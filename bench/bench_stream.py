@@ -271,7 +271,7 @@ print(i, rec[i])
 # the two forward passes detection needs on one token, so the time is loading and reading.
 IO_FLOOR = r'''
 import sys, torch
-from superweight.model import load
+from superweight.models.load import load
 lm = load(sys.argv[1], dtype="bfloat16", stream=True)
 with torch.no_grad():
     for _ in range(2):

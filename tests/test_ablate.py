@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import superweight as sw
-from superweight.ablate import AblateConfig, ablate, scale_sweep
+from superweight.paper.ablate import AblateConfig, ablate, scale_sweep
 
 SW = [sw.Coord(11, 507, 1229)]
 SMALL = AblateConfig(tasks=("lambada_openai", "piqa"), limit=8, texts=("gpl3",), seqlen=512, max_windows=1,

@@ -8,8 +8,8 @@ import torch
 from tiny import plant, tiny_model
 
 import superweight as sw
-from superweight.effect import perplexity
-from superweight.interventions import activation_restored, outliers_pruned, prunable_params, scaled
+from superweight.probe.measures import perplexity
+from superweight.probe.interventions import activation_restored, outliers_pruned, prunable_params, scaled
 
 SW = [sw.Coord(11, 507, 1229)]
 

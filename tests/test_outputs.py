@@ -16,9 +16,9 @@ import pytest
 from tiny import plant, tiny_model, tiny_moe_gguf
 
 import superweight as sw
-from superweight.atomic import Lock
+from superweight.output.atomic import Lock
 from superweight.cli import main
-from superweight.export import MANIFEST
+from superweight.quant.export import MANIFEST
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -165,7 +165,7 @@ def test_overwrite_replaces_only_our_own_output(tiny_dir, tmp_path, capsys):
 
 
 def test_a_directory_that_appears_during_the_run_is_not_replaced(tiny_dir, tmp_path, capsys, monkeypatch):
-    import superweight.export as export
+    import superweight.quant.export as export
 
     out = tmp_path / "q"
     real = export.write_quantized
@@ -195,8 +195,8 @@ def test_a_second_run_to_the_same_out_is_refused(tiny_dir, tmp_path, capsys):
 
 
 def test_api_save_quantized_takes_the_same_lock(tiny_dir, tmp_path):
-    from superweight.export import save_quantized
-    from superweight.quant import QuantConfig
+    from superweight.quant.export import save_quantized
+    from superweight.quant.rtn import QuantConfig
 
     out = tmp_path / "q"
     held = Lock(out)
@@ -211,7 +211,7 @@ def test_api_save_quantized_takes_the_same_lock(tiny_dir, tmp_path):
 # -- signals: SIGTERM and SIGHUP as Ctrl-C; what SIGKILL leaves, the next run clears
 RUNNER = """
 import sys, time
-import superweight.export as export
+import superweight.quant.export as export
 real = export.write_quantized
 def slow(*a, **k):
     report = real(*a, **k)
@@ -308,7 +308,7 @@ def test_gguf_cache_follows_the_content_not_the_name_size_and_time(tmp_path, mon
 
 
 def test_gguf_conversion_clears_what_a_killed_conversion_left(tmp_path, monkeypatch):
-    from superweight.model import _gguf_cache_dir
+    from superweight.models.load import _gguf_cache_dir
 
     monkeypatch.setenv("SUPERWEIGHT_CACHE", str(tmp_path / "cache"))
     f = tmp_path / "m.gguf"
@@ -366,7 +366,7 @@ def test_first_gguf_use_prints_no_library_bar(tmp_path):
      "(1) a file", None),
 ])
 def test_library_errors_become_one_actionable_line(exc, want, never):
-    from superweight.model import _first_line
+    from superweight.models.load import _first_line
 
     line = _first_line(exc)
     assert want in line and "\n" not in line

@@ -8,10 +8,10 @@ import torch
 from tiny import plant, tiny_model
 
 import superweight as sw
-from superweight import passes
-from superweight.effect import Probe, real_log_probs
-from superweight.hooks import summarize, watch
-from superweight.passes import Group, stack
+from superweight.probe import passes
+from superweight.probe.measures import Probe, real_log_probs
+from superweight.probe.hooks import summarize, watch
+from superweight.probe.passes import Group, stack
 
 
 def log_probs(model, ids, mask):

@@ -8,8 +8,8 @@ import zipfile
 import pytest
 
 import superweight as sw
-from superweight import pypi_models
-from superweight.pypi_models import SplitGGUF, fetch_split
+from superweight.models import pypi as pypi_models
+from superweight.models.pypi import SplitGGUF, fetch_split
 
 PARTS = [b"GGUF" + b"a" * 60, b"b" * 64, b"c" * 10]
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from superweight.errors import UsageError
-from superweight.quant import Clip, QuantConfig, quantize_tensor, _Pieces
+from superweight.quant.rtn import Clip, QuantConfig, quantize_tensor, _Pieces
 
 SETTINGS = settings(max_examples=60, deadline=None)
 

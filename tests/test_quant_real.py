@@ -10,11 +10,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import superweight as sw
-from superweight.actquant import w8a8
-from superweight.effect import perplexity
-from superweight.export import MANIFEST, save_quantized
-from superweight.quant import QuantConfig
-from superweight.quantize import massive_input_columns, quantized, targets
+from superweight.quant.w8a8 import w8a8
+from superweight.probe.measures import perplexity
+from superweight.quant.export import MANIFEST, save_quantized
+from superweight.quant.rtn import QuantConfig
+from superweight.quant.apply import massive_input_columns, quantized, targets
 
 SW = sw.Coord(11, 507, 1229)
 SEQLEN, WINDOWS = 512, 2

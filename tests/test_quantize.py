@@ -13,12 +13,12 @@ from tiny import plant, tiny_model
 from transformers import AutoModelForCausalLM
 
 import superweight as sw
-from superweight.actquant import fake_quant_per_token, quant_with_holdout, w8a8
+from superweight.quant.w8a8 import fake_quant_per_token, quant_with_holdout, w8a8
 from superweight.errors import UsageError
-from superweight.export import MANIFEST, save_quantized
-from superweight.qcompare import compare, markdown, pareto, plan
-from superweight.quant import QuantConfig
-from superweight.quantize import massive_input_columns, quantize_, quantized, targets
+from superweight.quant.export import MANIFEST, save_quantized
+from superweight.quant.sweep import markdown, pareto, plan, sweep
+from superweight.quant.rtn import QuantConfig
+from superweight.quant.apply import massive_input_columns, quantize_, quantized, targets
 
 IDS = torch.tensor([[256, 72, 101, 108, 108, 111, 32, 119, 111, 114, 108, 100]])
 
@@ -145,7 +145,7 @@ def test_a_per_expert_checkpoint_is_quantized_streamed_in_its_own_layout(tmp_pat
 def test_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
     import errno
 
-    import superweight.export as export
+    import superweight.quant.export as export
 
     lm = tiny_model("llama")
     src = tmp_path / "src"
@@ -192,7 +192,7 @@ def test_compare_on_a_tiny_model_with_hqq():
     plant(lm, coord, 50)
     text = "The quick brown fox jumps over the lazy dog. " * 20
     points = plan(bits=(4,), block_sizes=(256, None), group_sizes=(32,), hqq_groups=(32,))
-    ref, pts = compare(lm, [coord], {"t": text}, points, seqlen=64, max_windows=2)
+    ref, pts = sweep(lm, [coord], {"t": text}, points, seqlen=64, max_windows=2)
     methods = {p.method for p in pts}
     assert methods == {"RTN blocks", "paper", "ours blocks", "RTN groups", "ours", "HQQ"}
     hqq = next(p for p in pts if p.method == "HQQ")
@@ -253,7 +253,7 @@ def test_quantize_bad_input_is_one_line_and_writes_nothing(tmp_path, args, msg):
 
 
 def test_w8a8_table_reports_the_gap_closed():
-    from superweight.qcompare import w8a8_markdown, w8a8_table
+    from superweight.quant.sweep import w8a8_markdown, w8a8_table
 
     lm = tiny_model("llama")
     coord = sw.Coord(1, 5, 7)

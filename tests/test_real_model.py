@@ -6,7 +6,7 @@ import pytest
 
 import superweight as sw
 from superweight.detect import control_for
-from superweight.effect import perplexity
+from superweight.probe.measures import perplexity
 
 SW = sw.Coord(11, 507, 1229)
 SEQLEN, WINDOWS = 512, 4  # 2,048 tokens of GPL-3: enough for a 10x effect, cheap on 2 cores

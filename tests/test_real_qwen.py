@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import superweight as sw
-from superweight import data
-from superweight.realtext import start_token
+from superweight.paper import data
+from superweight.probe.realtext import start_token
 
 WINDOW = 512
 

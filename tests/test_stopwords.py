@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import superweight as sw
-from superweight import data, stopwords
+from superweight.paper import data, stopwords
 
 SW = [sw.Coord(11, 507, 1229)]
 STOP = {" the", ".", ",", " a", " and", " of", " to"}

@@ -78,9 +78,9 @@ def test_a_moe_gguf_streams_layer_by_layer(tmp_path, monkeypatch):
     and quantizing it writes the hub's per-expert layout with the super weight held."""
     from safetensors import safe_open
 
-    from superweight.export import save_quantized
-    from superweight.quant import QuantConfig
-    from superweight.streaming import GGUFCheckpoint
+    from superweight.quant.export import save_quantized
+    from superweight.quant.rtn import QuantConfig
+    from superweight.models.streaming import GGUFCheckpoint
 
     monkeypatch.setenv("SUPERWEIGHT_CACHE", str(tmp_path / "cache"))
     f = tmp_path / "tiny-moe.gguf"
@@ -184,7 +184,7 @@ def test_stream_requires_a_local_checkpoint():
 def test_gguf_read_layer_by_layer_equals_the_converted_checkpoint(smol_gguf, smol_short):
     """``stream=True`` on a GGUF file dequantizes one layer at a time from the memory-mapped
     file (no conversion); the answer is the converted checkpoint's, to the last digit shown."""
-    from superweight.streaming import GGUFCheckpoint
+    from superweight.models.streaming import GGUFCheckpoint
 
     assert isinstance(smol_gguf.adapter.streamer.ckpt, GGUFCheckpoint)
     assert smol_gguf.model.model.layers[0].mlp.down_proj.weight.is_meta
@@ -227,7 +227,7 @@ def test_a_tensor_whose_shape_disagrees_with_the_config_is_one_line(tmp_path):
 
 
 def test_cache_plan_keeps_the_longest_prefix_that_fits():
-    from superweight.streaming import cache_plan
+    from superweight.models.streaming import cache_plan
 
     assert cache_plan([10, 10, 10], None) == set()  # unknown memory: leave the cache alone
     assert cache_plan([10, 10, 10], 30) == set()
@@ -240,7 +240,7 @@ def test_spans_point_at_each_tensors_bytes(tmp_path, smol_gguf):
     """Page-cache advice covers exactly the bytes a layer's tensors are stored in."""
     import numpy as np
 
-    from superweight.streaming import Checkpoint
+    from superweight.models.streaming import Checkpoint
 
     lm = tiny_model("llama")
     lm.model.save_pretrained(tmp_path)
@@ -264,7 +264,7 @@ def test_layers_that_do_not_fit_are_dropped_from_the_page_cache(tmp_path, monkey
     requested ahead; the answer does not change."""
     import os
 
-    from superweight import streaming
+    from superweight.models import streaming
 
     lm = tiny_model("llama")
     coord = sw.Coord(1, 5, 7)

@@ -8,12 +8,16 @@ Public API::
     sw.verify(lm, [sw.Coord(11, 507, 1229)])
     sw.known("HuggingFaceTB/SmolLM2-135M-Instruct")   # index entry or None
 """
-from .coords import Coord
-from .detect import DetectConfig, DetectResult, Finding, Verdict, detect, verify, verify_together
-from .errors import ModelLoadError, SuperweightError, UnsupportedModelError, UsageError
-from .hooks import edited, zeroed
-from .index import IndexEntry, compare, index, known
-from .model import LoadedModel, load
+import importlib.abc
+import importlib.util
+import sys
+
+from superweight.coords import Coord
+from superweight.detect import DetectConfig, DetectResult, Finding, Verdict, detect, verify, verify_together
+from superweight.errors import ModelLoadError, SuperweightError, UnsupportedModelError, UsageError
+from superweight.probe.interventions import edited, zeroed
+from superweight.index import IndexEntry, compare, index, known
+from superweight.models.load import LoadedModel, load
 
 __all__ = [
     "Coord", "DetectConfig", "DetectResult", "Finding", "Verdict", "detect", "verify", "verify_together", "load", "LoadedModel",
@@ -21,3 +25,33 @@ __all__ = [
     "SuperweightError", "UsageError", "ModelLoadError", "UnsupportedModelError",
 ]
 __version__ = "0.1.0"
+
+
+# Old flat module paths (superweight.quant, superweight.export, superweight.ablate, ...) keep
+# working: each names the module that now lives in a subpackage (see _MOVED), the same
+# module object, so attributes and monkeypatches agree.
+_MOVED = {
+    "model": "models.load", "adapters": "models.adapters", "streaming": "models.streaming", "pypi_models": "models.pypi",
+    "hooks": "probe.hooks", "interventions": "probe.interventions", "passes": "probe.passes",
+    "effect": "probe.measures", "realtext": "probe.realtext",
+    "quantize": "quant.apply", "export": "quant.export", "actquant": "quant.w8a8", "qcompare": "quant.sweep",
+    "ablate": "paper.ablate", "stopwords": "paper.stopwords", "zeroshot": "paper.zeroshot", "data": "paper.data",
+    "report": "output.report", "plot": "output.plot", "atomic": "output.atomic", "outputs": "output.outputs",
+}
+
+
+class _Moved(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, fullname, path=None, target=None):
+        head, _, leaf = fullname.partition(".")
+        if head == __name__ and leaf in _MOVED:
+            return importlib.util.spec_from_loader(fullname, self)
+        return None
+
+    def create_module(self, spec):
+        return importlib.import_module(f"{__name__}.{_MOVED[spec.name.partition('.')[2]]}")
+
+    def exec_module(self, module):
+        pass
+
+
+sys.meta_path.insert(0, _Moved())  # before the path finder: superweight/data/ is a folder too

@@ -12,8 +12,8 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import SuperweightError, UsageError
-from .outputs import Outputs, model_sources
+from superweight.errors import SuperweightError, UsageError
+from superweight.output.outputs import Outputs, model_sources
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -44,7 +44,7 @@ def _proof_args(p: argparse.ArgumentParser) -> None:
 
 def detect_config(args):
     """The DetectConfig of a detect or verify command line (validated by the config)."""
-    from .detect import DEFAULT_PROMPT, DetectConfig
+    from superweight.detect import DEFAULT_PROMPT, DetectConfig
 
     prompts = tuple(args.prompt) if getattr(args, "prompt", None) is not None else (DEFAULT_PROMPT,)
     if any(not p.strip() for p in prompts):
@@ -134,7 +134,7 @@ def _size(text: str | None, words: tuple[str, ...], flag: str) -> int | None:
 
 
 def quant_config(args):
-    from .quant import Clip, QuantConfig
+    from superweight.quant.rtn import Clip, QuantConfig
 
     if args.block_size is not None:
         layout, size = "block", _size(args.block_size, ("whole", "tensor", "all"), "--block-size")
@@ -229,7 +229,7 @@ def _dry(console, outs: Outputs) -> int:
 
 
 def check_device(args) -> None:
-    from .model import check_device as check
+    from superweight.models.load import check_device as check
 
     check(args.device)
 
@@ -292,7 +292,7 @@ def _quiet_libraries(debug: bool) -> None:
 def _load(args, log, outs: Outputs, in_memory: bool = False):
     """Load the command's model; ``in_memory``: held whole unless --stream says otherwise
     (lm-eval and the quantizer comparison measure a model in memory)."""
-    from .model import load
+    from superweight.models.load import load
 
     log("loading model")
     stream = False if in_memory and args.stream is None else args.stream
@@ -308,9 +308,9 @@ def _outputs(args) -> Outputs:
 
 
 def cmd_detect(args, console) -> int:
-    from . import report
-    from .detect import detect
-    from .index import compare, known
+    from superweight.output import report
+    from superweight.detect import detect
+    from superweight.index import compare, known
 
     cfg = detect_config(args)
     check_device(args)
@@ -327,7 +327,7 @@ def cmd_detect(args, console) -> int:
         if js:
             write_json(out, js)
         if png:
-            from .plot import plot_detect
+            from superweight.output.plot import plot_detect
 
             plot_detect(result, png)
     if args.json == "-":
@@ -337,10 +337,10 @@ def cmd_detect(args, console) -> int:
 
 
 def cmd_verify(args, console) -> int:
-    from . import report
-    from .coords import Coord
-    from .detect import Judge, verify, verify_together
-    from .index import known
+    from superweight.output import report
+    from superweight.coords import Coord
+    from superweight.detect import Judge, verify, verify_together
+    from superweight.index import known
 
     coords = [Coord.parse(c) for c in args.coords] if args.coords else None
     cfg = detect_config(args)
@@ -375,8 +375,8 @@ def cmd_verify(args, console) -> int:
 
 def _ablate_config(args):
     """The AblateConfig of an ablate or scale command line (validated by the config)."""
-    from .ablate import AblateConfig
-    from .zeroshot import PAPER_TASKS
+    from superweight.paper.ablate import AblateConfig
+    from superweight.paper.zeroshot import PAPER_TASKS
 
     tasks = [t for arg in (args.tasks or []) for t in arg.split(",") if t]
     extra = {k: getattr(args, k) for k in ("prune_topk", "prune_fraction", "stopword_prompts")
@@ -396,14 +396,14 @@ def _check_early(args) -> None:
 
 
 def _coords(args) -> list | None:
-    from .coords import Coord
+    from superweight.coords import Coord
 
     return [Coord.parse(c) for c in args.coords] if args.coords else None
 
 
 def cmd_ablate(args, console) -> int:
-    from .ablate import ablate
-    from .plot import plot_activations, plot_stopwords
+    from superweight.paper.ablate import ablate
+    from superweight.output.plot import plot_activations, plot_stopwords
 
     cfg = _ablate_config(args)
     _check_early(args)
@@ -433,8 +433,8 @@ def cmd_ablate(args, console) -> int:
 
 
 def cmd_scale(args, console) -> int:
-    from .ablate import scale_sweep
-    from .plot import plot_scale
+    from superweight.paper.ablate import scale_sweep
+    from superweight.output.plot import plot_scale
 
     cfg = _ablate_config(args)
     for f in args.factors:
@@ -467,7 +467,7 @@ def cmd_scale(args, console) -> int:
 def _targets(args, lm, log, needed: bool = False) -> list:
     """The weights a command acts on: ``--coords``, or what detect finds (``coords_or_detect``).
     ``needed``: finding none is an error (ablate and scale have nothing to do then)."""
-    from .detect import coords_or_detect
+    from superweight.detect import coords_or_detect
 
     coords = coords_or_detect(lm, _coords(args), detect_config(args), log)
     if needed and not coords:
@@ -476,7 +476,7 @@ def _targets(args, lm, log, needed: bool = False) -> list:
 
 
 def cmd_quantize(args, console) -> int:
-    from .export import MANIFEST, write_quantized
+    from superweight.quant.export import MANIFEST, write_quantized
 
     cfg = quant_config(args)
     shard = _bytes(args.max_shard_size)
@@ -514,9 +514,9 @@ def _positive(values, flag: str, minimum: int = 1) -> None:
 
 
 def cmd_quant_compare(args, console) -> int:
-    from .ablate import read_text
-    from .plot import plot_quant
-    from .qcompare import compare, markdown, pareto, plan, w8a8_markdown, w8a8_table
+    from superweight.paper.ablate import read_text
+    from superweight.output.plot import plot_quant
+    from superweight.quant.sweep import markdown, pareto, plan, sweep, w8a8_markdown, w8a8_table
 
     blocks = [_size(b, ("whole", "tensor", "all"), "--block-sizes") for b in args.block_sizes]
     groups = [_size(g, ("row", "channel"), "--group-sizes") for g in args.group_sizes]
@@ -543,10 +543,10 @@ def cmd_quant_compare(args, console) -> int:
             lm = _load(args, log, outs, in_memory=True)
             coords = _targets(args, lm, log)
             if args.tasks:
-                from . import zeroshot
+                from superweight.paper import zeroshot
 
                 zeroshot.check_tasks(args.tasks)
-            ref, pts = compare(lm, coords, texts, points, args.seqlen, args.max_windows or None, tuple(args.tasks),
+            ref, pts = sweep(lm, coords, texts, points, args.seqlen, args.max_windows or None, tuple(args.tasks),
                                args.limit, log=lambda m: (log(m), print(m, file=sys.stderr, flush=True)
                                                           if not console.is_terminal else None))
             acts = w8a8_table(lm, coords, texts, args.seqlen, args.max_windows or None, log) if args.w8a8 else None
@@ -570,8 +570,8 @@ def cmd_quant_compare(args, console) -> int:
 
 
 def cmd_index(args, console) -> int:
-    from . import report
-    from .index import index
+    from superweight.output import report
+    from superweight.index import index
 
     entries = index()
     if args.json:

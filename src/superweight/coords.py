@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 
-from .errors import UsageError
+from superweight.errors import UsageError
 
 _PATTERN = re.compile(r"^\s*(\d+)\s*[:,]\s*(\d+)\s*[:,]\s*(\d+)\s*(?:[:,]\s*[eE]?(\d+))?\s*$")
 

@@ -18,16 +18,15 @@ from typing import Callable
 
 import torch
 
-from . import passes
-from .coords import Coord
-from .effect import PROBE_SENTENCES, Probe
-from .errors import UsageError
-from .hooks import SiteRecord
-from .model import LoadedModel
-from .passes import Group, stack
-from .realtext import CONDITIONS, RealText, TextEffect, context_of, make_windows
+from superweight.probe import passes
+from superweight.coords import Coord
+from superweight.probe.measures import DEFAULT_PROMPT, PROBE_SENTENCES, Probe
+from superweight.errors import UsageError
+from superweight.probe.hooks import SiteRecord
+from superweight.models.load import LoadedModel
+from superweight.probe.passes import Group, stack
+from superweight.probe.realtext import CONDITIONS, RealText, TextEffect, context_of, make_windows
 
-DEFAULT_PROMPT = "Apple Inc. is a worldwide tech company."
 
 
 GRADES = ("super", "strong", "rejected")
@@ -335,7 +334,7 @@ class Judge:
     """The real-text proof of a detection: windows and intact baselines built on first use."""
 
     def __init__(self, lm: LoadedModel, cfg: DetectConfig, log):
-        from .data import read_text
+        from superweight.paper.data import read_text
 
         self.lm, self.cfg, self.log, self._rt = lm, cfg, log, None
         log(f"reading {cfg.text} for the real-text proof")  # before any pass: a bad --text fails at once

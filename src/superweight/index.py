@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
-from .coords import Coord
+from superweight.coords import Coord
 
 
 @dataclass(frozen=True)

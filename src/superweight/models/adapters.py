@@ -13,8 +13,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .coords import Coord
-from .errors import UnsupportedModelError, UsageError
+from superweight.coords import Coord
+from superweight.errors import UnsupportedModelError, UsageError
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,10 @@ class Family:
     layers: str  # dotted path from the model root to the ModuleList of decoder layers
     down_proj: tuple[str, ...]  # paths inside a layer; every one present is a site
     experts: str | None = None  # path inside a layer to a fused-experts module, down_proj [E, out, in]
+    # the fused-experts module's parameters (transformers' convention): the down projections
+    # [E, out, in], and those whose rows are the experts' inputs (their token order is read there)
+    expert_down: str = "down_proj"
+    expert_inputs: tuple[str, ...] = ("gate_up_proj", "up_proj", "gate_proj")
     transposed: bool = False  # weight stored [in, out] (GPT-2 Conv1D)
 
 
@@ -73,10 +77,11 @@ class Site:
     module: nn.Module
     expert: int | None = None
     transposed: bool = False
+    expert_down: str = "down_proj"  # the fused-experts parameter (Family.expert_down)
 
     def param(self) -> torch.Tensor:
         """The stored parameter this site's weight lives in."""
-        return self.module.down_proj if self.expert is not None else self.module.weight
+        return getattr(self.module, self.expert_down) if self.expert is not None else self.module.weight
 
     def weight(self, param: torch.Tensor | None = None) -> torch.Tensor:
         """The weight as a 2-D ``[out, in]`` view (no copy) of ``param`` (default: the live one)."""
@@ -97,7 +102,7 @@ class Site:
 
     @property
     def param_name(self) -> str:
-        return f"{self.path}.down_proj" if self.expert is not None else f"{self.path}.weight"
+        return f"{self.path}.{self.expert_down}" if self.expert is not None else f"{self.path}.weight"
 
 
 @dataclass(frozen=True)
@@ -173,9 +178,10 @@ class Adapter:
                     yield Site(i, f"{fam.layers}.{i}.{rel}", mod, None, fam.transposed)
             if fam.experts:
                 mod = _get(layer, fam.experts)
-                if mod is not None and isinstance(getattr(mod, "down_proj", None), torch.Tensor):
-                    for e in range(mod.down_proj.shape[0]):
-                        yield Site(i, f"{fam.layers}.{i}.{fam.experts}", mod, e, False)
+                down = getattr(mod, fam.expert_down, None) if mod is not None else None
+                if isinstance(down, torch.Tensor):
+                    for e in range(down.shape[0]):
+                        yield Site(i, f"{fam.layers}.{i}.{fam.experts}", mod, e, False, fam.expert_down)
 
     @property
     def has_experts(self) -> bool:
@@ -213,6 +219,12 @@ class Adapter:
 
     def value(self, coord: Coord) -> float:
         return float(self.weight(self.site(coord))[coord.row, coord.col])
+
+    def expert_params(self, module: nn.Module) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """A fused-experts module's down projections [E, out, in] and the parameters that
+        take the experts' inputs (``Family.expert_down``, ``Family.expert_inputs``)."""
+        ins = [getattr(module, n) for n in self.family.expert_inputs if isinstance(getattr(module, n, None), torch.Tensor)]
+        return getattr(module, self.family.expert_down), ins
 
     def linear_weights(self) -> list[tuple[str, nn.Parameter]]:
         """Every linear weight inside the decoder layers (attention and MLP projections, fused

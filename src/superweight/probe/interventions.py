@@ -18,12 +18,52 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .adapters import Adapter
-from .coords import Coord
-from .errors import UsageError
-from .hooks import edited, edited_params, zeroed
+from superweight.models.adapters import Adapter
+from superweight.coords import Coord
+from superweight.errors import UsageError
 
-__all__ = ["zeroed", "scaled", "activation_restored", "outliers_pruned", "prunable_params"]
+__all__ = ["edited", "edited_params", "zeroed", "scaled", "activation_restored", "outliers_pruned", "prunable_params"]
+
+
+@contextmanager
+def edited_params(adapter: Adapter, edits: list[tuple[str, tuple[int, ...], float]]) -> Iterator[None]:
+    """Set single elements ``(parameter name, stored index, value)`` for the duration of the
+    block; originals come back on exit, on error too. Parameters are edited in memory (or,
+    for layers streamed from disk, as each layer is read), never on disk."""
+    saved: list[tuple[torch.Tensor, tuple[int, ...], torch.Tensor]] = []
+    pending: list[tuple[str, tuple[int, ...]]] = []
+    try:
+        with torch.no_grad():
+            for name, idx, value in edits:
+                param = adapter.model.get_parameter(name)
+                if param.is_meta and adapter.streamer is not None:
+                    adapter.streamer.edit(name, idx, value)
+                    pending.append((name, idx))
+                    continue
+                saved.append((param, idx, param[idx].clone()))
+                param[idx] = value
+        yield
+    finally:
+        with torch.no_grad():
+            for param, idx, old in reversed(saved):
+                param[idx] = old
+        for name, idx in pending:
+            adapter.streamer.unedit(name, idx)
+
+
+def edited(adapter: Adapter, values: dict[Coord, float]):
+    """Set weights named by coordinates to new values inside the block (see ``edited_params``)."""
+    edits = []
+    for coord, value in values.items():
+        site = adapter.site(coord)
+        edits.append((site.param_name, site.stored_index(coord), float(value)))
+    return edited_params(adapter, edits)
+
+
+def zeroed(adapter: Adapter, coords):
+    """Zero the given weights inside the block (see ``edited``)."""
+    return edited(adapter, {c: 0.0 for c in coords})
+
 
 
 def scaled(adapter: Adapter, coords, factor: float):

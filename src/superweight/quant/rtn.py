@@ -1,6 +1,6 @@
 """Round-to-nearest weight quantization of one tensor, simulated: quantize, then dequantize.
 
-Plain functions over tensors; nothing here knows about models (``quantize.py`` applies this
+Plain functions over tensors; nothing here knows about models (``apply.py`` applies this
 to a model's decoder linear weights).
 
 Conventions (the decisions, written down):
@@ -41,7 +41,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .errors import UsageError
+from superweight.errors import UsageError
 
 Z_GRID = (2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 24.0)
 PCT_GRID = (99.0, 99.5, 99.9, 99.95, 99.99, 99.995, 99.999)

@@ -1,10 +1,11 @@
-"""Hooks over down projections: record their spikes, and edit single weights reversibly.
+"""Hooks over down projections: see X and Y of each, record its spike (edits: interventions.py).
 
 Dense down projections are plain modules, so a forward hook sees X (``[B, T, in]``) and
 Y (``[B, T, out]``). Mixture-of-experts layers in transformers keep all experts in one
 3-D parameter and call ``F.linear`` on a slice per expert; there a ``TorchFunctionMode``,
 active only while the experts module runs, sees each of those calls and tells the
-experts apart by which slice of ``down_proj`` is passed. Token positions of routed
+experts apart by which slice of the fused down projection is passed (the parameters are
+the adapter's to name: ``Adapter.expert_params``). Token positions of routed
 rows come from the router's choices the experts module is given (``top_k_index``), in the
 order transformers' experts loop uses; where a module is not given them, by matching the
 expert's input rows against the tokens entering it (exact copies).
@@ -19,8 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from .adapters import Adapter, Site
-from .coords import Coord
+from superweight.models.adapters import Adapter, Site
 
 
 @dataclass
@@ -81,10 +81,11 @@ class _ExpertCalls(TorchFunctionMode):
     """Sees the per-expert F.linear calls inside one fused-experts module and passes each
     down projection's (expert, X, Y, flattened token indices) to ``on_down``."""
 
-    def __init__(self, experts_module, hidden: torch.Tensor, top_k_index, on_down, strict: bool):
+    def __init__(self, down: torch.Tensor, inputs: list[torch.Tensor], hidden: torch.Tensor, top_k_index, on_down,
+                 strict: bool):
         super().__init__()
         self.strict = strict
-        self.m = experts_module
+        self.down, self.inputs = down, inputs  # the module's parameters (``Adapter.expert_params``)
         self.hidden = hidden  # [N, D] tokens entering the experts module (flattened)
         self.top_k_index = top_k_index  # [N, k] the router's choices, when the module is given them
         self.on_down = on_down
@@ -102,16 +103,15 @@ class _ExpertCalls(TorchFunctionMode):
         out = func(*args, **kwargs)
         if func is F.linear and len(args) >= 2:
             x, w = args[0], args[1]
-            e = self._expert_of(w, self.m.down_proj)
+            e = self._expert_of(w, self.down)
             if e is not None:
                 tok = self.tokens.get(e)
                 if tok is None or tok.shape[0] != x.shape[0]:
                     tok = torch.full((x.shape[0],), -1)
                 self.on_down(e, x, out, tok)
             else:
-                for name in ("gate_up_proj", "up_proj", "gate_proj"):
-                    p = getattr(self.m, name, None)
-                    if isinstance(p, torch.Tensor) and (e := self._expert_of(w, p)) is not None:
+                for p in self.inputs:
+                    if (e := self._expert_of(w, p)) is not None:
                         tok = routed_tokens(self.top_k_index, e) if self.top_k_index is not None else None
                         if tok is None or tok.shape[0] != x.shape[0] or not torch.equal(self.hidden[tok], x):
                             # rows of x are copies of rows of self.hidden: find which (the
@@ -164,7 +164,8 @@ def watch(adapter: Adapter, fn, sites=None, strict: bool = False) -> Iterator[No
                     if e in by_expert:
                         fn(by_expert[e], x, y, tokens)
 
-                state["mode"] = _ExpertCalls(m, hidden.reshape(-1, hidden.shape[-1]), top_k, on_down, strict)
+                state["mode"] = _ExpertCalls(*adapter.expert_params(m), hidden.reshape(-1, hidden.shape[-1]), top_k,
+                                             on_down, strict)
                 state["mode"].__enter__()
 
             def post(m, args, out, state=state):
@@ -177,43 +178,3 @@ def watch(adapter: Adapter, fn, sites=None, strict: bool = False) -> Iterator[No
         finally:
             for h in handles:
                 h.remove()
-
-
-@contextmanager
-def edited_params(adapter: Adapter, edits: list[tuple[str, tuple[int, ...], float]]) -> Iterator[None]:
-    """Set single elements ``(parameter name, stored index, value)`` for the duration of the
-    block; originals come back on exit, on error too. Parameters are edited in memory (or,
-    for layers streamed from disk, as each layer is read), never on disk."""
-    saved: list[tuple[torch.Tensor, tuple[int, ...], torch.Tensor]] = []
-    pending: list[tuple[str, tuple[int, ...]]] = []
-    try:
-        with torch.no_grad():
-            for name, idx, value in edits:
-                param = adapter.model.get_parameter(name)
-                if param.is_meta and adapter.streamer is not None:
-                    adapter.streamer.edit(name, idx, value)
-                    pending.append((name, idx))
-                    continue
-                saved.append((param, idx, param[idx].clone()))
-                param[idx] = value
-        yield
-    finally:
-        with torch.no_grad():
-            for param, idx, old in reversed(saved):
-                param[idx] = old
-        for name, idx in pending:
-            adapter.streamer.unedit(name, idx)
-
-
-def edited(adapter: Adapter, values: dict[Coord, float]):
-    """Set weights named by coordinates to new values inside the block (see ``edited_params``)."""
-    edits = []
-    for coord, value in values.items():
-        site = adapter.site(coord)
-        edits.append((site.param_name, site.stored_index(coord), float(value)))
-    return edited_params(adapter, edits)
-
-
-def zeroed(adapter: Adapter, coords):
-    """Zero the given weights inside the block (see ``edited``)."""
-    return edited(adapter, {c: 0.0 for c in coords})

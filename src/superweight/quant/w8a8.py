@@ -24,10 +24,10 @@ from typing import Iterator
 
 import torch
 
-from .coords import Coord
-from .model import LoadedModel
-from .quant import QuantConfig
-from .quantize import quantized, targets
+from superweight.coords import Coord
+from superweight.models.load import LoadedModel
+from superweight.quant.rtn import QuantConfig
+from superweight.quant.apply import quantized, targets
 
 
 def fake_quant_per_token(x: torch.Tensor, bits: int = 8) -> torch.Tensor:

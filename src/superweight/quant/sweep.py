@@ -14,7 +14,7 @@ Methods (every one applied to the same decoder linear weights, undone after each
   consecutive elements of the flattened row-major weight, hqq's own convention), when
   ``hqq`` is installed (``pip install superweight[hqq]``).
 Sizes are per method; effective bits per weight count codes, scales, zero points and the
-held-out values with their indices (``quant.py``). Quantization wall time is reported.
+held-out values with their indices (``rtn.py``). Quantization wall time is reported.
 """
 from __future__ import annotations
 
@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .coords import Coord
-from .effect import perplexity
-from .errors import UsageError
-from .model import LoadedModel
-from .quant import Clip, QuantConfig
-from .quantize import quantized, targets
+from superweight.coords import Coord
+from superweight.probe.measures import perplexity
+from superweight.errors import UsageError
+from superweight.models.load import LoadedModel
+from superweight.quant.rtn import Clip, QuantConfig
+from superweight.quant.apply import quantized, targets
 
 WHOLE = None
 BLOCK_SIZES = (64, 256, 1024, 4096, 16384, 65536, WHOLE)
@@ -113,14 +113,14 @@ def measure(lm: LoadedModel, texts: dict[str, str], seqlen: int, max_windows: in
     ppl = {k: perplexity(lm.model, lm.tokenizer, t, seqlen, max_windows) for k, t in texts.items()}
     acc = {}
     if tasks:
-        from . import zeroshot
+        from superweight.paper import zeroshot
 
         acc = zeroshot.evaluate(lm, tasks, limit=limit, log=log)
     return ppl, acc
 
 
-def compare(lm: LoadedModel, coords: list[Coord], texts: dict[str, str], points=None, seqlen: int = 1024,
-            max_windows: int | None = 4, tasks=(), limit=None, log=None) -> tuple[Point, list[Point]]:
+def sweep(lm: LoadedModel, coords: list[Coord], texts: dict[str, str], points=None, seqlen: int = 1024,
+          max_windows: int | None = 4, tasks=(), limit=None, log=None) -> tuple[Point, list[Point]]:
     """Full precision, then every planned point; returns (reference, points)."""
     log = log or (lambda _m: None)
     if lm.adapter.streamer is not None:
@@ -193,7 +193,7 @@ def w8a8_table(lm: LoadedModel, coords: list[Coord], texts: dict[str, str], seql
     """The paper's activation experiment: perplexity at full precision, simulated W8A8 naive
     and with the super activation held out, and the activations alone (A8) both ways;
     ``gap closed`` = (naive - hold-out) / (naive - full precision), per text."""
-    from .actquant import w8a8
+    from superweight.quant.w8a8 import w8a8
 
     log = log or (lambda _m: None)
     runs = {"full precision": None, "W8A8 naive": (True, ()), "W8A8 SA hold-out": (True, coords),
@@ -221,3 +221,6 @@ def w8a8_markdown(table: dict[str, dict[str, float]]) -> str:
         fmt = (lambda v: f"{100 * v:.0f}%") if "gap" in name else (lambda v: f"{v:.3f}")
         rows.append(f"| {name} | " + " | ".join(fmt(vals[t]) for t in texts) + " |")
     return "\n".join(rows)
+
+
+compare = sweep  # its name before 0.2 (``compare`` is the index's agreement check)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 # Six short everyday sentences (about 70 tokens): enough to tell a weight that wrecks the
 # model (KL ~4 nats on SmolLM2) from the strongest ordinary spike (~1 nat), cheap to run.
+DEFAULT_PROMPT = "Apple Inc. is a worldwide tech company."  # the paper's prompt: what detect scans by default
 PROBE_SENTENCES: tuple[str, ...] = (
     "Water boils at one hundred degrees Celsius at sea level.",
     "She opened the door and walked slowly into the dark room.",

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import UsageError
-from .passes import Group, run, stack
+from superweight.errors import UsageError
+from superweight.probe.passes import Group, run, stack
 
 CONDITIONS = ("bos", "mid")
 TOP_K = 256

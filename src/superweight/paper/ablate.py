@@ -20,13 +20,13 @@ from typing import Callable
 
 import torch
 
-from . import data, stopwords, zeroshot
-from .data import read_text  # noqa: F401 - re-exported for callers
-from .coords import Coord
-from .effect import perplexity
-from .errors import UsageError
-from .interventions import activation_restored, outliers_pruned, scaled, zeroed
-from .model import LoadedModel
+from superweight.paper import data, stopwords, zeroshot
+from superweight.paper.data import read_text  # noqa: F401 - re-exported for callers
+from superweight.coords import Coord
+from superweight.probe.measures import perplexity
+from superweight.errors import UsageError
+from superweight.probe.interventions import activation_restored, outliers_pruned, scaled, zeroed
+from superweight.models.load import LoadedModel
 
 CONDITIONS = ("original", "prune SW", "prune non-SW", "prune SW, restore SA")
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .atomic import atomic_path
+from superweight.output.atomic import atomic_path
 
 
 def plot_detect(result, path: str | Path) -> Path:
@@ -14,8 +14,8 @@ def plot_detect(result, path: str | Path) -> Path:
     path = Path(path)
     layers = [r.layer for r in result.layers]
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
-    ax.plot(layers, [r.max_input for r in result.layers], "o-", ms=3, label="down_proj max |input|")
-    ax.plot(layers, [r.max_output for r in result.layers], "s-", ms=3, label="down_proj max |output|")
+    ax.plot(layers, [r.max_input for r in result.layers], "o-", ms=3, label="down projection max |input|")
+    ax.plot(layers, [r.max_output for r in result.layers], "s-", ms=3, label="down projection max |output|")
     sa = result.super_activation
     if sa:
         ax.plot(range(len(sa["max_per_layer"])), sa["max_per_layer"], "-", lw=2, alpha=0.6,

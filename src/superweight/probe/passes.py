@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .coords import Coord
-from .effect import real_log_probs, stack  # noqa: F401 - stack: padding, re-exported for callers
-from .errors import UnsupportedModelError
-from .hooks import summarize, watch
-from .model import LoadedModel
+from superweight.coords import Coord
+from superweight.probe.measures import real_log_probs, stack  # noqa: F401 - stack: padding, re-exported for callers
+from superweight.errors import UnsupportedModelError
+from superweight.probe.hooks import summarize, watch
+from superweight.models.load import LoadedModel
 
 MAX_GROUPS = 16  # groups per pass: bounds the batch's activations
 # Bytes of float32 logits per pass: vocabulary-sized tensors dominate a small model's memory,

@@ -1,4 +1,4 @@
-"""Apply the tensor quantizer (``quant.py``) to a model's decoder linear weights.
+"""Apply the tensor quantizer (``rtn.py``) to a model's decoder linear weights.
 
     report = quantize_(lm, QuantConfig(bits=4, layout="block", size=16384), keep=sw)   # in place
     with quantized(lm, cfg, keep=sw) as report: ...                                   # undone on exit
@@ -20,11 +20,11 @@ from typing import Iterator
 
 import torch
 
-from .coords import Coord
-from .errors import UsageError
-from .adapters import Layout
-from .model import LoadedModel
-from .quant import QuantConfig, QuantizedTensor, quantize_tensor
+from superweight.coords import Coord
+from superweight.errors import UsageError
+from superweight.models.adapters import Layout
+from superweight.models.load import LoadedModel
+from superweight.quant.rtn import QuantConfig, QuantizedTensor, quantize_tensor
 
 
 @dataclass
@@ -113,7 +113,7 @@ def massive_input_columns(lm: LoadedModel, names: list[str], ratio: float, max_c
     least ``ratio`` times the median channel's: the super activation's channel and its kind.
     Their weight columns multiply the massive activations, so their error is amplified. At
     most ``max_cols`` per weight, largest first. (Fused expert weights get none.)"""
-    from .detect import DEFAULT_PROMPT
+    from superweight.probe.measures import DEFAULT_PROMPT
 
     prompts = prompts or (DEFAULT_PROMPT,)
     peak: dict[str, torch.Tensor] = {}

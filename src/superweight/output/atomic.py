@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .errors import SuperweightError, UsageError
+from superweight.errors import SuperweightError, UsageError
 
 MARK = "sw-"
 
@@ -56,7 +56,7 @@ def _stale(name: str) -> re.Pattern:
 
 
 def lock_dir() -> Path:
-    from .model import cache_root
+    from superweight.models.load import cache_root
 
     d = cache_root() / "locks"
     try:

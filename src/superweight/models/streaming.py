@@ -39,7 +39,7 @@ from accelerate import init_empty_weights
 from accelerate.utils import set_module_tensor_to_device
 from safetensors import safe_open
 
-from .errors import ModelLoadError
+from superweight.errors import ModelLoadError
 
 ST_DTYPES = {  # safetensors dtype names -> torch
     "BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,

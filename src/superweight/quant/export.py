@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from . import __version__
-from .atomic import atomic_dir
-from .errors import ModelLoadError
-from .model import LoadedModel
-from .quant import QuantConfig
-from .quantize import QuantReport, _kept_by_param, _loop, held_columns, quantize_, quantize_param, targets
+from superweight import __version__
+from superweight.output.atomic import atomic_dir
+from superweight.errors import ModelLoadError
+from superweight.models.load import LoadedModel
+from superweight.quant.rtn import QuantConfig
+from superweight.quant.apply import QuantReport, _kept_by_param, _loop, held_columns, quantize_, quantize_param, targets
 
 MANIFEST = "superweight-quant.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5")
@@ -81,7 +81,7 @@ class ShardWriter:
 def _source_checkpoint(lm: LoadedModel, names: list[str]):
     """The checkpoint to read tensor by tensor: the one the model streams from, or its local
     safetensors directory; None when it lacks a chosen tensor under the model's name."""
-    from .streaming import Checkpoint, Mapped
+    from superweight.models.streaming import Checkpoint, Mapped
 
     ckpt = lm.adapter.streamer.ckpt if lm.adapter.streamer is not None else None
     src = lm.source
@@ -126,7 +126,7 @@ def write_quantized(lm: LoadedModel, cfg: QuantConfig, tmp: Path, keep=(), inclu
     else:
         from transformers.core_model_loading import revert_weight_conversion
 
-        from .streaming import GGUFCheckpoint
+        from superweight.models.streaming import GGUFCheckpoint
 
         safetensors = not isinstance(ckpt, GGUFCheckpoint)
         dtype = next((p.dtype for _, p in chosen), torch.float32)

@@ -1,0 +1,18 @@
+"""Quantization: round-to-nearest of one tensor (``rtn``), applied to a model's decoder
+weights in memory (``apply``), written as a checkpoint (``export``), simulated W8A8
+(``w8a8``), and the sweep of methods against bits per weight (``sweep``).
+
+``superweight.quant`` was the tensor module before it became this package; its names
+are here as they were."""
+__all__ = ["MSE_GRID", "PCT_GRID", "SCALE_DTYPES", "Z_GRID", "Clip", "QuantConfig", "QuantizedTensor", "quantize_tensor"]
+
+from superweight.quant.rtn import (
+    MSE_GRID,
+    PCT_GRID,
+    SCALE_DTYPES,
+    Z_GRID,
+    Clip,
+    QuantConfig,
+    QuantizedTensor,
+    quantize_tensor,
+)
