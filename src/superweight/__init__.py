@@ -13,14 +13,16 @@ import importlib.util
 import sys
 
 from superweight.coords import Coord
-from superweight.detect import DetectConfig, DetectResult, Finding, Verdict, detect, verify, verify_together
+from superweight.detect import (DetectConfig, DetectResult, Finding, Verdict, VerifyReport, detect, verify,
+                                verify_report, verify_together)
 from superweight.errors import ModelLoadError, SuperweightError, UnsupportedModelError, UsageError
 from superweight.probe.interventions import edited, zeroed
 from superweight.index import IndexEntry, compare, index, known
 from superweight.models.load import LoadedModel, load
 
 __all__ = [
-    "Coord", "DetectConfig", "DetectResult", "Finding", "Verdict", "detect", "verify", "verify_together", "load", "LoadedModel",
+    "Coord", "DetectConfig", "DetectResult", "Finding", "Verdict", "VerifyReport", "detect", "verify", "verify_report",
+    "verify_together", "load", "LoadedModel",
     "index", "known", "compare", "IndexEntry", "zeroed", "edited",
     "SuperweightError", "UsageError", "ModelLoadError", "UnsupportedModelError",
 ]

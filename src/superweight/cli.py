@@ -339,7 +339,7 @@ def cmd_detect(args, console) -> int:
 def cmd_verify(args, console) -> int:
     from superweight.output import report
     from superweight.coords import Coord
-    from superweight.detect import Judge, verify, verify_together
+    from superweight.detect import verify_report
     from superweight.index import known
 
     coords = [Coord.parse(c) for c in args.coords] if args.coords else None
@@ -356,20 +356,13 @@ def cmd_verify(args, console) -> int:
                 if entry is None:
                     raise UsageError(f"{lm.name} is not in the index: give coordinates with --coords L:R:C")
                 coords = list(entry.super_weights)
-            judge = Judge(lm, cfg, log)
-            verdicts = verify(lm, coords, cfg, log=log, judge=judge)
-            together = None
-            if len(coords) > 1:
-                log(f"ablating all {len(coords)} together")
-                eff, reason = verify_together(lm, coords, cfg, log=log, judge=judge)
-                together = {"coords": [str(c) for c in coords], "is_super_weight_set": reason is None,
-                            "effect": eff.to_dict(), **({"reason": reason} if reason else {})}
-        obj = {"model": lm.name, "verdicts": [v.to_dict() for v in verdicts], "together": together}
+            rep = verify_report(lm, coords, cfg, log)
+        obj = rep.to_dict()
         if js:
             write_json(obj, js)
     if args.json == "-":
         write_json(obj, "-")
-    report.print_verify(console, lm.name, verdicts, together)
+    report.print_verify(console, rep.model, rep.verdicts, rep.together)
     return 0
 
 

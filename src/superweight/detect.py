@@ -733,3 +733,35 @@ def verify_together(lm: LoadedModel, coords: list[Coord], cfg: DetectConfig | No
     (eff,), _ = screen(lm, probe, [tuple(coords)], [largest_controls(lm, list(coords))])
     (g, reason), = judge.prove([(list(coords), eff)], set(coords), screen=False)
     return eff, reason if g == "super" else (reason or f"{g}, not super")
+
+
+@dataclass
+class VerifyReport:
+    """What ``superweight verify`` reports: each coordinate's verdict and, for several, the
+    verdict on zeroing them all together (weights sharing a row or column can stand in for
+    each other). ``to_dict`` is the JSON the command writes."""
+
+    model: str
+    verdicts: list[Verdict]
+    together: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "verdicts": [v.to_dict() for v in self.verdicts], "together": self.together}
+
+
+def verify_report(lm: LoadedModel, coords: list[Coord], cfg: DetectConfig | None = None,
+                  log: Callable[[str], None] | None = None) -> VerifyReport:
+    """``verify`` each coordinate and, when there are several, ``verify_together``: one set
+    of windows and intact baselines for both."""
+    cfg = cfg or DetectConfig()
+    log = log or (lambda _msg: None)
+    judge = Judge(lm, cfg, log)
+    verdicts = verify(lm, coords, cfg, log=log, judge=judge)
+    together = None
+    if len(coords) > 1:
+        log(f"ablating all {len(coords)} together")
+        eff, reason = verify_together(lm, coords, cfg, log=log, judge=judge)
+        together = {"coords": [str(c) for c in coords], "is_super_weight_set": reason is None,
+                    "effect": eff.to_dict(), **({"reason": reason} if reason else {})}
+    return VerifyReport(lm.name, verdicts, together)
+

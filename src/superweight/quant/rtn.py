@@ -96,6 +96,9 @@ class QuantConfig:
     act_ratio: float = 0.0  # model level: hold out the weight columns of input channels whose max |x|
     act_max_cols: int = 8  # is >= act_ratio x the median channel's (0: off), at most this many per tensor
 
+    def __post_init__(self):
+        self.check()  # a config that exists is a valid one
+
     def check(self) -> "QuantConfig":
         if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
             raise UsageError(f"bits must be an integer from 2 to 8, not {self.bits!r}")
