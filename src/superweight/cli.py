@@ -426,13 +426,12 @@ def cmd_ablate(args, console) -> int:
 
 
 def cmd_scale(args, console) -> int:
-    from superweight.paper.ablate import scale_sweep
     from superweight.output.plot import plot_scale
+    from superweight.paper.ablate import ScaleResult, check_factors, scale_sweep
 
     cfg = _ablate_config(args)
-    for f in args.factors:
-        if not math.isfinite(f):
-            raise UsageError(f"--factors must be finite numbers, not {f}")
+    with _flags():
+        check_factors(args.factors)
     _check_early(args)
     with _outputs(args) as outs:
         out, js = outs.directory(args.out, "--out", merge=True), outs.file(args.json, "--json")
@@ -442,8 +441,7 @@ def cmd_scale(args, console) -> int:
             lm = _load(args, log, outs, in_memory=True)
             coords = _targets(args, lm, log, needed=True)
             results = scale_sweep(lm, coords, args.factors, cfg, log=log)
-        obj = {"model": lm.name, "super_weights": [c.to_dict() for c in coords], "factors": args.factors,
-               "results": [r.to_dict() for r in results]}
+        obj = ScaleResult(lm.name, coords, args.factors, results).to_dict()
         write_json(obj, out / "scale.json")
         plot_scale(lm.name, args.factors, results, out / "scale.png")
         if js:
@@ -509,7 +507,7 @@ def _positive(values, flag: str, minimum: int = 1) -> None:
 def cmd_quant_compare(args, console) -> int:
     from superweight.paper.ablate import read_text
     from superweight.output.plot import plot_quant
-    from superweight.quant.sweep import markdown, pareto, plan, sweep, w8a8_markdown, w8a8_table
+    from superweight.quant.sweep import SweepResult, plan, sweep, w8a8_table
 
     blocks = [_size(b, ("whole", "tensor", "all"), "--block-sizes") for b in args.block_sizes]
     groups = [_size(g, ("row", "channel"), "--group-sizes") for g in args.group_sizes]
@@ -543,13 +541,8 @@ def cmd_quant_compare(args, console) -> int:
                                args.limit, log=lambda m: (log(m), print(m, file=sys.stderr, flush=True)
                                                           if not console.is_terminal else None))
             acts = w8a8_table(lm, coords, texts, args.seqlen, args.max_windows or None, log) if args.w8a8 else None
-        table = markdown(ref, pts)
-        if acts:
-            table += "\n\nSimulated W8A8 (weights 8-bit per tensor, linear inputs 8-bit per token):\n\n" + w8a8_markdown(acts)
-        obj = {"model": lm.name, "super_weights": [str(c) for c in coords], "seqlen": args.seqlen,
-               "max_windows": args.max_windows, "tasks": args.tasks, "limit": args.limit,
-               "reference": ref.to_dict(), "points": [p.to_dict() for p in pts], "w8a8": acts,
-               "pareto": {t: [f"{p.method} {p.bits}-bit {p.size}" for p in pareto(pts, t)] for t in texts}}
+        result = SweepResult(lm.name, coords, args.seqlen, args.max_windows, args.tasks, args.limit, ref, pts, acts)
+        table, obj = result.markdown(), result.to_dict()
         write_json(obj, out / "compare.json")
         (out / "compare.md").write_text(table + "\n")
         plot_quant(ref, pts, out / "compare.png", f"{lm.name}: weight quantization")

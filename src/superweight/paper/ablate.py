@@ -199,14 +199,32 @@ def ablate(lm: LoadedModel, coords: list[Coord], cfg: AblateConfig | None = None
     return AblateResult(lm.name, list(coords), channel, results, shift, cfg)
 
 
-def scale_sweep(lm: LoadedModel, coords: list[Coord], factors: list[float], cfg: AblateConfig | None = None,
-                log=None) -> list[ConditionResult]:
-    """The paper's Figure 6: accuracy and perplexity with the super weights scaled by each factor."""
+def check_factors(factors) -> None:
     if not factors:
         raise UsageError("no scale factors given")
     for f in factors:
-        if not math.isfinite(f):
-            raise UsageError(f"scale factor must be a finite number, not {f!r}")
+        if not isinstance(f, (int, float)) or not math.isfinite(f):
+            raise UsageError(f"factors must be finite numbers, not {f!r}")
+
+
+@dataclass
+class ScaleResult:
+    """What ``superweight scale`` reports; ``to_dict`` is its JSON."""
+
+    model: str
+    super_weights: list[Coord]
+    factors: list[float]
+    results: list[ConditionResult]
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "super_weights": [c.to_dict() for c in self.super_weights],
+                "factors": self.factors, "results": [r.to_dict() for r in self.results]}
+
+
+def scale_sweep(lm: LoadedModel, coords: list[Coord], factors: list[float], cfg: AblateConfig | None = None,
+                log=None) -> list[ConditionResult]:
+    """The paper's Figure 6: accuracy and perplexity with the super weights scaled by each factor."""
+    check_factors(factors)
     cfg, texts, channel = _prepare(lm, coords, cfg)
     out = []
     for f in factors:

@@ -188,6 +188,35 @@ def pareto(points: list[Point], text: str) -> list[Point]:
     return front
 
 
+@dataclass
+class SweepResult:
+    """What ``superweight quant-compare`` reports; ``to_dict`` is its JSON."""
+
+    model: str
+    super_weights: list[Coord]
+    seqlen: int
+    max_windows: int | None
+    tasks: list[str]
+    limit: int | None
+    reference: Point
+    points: list[Point]
+    w8a8: dict | None = None
+
+    def to_dict(self) -> dict:
+        texts = list(self.reference.perplexity)
+        return {"model": self.model, "super_weights": [str(c) for c in self.super_weights], "seqlen": self.seqlen,
+                "max_windows": self.max_windows, "tasks": self.tasks, "limit": self.limit,
+                "reference": self.reference.to_dict(), "points": [p.to_dict() for p in self.points], "w8a8": self.w8a8,
+                "pareto": {t: [f"{p.method} {p.bits}-bit {p.size}" for p in pareto(self.points, t)] for t in texts}}
+
+    def markdown(self) -> str:
+        table = markdown(self.reference, self.points)
+        if self.w8a8:
+            table += ("\n\nSimulated W8A8 (weights 8-bit per tensor, linear inputs 8-bit per token):\n\n"
+                      + w8a8_markdown(self.w8a8))
+        return table
+
+
 def w8a8_table(lm: LoadedModel, coords: list[Coord], texts: dict[str, str], seqlen: int = 1024,
                max_windows: int | None = 4, log=None) -> dict[str, dict[str, float]]:
     """The paper's activation experiment: perplexity at full precision, simulated W8A8 naive
