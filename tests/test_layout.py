@@ -18,6 +18,7 @@ FAMILY_NAMES = ("down_proj", "gate_up_proj", "c_proj", "dense_4h_to_h", "fc_out"
 def test_the_flat_module_paths_of_0_1_import_the_same_modules():
     for old, new in sw._MOVED.items():
         assert importlib.import_module(f"superweight.{old}") is importlib.import_module(f"superweight.{new}")
+        assert getattr(sw, old) is importlib.import_module(f"superweight.{new}")  # sw.model, sw.export, ...
     from superweight.quant import QuantConfig, quantize_tensor
     from superweight.quant.rtn import QuantConfig as Q, quantize_tensor as qt
 

@@ -56,4 +56,11 @@ class _Moved(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         pass
 
 
-sys.meta_path.insert(0, _Moved())  # before the path finder: superweight/data/ is a folder too
+sys.meta_path.insert(0, _Moved())
+
+
+def __getattr__(name: str):
+    """``superweight.model`` and the other flat names as attributes too, as in 0.1."""
+    if name in _MOVED:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")  # before the path finder: superweight/data/ is a folder too
