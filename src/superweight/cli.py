@@ -337,12 +337,11 @@ def cmd_detect(args, console) -> int:
 
 
 def cmd_verify(args, console) -> int:
-    from superweight.output import report
-    from superweight.coords import Coord
     from superweight.detect import verify_report
+    from superweight.output import report
     from superweight.index import known
 
-    coords = [Coord.parse(c) for c in args.coords] if args.coords else None
+    coords = _coords(args)
     cfg = detect_config(args)
     check_device(args)
     with _outputs(args) as outs:
@@ -394,32 +393,46 @@ def _coords(args) -> list | None:
     return [Coord.parse(c) for c in args.coords] if args.coords else None
 
 
-def cmd_ablate(args, console) -> int:
-    from superweight.paper.ablate import ablate
-    from superweight.output.plot import plot_activations, plot_stopwords
-
-    cfg = _ablate_config(args)
+def _paper_command(args, console, work, files):
+    """``ablate`` and ``scale``: options checked, ``--out`` (a results folder) and ``--json``
+    declared, the model loaded in memory, the super weights given or detected; then
+    ``work(lm, coords, log)`` gives the result and ``files(result, folder)`` writes the
+    folder's files. Returns the result, or None after ``--dry-run``."""
     _check_early(args)
     with _outputs(args) as outs:
         out, js = outs.directory(args.out, "--out", merge=True), outs.file(args.json, "--json")
         if args.dry_run:
-            return _dry(console, outs)
+            _dry(console, outs)
+            return None
         with _status(console, console.is_terminal) as log:
             lm = _load(args, log, outs, in_memory=True)
-            coords = _targets(args, lm, log, needed=True)
-            result = ablate(lm, coords, cfg, log=log)
-        table = result.markdown()
-        write_json(result.to_dict(), out / "ablate.json")
-        (out / "ablate.md").write_text(table + "\n")
-        plot_activations(result, out / "activations.png")
-        if result.stopwords:
-            plot_stopwords(result, out / "stopwords.png")
+            result = work(lm, _targets(args, lm, log, needed=True), log)
+        files(result, out)
         if js:
             write_json(result.to_dict(), js)
     if args.json == "-":
         write_json(result.to_dict(), "-")
-    console.print(f"super weights: {', '.join(str(c) for c in coords)}; written to {args.out}/")
-    console.print(table, markup=False)
+    return result
+
+
+def cmd_ablate(args, console) -> int:
+    from superweight.output.plot import plot_activations, plot_stopwords
+    from superweight.paper.ablate import ablate
+
+    cfg = _ablate_config(args)
+
+    def files(result, out):
+        write_json(result.to_dict(), out / "ablate.json")
+        (out / "ablate.md").write_text(result.markdown() + "\n")
+        plot_activations(result, out / "activations.png")
+        if result.stopwords:
+            plot_stopwords(result, out / "stopwords.png")
+
+    result = _paper_command(args, console, lambda lm, coords, log: ablate(lm, coords, cfg, log=log), files)
+    if result is None:
+        return 0
+    console.print(f"super weights: {', '.join(str(c) for c in result.super_weights)}; written to {args.out}/")
+    console.print(result.markdown(), markup=False)
     for sft in result.stopwords[:8]:
         console.print(f"  {sft.token!r}: {sft.before:.4f} -> {sft.after:.4f} (x{sft.ratio:.2f})", markup=False)
     return 0
@@ -432,23 +445,18 @@ def cmd_scale(args, console) -> int:
     cfg = _ablate_config(args)
     with _flags():
         check_factors(args.factors)
-    _check_early(args)
-    with _outputs(args) as outs:
-        out, js = outs.directory(args.out, "--out", merge=True), outs.file(args.json, "--json")
-        if args.dry_run:
-            return _dry(console, outs)
-        with _status(console, console.is_terminal) as log:
-            lm = _load(args, log, outs, in_memory=True)
-            coords = _targets(args, lm, log, needed=True)
-            results = scale_sweep(lm, coords, args.factors, cfg, log=log)
-        obj = ScaleResult(lm.name, coords, args.factors, results).to_dict()
-        write_json(obj, out / "scale.json")
-        plot_scale(lm.name, args.factors, results, out / "scale.png")
-        if js:
-            write_json(obj, js)
-    if args.json == "-":
-        write_json(obj, "-")
-    for f, r in zip(args.factors, results):
+
+    def work(lm, coords, log):
+        return ScaleResult(lm.name, coords, args.factors, scale_sweep(lm, coords, args.factors, cfg, log=log))
+
+    def files(result, out):
+        write_json(result.to_dict(), out / "scale.json")
+        plot_scale(result.model, result.factors, result.results, out / "scale.png")
+
+    result = _paper_command(args, console, work, files)
+    if result is None:
+        return 0
+    for f, r in zip(result.factors, result.results):
         acc = f"mean acc {100 * r.mean_accuracy:.2f}; " if r.mean_accuracy is not None else ""
         console.print(f"x{f:g}: {acc}" + ", ".join(f"ppl {t} {v:.2f}" for t, v in r.perplexity.items()), markup=False)
     console.print(f"written to {args.out}/")
