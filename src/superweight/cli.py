@@ -382,7 +382,7 @@ def _ablate_config(args):
 
 
 def _check_early(args) -> None:
-    """Checks for the commands that measure a model held in memory, before any work."""
+    """Before any work: ``--coords`` parse and ``--device`` exists on this machine."""
     _coords(args)
     check_device(args)
 
@@ -479,8 +479,7 @@ def cmd_quantize(args, console) -> int:
 
     cfg = quant_config(args)
     shard = _bytes(args.max_shard_size)
-    _coords(args)
-    check_device(args)
+    _check_early(args)
     with _outputs(args) as outs:
         out = outs.directory(args.out, "--out", overwrite=args.overwrite, marker=MANIFEST)
         js = outs.file(args.json, "--json")
