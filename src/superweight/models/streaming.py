@@ -207,6 +207,31 @@ class Mapped:
         first = conv.target_patterns[0]
         return [job.replace(first, t, 1) for t in conv.target_patterns]
 
+    def locate(self, name: str, index: tuple[int, ...]) -> tuple[str, int]:
+        """Where element ``index`` of the model tensor ``name`` is stored: (stored tensor's
+        key, flat element index in it). Found by running the tensor's own load-time
+        conversion over tensors that hold their element numbers (every stored element is
+        numbered once, across the job's sources), so whatever transformers stacks, splits
+        or transposes on load is followed, not re-implemented."""
+        job = self.where[name]
+        conv, sources = self.jobs[job]
+        if conv is None:
+            key = sources[0][1]
+            return key, _flat(index, self.model.get_parameter(name).shape)
+        numbered, base = [], 0
+        conv = self._copy(conv)
+        for pattern, key in sources:
+            self.inner.span(key)  # reads the header: dtype and shape
+            shape = self.inner._meta[key][1]
+            n = _numel(shape)
+            ids = torch.arange(base, base + n, dtype=torch.int64).view(shape)
+            numbered.append((key, base, n))
+            conv.add_tensor(job, key, pattern, lambda t=ids: t)
+            base += n
+        gid = int(conv.convert(job, model=self.model, config=getattr(self.model, "config", None))[name][index])
+        key, start, _ = next(x for x in numbered if x[1] <= gid < x[1] + x[2])
+        return key, gid - start
+
     def spans(self, name: str) -> list[tuple[Path, int, int]]:
         """Byte spans of every stored tensor the model tensor ``name`` is built from."""
         job = self.where.get(name)
@@ -326,8 +351,49 @@ class GGUFCheckpoint:
                 raise ModelLoadError(f"{self.dir.name}: reading {self.where[n][0].name} did not give {n}")
             yield n, out
 
+    def locate(self, name: str, index: tuple[int, ...]):
+        """Where element ``index`` of the model tensor ``name`` is stored: (the GGUF tensor,
+        flat element index into its dequantized values, numpy order). Found by running the
+        tensor processor (transformers' GGUF fix-ups) over arrays that hold their element
+        numbers instead of weights, as ``Mapped.locate`` does."""
+        import numpy as np
+        from gguf import quant_shape_from_byte_shape
+
+        parsed = {"config": self.cfg, "tensors": {}}
+        out, spans, base = None, [], 0
+        for t in self.where[name]:
+            shape = quant_shape_from_byte_shape(tuple(t.data.shape), t.tensor_type) \
+                if t.data.dtype == np.uint8 and t.tensor_type.name not in ("I8",) else tuple(t.data.shape)
+            n = int(np.prod(shape))
+            ids = np.arange(base, base + n, dtype=np.float64).reshape(shape)  # exact below 2**53
+            spans.append((t, base, n))
+            base += n
+            r = self.processor.process(weights=ids, name=t.name, tensor_key_mapping=self.key_map, parsed_parameters=parsed)
+            if r.name is not None:
+                out = torch.from_numpy(np.asarray(r.weights).copy())
+        if name in parsed["tensors"]:
+            out = parsed["tensors"][name]
+        gid = int(out[index])
+        t, start, _ = next(x for x in spans if x[1] <= gid < x[1] + x[2])
+        return t, gid - start
+
     def read_many(self, names: list[str]) -> dict[str, torch.Tensor]:
         return dict(self.read_iter(names))
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _flat(index: tuple[int, ...], shape) -> int:
+    """Row-major flat position of ``index`` in a tensor of ``shape``."""
+    flat = 0
+    for i, d in zip(index, shape):
+        flat = flat * int(d) + int(i)
+    return flat
 
 
 def _unmap(mm: mmap.mmap | None, off: int, n: int) -> None:
