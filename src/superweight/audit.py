@@ -1,0 +1,243 @@
+"""Did a quantized checkpoint keep its super weights? ``superweight audit ORIGINAL QUANTIZED``.
+
+Both checkpoints are loaded by the one loader (GGUF of any type ``gguf`` dequantizes,
+safetensors, our own ``quantize`` output) and compared through the adapter, so nothing
+reads a model a second way. For each finding of the original (its super and strong
+weights from ``detect``, or the coordinates given):
+
+- its value in each checkpoint and the relative error;
+- the error of the rest of its quantization block (relative RMS over the block's other
+  weights), next to the median block of the same matrix: a super weight stretches its
+  block's range, and the weights that share it pay;
+- the residual-stream channel it writes to, right after its layer (its super activation),
+  on the prompt: in each model, and in the quantized model with the original weights put
+  back.
+
+Then real-text perplexity, in both conditions (windows starting with the model's start
+token, ``bos``, and mid-text, ``mid``), of the original, the quantized model, and the
+quantized model with the findings' original values put back: ``recovered`` is the share of
+the quantization loss that putting them back removes.
+
+The block: for a GGUF the tensor's own block (32 or 256 weights of a row); for our
+``quantize`` output the manifest's group or block; otherwise unknown, and a group of 32
+weights of the row is assumed and said.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from superweight.coords import Coord
+from superweight.errors import UsageError
+from superweight.models.load import LoadedModel
+from superweight.probe.realtext import CONDITIONS
+
+ASSUMED_BLOCK = 32
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    prompt: str | None = None  # for the super activation; default: detect's prompt
+    text: str = "lambada"  # real text for perplexity: lambada, gpl3, wikitext2, c4 or a file
+    window: int = 512
+    windows: int = 1
+
+    def __post_init__(self):
+        for name in ("window", "windows"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise UsageError(f"{name} must be a positive integer, not {v!r}")
+
+
+@dataclass
+class Block:
+    kind: str  # "gguf Q4_K", "group 128", "block 4096", "assumed group 32", "none (F32)"
+    size: int | None  # weights per block along the flattened [out, in] matrix; None: not blockwise
+
+
+@dataclass
+class FindingAudit:
+    coord: Coord
+    grade: str  # super, strong, given
+    original: float
+    quantized: float
+    block: Block
+    block_error: float | None  # relative RMS error of the rest of its block
+    typical_block_error: float | None  # the median block of the same matrix
+    peak: dict[str, float] = field(default_factory=dict)  # original / quantized / restored: max |h| of its row's
+    # residual channel after its layer, on the prompt
+
+    @property
+    def rel_error(self) -> float:
+        return abs(self.quantized - self.original) / abs(self.original) if self.original else math.inf
+
+    def to_dict(self) -> dict:
+        return {"coord": str(self.coord), "grade": self.grade, "original": self.original, "quantized": self.quantized,
+                "rel_error": _finite(self.rel_error), "block": {"kind": self.block.kind, "size": self.block.size},
+                "block_error": self.block_error, "typical_block_error": self.typical_block_error,
+                "channel": self.coord.row, "peak": self.peak}
+
+
+@dataclass
+class AuditResult:
+    original: str
+    quantized: str
+    findings: list[FindingAudit]
+    ppl: dict[str, dict[str, float]]  # original / quantized / restored -> condition -> perplexity
+    text: dict  # the windows (source, window, count, start token)
+
+    def recovered(self, cond: str) -> float | None:
+        """Share of the quantization loss (log perplexity) that the original findings remove."""
+        o, q, r = (math.log(self.ppl[k][cond]) for k in ("original", "quantized", "restored"))
+        return None if abs(q - o) < 1e-9 else (q - r) / (q - o)
+
+    def to_dict(self) -> dict:
+        return {"original": self.original, "quantized": self.quantized,
+                "findings": [f.to_dict() for f in self.findings], "perplexity": self.ppl,
+                "recovered": {c: self.recovered(c) for c in CONDITIONS}, "text": self.text}
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def check_same_model(a: LoadedModel, b: LoadedModel) -> None:
+    """The same architecture and shapes, or a clear error."""
+    if a.adapter.model_type != b.adapter.model_type:
+        raise UsageError(f"not the same model: {a.name} is {a.adapter.model_type}, {b.name} is {b.adapter.model_type}")
+    sa = [(s.layer, s.expert, s.shape) for s in a.adapter.sites]
+    sb = [(s.layer, s.expert, s.shape) for s in b.adapter.sites]
+    if sa != sb:
+        raise UsageError(f"not the same model: the down projections of {a.name} and {b.name} differ in number or shape")
+    va, vb = (m.model.get_input_embeddings().num_embeddings for m in (a, b))
+    if va != vb:
+        raise UsageError(f"not the same model: vocabularies of {va} and {vb} tokens")
+
+
+def block_of(lm: LoadedModel, coord: Coord) -> Block:
+    """The quantization block holding ``coord`` in ``lm``'s checkpoint (see the module docstring)."""
+    from superweight.models.streaming import GGUFCheckpoint
+
+    ckpt = lm.adapter.streamer.ckpt if lm.adapter.streamer is not None else None
+    site = lm.adapter.site(coord)
+    if isinstance(ckpt, GGUFCheckpoint):
+        from gguf import GGML_QUANT_SIZES
+
+        t, _ = ckpt.locate(site.param_name, site.stored_index(coord))
+        name = t.tensor_type.name
+        if name in ("F32", "F16", "BF16", "F64"):
+            return Block(f"none ({name})", None)
+        return Block(f"gguf {name}", GGML_QUANT_SIZES[t.tensor_type][0])
+    manifest = _quant_manifest(lm)
+    if manifest is not None:
+        cfg = manifest.get("config", {})
+        out, inp = site.shape
+        size = cfg.get("size")
+        if cfg.get("layout") == "group":
+            return Block(f"group {size or 'row'}", size or inp)
+        return Block(f"block {size or 'whole'}", size or out * inp)
+    return Block(f"assumed group {ASSUMED_BLOCK}", ASSUMED_BLOCK)
+
+
+def _quant_manifest(lm: LoadedModel) -> dict | None:
+    from superweight.quant.export import MANIFEST
+
+    src = lm.source
+    if isinstance(src, Path) and (src / MANIFEST).is_file():
+        try:
+            return json.loads((src / MANIFEST).read_text())
+        except ValueError:
+            return None
+    return None
+
+
+def block_errors(orig: torch.Tensor, quant: torch.Tensor, size: int | None, flat: int,
+                 skip: set[int]) -> tuple[float | None, float | None]:
+    """(relative RMS error of the block holding ``flat`` without the ``skip`` elements, the
+    median of every block's) over the flattened [out, in] matrices."""
+    if size is None:
+        return None, None
+    o, q = orig.reshape(-1).float(), quant.reshape(-1).float()
+    start = flat - flat % size
+    idx = [i for i in range(start, min(start + size, len(o))) if i not in skip]
+    if not idx:
+        return None, None
+    sel = torch.tensor(idx)
+    own = float((q[sel] - o[sel]).norm() / o[sel].norm().clamp_min(1e-30))
+    n = len(o) // size * size
+    ob, qb = o[:n].view(-1, size), q[:n].view(-1, size)
+    per = (qb - ob).norm(dim=1) / ob.norm(dim=1).clamp_min(1e-30)
+    return own, float(per.median())
+
+
+def measure(lm: LoadedModel, prompt: torch.Tensor, windows) -> tuple[list, dict[str, float]]:
+    """One pass: the residual stream's per-channel max |h| after each layer on the prompt,
+    and perplexity on each condition's windows."""
+    import math as _m
+
+    from superweight.probe.passes import Group, run
+    from superweight.probe.realtext import Baseline
+
+    dev = lm.device
+    groups = [Group(prompt.to(dev), torch.ones_like(prompt, dtype=torch.bool).to(dev), residual=True)]
+    groups += [Group(windows.ids[c].to(dev), windows.mask[c].to(dev)) for c in CONDITIONS]
+    reducers = [lambda lp: None] + [
+        (lambda lp, c=c: Baseline.of(lp, windows.ids[c].to(dev), windows.mask[c].to(dev)).nll) for c in CONDITIONS]
+    answers = run(lm, groups, per_group=reducers)
+    return answers[0].residual, {c: _m.exp(a.value) for c, a in zip(CONDITIONS, answers[1:])}
+
+
+def audit(original: LoadedModel, quantized: LoadedModel, findings: list[tuple[Coord, str]],
+          cfg: AuditConfig | None = None, log=None) -> AuditResult:
+    """Compare ``quantized`` with ``original`` at ``findings`` ((coordinate, grade) pairs)."""
+    from superweight.detect import DEFAULT_PROMPT, encode_prompts
+    from superweight.paper.data import read_text
+    from superweight.probe.interventions import edited
+    from superweight.probe.realtext import context_of, make_windows
+
+    cfg = cfg or AuditConfig()
+    log = log or (lambda msg: None)
+    check_same_model(original, quantized)
+    coords = [c for c, _ in findings]
+    for c in coords:
+        original.adapter.site(c)  # range checks first
+    prompt = encode_prompts(original, [cfg.prompt or DEFAULT_PROMPT])[0]
+    log(f"reading {cfg.text}")
+    windows = make_windows(original.tokenizer, read_text(cfg.text), cfg.window, cfg.windows, "cpu",
+                           cfg.text, context_of(original.model), original.model.get_input_embeddings().num_embeddings)
+    log("comparing the findings' weights and blocks")
+    out: list[FindingAudit] = []
+    for c, grade in findings:
+        site = original.adapter.site(c)
+        wo, wq = original.adapter.weight(site), quantized.adapter.weight(quantized.adapter.site(c))
+        block = block_of(quantized, c)
+        inp = wo.shape[1]
+        skip = {x.row * inp + x.col for x in coords if (x.layer, x.expert) == (c.layer, c.expert)}
+        own, typical = block_errors(wo, wq, block.size, c.row * inp + c.col, skip)
+        out.append(FindingAudit(c, grade, float(wo[c.row, c.col]), float(wq[c.row, c.col]), block, own, typical))
+        del wo, wq
+    restore = {f.coord: f.original for f in out}
+    runs = {}
+    for key, lm in (("original", original), ("quantized", quantized)):
+        log(f"the {key} model on the prompt and the text")
+        runs[key] = measure(lm, prompt, windows)
+    if restore:
+        log("the quantized model with the original findings put back")
+        with edited(quantized.adapter, restore):
+            runs["restored"] = measure(quantized, prompt, windows)
+    else:
+        runs["restored"] = runs["quantized"]
+    for f in out:  # the channel it writes to, right after its layer
+        f.peak = {k: float(residual[f.coord.layer][0][f.coord.row]) for k, (residual, _) in runs.items()}
+    ppl = {k: p for k, (_, p) in runs.items()}
+    return AuditResult(original.name, quantized.name, out, ppl, windows.to_dict())
+
+
+def findings_of(result) -> list[tuple[Coord, str]]:
+    """A detection's super and strong weights, as (coordinate, grade)."""
+    return [(f.coord, f.grade) for f in result.super_weights + result.strong]
+

@@ -1,0 +1,134 @@
+"""`superweight audit` (audit.py): values, blocks, peaks and perplexity of a quantized copy
+against its original, on tiny models and on both real models; bad input in one line."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from tiny import plant, tiny_model
+
+import superweight as sw
+from superweight.audit import AuditConfig, audit, block_errors
+from superweight.edit import Edit, save_edited
+from superweight.errors import UsageError
+from superweight.quant.export import save_quantized
+from superweight.quant.rtn import QuantConfig
+
+SMALL = AuditConfig(window=32)
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory):
+    """A tiny llama with a planted super weight, and its 3-bit RTN copy in groups of 16
+    (the super weight not held out)."""
+    d = tmp_path_factory.mktemp("audit")
+    lm = tiny_model("llama")
+    coord = sw.Coord(1, 5, 7)
+    plant(lm, coord, 30)
+    lm.model.save_pretrained(d / "orig")
+    lm.tokenizer.save_pretrained(d / "orig")
+    orig = sw.load(str(d / "orig"), stream=True)
+    save_quantized(orig, QuantConfig(bits=3, layout="group", size=16), d / "q3")
+    save_quantized(orig, QuantConfig(bits=3, layout="group", size=16), d / "q3held", keep=[coord])
+    return d, coord
+
+
+def test_block_errors_measure_the_rest_of_the_block():
+    o = torch.ones(4, 8)
+    q = o.clone()
+    q[1, 2:4] = 1.5  # the block of 4 holding (1, 1): elements 4..7 of row 1
+    own, typical = block_errors(o, q, 4, 1 * 8 + 1, skip={1 * 8 + 1})
+    assert own == pytest.approx(math.sqrt(2 * 0.25) / math.sqrt(3))
+    assert typical == 0.0
+    assert block_errors(o, q, None, 0, set()) == (None, None)
+
+
+def test_audit_of_our_rtn_output(tiny_pair):
+    d, coord = tiny_pair
+    orig = sw.load(str(d / "orig"), stream=True)
+    plain = audit(orig, sw.load(str(d / "q3"), stream=True), [(coord, "given")], SMALL)
+    held = audit(orig, sw.load(str(d / "q3held"), stream=True), [(coord, "given")], SMALL)
+    f, h = plain.findings[0], held.findings[0]
+    assert f.block.kind == "group 16" and f.block.size == 16
+    assert f.original == h.original == h.quantized  # held out: exact
+    assert h.rel_error == 0
+    # the planted weight stretches its group: the rest of it is quantized worse than the median group
+    assert f.block_error > f.typical_block_error
+    assert h.block_error < f.block_error
+    for a in (plain, held):
+        assert set(a.ppl) == {"original", "quantized", "restored"}
+        assert all(v > 1 for k in a.ppl for v in a.ppl[k].values())
+    assert held.ppl["restored"] == held.ppl["quantized"]  # nothing to put back
+    assert set(f.peak) == {"original", "quantized", "restored"}
+    json.dumps(plain.to_dict(), allow_nan=False)
+
+
+def test_different_models_are_refused(tiny_pair, tmp_path):
+    d, coord = tiny_pair
+    other = tiny_model("gpt2")
+    other.model.save_pretrained(tmp_path / "gpt2")
+    other.tokenizer.save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(UsageError, match="not the same model"):
+        audit(sw.load(str(d / "orig")), sw.load(str(tmp_path / "gpt2")), [(coord, "given")], SMALL)
+
+
+def test_cli_audit_json_and_errors(tiny_pair, tmp_path, capsys):
+    from superweight.cli import main
+
+    d, coord = tiny_pair
+    assert main(["audit", str(d / "orig"), str(d / "q3"), "--coords", str(coord), "--window", "32",
+                 "--json", str(tmp_path / "a.json")]) == 0
+    out = json.loads((tmp_path / "a.json").read_text())
+    assert out["findings"][0]["coord"] == str(coord) and out["findings"][0]["block"]["kind"] == "group 16"
+    assert "loss recovered" in capsys.readouterr().out
+    for args, message in ((["--coords", "9:1:1"], "layer 9 out of range"),
+                          (["--window", "0"], "--window must be"),
+                          (["--coords", "1:1:1", "--json", str(tmp_path)], "is a directory")):
+        assert main(["audit", str(d / "orig"), str(d / "q3"), *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert main(["audit", str(d / "orig"), str(tmp_path / "missing")]) == 2
+    assert "no such file or directory" in capsys.readouterr().err
+
+
+def test_smollm2_gguf_requantized_to_q8_0(smol, smol_gguf, tmp_path):
+    """gguf's own Q8_0 quantizer over the real model: the super weight is the largest of its
+    block, so it is kept to float16 precision of the block scale; the audit reads the file's
+    own blocks (32 weights) and the perplexity barely moves."""
+    import gguf
+    from gguf import GGMLQuantizationType as T
+
+    from superweight.models import gguf_file
+
+    reader = smol_gguf.adapter.streamer.ckpt.reader
+    rep = {t.name: (gguf.quantize(gguf_file.values(t), T.Q8_0), T.Q8_0) for t in reader.tensors
+           if t.name.startswith("blk.") and t.name.endswith("ffn_down.weight")}
+    gguf_file.write_copy(reader, tmp_path / "q8.gguf", rep, {})
+    coord = sw.Coord(11, 507, 1229)
+    a = audit(smol, sw.load(str(tmp_path / "q8.gguf"), stream=True), [(coord, "super")], AuditConfig(window=128))
+    f = a.findings[0]
+    assert f.block.kind == "gguf Q8_0" and f.block.size == 32
+    assert f.rel_error < 1e-3
+    assert f.block_error > f.typical_block_error  # its block's scale is set by it
+    for c in ("bos", "mid"):
+        assert a.ppl["quantized"][c] == pytest.approx(a.ppl["original"][c], rel=0.05)
+
+
+def test_smollm2_edited_copy_audits_to_the_weight_it_lost(smol, tmp_path):
+    """An edited copy (safetensors, from the converted checkpoint) is a "quantization" whose
+    only error is the zeroed super weight: the audit finds a 100% error there, the super
+    activation gone, and putting the weight back gives the original's numbers."""
+    coord = sw.Coord(11, 507, 1229)
+    save_edited(smol, [Edit(coord)], tmp_path / "z")
+    edited = sw.load(str(tmp_path / "z"), stream=True)
+    a = audit(smol, edited, [(coord, "super")], AuditConfig(window=128))
+    f = a.findings[0]
+    assert f.quantized == 0 and f.rel_error == 1 and f.block.kind == "assumed group 32"
+    assert f.peak["quantized"] < f.peak["original"] / 3
+    assert f.peak["restored"] == pytest.approx(f.peak["original"], rel=1e-5)
+    for c in ("bos", "mid"):
+        assert a.ppl["quantized"][c] > 2 * a.ppl["original"][c]
+        assert a.ppl["restored"][c] == pytest.approx(a.ppl["original"][c], rel=1e-5)
+        assert a.recovered(c) == pytest.approx(1.0, abs=1e-4)
