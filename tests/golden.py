@@ -2,7 +2,8 @@
 
 ``check(name, obj)`` compares ``obj`` (a JSON payload) with ``tests/golden/NAME.json``:
 strings, integers, booleans, keys and list lengths exactly; floats to a relative 1e-4
-(float32 sums differ in the last bits between CPUs). Keys that change from run to run by
+(float32 sums differ in the last bits between CPUs) or 1e-6 absolute (a control's KL near
+zero moves by 1e-7 with the threads' reduction order, far below the 1e-3 floor grades use). Keys that change from run to run by
 nature (timings, the tool's version) are dropped before both are compared.
 ``SUPERWEIGHT_GOLDEN=write`` writes the files instead (do that only before a refactor,
 and commit them with the code they came from).
@@ -47,7 +48,7 @@ def diff(a, b, path: str = "$") -> str | None:
     if isinstance(a, float) or isinstance(b, float):
         if isinstance(a, bool) or isinstance(b, bool) or not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
             return f"{path}: {a!r} != {b!r}"
-        if math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-7):
+        if math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6):
             return None
         return f"{path}: {a!r} != {b!r}"
     return None if a == b and type(a) is type(b) else f"{path}: {a!r} != golden {b!r}"

@@ -7,6 +7,7 @@ Public API::
     result = sw.detect(lm)              # DetectResult: .super_weights, .rejected, .to_dict()
     sw.verify(lm, [sw.Coord(11, 507, 1229)])
     sw.known("HuggingFaceTB/SmolLM2-135M-Instruct")   # index entry or None
+    sw.save_edited(sw.load(path, stream=True), [sw.Edit(sw.Coord(11, 507, 1229))], "out/")  # a zeroed copy
 """
 import importlib.abc
 import importlib.util
@@ -15,6 +16,7 @@ import sys
 from superweight.coords import Coord
 from superweight.detect import (DetectConfig, DetectResult, Finding, Verdict, VerifyReport, detect, verify,
                                 verify_report, verify_together)
+from superweight.edit import Edit, EditReport, save_edited
 from superweight.errors import ModelLoadError, SuperweightError, UnsupportedModelError, UsageError
 from superweight.probe.interventions import edited, zeroed
 from superweight.index import IndexEntry, compare, index, known
@@ -22,7 +24,7 @@ from superweight.models.load import LoadedModel, load
 
 __all__ = [
     "Coord", "DetectConfig", "DetectResult", "Finding", "Verdict", "VerifyReport", "detect", "verify", "verify_report",
-    "verify_together", "load", "LoadedModel",
+    "verify_together", "load", "LoadedModel", "Edit", "EditReport", "save_edited",
     "index", "known", "compare", "IndexEntry", "zeroed", "edited",
     "SuperweightError", "UsageError", "ModelLoadError", "UnsupportedModelError",
 ]

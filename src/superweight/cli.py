@@ -205,6 +205,42 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--limit", type=int, help="items per task")
     c.add_argument("--no-w8a8", dest="w8a8", action="store_false", help="skip the simulated W8A8 table")
     c.add_argument("--out", default="superweight-quant-compare", help="output directory")
+    e = sub.add_parser("edit", help="write a copy of a checkpoint with chosen weights zeroed or scaled")
+    e.add_argument("model", nargs="?", default=None,
+                   help="local safetensors directory, .gguf file, short name or hub id; default: SmolLM2-135M-Instruct")
+    e.add_argument("--zero", nargs="+", default=[], metavar="L:R:C", help="weights to set to zero")
+    e.add_argument("--scale", nargs="+", default=[], metavar="L:R:C=F", help="weights to multiply by F, e.g. 11:507:1229=2")
+    e.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+    e.add_argument("--overwrite", action="store_true", help="replace --out if it is an earlier superweight edit")
+    e.add_argument("--note", default="", help="why, recorded in the manifest for each change")
+    e.add_argument("--json", metavar="PATH", help="write the manifest as JSON to PATH too ('-' for stdout)")
+    e.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
+    e.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
+    e.add_argument("--dry-run", action="store_true", help="check the options and output paths, then stop")
+    u = sub.add_parser("audit", help="did a quantized checkpoint keep the original's super weights?")
+    u.add_argument("original", help="the original checkpoint: directory, .gguf file, short name or hub id")
+    u.add_argument("quantized", help="the quantized checkpoint: GGUF of any type, safetensors, or superweight quantize output")
+    u.add_argument("--coords", nargs="+", metavar="L:R:C", help="weights to audit (default: detect them on the original)")
+    u.add_argument("--prompt", default=None, help="prompt for the super activation peak (default: detect's)")
+    u.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, float16, bfloat16")
+    u.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    u.add_argument("--json", metavar="PATH", help="write the result as JSON to PATH ('-' for stdout)")
+    u.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
+    u.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
+    u.add_argument("--dry-run", action="store_true", help="check the options and output paths, then stop")
+    _proof_args(u)
+    r = sub.add_parser("report", help="one self-contained HTML page: findings, super activation, ablation, quantization")
+    _common(r)
+    _proof_args(r)
+    r.add_argument("--out", default="superweight-report.html", help="the HTML file (default ./superweight-report.html)")
+    r.add_argument("--coords", nargs="+", metavar="L:R:C",
+                   help="weights to ablate and hold out (default: the super weights found, else the index's, else the strong ones)")
+    r.add_argument("--audit", metavar="QUANTIZED", help="also audit this quantized copy of the model (see superweight audit)")
+    r.add_argument("--no-ablate", dest="ablate", action="store_false", help="skip the short ablation")
+    r.add_argument("--no-quant", dest="quant", action="store_false", help="skip the RTN sweep")
+    r.add_argument("--seqlen", type=int, default=512, help="perplexity window of the ablation and the sweep (default 512)")
+    r.add_argument("--max-windows", type=int, default=2, help="windows per perplexity (default 2)")
+    r.add_argument("--stopword-prompts", type=int, default=100, help="LAMBADA prompts for the stopword shift (0: skip)")
     i = sub.add_parser("index", help="list the known super weights shipped with the package")
     i.add_argument("--json", metavar="PATH", help="write the index as JSON to PATH ('-' for stdout)")
     i.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
@@ -562,6 +598,118 @@ def cmd_quant_compare(args, console) -> int:
     return 0
 
 
+def cmd_edit(args, console) -> int:
+    from superweight.coords import Coord
+    from superweight.edit import EDIT_MANIFEST, Edit, check_edits, edit_checkpoint
+    from superweight.models.load import load, local_checkpoint
+
+    edits = [Edit(Coord.parse(c)) for c in args.zero] + [Edit.parse_scale(s) for s in args.scale]
+    check_edits(edits)
+    with _outputs(args) as outs:
+        out = outs.directory(args.out, "--out", overwrite=args.overwrite, marker=EDIT_MANIFEST)
+        js = outs.file(args.json, "--json")
+        if args.dry_run:
+            return _dry(console, outs)
+        with _status(console, console.is_terminal) as log:
+            log("loading model")
+            lm = load(local_checkpoint(args.model, log), stream=True, trust_remote_code=args.trust_remote_code, log=log)
+            outs.reading(lm.source)
+            report = edit_checkpoint(lm, edits, out, args.note, log)
+        obj = {**report.to_dict(), "out": args.out}
+        if js:
+            write_json(obj, js)
+    if args.json == "-":
+        write_json(obj, "-")
+    from superweight.output.report import print_edit
+
+    print_edit(console, report, args.out)
+    return 0
+
+
+def _load_as_stored(args, ref: str, log, outs: Outputs):
+    """A quantized copy, read as stored (on CPU, a GGUF file's own blocks, not its converted copy)."""
+    from superweight.models.load import load, local_checkpoint
+
+    log("loading the quantized model")
+    lm = load(local_checkpoint(ref, log), dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
+              stream=True if args.device == "cpu" else None, log=log)
+    outs.reading(lm.source)
+    return lm
+
+
+def cmd_audit(args, console) -> int:
+    from superweight.audit import AuditConfig, audit, findings_of
+    from superweight.detect import detect
+    from superweight.models.load import load
+    from superweight.output.report import print_audit
+
+    coords = _coords(args)
+    check_device(args)
+    with _flags():
+        cfg = AuditConfig(prompt=args.prompt, text=args.text, window=args.window, windows=args.windows)
+    dcfg = detect_config(args)
+    outs = Outputs(sources=model_sources(args.original) + model_sources(args.quantized))
+    with outs:
+        js = outs.file(args.json, "--json")
+        if args.dry_run:
+            return _dry(console, outs)
+        with _status(console, console.is_terminal) as log:
+            log("loading the original")
+            original = load(args.original, dtype=args.dtype, device=args.device,
+                            trust_remote_code=args.trust_remote_code, log=log)
+            quantized = _load_as_stored(args, args.quantized, log, outs)
+            outs.reading(original.source)
+            if coords is not None:
+                findings = [(c, "given") for c in coords]
+            else:
+                findings = findings_of(detect(original, dcfg, log=log))
+            result = audit(original, quantized, findings, cfg, log)
+        obj = result.to_dict()
+        if js:
+            write_json(obj, js)
+    if args.json == "-":
+        write_json(obj, "-")
+    print_audit(console, result)
+    return 0
+
+
+def cmd_report(args, console) -> int:
+    import shlex
+
+    from superweight.output.html import render_report
+    from superweight.overview import ReportConfig, build_report
+
+    coords = _coords(args)
+    check_device(args)
+    dcfg = detect_config(args)
+    with _flags():
+        cfg = ReportConfig(ablate=args.ablate, quant=args.quant, seqlen=args.seqlen, max_windows=args.max_windows,
+                           stopword_prompts=args.stopword_prompts)
+    outs = Outputs(sources=model_sources(args.model) + (model_sources(args.audit) if args.audit else []))
+    with outs:
+        page = outs.file(args.out, "--out")
+        js = outs.file(args.json, "--json")
+        if args.dry_run:
+            return _dry(console, outs)
+        with _status(console, console.is_terminal) as log:
+            lm = _load(args, log, outs, in_memory=args.ablate or args.quant)
+            quantized = _load_as_stored(args, args.audit, log, outs) if args.audit else None
+            rep = build_report(lm, cfg, dcfg, coords, quantized, log,
+                               command="superweight " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+            log("writing the page")
+            page.write_text(render_report(rep))
+        obj = rep.to_dict()
+        if js:
+            write_json(obj, js)
+    if args.json == "-":
+        write_json(obj, "-")
+    from superweight.output import report
+
+    report.print_detect(console, rep.result, rep.agreement, lm.index_id)
+    console.print(f"report written to {args.out}", markup=False)
+    return 0
+
+
 def cmd_index(args, console) -> int:
     from superweight.output import report
     from superweight.index import index
@@ -623,7 +771,8 @@ def _main(argv: list[str] | None) -> int:
         console = Console(stderr=to_stderr, highlight=False, width=160)  # logs and pipes: do not wrap at 80
     try:
         commands = {"detect": cmd_detect, "verify": cmd_verify, "ablate": cmd_ablate, "scale": cmd_scale,
-                    "quantize": cmd_quantize, "quant-compare": cmd_quant_compare, "index": cmd_index}
+                    "quantize": cmd_quantize, "quant-compare": cmd_quant_compare, "edit": cmd_edit, "audit": cmd_audit, "report": cmd_report,
+                    "index": cmd_index}
         return commands[args.cmd](args, console)
     except SuperweightError as e:
         if debug:

@@ -172,6 +172,12 @@ class DetectResult:
     text: dict | None = None  # the real-text windows and the intact perplexity per condition
     massive: list[dict] = field(default_factory=list)  # massive residual channels and what makes them
 
+    def _repr_html_(self) -> str:
+        """In Jupyter: the findings table and the detection figure (output/html.py)."""
+        from superweight.output.html import detect_fragment
+
+        return detect_fragment(self)
+
     @property
     def coords(self) -> list[Coord]:
         """The super weights' coordinates (what the other commands act on)."""

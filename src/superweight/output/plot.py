@@ -7,11 +7,15 @@ from superweight.output.atomic import atomic_path
 
 
 def plot_detect(result, path: str | Path) -> Path:
-    """Write a PNG (atomically): max |X| and max |Y| of each layer's down projection, the
-    super-activation channel's max |h| after each layer, and the graded weights (super in
-    red, strong in orange, with the conditions where each matters)."""
+    """Write ``fig_detect`` as a PNG (atomically)."""
+    return _save(fig_detect(result), Path(path))
+
+
+def fig_detect(result):
+    """Max |X| and max |Y| of each layer's down projection, the super-activation channel's
+    max |h| after each layer, and the graded weights (super in red, strong in orange, with
+    the conditions where each matters)."""
     plt = _plt()
-    path = Path(path)
     layers = [r.layer for r in result.layers]
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
     ax.plot(layers, [r.max_input for r in result.layers], "o-", ms=3, label="down projection max |input|")
@@ -36,7 +40,84 @@ def plot_detect(result, path: str | Path) -> Path:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
+
+
+def fig_effects(result):
+    """What zeroing each graded weight does on real text (mean KL, log scale), next to its
+    controls (the largest ordinary weight, random weights, its neighbours), per condition."""
+    plt = _plt()
+    graded = [f for f in result.super_weights + result.strong if f.effect and f.effect.text]
+    conds = ["bos", "mid"]
+    fig, axes = plt.subplots(1, len(conds), figsize=(9, 3.2 + 0.35 * len(graded)), dpi=110, squeeze=False)
+    kinds = sorted({c.kind for f in graded for c in f.effect.controls if c.text is not None})
+    for ax, cond in zip(axes[0], conds):
+        labels, bars = [], []
+        for f in graded:
+            labels.append(str(f.coord))
+            bars.append([f.effect.text.kl[cond]] + [next((c.text.kl[cond] for c in f.effect.controls
+                                                          if c.kind == k and c.text is not None), float("nan"))
+                                                     for k in kinds])
+        n = 1 + len(kinds)
+        h = 0.8 / n
+        for j, name in enumerate(["the weight"] + [f"control: {k}" for k in kinds]):
+            ys = [i + (j - (n - 1) / 2) * h for i in range(len(labels))]
+            ax.barh(ys, [max(b[j], 1e-6) for b in bars], height=h, color="crimson" if j == 0 else f"C{j - 1}",
+                    label=name)
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlabel(f"mean KL on real text, nats ({cond})", fontsize=8)
+        ax.grid(alpha=0.3, axis="x")
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.suptitle("zeroed alone on real text, next to its controls", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def fig_quant(points, ref_ppl: float, text: str):
+    """Perplexity after RTN at each bit width and layout, for each hold-out (``points``:
+    (layout, bits, what is held out, perplexity))."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 3.6), dpi=110)
+    labels = sorted({p[0] for p in points}, key=lambda x: [p[0] for p in points].index(x))
+    bits = sorted({p[1] for p in points})
+    xs = [f"{lab}\n{b}-bit" for b in bits for lab in labels]
+    holds = list(dict.fromkeys(p[2] for p in points))
+    w = 0.8 / len(holds)
+    for k, hold in enumerate(holds):
+        ys = [next((p[3] for p in points if p[0] == lab and p[1] == b and p[2] == hold), float("nan"))
+              for b in bits for lab in labels]
+        ax.bar([i + (k - (len(holds) - 1) / 2) * w for i in range(len(xs))], ys, width=w,
+               color=("gray", "seagreen", "royalblue")[k % 3], label=f"held out: {hold}")
+    ax.axhline(ref_ppl, color="black", ls=":", lw=1, label="unquantized")
+    ax.set_xticks(range(len(xs)), xs, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel(f"perplexity, {text} (log)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig
+
+
+def svg(fig) -> str:
+    """A figure as an inline ``<svg>`` element (closed afterwards)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    import matplotlib
+
+    buf = io.StringIO()
+    try:
+        # the same figure gives the same bytes: no date, ids from the content (figures that
+        # share a definition share its id, which is harmless inline)
+        with matplotlib.rc_context({"svg.hashsalt": "superweight"}):
+            fig.savefig(buf, format="svg", metadata={"Date": None})
+    finally:
+        plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]
 
 
 def _save(fig, path: Path) -> Path:
@@ -60,6 +141,11 @@ def _plt():
 
 
 def plot_activations(result, path: str | Path) -> Path:
+    """Figure 4 as a PNG (see ``fig_activations``)."""
+    return _save(fig_activations(result), Path(path))
+
+
+def fig_activations(result):
     """Figure 4: the super-activation channel's max |h| after each layer, per condition."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4), dpi=120)
@@ -72,10 +158,15 @@ def plot_activations(result, path: str | Path) -> Path:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return fig
 
 
 def plot_stopwords(result, path: str | Path) -> Path:
+    """Figure 5 as a PNG (see ``fig_stopwords``)."""
+    return _save(fig_stopwords(result), Path(path))
+
+
+def fig_stopwords(result):
     """Figure 5: mean next-token probability of the most-moved tokens, intact vs super weights removed."""
     plt = _plt()
     shifts = result.stopwords
@@ -89,7 +180,7 @@ def plot_stopwords(result, path: str | Path) -> Path:
     ax.set_title(f"{result.model}\ntokens whose mean probability moved most ({n} LAMBADA prompts)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return fig
 
 
 def plot_scale(model: str, factors: list[float], results, path: str | Path) -> Path:

@@ -107,3 +107,46 @@ def print_index(console, entries) -> None:
     for e in entries:
         _add(t, e.model, "; ".join(f"{c.layer} [{c.row}, {c.col}]" for c in e.super_weights), e.source, e.note or "")
     console.print(t)
+
+
+def print_edit(console, report, out: str) -> None:
+    t = Table(title=f"edited: {report.source} ({report.format})", title_justify="left")
+    for col in ("coordinate", "op", "tensor", "index", "before", "after", "how"):
+        t.add_column(col, justify="right" if col in ("index", "before", "after") else "left")
+    for c in report.changes:
+        _add(t, str(c.coord), c.op, c.tensor, str(c.index), _g(c.before, 6), _g(c.after, 6), c.how)
+    console.print(t)
+    if report.not_copied:
+        console.print(escape(f"not copied (other weight formats): {', '.join(report.not_copied)}"))
+    console.print(escape(f"verified: every other weight is the source's, byte for byte or value for value; "
+                         f"written to {out}/ (manifest: {out}/superweight-edit.json)"))
+
+
+def print_audit(console, result) -> None:
+    t = Table(title=f"audit: {result.quantized}\n  against {result.original}", title_justify="left")
+    for col in ("weight", "grade", "original", "quantized", "rel. error", "block", "rest of block", "median block",
+                "super act. orig", "quant", "restored"):
+        t.add_column(col, justify="left" if col in ("weight", "grade", "block") else "right")
+    for f in result.findings:
+        _add(t, str(f.coord), f.grade, _g(f.original), _g(f.quantized), _pct(f.rel_error), f.block.kind,
+             _pct(f.block_error), _pct(f.typical_block_error), _g(f.peak.get("original")), _g(f.peak.get("quantized")),
+             _g(f.peak.get("restored")))
+    console.print(t)
+    if not result.findings:
+        console.print("no super or strong weight in the original: nothing to audit but perplexity")
+    tx = result.text
+    p = Table(title=f"perplexity on {tx['source']} ({tx['windows']['bos']} window(s) of {tx['window']} tokens "
+                    f"per condition; bos = from the start token, mid = mid-text)", title_justify="left")
+    for col in ("condition", "original", "quantized", "quantized + findings restored", "loss recovered"):
+        p.add_column(col, justify="left" if col == "condition" else "right")
+    for c in ("bos", "mid"):
+        r = result.recovered(c)
+        _add(p, c, _g(result.ppl["original"][c]), _g(result.ppl["quantized"][c]), _g(result.ppl["restored"][c]),
+             "-" if r is None else f"{100 * r:.0f}%")
+    console.print(p)
+
+
+def _pct(x) -> str:
+    import math
+
+    return "-" if x is None or not math.isfinite(x) else f"{100 * x:.2g}%"

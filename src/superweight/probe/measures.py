@@ -105,11 +105,31 @@ class Probe:
         return math.exp(nll)
 
 
+def _tokens(tokenizer, text: str, need: int | None) -> torch.Tensor:
+    """The text's tokens, or at least its first ``need`` (as the whole text would give them):
+    a prefix cut at a line break, twice as long each time until it holds more than ``need``
+    tokens, so the token at the cut is never one of them."""
+    def enc(t):
+        return tokenizer(t, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+
+    if need is None:
+        return enc(text)
+    size = max(4096, 8 * need)
+    while size < len(text):
+        cut = text.rfind("\n", 0, size)
+        ids = enc(text[:cut if cut > 0 else size])
+        if ids.numel() > need + 1:
+            return ids[:need]
+        size *= 2
+    return enc(text)
+
+
 @torch.no_grad()
 def perplexity(model, tokenizer, text: str, seqlen: int = 2048, max_windows: int | None = None) -> float:
-    """GPTQ-style perplexity: tokenize the whole text, cut into non-overlapping windows of
-    ``seqlen`` tokens (the ragged tail is dropped), exp of the mean token NLL."""
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+    """GPTQ-style perplexity: tokenize the text, cut into non-overlapping windows of
+    ``seqlen`` tokens (the ragged tail is dropped), exp of the mean token NLL. With
+    ``max_windows``, only as much of the text as those windows need is tokenized."""
+    ids = _tokens(tokenizer, text, None if max_windows is None else max_windows * seqlen)
     n = ids.numel() // seqlen
     if max_windows is not None:
         n = min(n, max_windows)

@@ -1,0 +1,158 @@
+"""Everything superweight knows about one model, gathered for ``superweight report``.
+
+``build_report`` runs detection, then, for the weights it acts on, a short version of the
+paper's ablation (no zero-shot tasks: perplexity, the super activation through the layers,
+the stopword shift) and a small quantization sweep (RTN at 3 and 4 bits, in groups of 128
+and in the paper's blocks of 4,096, each with and without the weights held out), and
+optionally an audit of a quantized copy. ``output/html.py`` renders the result as one
+self-contained page.
+
+The weights acted on are, in this order: the ``coords`` given; the super weights detection
+found; the index's entry for the model; the strong weights detection found (a model with
+no super weight, such as Qwen2.5-Coder-0.5B, still shows what its strongest weights do).
+"""
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+
+from superweight.coords import Coord
+from superweight.errors import UsageError
+from superweight.models.load import LoadedModel
+
+LAYOUTS = (("groups of 128", "group", 128), ("blocks of 4096", "block", 4096))
+# nothing; the weights acted on; those and the weight columns of massive input channels
+# (``QuantConfig.act_ratio``: ours, see quant/apply.py)
+HOLDS = ("nothing", "the weights acted on", "those + massive-input columns")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    ablate: bool = True  # the short ablation
+    quant: bool = True  # the RTN sweep
+    text: str = "lambada"  # perplexity text for the ablation and the sweep
+    seqlen: int = 512
+    max_windows: int = 2
+    stopword_prompts: int = 100
+    bits: tuple[int, ...] = (3, 4)
+
+    def __post_init__(self):
+        for name in ("seqlen", "max_windows"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise UsageError(f"{name} must be a positive integer, not {v!r}")
+        if not isinstance(self.stopword_prompts, int) or self.stopword_prompts < 0:
+            raise UsageError(f"stopword_prompts must be an integer >= 0, not {self.stopword_prompts!r}")
+
+
+@dataclass
+class QuantRow:
+    layout: str  # "groups of 128", ...
+    bits: int
+    hold: str  # what is held out exactly: one of HOLDS
+    perplexity: float
+    bits_per_weight: float
+
+    def to_dict(self) -> dict:
+        return {"layout": self.layout, "bits": self.bits, "hold": self.hold, "perplexity": self.perplexity,
+                "bits_per_weight": round(self.bits_per_weight, 4)}
+
+
+@dataclass
+class Report:
+    model: str
+    result: object  # DetectResult
+    agreement: dict | None
+    coords: list[Coord]
+    coords_from: str  # given, detected super weights, index, detected strong weights, none
+    config: ReportConfig
+    ablation: object | None = None  # AblateResult
+    quant: list[QuantRow] = field(default_factory=list)
+    quant_ref: float | None = None  # unquantized perplexity on the same windows
+    audit: object | None = None  # AuditResult
+    created: str = ""
+    command: str = ""
+
+    def to_dict(self) -> dict:
+        from superweight import __version__
+
+        return {"model": self.model, "superweight": __version__, "created": self.created, "command": self.command,
+                "detect": {**self.result.to_dict(), "index": self.agreement},
+                "acted_on": {"coords": [str(c) for c in self.coords], "from": self.coords_from},
+                "ablation": self.ablation.to_dict() if self.ablation else None,
+                "quantization": {"text": self.config.text, "unquantized": self.quant_ref,
+                                 "points": [q.to_dict() for q in self.quant]},
+                "audit": self.audit.to_dict() if self.audit else None}
+
+
+def acted_on(result, coords: list[Coord] | None, entry) -> tuple[list[Coord], str]:
+    if coords:
+        return list(coords), "given"
+    if result.super_weights:
+        return list(result.coords), "detected super weights"
+    if entry is not None:
+        return list(entry.super_weights), f"the index ({entry.source})"
+    if result.strong:
+        return [f.coord for f in result.strong], "detected strong weights (no super weight found)"
+    return [], "none"
+
+
+def quant_sweep(lm: LoadedModel, coords: list[Coord], cfg: ReportConfig, log) -> tuple[float, list[QuantRow]]:
+    """RTN at each bit width and layout, holding out each of ``HOLDS``."""
+    from superweight.paper.data import read_text
+    from superweight.probe.measures import perplexity
+    from superweight.quant.apply import quantized
+    from superweight.quant.rtn import QuantConfig
+
+    text = read_text(cfg.text)
+
+    def ppl():
+        return perplexity(lm.model, lm.tokenizer, text, cfg.seqlen, cfg.max_windows)
+
+    log("quantization sweep: unquantized")
+    ref = ppl()
+    rows = []
+    for b in cfg.bits:
+        for label, layout, size in LAYOUTS:
+            for hold in HOLDS if coords else HOLDS[:1]:
+                log(f"quantization sweep: {b}-bit RTN in {label}, holding out {hold}")
+                qc = QuantConfig(b, layout, size, act_ratio=10.0 if hold == HOLDS[2] else 0.0)
+                with quantized(lm, qc, keep=coords if hold != HOLDS[0] else ()) as rep:
+                    rows.append(QuantRow(label, b, hold, ppl(), rep.bits_per_weight))
+    return ref, rows
+
+
+def build_report(lm: LoadedModel, cfg: ReportConfig | None = None, detect_cfg=None, coords: list[Coord] | None = None,
+                 quantized_model: LoadedModel | None = None, log=None, command: str = "") -> Report:
+    """Detect, then ablate, sweep and audit as ``cfg`` says. The ablation and the sweep edit
+    weights in memory, so ``lm`` is loaded whole (``load(..., stream=False)``)."""
+    from superweight.detect import detect
+    from superweight.index import compare, known
+
+    cfg = cfg or ReportConfig()
+    log = log or (lambda msg: None)
+    if (cfg.ablate or cfg.quant) and lm.adapter.streamer is not None:
+        raise UsageError("the report's ablation and quantization need the model in memory (load it with stream=False)")
+    result = detect(lm, detect_cfg, log=log)
+    entry = known(lm.index_id)
+    agreement = compare(result.coords, entry) if entry else None
+    acts, source = acted_on(result, coords, entry)
+    for c in acts:
+        lm.adapter.site(c)
+    rep = Report(lm.name, result, agreement, acts, source, cfg,
+                 created=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), command=command)
+    if acts and cfg.ablate:
+        from superweight.paper.ablate import AblateConfig, ablate
+
+        log("short ablation")
+        rep.ablation = ablate(lm, acts, AblateConfig(tasks=(), texts=(cfg.text,), seqlen=cfg.seqlen,
+                                                     max_windows=cfg.max_windows,
+                                                     stopword_prompts=cfg.stopword_prompts), log=log)
+    if cfg.quant:
+        rep.quant_ref, rep.quant = quant_sweep(lm, acts, cfg, log)
+    if quantized_model is not None:
+        from superweight.audit import audit, findings_of
+
+        findings = [(c, "given") for c in coords] if coords else findings_of(result)
+        rep.audit = audit(lm, quantized_model, findings, log=log)
+    return rep

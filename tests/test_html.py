@@ -1,0 +1,147 @@
+"""The report page and Jupyter's view of a detection (output/html.py, overview.py): well
+formed, self-contained, the sections and numbers it claims; `superweight report` end to end
+on a tiny model; bad input in one line. (tools/check_page.py looks at it in Chromium.)"""
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+
+import pytest
+from tiny import plant, tiny_model
+
+import superweight as sw
+from superweight.output.html import detect_fragment, render_report
+from superweight.overview import HOLDS, LAYOUTS, ReportConfig, build_report
+
+VOID = {"meta", "br", "img", "input", "link", "hr", "col", "area", "base", "source", "wbr", "path", "use", "rect",
+        "circle", "line", "polyline", "polygon", "ellipse", "stop"}
+
+
+class Page(HTMLParser):
+    """Checks nesting and collects what a self-contained page must not have."""
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.errors, self.tags, self.external, self.text = [], [], {}, [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags[tag] = self.tags.get(tag, 0) + 1
+        for k, v in attrs:
+            if k in ("src", "href", "xlink:href") and v and not v.startswith(("#", "data:")):
+                self.external.append(v)
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        self.tags[tag] = self.tags.get(tag, 0) + 1
+
+    def handle_endtag(self, tag):
+        if tag in VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes <{self.stack[-1] if self.stack else None}>")
+            return
+        self.stack.pop()
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parse(html: str) -> Page:
+    p = Page()
+    p.feed(html)
+    p.close()
+    assert not p.errors, p.errors[:5]
+    assert not p.external, p.external[:5]
+    return p
+
+
+@pytest.fixture(scope="module")
+def planted():
+    lm = tiny_model("llama")
+    plant(lm, sw.Coord(1, 5, 7))
+    return lm
+
+
+@pytest.fixture(scope="module")
+def tiny_report(planted):
+    cfg = ReportConfig(seqlen=64, max_windows=1, stopword_prompts=4)
+    return build_report(planted, cfg, sw.DetectConfig(window=32), command="superweight report tiny")
+
+
+def test_repr_html_shows_the_findings_and_a_figure(planted):
+    result = sw.detect(planted, sw.DetectConfig(window=32))
+    frag = result._repr_html_()
+    page = parse(frag)
+    text = "".join(page.text)
+    assert page.tags.get("svg") == 1 and page.tags.get("table") == 1
+    for f in result.super_weights:
+        assert str(f.coord) in text and f'data-copy="{f.coord}"' in frag
+    assert "super" in text
+    assert frag == detect_fragment(result)
+
+
+def test_report_page_has_every_section_and_its_numbers(tiny_report):
+    rep = tiny_report
+    assert rep.coords == [sw.Coord(1, 5, 7)] and rep.coords_from == "detected super weights"
+    html = render_report(rep)
+    page = parse(html)
+    text = " ".join(page.text)
+    assert html.startswith("<!DOCTYPE html>") and page.stack == []
+    for heading in ("Findings", "The super activation through the network", "Zeroing each finding on real text",
+                    "Short ablation", "3- and 4-bit RTN"):
+        assert heading in text, heading
+    # figures: detection, effects, activations, stopwords, quantization; all inline
+    assert page.tags["svg"] == 5 and page.tags["figure"] == 5 and "<img" not in html
+    assert "<script>" in html and "http" not in html.split("<script>")[1].split("</script>")[0]
+    # the sweep: every bit width x layout x hold-out, with the numbers of the result
+    assert len(rep.quant) == 2 * len(LAYOUTS) * len(HOLDS)
+    for q in rep.quant:
+        assert f"{q.perplexity:.4g}" in text
+    for c in rep.ablation.conditions:
+        assert c.name in text
+    d = rep.to_dict()
+    json.dumps(d, allow_nan=False)
+    assert d["acted_on"] == {"coords": ["1:5:7"], "from": "detected super weights"}
+
+
+def test_no_super_weight_still_gives_a_page(tmp_path):
+    lm = tiny_model("qwen2", seed=3)
+    rep = build_report(lm, ReportConfig(seqlen=64, max_windows=1, stopword_prompts=0, quant=False, ablate=False),
+                       sw.DetectConfig(window=32))
+    html = render_report(rep)
+    parse(html)
+    if not rep.result.super_weights and not rep.result.strong:
+        assert "No super or strong weight" in html and rep.coords == []
+    assert "Skipped (--no-quant)" in html
+
+
+def test_cli_report_writes_the_page_and_json(planted, tmp_path, capsys):
+    from superweight.cli import main
+
+    d = tmp_path / "m"
+    planted.model.save_pretrained(d)
+    planted.tokenizer.save_pretrained(d)
+    out = tmp_path / "r.html"
+    assert main(["report", str(d), "--out", str(out), "--json", str(tmp_path / "r.json"), "--window", "32",
+                 "--seqlen", "64", "--max-windows", "1", "--stopword-prompts", "0", "--no-quant"]) == 0
+    parse(out.read_text())
+    js = json.loads((tmp_path / "r.json").read_text())
+    assert js["acted_on"]["coords"] == ["1:5:7"] and js["quantization"]["points"] == []
+    assert f"report written to {out}" in capsys.readouterr().out
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["m", "r.html", "r.json"]  # no temporaries left
+    for args, message in ((["--out", str(tmp_path)], "is a directory"),
+                          (["--seqlen", "0"], "--seqlen must be"),
+                          (["--coords", "7:1:1"], "layer 7 out of range"),
+                          (["--out", str(tmp_path / "no" / "r.html")], "does not exist")):
+        assert main(["report", str(d), "--window", "32", "--no-quant", "--no-ablate", *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+
+
+def test_real_smollm2_fragment(smol_result):
+    """The real model's detection as Jupyter shows it: its super weight, graded, copyable."""
+    frag = smol_result._repr_html_()
+    page = parse(frag)
+    assert 'data-copy="11:507:1229"' in frag and page.tags["svg"] == 1
+    assert '<span class="super">super</span>' in frag
