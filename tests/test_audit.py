@@ -43,6 +43,9 @@ def test_block_errors_measure_the_rest_of_the_block():
     assert own == pytest.approx(math.sqrt(2 * 0.25) / math.sqrt(3))
     assert typical == 0.0
     assert block_errors(o, q, None, 0, set()) == (None, None)
+    z = torch.zeros(2, 8)
+    z[0, 1] = 5.0  # a super weight whose block is otherwise all zero
+    assert block_errors(z, z.clone(), 4, 1, skip={1}) == (None, 0.0)
 
 
 def test_audit_of_our_rtn_output(tiny_pair):

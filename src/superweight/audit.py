@@ -158,7 +158,8 @@ def _quant_manifest(lm: LoadedModel) -> dict | None:
 def block_errors(orig: torch.Tensor, quant: torch.Tensor, size: int | None, flat: int,
                  skip: set[int]) -> tuple[float | None, float | None]:
     """(relative RMS error of the block holding ``flat`` without the ``skip`` elements, the
-    median of every block's) over the flattened [out, in] matrices."""
+    median of every block's) over the flattened [out, in] matrices; the first is None when
+    that rest is all zero in the original."""
     if size is None:
         return None, None
     o, q = orig.reshape(-1).float(), quant.reshape(-1).float()
@@ -167,7 +168,10 @@ def block_errors(orig: torch.Tensor, quant: torch.Tensor, size: int | None, flat
     if not idx:
         return None, None
     sel = torch.tensor(idx)
-    own = float((q[sel] - o[sel]).norm() / o[sel].norm().clamp_min(1e-30))
+    rest = o[sel].norm()
+    # a rest that is all zero in the original (a block an earlier quantization crushed to
+    # zero around its super weight) has no relative error: None, not 0
+    own = float((q[sel] - o[sel]).norm() / rest) if rest > 0 else None
     n = len(o) // size * size
     ob, qb = o[:n].view(-1, size), q[:n].view(-1, size)
     per = (qb - ob).norm(dim=1) / ob.norm(dim=1).clamp_min(1e-30)
