@@ -1,9 +1,12 @@
 """Golden outputs: a refactor must not change what a command writes.
 
 ``check(name, obj)`` compares ``obj`` (a JSON payload) with ``tests/golden/NAME.json``:
-strings, integers, booleans, keys and list lengths exactly; floats to a relative 1e-4
-(float32 sums differ in the last bits between CPUs) or 1e-6 absolute (a control's KL near
-zero moves by 1e-7 with the threads' reduction order, far below the 1e-3 floor grades use). Keys that change from run to run by
+strings, integers, booleans, keys and list lengths exactly; floats to a relative 1e-3 or
+1e-6 absolute. float32 sums differ in the last bits between machines and library builds:
+on 2026-11-30 a fresh machine gave Qwen2.5-Coder's KLs up to 1.7e-4 (relative) away from
+the golden file written two days earlier, with the code of that day too; a control's KL
+near zero moved by 1e-7. Both are far below anything a grade depends on (the 1e-3 floor,
+the 10x margins), and a behaviour change moves numbers by much more. Keys that change from run to run by
 nature (timings, the tool's version) are dropped before both are compared.
 ``SUPERWEIGHT_GOLDEN=write`` writes the files instead (do that only before a refactor,
 and commit them with the code they came from).
@@ -48,7 +51,7 @@ def diff(a, b, path: str = "$") -> str | None:
     if isinstance(a, float) or isinstance(b, float):
         if isinstance(a, bool) or isinstance(b, bool) or not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
             return f"{path}: {a!r} != {b!r}"
-        if math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6):
+        if math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-6):
             return None
         return f"{path}: {a!r} != {b!r}"
     return None if a == b and type(a) is type(b) else f"{path}: {a!r} != golden {b!r}"

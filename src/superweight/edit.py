@@ -188,7 +188,7 @@ def _edit_safetensors(mapped, targets, out: Path, report: EditReport, why: str, 
     for e, name, idx, before in targets:
         key, flat = mapped.locate(name, idx)
         f, off, size = inner.span(key)
-        dtype = inner._meta[key][0]
+        dtype = inner.meta(key)[0]
         width = torch.empty((), dtype=dtype).element_size()
         new = torch.tensor([_target(before, e)], dtype=torch.float32).to(dtype)
         stored = _element(f, off + flat * width, dtype)

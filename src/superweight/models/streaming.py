@@ -117,6 +117,11 @@ class Checkpoint:
         sp = self.span(name)
         return [] if sp is None else [sp]
 
+    def meta(self, name: str) -> tuple[torch.dtype, list[int]]:
+        """A stored tensor's dtype and shape, from its file's header."""
+        self.span(name)
+        return self._meta[name]
+
     def read_iter(self, names: list[str], view: bool = False):
         """(name, tensor) for each of ``names``, one file opened at a time. ``view``: a
         zero-copy tensor over a private (copy-on-write) map of the file, where the dtype
@@ -221,8 +226,7 @@ class Mapped:
         numbered, base = [], 0
         conv = self._copy(conv)
         for pattern, key in sources:
-            self.inner.span(key)  # reads the header: dtype and shape
-            shape = self.inner._meta[key][1]
+            shape = self.inner.meta(key)[1]
             n = _numel(shape)
             ids = torch.arange(base, base + n, dtype=torch.int64).view(shape)
             numbered.append((key, base, n))

@@ -9,9 +9,9 @@ never grows wider than the window.
 from __future__ import annotations
 
 import html
-import math
 
 from superweight.output import plot
+from superweight.output.report import _g as g, _pct
 
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1100px;padding:0 16px 40px;
@@ -36,12 +36,6 @@ document.querySelectorAll('button.copy').forEach(function(b){b.addEventListener(
 
 def e(x) -> str:
     return html.escape(str(x), quote=True)
-
-
-def g(x, digits: int = 4) -> str:
-    if x is None or isinstance(x, float) and not math.isfinite(x):
-        return "-"
-    return f"{x:.{digits}g}"
 
 
 def coord_cell(c) -> str:
@@ -186,10 +180,6 @@ def audit_section(a) -> str:
               f'{a.text["window"]} tokens per condition (bos: from the start token; mid: mid-text).</p>'
             + table(["condition", "original", "quantized", "quantized, findings restored", "loss recovered"], prow,
                     left={0}))
-
-
-def _pct(x) -> str:
-    return "-" if x is None or not math.isfinite(x) else f"{100 * x:.2g}%"
 
 
 def render_report(rep) -> str:

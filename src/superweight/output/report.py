@@ -1,6 +1,8 @@
 """Human-readable output (rich tables). JSON comes from the result objects themselves."""
 from __future__ import annotations
 
+import math
+
 from rich.markup import escape
 from rich.table import Table
 
@@ -10,7 +12,11 @@ def _add(t: Table, *cells) -> None:
 
 
 def _g(x: float | None, digits: int = 4) -> str:
-    return "-" if x is None else f"{x:.{digits}g}"
+    return "-" if x is None or not math.isfinite(x) else f"{x:.{digits}g}"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{100 * x:.2g}%"
 
 
 def _short(module: str, coord) -> str:
@@ -145,8 +151,3 @@ def print_audit(console, result) -> None:
              "-" if r is None else f"{100 * r:.0f}%")
     console.print(p)
 
-
-def _pct(x) -> str:
-    import math
-
-    return "-" if x is None or not math.isfinite(x) else f"{100 * x:.2g}%"
