@@ -127,9 +127,11 @@ def block_of(lm: LoadedModel, coord: Coord) -> Block:
     if isinstance(ckpt, GGUFCheckpoint):
         from gguf import GGML_QUANT_SIZES
 
+        from superweight.models.gguf_file import FLOAT_TYPES
+
         t, _ = ckpt.locate(site.param_name, site.stored_index(coord))
         name = t.tensor_type.name
-        if name in ("F32", "F16", "BF16", "F64"):
+        if name in FLOAT_TYPES:
             return Block(f"none ({name})", None)
         return Block(f"gguf {name}", GGML_QUANT_SIZES[t.tensor_type][0])
     manifest = _quant_manifest(lm)
@@ -181,8 +183,6 @@ def block_errors(orig: torch.Tensor, quant: torch.Tensor, size: int | None, flat
 def measure(lm: LoadedModel, prompt: torch.Tensor, windows) -> tuple[list, dict[str, float]]:
     """One pass: the residual stream's per-channel max |h| after each layer on the prompt,
     and perplexity on each condition's windows."""
-    import math as _m
-
     from superweight.probe.passes import Group, run
     from superweight.probe.realtext import Baseline
 
@@ -192,7 +192,7 @@ def measure(lm: LoadedModel, prompt: torch.Tensor, windows) -> tuple[list, dict[
     reducers = [lambda lp: None] + [
         (lambda lp, c=c: Baseline.of(lp, windows.ids[c].to(dev), windows.mask[c].to(dev)).nll) for c in CONDITIONS]
     answers = run(lm, groups, per_group=reducers)
-    return answers[0].residual, {c: _m.exp(a.value) for c, a in zip(CONDITIONS, answers[1:])}
+    return answers[0].residual, {c: math.exp(a.value) for c, a in zip(CONDITIONS, answers[1:])}
 
 
 def audit(original: LoadedModel, quantized: LoadedModel, findings: list[tuple[Coord, str]],
