@@ -23,6 +23,7 @@ one run:
     python bench/bench_stream.py --shape 13b 7b --dir /var/tmp/sw-bench [--write docs/benchmarks.md]
     python bench/bench_stream.py --shape moe --dir /var/tmp/sw-bench
     python bench/bench_stream.py --shape small moe-small   # 4-layer checks of the recipes, seconds
+    python bench/bench_stream.py --shape 7b --only quantize # the copy and the quantize rows only
 
 Free disk is checked first; the run stops with one line if there is not enough.
 """
@@ -313,7 +314,7 @@ def found(out: str, shape: str) -> bool:
         == [sw_coord(shape)]
 
 
-def bench(shape: str, root: Path) -> list[str]:
+def bench(shape: str, root: Path, only: str | None = None) -> list[str]:
     d = root / _dirname(shape)
     need = 0 if d.is_dir() else checkpoint_bytes(shape)
     if shape == "7b":
@@ -331,7 +332,7 @@ def bench(shape: str, root: Path) -> list[str]:
     rows = []
     L, R, C = sw_coord(shape)[:3]
     coord = ":".join(str(v) for v in sw_coord(shape))
-    if shape in ("13b", "small", "moe", "moe-small"):
+    if shape in ("13b", "small", "moe", "moe-small") and only != "quantize":
         cat_w, cat_rss, _ = run(f"cat {shards(d)} > /dev/null", shell=True, cold=d)
         io_w, io_rss, io_out = run([sys.executable, "-c", IO_FLOOR, str(d)], cold=d)
         det_w, det_rss, out = run(detect_cmd(d), cold=d)
@@ -340,7 +341,7 @@ def bench(shape: str, root: Path) -> list[str]:
                     f"{io_rss:.0f} | {io_out.strip()} layers dropped from the page cache after use; {io_w / cat_w:.1f}x the read |")
         rows.append(f"| {shape} | `superweight detect --stream` | {det_w:.0f} | {det_rss:.0f} | "
                     f"found {coord}: {found(out, shape)}; {det_w / cat_w:.1f}x the read |")
-    if shape in ("7b", "small"):
+    if shape in ("7b", "small") and only != "quantize":
         plain_w, plain_rss, plain_out = run([sys.executable, "-c", PLAIN, str(d)], cold=d)
         whole_w, whole_rss, whole_out = run([a if a != "--stream" else "--no-stream" for a in detect_cmd(d)], cold=d)
         det_w, det_rss, out = run(detect_cmd(d), cold=d)
@@ -350,19 +351,29 @@ def bench(shape: str, root: Path) -> list[str]:
                     f"{whole_w:.0f} | {whole_rss:.0f} | found {L}:{R}:{C}: {found(whole_out, shape)} |")
         rows.append(f"| {shape} | `superweight detect --stream` | {det_w:.0f} | {det_rss:.0f} | found {L}:{R}:{C}: "
                     f"{found(out, shape)}; {det_rss / plain_rss:.3f}x the memory, {det_w / plain_w:.2f}x the time |")
+    if shape in ("7b", "small"):
         qout = root / f"llama2-{shape}-q4"
         copy = root / f"llama2-{shape}-copy.bin"
         shutil.rmtree(qout, ignore_errors=True)
         cp_w, cp_rss, _ = run(f"cat {shards(d)} > {copy} && sync", shell=True, cold=d)
         copy.unlink()
-        q_w, q_rss, _ = run([sys.executable, "-m", "superweight.cli", "quantize", str(d), "--stream", "--dtype", "bfloat16",
-                             "--coords", f"{L}:{R}:{C}", "--bits", "4", "--group-size", "128", "--out", str(qout)], cold=d)
-        subprocess.run(["sync"])
-        qsize = sum(p.stat().st_size for p in qout.glob("*.safetensors"))
+        rows.append(f"| {shape} | read + write the bytes once (`cat > file`, then `sync`) | {cp_w:.0f} | {cp_rss:.0f} | |")
+        quant = ["quantize", str(d), "--stream", "--dtype", "bfloat16", "--coords", f"{L}:{R}:{C}", "--bits", "4",
+                 "--group-size", "128", "--out", str(qout)]
+        for what, extra in (("4-bit, group 128, super weight and massive-input columns held out", []),
+                            ("the same, no massive-input columns (no forward pass)", ["--act-ratio", "0"]),
+                            ("compressed-tensors, 4-bit packed, group 128" if shape == "7b" else
+                             "compressed-tensors, 4-bit packed, group 32 (1,376 is no multiple of 128)",
+                             ["--format", "compressed-tensors"] + ([] if shape == "7b" else ["--group-size", "32"]))):
+            shutil.rmtree(qout, ignore_errors=True)
+            q_w, q_rss, _ = run([sys.executable, "-m", "superweight.cli", *quant, *extra], cold=d)
+            t0 = time.perf_counter()
+            subprocess.run(["sync"])
+            q_w += time.perf_counter() - t0  # the copy's row counts its sync too
+            qsize = sum(p.stat().st_size for p in qout.glob("*.safetensors"))
+            rows.append(f"| {shape} | `superweight quantize --stream` ({what}) | {q_w:.0f} | {q_rss:.0f} | "
+                        f"wrote {qsize / 1e9:.1f} GB; {q_w / cp_w:.2f}x the copy |")
         shutil.rmtree(qout, ignore_errors=True)
-        rows.append(f"| {shape} | read + write the bytes once (`cat > file`) | {cp_w:.0f} | {cp_rss:.0f} | |")
-        rows.append(f"| {shape} | `superweight quantize --stream` (4-bit, group 128) | {q_w:.0f} | {q_rss:.0f} | "
-                    f"wrote {qsize / 1e9:.1f} GB; {q_w / cp_w:.1f}x the copy |")
     return rows
 
 
@@ -375,12 +386,13 @@ def main() -> None:
     ap.add_argument("--dir", default="/var/tmp/superweight-bench", help="where the synthetic checkpoints go")
     ap.add_argument("--write", metavar="MD", help="append the table to this markdown file")
     ap.add_argument("--clean", action="store_true", help="delete the synthetic checkpoints afterwards")
+    ap.add_argument("--only", choices=["quantize"], help="only the copy and quantize rows (7b, small)")
     args = ap.parse_args()
     root = Path(args.dir)
     root.mkdir(parents=True, exist_ok=True)
     rows = ["| shape | what | wall s | peak RSS MiB | notes |", "|---|---|---|---|---|"]
     for shape in args.shape:
-        rows += bench(shape, root)
+        rows += bench(shape, root, args.only)
         if args.clean:
             shutil.rmtree(root / _dirname(shape), ignore_errors=True)
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30

@@ -114,6 +114,8 @@ def test_a_read_only_directory_is_refused_before_any_work(tmp_path, capsys):
     (["quant-compare", "--hqq-groups", "0"], "--hqq-groups must be at least 1"),
     (["quant-compare", "--act-ratio", "nan"], "--act-ratio must be a finite number"),
     (["quant-compare", "--bits", "9"], "--bits must be from 2 to 8"),
+    (["quant-compare", "--block-sizes", "--group-sizes", "--hqq-groups", "--no-quanto"], "nothing to compare"),
+    (["quantize", "--out", "{dir}/q", "--format", "compressed-tensors", "--block-size", "64"], "compressed-tensors stores groups"),
     (["quantize", "--out", "{dir}/q", "--act-ratio", "nan"], "--act-ratio must be a finite number >= 0"),
     (["quantize", "--out", "{dir}/q", "--act-ratio=-inf"], "--act-ratio must be a finite number >= 0"),
     (["quantize", "--out", "{dir}/q", "--keep-outliers", "nan"], "keep fraction"),

@@ -182,3 +182,44 @@ def test_clip_parsing(text, expected):
 def test_bad_clip_is_a_clear_error(text):
     with pytest.raises(UsageError, match="clip"):
         Clip.parse(text)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_fast_group_path_gives_exactly_what_the_general_path_gives(dtype, monkeypatch):
+    """``_group_rows`` (slices of rows, held weights fixed up per group) against the general
+    path, over ragged groups, held weights and columns, both zero points, symmetric, restore."""
+    import itertools
+
+    from superweight.quant import rtn
+
+    g = torch.Generator().manual_seed(0)
+    cases = []
+    for shape in [(64, 128), (37, 100), (5, 7)]:
+        w = (torch.randn(shape, generator=g) * 0.02).to(dtype)
+        w[3, 5] = 1.5
+        for size, sym, zero, hold in itertools.product([32, None, 1000], [False, True], ["float", "int"],
+                                                       ["exclude", "restore"]):
+            cfg = QuantConfig(4, "group", size, symmetric=sym, zero=zero, hold=hold)
+            for keep, cols in [((), ()), ([(3, 5), (1, 2)], [5, 6, 0]), ([], [4])]:
+                cases.append((w, cfg, keep, cols, quantize_tensor(w, cfg, keep, cols)))
+    monkeypatch.setattr(rtn, "_fast", lambda cfg: False)
+    monkeypatch.setattr(rtn, "CHUNK", 1)  # irrelevant to the general path; the fast one ran above
+    for w, cfg, keep, cols, fast in cases:
+        slow = quantize_tensor(w, cfg, keep, cols)
+        assert torch.equal(fast.dequantized, slow.dequantized), (cfg.describe(), keep, cols)
+        assert (fast.blocks, fast.held, fast.bits_total) == (slow.blocks, slow.held, slow.bits_total)
+        assert fast.sq_error == pytest.approx(slow.sq_error, rel=1e-4, abs=1e-12)
+
+
+def test_the_fast_path_works_a_slice_of_rows_at_a_time(monkeypatch):
+    from superweight.quant import rtn
+
+    w = torch.randn(50, 64, generator=torch.Generator().manual_seed(2))
+    cfg = QuantConfig(3, "group", 16)
+    whole = quantize_tensor(w, cfg, [(7, 3), (40, 9)], [11])
+    monkeypatch.setattr(rtn, "CHUNK", 64 * 3)  # three rows a slice: the held rows fall in different slices
+    sliced = quantize_tensor(w, cfg, [(7, 3), (40, 9)], [11])
+    assert torch.equal(whole.dequantized, sliced.dequantized)
+    assert sliced.dequantized[7, 3] == w[7, 3] and torch.equal(sliced.dequantized[:, 11], w[:, 11])
+    with pytest.raises(UsageError, match="NaN or Inf"):
+        quantize_tensor(w.index_fill(0, torch.tensor([30]), float("nan")), cfg)

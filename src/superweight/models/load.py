@@ -403,6 +403,7 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
         source = gguf_to_hf_dir(path, log)
     local = gguf is not None or isinstance(source, Path) and source.is_dir() and (
         any(source.glob("*.safetensors")) or (source / "model.safetensors.index.json").is_file())
+    asked = stream
     if stream is None:
         stream = gguf is not None or local and (torch.device(device).type == "cpu" or not _fits_on(source, device))
     elif stream and not local:
@@ -416,6 +417,16 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"cannot load the config of {ref}: {_first_line(e)}") from e
     _check_causal(config)
+    extra = {}
+    qc = getattr(config, "quantization_config", None)
+    if isinstance(qc, dict) and qc.get("quant_method") == "compressed-tensors":
+        # a packed checkpoint (quantize --format compressed-tensors): transformers unpacks it
+        # on load; dequantized, since it cannot run asymmetric packs compressed (quant/packed.py)
+        if asked:
+            raise UsageError(f"{ref}: a compressed-tensors checkpoint is read whole (dequantized on load); drop --stream")
+        from transformers import CompressedTensorsConfig
+
+        stream, extra = False, {"quantization_config": CompressedTensorsConfig(dequantize=True)}
     if isinstance(source, Path) and source.is_dir():
         _check_weights(source)
     try:
@@ -435,8 +446,8 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
         else:
             streamer = None
             model, info = AutoModelForCausalLM.from_pretrained(
-                source_arg, dtype=torch_dtype, trust_remote_code=trust_remote_code, output_loading_info=True, **where
-            )
+                source_arg, dtype=torch_dtype, trust_remote_code=trust_remote_code, output_loading_info=True, **where,
+                **extra)
             if info.get("missing_keys"):
                 raise _lacks(ref, sorted(info["missing_keys"]))
             model = model.to(device)

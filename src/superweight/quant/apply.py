@@ -67,6 +67,13 @@ class QuantReport:
         self.bits_total += q.bits_total
         self.numel += q.numel
 
+    def add_dense(self, name: str, t: torch.Tensor) -> None:
+        """A chosen weight left unquantized (a packed format's hold-out): all its bits count."""
+        bits = torch.finfo(t.dtype).bits
+        self.tensors.append(TensorReport(name, tuple(t.shape), 0, t.numel(), float(bits), 0.0, None))
+        self.bits_total += t.numel() * bits
+        self.numel += t.numel()
+
     def to_dict(self, tensors: bool = True) -> dict:
         d = {"method": self.config.describe(), "config": self.config.to_dict(),
              "super_weights_held": [str(c) for c in self.keep], "held_out": self.held,
@@ -151,12 +158,12 @@ def held_columns(lm: LoadedModel, names: list[str], cfg: QuantConfig) -> dict[st
     return massive_input_columns(lm, names, cfg.act_ratio, cfg.act_max_cols)
 
 
-def _loop(items, log, what: str):
+def _loop(items, log, what: str, total: int | None = None):
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover
         return items
-    return tqdm(items, desc=what, unit="tensor", disable=True if log is None else None, leave=False)
+    return tqdm(items, desc=what, unit="tensor", total=total, disable=True if log is None else None, leave=False)
 
 
 def quantize_(lm: LoadedModel, cfg: QuantConfig, keep=(), include=(), exclude=(), log=None) -> QuantReport:

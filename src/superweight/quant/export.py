@@ -6,6 +6,10 @@ to its own precision), the source's config, generation config and tokenizer file
 ``superweight-quant.json``: the method, the configuration, the held-out weights and the
 effective bits per weight, overall and per tensor.
 
+``format="compressed-tensors"`` writes the chosen weights packed instead (``packed.py``: int
+codes in int32, a scale and zero point per group, ``quantization_config`` in config.json);
+the matrices holding the super weights stay unquantized and are listed in its ``ignore``.
+
 From a local safetensors checkpoint (a GGUF file's converted cache included) the work is
 tensor by tensor: each tensor is read, quantized if chosen, and written into shards of at
 most ``max_shard_bytes``; memory stays near one shard, so models larger than RAM work.
@@ -18,8 +22,10 @@ Either way the directory appears only when complete (``atomic_dir``); the source
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -31,6 +37,7 @@ from superweight.errors import ModelLoadError
 from superweight.models.load import LoadedModel
 from superweight.quant.rtn import QuantConfig
 from superweight.quant.apply import QuantReport, _kept_by_param, _loop, held_columns, quantize_, quantize_param, targets
+from superweight.quant.packed import FORMATS
 
 MANIFEST = "superweight-quant.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5")
@@ -38,7 +45,10 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", "
 
 class ShardWriter:
     """Collect tensors into safetensors shards of at most ``max_bytes`` (a bigger single
-    tensor gets a shard of its own), named and indexed as ``save_pretrained`` does."""
+    tensor gets a shard of its own), named and indexed as ``save_pretrained`` does. A full
+    shard is written in a background thread while the caller goes on (at most one at a
+    time, so at most two shards are in memory); ``close`` waits for it and re-raises its
+    error, if any."""
 
     def __init__(self, directory: Path, max_bytes: int):
         self.dir, self.max = directory, max_bytes
@@ -46,6 +56,8 @@ class ShardWriter:
         self.size = 0
         self.parts: list[tuple[Path, list[str]]] = []
         self.total = 0
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="shard-writer")
+        self._pending = None
 
     def add(self, name: str, t: torch.Tensor) -> None:
         n = t.numel() * t.element_size()
@@ -55,16 +67,26 @@ class ShardWriter:
         self.size += n
         self.total += n
 
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
     def flush(self) -> None:
         if not self.buf:
             return
+        self._wait()
         path = self.dir / f".part-{len(self.parts):05d}.safetensors"
-        save_file(self.buf, str(path), metadata={"format": "pt"})
+        self._pending = self._pool.submit(_save_durably, self.buf, path)
         self.parts.append((path, list(self.buf)))
         self.buf, self.size = {}, 0
 
     def close(self) -> None:
-        self.flush()
+        try:
+            self.flush()
+            self._wait()
+        finally:
+            self._pool.shutdown(wait=True)
         n = len(self.parts)
         if n == 1:
             self.parts[0][0].rename(self.dir / "model.safetensors")
@@ -76,6 +98,47 @@ class ShardWriter:
             weight_map.update({k: final for k in names})
         index = {"metadata": {"total_size": self.total}, "weight_map": weight_map}
         (self.dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+    def abort(self) -> None:
+        """Stop without an index (the staging directory is discarded by the caller)."""
+        self._pending = None
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _touched(t: torch.Tensor) -> torch.Tensor:
+    """``t``, its pages faulted in: safetensors hands out tensors over a lazy map of the file,
+    which would otherwise be read from disk by whoever first computes on them."""
+    if t.numel() and t.is_contiguous():
+        t.reshape(-1).view(torch.uint8)[::4096].sum()  # one byte of each page
+    return t
+
+
+def _save_durably(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """``save_file``, then ``fsync``: the shard is on disk before the directory is renamed
+    into place, and its writeback runs here, beside the computing, not in one flush at the end."""
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def prefetched(groups, read):
+    """``(group, [(name, tensor), ...])`` for each group, the next one read (from the disk,
+    not just mapped) in a background thread while the caller works on this one: reading,
+    computing and writing overlap."""
+    groups = list(groups)
+
+    def load(g):
+        return [(k, _touched(t)) for k, t in read(g)]
+
+    with ThreadPoolExecutor(1, thread_name_prefix="reader") as pool:
+        nxt = pool.submit(load, groups[0]) if groups else None
+        for i, g in enumerate(groups):
+            got = nxt.result()
+            nxt = pool.submit(load, groups[i + 1]) if i + 1 < len(groups) else None
+            yield g, got
 
 
 def _source_checkpoint(lm: LoadedModel, names: list[str]):
@@ -98,37 +161,95 @@ def _copy_side_files(src: Path, dst: Path) -> None:
 
 
 def save_quantized(lm: LoadedModel, cfg: QuantConfig, out: str | Path, keep=(), include=(), exclude=(),
-                   overwrite: bool = False, max_shard_bytes: int = 2 << 30, log=None) -> QuantReport:
+                   overwrite: bool = False, max_shard_bytes: int = 2 << 30, log=None,
+                   format: str = "dequantized") -> QuantReport:
     """Quantize ``lm``'s decoder linear weights and write the whole model to ``out``, which
     appears only once complete (``atomic_dir``: locked, refused if it exists unless
     ``overwrite``)."""
     cfg.check()
     with atomic_dir(out, overwrite) as tmp:
-        return write_quantized(lm, cfg, tmp, keep, include, exclude, max_shard_bytes, log)
+        return write_quantized(lm, cfg, tmp, keep, include, exclude, max_shard_bytes, log, format)
+
+
+def _unique_state(model) -> dict[str, torch.Tensor]:
+    """The model's state dict with tied tensors once (the first name; loading re-ties them)."""
+    seen, out = set(), {}
+    for k, t in model.state_dict().items():
+        key = (t.data_ptr(), tuple(t.shape)) if t.device.type != "meta" else (k,)
+        if key not in seen:
+            seen.add(key)
+            out[k] = t
+    return out
+
+
+def _stream(lm, cfg, report, writer, items, chosen_set, shapes, kept, cols, pack: bool, convert: bool, dtype) -> None:
+    """The streamed write: each group's tensors under the model's names, the chosen ones
+    quantized (or packed), all written back under the names save_pretrained gives them."""
+    from transformers.core_model_loading import revert_weight_conversion
+
+    from superweight.quant import packed
+
+    for _, tensors in items:
+        out = {}
+        for k, t in tensors:
+            if convert and t.dtype.is_floating_point:
+                t = t.to(dtype)  # GGUF: dequantized float32, written at the model's dtype
+            if k in chosen_set:
+                if tuple(t.shape) != shapes[k]:
+                    raise ModelLoadError(f"{k} has shape {tuple(t.shape)} in the checkpoint, the config implies {shapes[k]}")
+                if pack and k in kept:
+                    report.add_dense(k, t)  # the format's hold-out: the whole matrix as it is
+                elif pack:
+                    stored, q = packed.pack(k.removesuffix(".weight"), t, cfg)
+                    report.add(k, t.shape, q)
+                    for name, v in stored.items():
+                        writer.add(name, v)
+                    continue
+                else:
+                    new, q = quantize_param(t, cfg, kept.get(k, []), lm.adapter.layout(t), cols.get(k, []))
+                    report.add(k, t.shape, q)
+                    t = new
+            out[k] = t
+        for k, t in revert_weight_conversion(lm.model, out).items():
+            writer.add(k, t)
 
 
 def write_quantized(lm: LoadedModel, cfg: QuantConfig, tmp: Path, keep=(), include=(), exclude=(),
-                    max_shard_bytes: int = 2 << 30, log=None) -> QuantReport:
+                    max_shard_bytes: int = 2 << 30, log=None, format: str = "dequantized") -> QuantReport:
     """``save_quantized``'s work, into the existing empty directory ``tmp`` (a staging directory)."""
+    from superweight.quant import packed
+
+    if format not in FORMATS:
+        raise ModelLoadError(f"unknown format {format!r}: {', '.join(FORMATS)}")
+    pack = format == "compressed-tensors"
+    if pack:
+        packed.check(cfg)
     cfg.check()
     tmp = Path(tmp)
     chosen = targets(lm, include, exclude)
     names = [n for n, _ in chosen]
     shapes = {n: tuple(p.shape) for n, p in chosen}
     kept = _kept_by_param(lm, keep)
+    if pack:  # every matrix that will be packed must fit the format, before anything is written
+        for n in names:
+            if n not in kept:
+                packed.fits(n.removesuffix(".weight"), shapes[n], cfg)
     ckpt = _source_checkpoint(lm, names)
-    if ckpt is None:
+    if ckpt is None and not pack:
         if any(p.is_meta for _, p in chosen):
             raise ModelLoadError("cannot quantize a streamed model whose checkpoint names differ from the model's")
         report = quantize_(lm, cfg, keep, include, exclude, log)
         lm.model.save_pretrained(tmp, max_shard_size=max_shard_bytes)
         lm.tokenizer.save_pretrained(tmp)
     else:
-        from transformers.core_model_loading import revert_weight_conversion
-
         from superweight.models.streaming import GGUFCheckpoint
 
-        safetensors = not isinstance(ckpt, GGUFCheckpoint)
+        if ckpt is None and any(p.is_meta for _, p in chosen):
+            raise ModelLoadError("cannot quantize a streamed model whose checkpoint names differ from the model's")
+        # the source: the checkpoint tensor by tensor, else the model's own state in memory
+        safetensors = ckpt is not None and not isinstance(ckpt, GGUFCheckpoint)
+        groups = ckpt.groups() if ckpt is not None else [None]
+        read = (lambda g: ckpt.read_iter(g)) if ckpt is not None else (lambda g: _unique_state(lm.model).items())
         dtype = next((p.dtype for _, p in chosen), torch.float32)
         report = QuantReport(cfg, list(keep))
         t0 = time.perf_counter()
@@ -138,21 +259,13 @@ def write_quantized(lm: LoadedModel, cfg: QuantConfig, tmp: Path, keep=(), inclu
         # one group per stored tensor, or per set of stored tensors transformers fuses on
         # load (a layer's experts): read under the model's names, quantized as the model
         # holds them, written back under the names save_pretrained would use
-        for group in _loop(ckpt.groups(), log, "quantizing"):
-            out = {}
-            for k, t in ckpt.read_iter(group):
-                if not safetensors and t.dtype.is_floating_point:
-                    t = t.to(dtype)  # GGUF: dequantized float32, written at the model's dtype
-                if k in chosen_set:
-                    if tuple(t.shape) != shapes[k]:
-                        raise ModelLoadError(f"{k} has shape {tuple(t.shape)} in the checkpoint, the config implies {shapes[k]}")
-                    new, q = quantize_param(t, cfg, kept.get(k, []), lm.adapter.layout(t), cols.get(k, []))
-                    report.add(k, t.shape, q)
-                    t = new
-                out[k] = t
-            for k, t in revert_weight_conversion(lm.model, out).items():
-                writer.add(k, t)
-            del out
+        try:
+            items = _loop(prefetched(groups, read), log, "quantizing", total=len(groups))
+            _stream(lm, cfg, report, writer, items, chosen_set,
+                    shapes, kept, cols, pack, convert=ckpt is not None and not safetensors, dtype=dtype)
+        except BaseException:
+            writer.abort()
+            raise
         writer.close()
         report.seconds = time.perf_counter() - t0
         if safetensors:
@@ -160,6 +273,15 @@ def write_quantized(lm: LoadedModel, cfg: QuantConfig, tmp: Path, keep=(), inclu
         else:
             lm.model.config.save_pretrained(tmp)
             lm.tokenizer.save_pretrained(tmp)
-    manifest = {"tool": f"superweight {__version__}", "source": lm.name, **report.to_dict()}
+        if pack:
+            quantized_modules = {n.removesuffix(".weight") for n in names if n not in kept}
+            linear = [m for m, mod in lm.model.named_modules() if isinstance(mod, torch.nn.Linear)]
+            config = json.loads((tmp / "config.json").read_text())
+            config["quantization_config"] = packed.quantization_config(
+                cfg, [m for m in linear if m not in quantized_modules])
+            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    manifest = {"tool": f"superweight {__version__}", "source": lm.name, "format": format, **report.to_dict()}
+    if pack:
+        manifest["unquantized_matrices"] = sorted(n for n in names if n in kept)
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return report

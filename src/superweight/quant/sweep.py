@@ -13,6 +13,12 @@ Methods (every one applied to the same decoder linear weights, undone after each
   zero), 4-bit codes with float16 scale and zero per group of G (``axis=1``: groups of G
   consecutive elements of the flattened row-major weight, hqq's own convention), when
   ``hqq`` is installed (``pip install superweight[hqq]``).
+- ``quanto``: ``optimum-quanto``'s weight-only ``qint4``/``qint2`` (its ``MaxOptimizer``:
+  asymmetric min-max with a float scale and shift per group), through its own ``QLinear``, so
+  its group rule is its own: 128 input channels, reduced by 32 until it divides the row (96
+  for SmolLM2's 576-wide inputs). It has no 3-bit type. Its scale and shift are stored at
+  the weight's dtype; they are counted at 16 bits each, as for a model served in bfloat16,
+  quanto's normal case (this project's models run in float32, which would count 32).
 Sizes are per method; effective bits per weight count codes, scales, zero points and the
 held-out values with their indices (``rtn.py``). Quantization wall time is reported.
 """
@@ -34,6 +40,7 @@ WHOLE = None
 BLOCK_SIZES = (64, 256, 1024, 4096, 16384, 65536, WHOLE)
 GROUP_SIZES = (32, 64, 128, 256)
 HQQ_GROUPS = (32, 64, 128)
+QUANTO_BITS = (2, 4, 8)  # optimum-quanto's weight types: qint2, qint4, qint8
 ACT_RATIO = 10.0
 
 
@@ -60,8 +67,9 @@ class Point:
 
 
 def plan(bits=(3, 4), block_sizes=BLOCK_SIZES, group_sizes=GROUP_SIZES, hqq_groups=HQQ_GROUPS,
-         act_ratio: float = ACT_RATIO) -> list[tuple[str, int, int | None, QuantConfig | None, bool]]:
-    """(method, bits, size, config or None for HQQ, hold out the super weights) per point."""
+         act_ratio: float = ACT_RATIO, quanto: bool = True) -> list[tuple[str, int, int | None, QuantConfig | None, bool]]:
+    """(method, bits, size, config or None for an outside quantizer (HQQ, quanto), hold out
+    the super weights) per point. ``quanto``: add quanto at the widths it has."""
     out = []
     for b in bits:
         for B in block_sizes:
@@ -73,6 +81,8 @@ def plan(bits=(3, 4), block_sizes=BLOCK_SIZES, group_sizes=GROUP_SIZES, hqq_grou
             out.append(("ours", b, G, QuantConfig(b, "group", G, act_ratio=act_ratio), True))
         for G in hqq_groups:
             out.append(("HQQ", b, G, None, False))
+        if quanto and b in QUANTO_BITS:
+            out.append(("quanto", b, 128, None, False))
     return out
 
 
@@ -82,6 +92,42 @@ def hqq_available() -> bool:
     except Exception:  # noqa: BLE001 - missing, or its optional CUDA bits failing to import
         return False
     return True
+
+
+def quanto_available() -> bool:
+    try:
+        import optimum.quanto  # noqa: F401
+    except Exception:  # noqa: BLE001 - missing, or failing to import against this torch
+        return False
+    return True
+
+
+def quanto_quantize_(lm: LoadedModel, bits: int, group: int = 128) -> tuple[float, float]:
+    """optimum-quanto's weight-only quantization of every decoder linear weight, in place, as
+    quanto's ``QLinear`` quantizes it (``group`` is quanto's, fixed at 128 and reduced to fit;
+    the argument is only the label); returns (effective bits per weight, seconds)."""
+    from optimum.quanto import qint2, qint4, qint8
+    from optimum.quanto.nn import QLinear
+
+    qtype = {2: qint2, 4: qint4, 8: qint8}[bits]
+    total = numel = 0
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for name, p in targets(lm):
+            mod = lm.model.get_submodule(name.rsplit(".", 1)[0])
+            if not isinstance(mod, torch.nn.Linear):
+                raise UsageError(f"quanto quantizes torch.nn.Linear modules; {name} belongs to a {type(mod).__name__}")
+            qm = QLinear.from_module(mod, weights=qtype)  # shares mod's weight; quantizes on read
+            deq = qm.qweight.dequantize()
+            G = qm.weight_group_size
+            groups = p.shape[0] if G is None else p.numel() // G  # None: one scale per output row
+            p.data.copy_(deq.to(p.dtype))
+            total += p.numel() * bits + groups * (16 if bits == 8 else 32)  # qint8: a scale only
+            numel += p.numel()
+    return total / numel, time.perf_counter() - t0
+
+
+OUTSIDE = {"HQQ": (hqq_available, "hqq"), "quanto": (quanto_available, "optimum-quanto")}
 
 
 def hqq_quantize_(lm: LoadedModel, bits: int, group: int) -> tuple[float, float]:
@@ -126,9 +172,10 @@ def sweep(lm: LoadedModel, coords: list[Coord], texts: dict[str, str], points=No
     if lm.adapter.streamer is not None:
         raise UsageError("the comparison needs the model in memory: load it with stream=False")
     points = plan() if points is None else points
-    if any(cfg is None for _, _, _, cfg, _ in points) and not hqq_available():
-        log("hqq is not installed: HQQ points skipped (pip install hqq)")
-        points = [p for p in points if p[3] is not None]
+    for method, (available, package) in OUTSIDE.items():
+        if any(cfg is None and m == method for m, _, _, cfg, _ in points) and not available():
+            log(f"{package} is not installed: {method} points skipped (pip install {package})")
+            points = [p for p in points if p[3] is not None or p[0] != method]
     for _, _, _, cfg, _ in points:
         if cfg is not None:
             cfg.check()
@@ -142,13 +189,13 @@ def sweep(lm: LoadedModel, coords: list[Coord], texts: dict[str, str], points=No
         if cfg is None:
             saved = [(p, p.data.clone()) for _, p in targets(lm)]
             try:
-                bpw, secs = hqq_quantize_(lm, b, size)
+                bpw, secs = (hqq_quantize_ if method == "HQQ" else quanto_quantize_)(lm, b, size)
                 ppl, acc = measure(lm, texts, seqlen, max_windows, tasks, limit, log)
             finally:
                 with torch.no_grad():
                     for p, old in saved:
                         p.data.copy_(old)
-            out.append(Point(method, b, size, bpw, secs, ppl, acc, {"hqq_group": size, "nbits": b}))
+            out.append(Point(method, b, size, bpw, secs, ppl, acc, {"group": size, "nbits": b}))
             continue
         with quantized(lm, cfg, keep=coords if keep_sw else ()) as rep:
             ppl, acc = measure(lm, texts, seqlen, max_windows, tasks, limit, log)
