@@ -235,17 +235,15 @@ def write_quantized(lm: LoadedModel, cfg: QuantConfig, tmp: Path, keep=(), inclu
             if n not in kept:
                 packed.fits(n.removesuffix(".weight"), shapes[n], cfg)
     ckpt = _source_checkpoint(lm, names)
+    if ckpt is None and any(p.is_meta for _, p in chosen):
+        raise ModelLoadError("cannot quantize a streamed model whose checkpoint names differ from the model's")
     if ckpt is None and not pack:
-        if any(p.is_meta for _, p in chosen):
-            raise ModelLoadError("cannot quantize a streamed model whose checkpoint names differ from the model's")
         report = quantize_(lm, cfg, keep, include, exclude, log)
         lm.model.save_pretrained(tmp, max_shard_size=max_shard_bytes)
         lm.tokenizer.save_pretrained(tmp)
     else:
         from superweight.models.streaming import GGUFCheckpoint
 
-        if ckpt is None and any(p.is_meta for _, p in chosen):
-            raise ModelLoadError("cannot quantize a streamed model whose checkpoint names differ from the model's")
         # the source: the checkpoint tensor by tensor, else the model's own state in memory
         safetensors = ckpt is not None and not isinstance(ckpt, GGUFCheckpoint)
         groups = ckpt.groups() if ckpt is not None else [None]
