@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -244,3 +245,15 @@ def test_text_too_short_for_one_window_is_one_line(tmp_path, cli, error_line):
 @pytest.mark.slow
 def test_bad_proof_options_are_one_line(args, msg, cli, error_line):
     error_line(cli("detect", *args), msg)
+
+
+@pytest.mark.parametrize("preset,want", [(None, "1"), ("0", "0")])
+def test_the_cli_turns_on_huge_pages_for_torch_unless_told_not_to(preset, want, monkeypatch, capsys):
+    """THP_MEM_ALLOC_ENABLE (torch's allocator: huge pages for tensors of 2 MB and up) is on
+    by default under the CLI; a user's own setting wins."""
+    if preset is None:
+        monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    else:
+        monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", preset)
+    assert main(["index"]) == 0
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == want

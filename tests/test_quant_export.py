@@ -16,6 +16,7 @@ from superweight.quant.export import MANIFEST, save_quantized
 from superweight.quant.rtn import QuantConfig
 from superweight.quant.apply import quantized
 
+threads_before_tests = torch.get_num_threads()
 IDS = torch.tensor([[256, 72, 101, 108, 108, 111, 32, 119, 111, 114, 108, 100]])
 
 
@@ -102,9 +103,30 @@ def test_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(export, "save_file", full)
+    threads = torch.get_num_threads()
     with pytest.raises(sw.SuperweightError, match="disk full"):
         save_quantized(streamed, QuantConfig(), tmp_path / "q")
     assert sorted(f.name for f in tmp_path.iterdir()) == ["src"]
+    assert torch.get_num_threads() == threads  # the streamed loop's thread count is given back
+
+
+def test_the_streamed_loop_leaves_a_core_to_the_io_threads(tmp_path, monkeypatch):
+    import superweight.quant.export as export
+
+    assert [export.compute_threads(n) for n in (1, 2, 16)] == [1, 1, 15]
+    lm = tiny_model("llama")
+    lm.model.save_pretrained(tmp_path / "src")
+    lm.tokenizer.save_pretrained(tmp_path / "src")
+    seen = []
+    quantize_param = export.quantize_param
+    monkeypatch.setattr(export, "quantize_param", lambda *a, **k: (seen.append(torch.get_num_threads()), quantize_param(*a, **k))[1])
+    torch.set_num_threads(3)
+    try:
+        save_quantized(sw.load(str(tmp_path / "src")), QuantConfig(), tmp_path / "q")
+        assert seen and set(seen) == {2}
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads_before_tests)
 
 
 @pytest.mark.slow

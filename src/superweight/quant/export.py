@@ -141,6 +141,15 @@ def prefetched(groups, read):
             yield g, got
 
 
+def compute_threads(threads: int) -> int:
+    """Torch's threads while the reader and writer threads run beside the quantizer: one
+    fewer, since they keep about one core busy (faulting pages in, copying into the page
+    cache). With 2 cores this is 1: the two intra-op threads otherwise spin-wait between
+    the small ops and take the I/O threads' core (the streamed 7B: 42 s of user time -> 22,
+    and 46 s -> 37 s of wall time with huge pages; docs/benchmarks.md)."""
+    return max(1, threads - 1)
+
+
 def _source_checkpoint(lm: LoadedModel, names: list[str]):
     """The checkpoint to read tensor by tensor: the one the model streams from, or its local
     safetensors directory; None when it lacks a chosen tensor under the model's name."""
@@ -257,6 +266,8 @@ def write_quantized(lm: LoadedModel, cfg: QuantConfig, tmp: Path, keep=(), inclu
         # one group per stored tensor, or per set of stored tensors transformers fuses on
         # load (a layer's experts): read under the model's names, quantized as the model
         # holds them, written back under the names save_pretrained would use
+        threads = torch.get_num_threads()
+        torch.set_num_threads(compute_threads(threads))
         try:
             items = _loop(prefetched(groups, read), log, "quantizing", total=len(groups))
             _stream(lm, cfg, report, writer, items, chosen_set,
@@ -264,6 +275,8 @@ def write_quantized(lm: LoadedModel, cfg: QuantConfig, tmp: Path, keep=(), inclu
         except BaseException:
             writer.abort()
             raise
+        finally:
+            torch.set_num_threads(threads)
         writer.close()
         report.seconds = time.perf_counter() - t0
         if safetensors:
