@@ -364,7 +364,7 @@ def bench(shape: str, root: Path, only: str | None = None) -> list[str]:
 
         quant = ["quantize", str(d), "--stream", "--dtype", "bfloat16", "--coords", f"{L}:{R}:{C}", "--bits", "4",
                  "--group-size", "128", "--out", str(qout)]
-        # this machine's disk varies from minute to minute (a copy took 16 to 33 s within one
+        # this machine's disk varies from minute to minute (a copy took 16 to 38 s within one
         # hour), so each quantize row is paired with a copy run just before it
         copies, done = [], []
         for what, extra in (("4-bit, group 128, super weight and massive-input columns held out", []),

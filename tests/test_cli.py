@@ -248,7 +248,7 @@ def test_bad_proof_options_are_one_line(args, msg, cli, error_line):
 
 
 @pytest.mark.parametrize("preset,want", [(None, "1"), ("0", "0")])
-def test_the_cli_turns_on_huge_pages_for_torch_unless_told_not_to(preset, want, monkeypatch, capsys):
+def test_the_cli_turns_on_huge_pages_for_torch_unless_told_not_to(preset, want, monkeypatch):
     """THP_MEM_ALLOC_ENABLE (torch's allocator: huge pages for tensors of 2 MB and up) is on
     by default under the CLI; a user's own setting wins."""
     if preset is None:

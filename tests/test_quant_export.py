@@ -16,7 +16,6 @@ from superweight.quant.export import MANIFEST, save_quantized
 from superweight.quant.rtn import QuantConfig
 from superweight.quant.apply import quantized
 
-threads_before_tests = torch.get_num_threads()
 IDS = torch.tensor([[256, 72, 101, 108, 108, 111, 32, 119, 111, 114, 108, 100]])
 
 
@@ -120,13 +119,14 @@ def test_the_streamed_loop_leaves_a_core_to_the_io_threads(tmp_path, monkeypatch
     seen = []
     quantize_param = export.quantize_param
     monkeypatch.setattr(export, "quantize_param", lambda *a, **k: (seen.append(torch.get_num_threads()), quantize_param(*a, **k))[1])
+    before = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
         save_quantized(sw.load(str(tmp_path / "src")), QuantConfig(), tmp_path / "q")
         assert seen and set(seen) == {2}
         assert torch.get_num_threads() == 3
     finally:
-        torch.set_num_threads(threads_before_tests)
+        torch.set_num_threads(before)
 
 
 @pytest.mark.slow
