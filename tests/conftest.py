@@ -14,6 +14,17 @@ GPL3 = Path("/usr/share/common-licenses/GPL-3")
 REAL = {"smol", "smol_whole", "smol_gguf", "smol_result", "qwen", "qwen_result"}
 
 
+def pytest_configure(config):
+    """Each test session starts with an empty verdict cache of its own (the CLI tests in
+    fresh processes inherit it), so the real-model fixtures prove their verdicts now and
+    the commands after them reuse those, as a user's second command would."""
+    import os
+    import tempfile
+
+    if "SUPERWEIGHT_VERDICT_CACHE" not in os.environ:
+        os.environ["SUPERWEIGHT_VERDICT_CACHE"] = tempfile.mkdtemp(prefix="superweight-verdicts-")
+
+
 def pytest_collection_modifyitems(items):
     """``real``: the test reads a real model's weights (through these fixtures, or marked by
     hand); ``slow``: real, or it starts the command in a fresh process. ``pytest -m "not
@@ -50,9 +61,11 @@ def smol_gguf():
 
 @pytest.fixture(scope="session")
 def smol_result(smol):
+    """Proven in this session (its verdict cache starts empty: here, or by a CLI test
+    before), and kept for the commands after it."""
     import superweight as sw
 
-    return sw.detect(smol)
+    return sw.detect_once(smol)[0]
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +86,7 @@ def qwen():
 def qwen_result(qwen):
     import superweight as sw
 
-    return sw.detect(qwen)
+    return sw.detect_once(qwen)[0]
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

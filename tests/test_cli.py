@@ -33,7 +33,7 @@ def test_detect_default_model_json_contract(cli):
     for key in ("module", "value", "input_activation", "output_activation"):
         assert key in found
     assert found["grade"] == "super" and found["effect"]["matters_in"] == ["bos", "mid"]
-    assert {c["kind"] for c in found["effect"]["controls"]} == {"largest", "random", "neighbours"}
+    assert {c["kind"] for c in found["effect"]["controls"]} >= {"largest", "random", "neighbours"}
     assert all("reason" in r for r in out["rejected"])
     assert out["super_activation"]["channel"] == 507
     assert len(out["super_activation"]["max_per_layer"]) == 30

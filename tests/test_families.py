@@ -28,7 +28,12 @@ def test_detects_planted_super_weight(model_type):
     for cond in found.effect.matters_in:
         assert found.effect.text.kl[cond] >= cfg.strong_kl
         assert found.effect.text.kl[cond] >= cfg.min_control_ratio * max(found.effect.control_kl_text(cond), cfg.kl_floor)
-    assert found.effect.matters_in and {c.kind for c in found.effect.controls} == {"largest", "random", "neighbours"}
+    kinds = {c.kind for c in found.effect.controls}
+    assert found.effect.matters_in and kinds >= {"largest", "random", "neighbours"}
+    measured = [c for c in found.effect.controls if c.text is not None]
+    # a graded weight's controls: every set measured, or its largest and random zeroed together
+    assert {c.kind for c in measured} in ({"largest", "random", "neighbours"}, {"neighbours", "largest+random"},
+                                          {"largest", "random", "neighbours", "largest+random"})
     assert found.share > 0.5
     assert found.value == pytest.approx(lm.adapter.value(coord))
     assert result.architecture == model_type
@@ -57,7 +62,8 @@ def test_a_weak_but_specific_planted_weight_is_found(model_type):
     (found,) = result.strong + result.super_weights
     assert found.effect.kl == pytest.approx(kl, abs=1e-3)
     assert found.effect.control_kl < 0.02
-    assert all(max(c.text.kl.values()) < 0.05 for c in found.effect.controls)
+    measured = [c for c in found.effect.controls if c.text is not None]
+    assert measured and all(max(c.text.kl.values()) < 0.05 for c in measured)
 
 
 def test_gpt2_conv1d_coordinates_are_output_row_input_col():

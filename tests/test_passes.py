@@ -94,7 +94,7 @@ def test_batched_groups_equal_separate_passes(model_type, expert):
         torch.testing.assert_close(mx, my, atol=1e-3, rtol=1e-4)
 
 
-def test_logits_budget_splits_passes_without_changing_answers(monkeypatch):
+def test_token_budget_splits_passes_without_changing_answers(monkeypatch):
     lm = tiny_model("llama")
     ids, mask = Probe.encode(lm.model, lm.tokenizer)
     groups = [Group(ids, mask, zero=(sw.Coord(i % 4, i, i),)) for i in range(5)]
@@ -103,8 +103,68 @@ def test_logits_budget_splits_passes_without_changing_answers(monkeypatch):
     monkeypatch.setattr(passes, "_batched", lambda lm, gs, reduce=None: (calls.append(len(gs)), real(lm, gs, reduce))[1])
     one = passes.run(lm, groups, reduce=lambda lp: float(lp.sum()))
     assert calls == [5]
-    monkeypatch.setattr(passes, "LOGITS_BUDGET", ids.numel() * 258 * 4 * 2)  # two groups' logits
+    monkeypatch.setattr(passes, "PASS_TOKENS", ids.shape[1] * ids.shape[0] * 2)  # two groups' tokens
     calls.clear()
     split = passes.run(lm, groups, reduce=lambda lp: float(lp.sum()))
     assert calls == [2, 2, 1]
     assert [x.value for x in split] == pytest.approx([x.value for x in one], rel=1e-5)
+
+
+class _Sum(passes.Chunked):
+    """Sums log-probs chunk by chunk, and says which positions it saw."""
+
+    def start(self):
+        self.total, self.seen = 0.0, []
+        return self
+
+    def add(self, lp, at):
+        self.total += float(lp.double().sum())
+        self.seen += list(range(at, at + lp.shape[0]))
+
+    def result(self):
+        return self.total, self.seen
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma2", "gpt2", "falcon", "qwen2_moe"])
+def test_the_head_runs_a_chunk_at_a_time_with_the_same_answers(model_type, monkeypatch):
+    """The head apart from the body (its own forward, soft-capping included), a few
+    positions at a time: log-probs as a plain forward gives them, whole or chunked."""
+    lm = tiny_model(model_type)
+    ids, mask = Probe.encode(lm.model, lm.tokenizer)
+    monkeypatch.setattr(passes, "HEAD_CHUNK", 5)
+    assert passes._head_apart(lm)
+    whole, summed = passes.run(lm, [Group(ids, mask), Group(ids, mask)], per_group=[None, _Sum()])
+    ref = log_probs(lm.model, ids, mask)
+    torch.testing.assert_close(whole.log_probs, ref, atol=1e-4, rtol=1e-4)
+    total, seen = summed.value
+    assert seen == list(range(ref.shape[0]))  # every real position once, in order
+    assert total == pytest.approx(float(ref.double().sum()), rel=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2", "opt", "falcon", "gemma2", "qwen2_moe"])
+def test_edited_rows_resume_from_the_intact_layer_outputs(model_type):
+    """A group whose edits sit at layer L starts there from the intact outputs a ``keep``
+    group recorded: the layers before L do not run, and the answers are those of a pass
+    from the embeddings."""
+    lm = tiny_model(model_type)
+    expert = 1 if lm.adapter.has_experts else None
+    late = sw.Coord(lm.adapter.num_layers - 1, 5, 7, expert)
+    plant(lm, late, 400.0)
+    ids, mask = Probe.encode(lm.model, lm.tokenizer)
+    (intact,) = passes.run(lm, [Group(ids, mask, keep=True)])
+    assert intact.resume is not None and len(intact.resume.outputs) == lm.adapter.num_layers
+    ran = []
+    handles = [layer.register_forward_pre_hook(lambda m, a, i=i: ran.append(i)) for i, layer in enumerate(lm.adapter.layers)]
+    try:
+        resumed = Group(ids, mask, zero=(late,), resume=intact.resume)
+        assert resumed.start == late.layer
+        (fast,) = passes.run(lm, [resumed])
+        assert ran == [late.layer]  # only the last layer ran
+        ran.clear()
+        (slow,) = passes.run(lm, [Group(ids, mask, zero=(late,))])
+        assert ran == list(range(lm.adapter.num_layers))
+    finally:
+        for h in handles:
+            h.remove()
+    torch.testing.assert_close(fast.log_probs, slow.log_probs, atol=1e-4, rtol=1e-4)
+    assert (fast.log_probs - intact.log_probs).abs().max() > 0.1  # the edit did something

@@ -21,14 +21,15 @@ from superweight.errors import ModelLoadError, SuperweightError, UnsupportedMode
 from superweight.probe.interventions import edited, zeroed
 from superweight.index import IndexEntry, compare, index, known
 from superweight.models.load import LoadedModel, load
+from superweight.verdicts import Provenance, detect_once, verify_once
 
 __all__ = [
-    "Coord", "DetectConfig", "DetectResult", "Finding", "Verdict", "VerifyReport", "detect", "verify", "verify_report",
+    "Coord", "DetectConfig", "detect_once", "verify_once", "Provenance", "DetectResult", "Finding", "Verdict", "VerifyReport", "detect", "verify", "verify_report",
     "verify_together", "load", "LoadedModel", "Edit", "EditReport", "save_edited",
     "index", "known", "compare", "IndexEntry", "zeroed", "edited",
     "SuperweightError", "UsageError", "ModelLoadError", "UnsupportedModelError",
 ]
-__version__ = "0.1.0"
+from superweight.version import VERSION as __version__  # noqa: E402
 
 
 # Old flat module paths (superweight.quant, superweight.export, superweight.ablate, ...) keep

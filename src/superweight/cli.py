@@ -31,6 +31,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
     p.add_argument("--dry-run", action="store_true",
                    help="check the options and output paths, then stop before loading the model")
+    _recompute(p)
+
+
+def _recompute(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recompute", action="store_true",
+                   help="prove the verdict again instead of reusing the cached one (see superweight/verdicts.py)")
 
 
 def _proof_args(p: argparse.ArgumentParser) -> None:
@@ -246,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
     u.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
     u.add_argument("--dry-run", action="store_true", help="check the options and output paths, then stop")
+    _recompute(u)
     _proof_args(u)
     r = sub.add_parser("report", help="one self-contained HTML page: findings, super activation, ablation, quantization")
     _common(r)
@@ -363,8 +370,8 @@ def _outputs(args) -> Outputs:
 
 def cmd_detect(args, console) -> int:
     from superweight.output import report
-    from superweight.detect import detect
     from superweight.index import compare, known
+    from superweight.verdicts import detect_once
 
     cfg = detect_config(args)
     check_device(args)
@@ -374,10 +381,10 @@ def cmd_detect(args, console) -> int:
             return _dry(console, outs)
         with _status(console, console.is_terminal) as log:
             lm = _load(args, log, outs)
-            result = detect(lm, cfg, log=log)
+            result, prov = detect_once(lm, cfg, log=log, recompute=args.recompute)
         entry = known(lm.index_id)
         agreement = compare(result.coords, entry) if entry else None
-        out = {**result.to_dict(), "index": agreement}
+        out = {**result.to_dict(), "index": agreement, "verdict": prov.to_dict()}
         if js:
             write_json(out, js)
         if png:
@@ -387,11 +394,12 @@ def cmd_detect(args, console) -> int:
     if args.json == "-":
         write_json(out, "-")
     report.print_detect(console, result, agreement, lm.index_id, verbose=args.verbose)
+    console.print(prov.describe(), markup=False)
     return 0
 
 
 def cmd_verify(args, console) -> int:
-    from superweight.detect import verify_report
+    from superweight.verdicts import verify_once
     from superweight.output import report
     from superweight.index import known
 
@@ -409,13 +417,14 @@ def cmd_verify(args, console) -> int:
                 if entry is None:
                     raise UsageError(f"{lm.name} is not in the index: give coordinates with --coords L:R:C")
                 coords = list(entry.super_weights)
-            rep = verify_report(lm, coords, cfg, log)
-        obj = rep.to_dict()
+            rep, prov = verify_once(lm, coords, cfg, log, recompute=args.recompute)
+        obj = {**rep.to_dict(), "verdict": prov.to_dict()}
         if js:
             write_json(obj, js)
     if args.json == "-":
         write_json(obj, "-")
     report.print_verify(console, rep.model, rep.verdicts, rep.together)
+    console.print(prov.describe(), markup=False)
     return 0
 
 
@@ -517,12 +526,21 @@ def cmd_scale(args, console) -> int:
     return 0
 
 
-def _targets(args, lm, log, needed: bool = False) -> list:
+def _targets(args, lm, log, needed: bool = False, console=None) -> list:
     """The weights a command acts on: ``--coords``, or what detect finds (``coords_or_detect``).
-    ``needed``: finding none is an error (ablate and scale have nothing to do then)."""
+    ``needed``: finding none is an error (ablate and scale have nothing to do then).
+    Where they were detected, ``console`` (stderr when not given) says whether the verdict
+    came from the cache."""
     from superweight.detect import coords_or_detect
 
-    coords = coords_or_detect(lm, _coords(args), detect_config(args), log)
+    def said(prov):
+        line = f"super weights: {prov.describe()}"
+        if console is not None:
+            console.print(line, markup=False)
+        else:
+            print(f"superweight: {line}", file=sys.stderr)
+
+    coords = coords_or_detect(lm, _coords(args), detect_config(args), log, recompute=args.recompute, on_verdict=said)
     if needed and not coords:
         raise UsageError(f"{lm.name}: no super weight found; give --coords")
     return coords
@@ -550,7 +568,7 @@ def cmd_quantize(args, console) -> int:
                 dt = next(p for _, p in lm.adapter.linear_weights()).dtype
                 if dt in (torch.float16, torch.bfloat16, torch.float32):
                     cfg = dataclasses.replace(cfg, scale_dtype=str(dt).removeprefix("torch."))
-            coords = _targets(args, lm, log) if args.keep_super else []
+            coords = _targets(args, lm, log, console=console) if args.keep_super else []
             log("quantizing")
             report = write_quantized(lm, cfg, out, keep=coords, include=args.include, exclude=args.exclude,
                                      max_shard_bytes=shard, log=log, format=args.format)
@@ -676,7 +694,7 @@ def _load_as_stored(args, ref: str, log, outs: Outputs):
 
 def cmd_audit(args, console) -> int:
     from superweight.audit import AuditConfig, audit, findings_of
-    from superweight.detect import detect
+    from superweight.verdicts import detect_once
     from superweight.models.load import load
     from superweight.output.report import print_audit
 
@@ -696,17 +714,21 @@ def cmd_audit(args, console) -> int:
                             trust_remote_code=args.trust_remote_code, log=log)
             quantized = _load_as_stored(args, args.quantized, log, outs)
             outs.reading(original.source)
+            prov = None
             if coords is not None:
                 findings = [(c, "given") for c in coords]
             else:
-                findings = findings_of(detect(original, dcfg, log=log))
+                found, prov = detect_once(original, dcfg, log=log, recompute=args.recompute)
+                findings = findings_of(found)
             result = audit(original, quantized, findings, cfg, log)
-        obj = result.to_dict()
+        obj = {**result.to_dict(), **({"verdict": prov.to_dict()} if prov else {})}
         if js:
             write_json(obj, js)
     if args.json == "-":
         write_json(obj, "-")
     print_audit(console, result)
+    if prov is not None:
+        console.print(f"findings: {prov.describe()}", markup=False)
     return 0
 
 
@@ -732,7 +754,8 @@ def cmd_report(args, console) -> int:
             lm = _load(args, log, outs, in_memory=args.ablate or args.quant)
             quantized = _load_as_stored(args, args.audit, log, outs) if args.audit else None
             rep = build_report(lm, cfg, dcfg, coords, quantized, log,
-                               command="superweight " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+                               command="superweight " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                               recompute=args.recompute)
             log("writing the page")
             page.write_text(render_report(rep))
         obj = rep.to_dict()
@@ -743,6 +766,7 @@ def cmd_report(args, console) -> int:
     from superweight.output import report
 
     report.print_detect(console, rep.result, rep.agreement, lm.index_id)
+    console.print(rep.provenance.describe(), markup=False)
     console.print(f"report written to {args.out}", markup=False)
     return 0
 

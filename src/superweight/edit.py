@@ -110,7 +110,7 @@ class EditReport:
 
 
 def _tool() -> str:
-    from superweight import __version__
+    from superweight.version import VERSION as __version__
 
     return f"superweight {__version__}"
 

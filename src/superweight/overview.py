@@ -72,12 +72,14 @@ class Report:
     audit: object | None = None  # AuditResult
     created: str = ""
     command: str = ""
+    provenance: object | None = None  # verdicts.Provenance: computed now, or from the verdict cache
 
     def to_dict(self) -> dict:
-        from superweight import __version__
+        from superweight.version import VERSION as __version__
 
         return {"model": self.model, "superweight": __version__, "created": self.created, "command": self.command,
-                "detect": {**self.result.to_dict(), "index": self.agreement},
+                "detect": {**self.result.to_dict(), "index": self.agreement,
+                           **({"verdict": self.provenance.to_dict()} if self.provenance else {})},
                 "acted_on": {"coords": [str(c) for c in self.coords], "from": self.coords_from},
                 "ablation": self.ablation.to_dict() if self.ablation else None,
                 "quantization": {"text": self.config.text, "unquantized": self.quant_ref,
@@ -123,24 +125,26 @@ def quant_sweep(lm: LoadedModel, coords: list[Coord], cfg: ReportConfig, log) ->
 
 
 def build_report(lm: LoadedModel, cfg: ReportConfig | None = None, detect_cfg=None, coords: list[Coord] | None = None,
-                 quantized_model: LoadedModel | None = None, log=None, command: str = "") -> Report:
+                 quantized_model: LoadedModel | None = None, log=None, command: str = "",
+                 recompute: bool = False) -> Report:
     """Detect, then ablate, sweep and audit as ``cfg`` says. The ablation and the sweep edit
     weights in memory, so ``lm`` is loaded whole (``load(..., stream=False)``)."""
-    from superweight.detect import detect
     from superweight.index import compare, known
+    from superweight.verdicts import detect_once
 
     cfg = cfg or ReportConfig()
     log = log or (lambda msg: None)
     if (cfg.ablate or cfg.quant) and lm.adapter.streamer is not None:
         raise UsageError("the report's ablation and quantization need the model in memory (load it with stream=False)")
-    result = detect(lm, detect_cfg, log=log)
+    result, provenance = detect_once(lm, detect_cfg, log=log, recompute=recompute)
     entry = known(lm.index_id)
     agreement = compare(result.coords, entry) if entry else None
     acts, source = acted_on(result, coords, entry)
     for c in acts:
         lm.adapter.site(c)
     rep = Report(lm.name, result, agreement, acts, source, cfg,
-                 created=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), command=command)
+                 created=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), command=command,
+                 provenance=provenance)
     if acts and cfg.ablate:
         from superweight.paper.ablate import AblateConfig, ablate
 

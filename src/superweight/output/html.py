@@ -184,7 +184,7 @@ def audit_section(a) -> str:
 
 def render_report(rep) -> str:
     """The whole page for a ``Report`` (overview.py)."""
-    from superweight import __version__
+    from superweight.version import VERSION as __version__
 
     r = rep.result
     tx = r.text
@@ -219,5 +219,6 @@ def render_report(rep) -> str:
                f'<code class="coord">{e(" ".join(str(c) for c in rep.coords))}</code></p>' if rep.coords else "")
             + body
             + f'<p class="note">superweight {e(__version__)}, {e(rep.created)}'
-            + (f"; <code>{e(rep.command)}</code>" if rep.command else "") + "</p>"
+            + (f"; <code>{e(rep.command)}</code>" if rep.command else "")
+            + (f"; {e(rep.provenance.describe())}" if getattr(rep, "provenance", None) else "") + "</p>"
             f"<script>{SCRIPT}</script></body></html>\n")

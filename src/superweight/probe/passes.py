@@ -9,12 +9,21 @@ exactly subtracting X[..., c] * W[r, c] from output channel r, so a hook on each
 projection gives every group its own subtractions and records the spikes of the groups
 that ask for them. Padding positions are masked out of every record.
 
+Rows whose every edit sits at layer L or later are identical to the intact rows up to L:
+a group that carries the intact model's layer outputs on its own windows (``Resume``,
+recorded by a group with ``keep``) starts there. The decoder layers before L are swapped,
+for that pass, for stand-ins that hand the recorded output on (the model's own forward
+still runs: embeddings, masks, positions, the layers from L, the head), so they are
+neither computed nor, when streamed, read from disk. A pass starts at the earliest such
+layer of its groups; ``run`` orders groups by it, so passes stay homogeneous.
+
 Fused mixture-of-experts weights are handled the same way inside the experts loop: each
 expert's down projection sees only its routed rows, whose batch rows the router's choices
 give (``hooks.watch``); routing is per token, so the groups stay independent.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -25,10 +34,24 @@ from superweight.errors import UnsupportedModelError
 from superweight.probe.hooks import summarize, watch
 from superweight.models.load import LoadedModel
 
-MAX_GROUPS = 16  # groups per pass: bounds the batch's activations
-# Bytes of float32 logits per pass: vocabulary-sized tensors dominate a small model's memory,
-# so a pass holds at most the larger of this and 1/32 of the model's weights.
-LOGITS_BUDGET = 32 << 20
+MAX_GROUPS = 16  # groups per pass
+# Tokens per pass (rows x width): bounds the batch's activations. The output head is not
+# run over the batch at once: ``HEAD_CHUNK`` positions at a time (``_head``), so no pass
+# holds a vocabulary-sized tensor per position; memory grows with the largest layer and
+# this many tokens, not with the vocabulary times the rows.
+PASS_TOKENS = 2048
+HEAD_CHUNK = 64  # positions per call of the output head: [64, V] float32 (39 MB at a 152k vocabulary)
+# What the passes computed since the last ``reset_stats``: decoder-layer token steps (a
+# token through one layer, padding included), positions through the output head, passes.
+STATS = {"layer_tokens": 0, "head_tokens": 0, "passes": 0}
+
+
+def reset_stats() -> dict:
+    """The counts so far (a copy), then zero them."""
+    old = dict(STATS)
+    for k in STATS:
+        STATS[k] = 0
+    return old
 
 
 @dataclass(frozen=True)
@@ -38,6 +61,47 @@ class Group:
     zero: tuple[Coord, ...] = ()  # weights zeroed for these rows only
     scan: bool = False  # record every down projection's spike (no log-probs then)
     residual: bool = False  # also max |h| per channel after each layer, first row
+    keep: bool = False  # record every decoder layer's output on these rows (``Answer.resume``)
+    resume: "Resume | None" = None  # the intact layer outputs on these rows: start at the first zeroed layer
+
+    @property
+    def start(self) -> int:
+        """The first decoder layer this group must compute (0 unless it can resume)."""
+        if self.resume is None or not self.zero or self.scan or self.residual or self.keep:
+            return 0
+        return min(c.layer for c in self.zero)
+
+
+@dataclass
+class Resume:
+    """The intact model's decoder-layer outputs on some rows, to start edited rows from."""
+
+    outputs: list  # per layer: its output hidden state [b, T, H] (model dtype, model device)
+    tuple_len: int | None = None  # the layers return (hidden, None, ...) of this length; None: a tensor
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.outputs)
+
+
+class _Replay(torch.nn.Module):
+    """Stands in for a decoder layer the pass does not compute: returns the recorded hidden
+    state, in the form the layer returns it. Attributes the model's loop reads off a layer
+    (``attention_type``, say) come from the layer it stands in for."""
+
+    def __init__(self, layer: torch.nn.Module, hidden: torch.Tensor, tuple_len: int | None):
+        super().__init__()
+        object.__setattr__(self, "_layer", layer)  # not a submodule: its hooks (streaming) never run
+        self._out = hidden if tuple_len is None else (hidden,) + (None,) * (tuple_len - 1)
+
+    def forward(self, *args, **kwargs):
+        return self._out
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_layer"), name)
 
 
 @dataclass
@@ -46,27 +110,43 @@ class Answer:
     value: object = None  # ``reduce`` of those log-probs, when a reducer was given (then no log_probs)
     records: dict = field(default_factory=dict)  # (layer, expert) -> SiteRecord, largest |Y| over rows
     which: dict = field(default_factory=dict)  # (layer, expert) -> row (prompt index) of that record
+    resume: Resume | None = None  # with ``keep``: the intact layer outputs on this group's rows
     residual: list = field(default_factory=list)  # per layer: (max |h| per channel [H], its token [H])
     hidden: list = field(default_factory=list)  # embeddings, then after each layer: h [T, H] float32, first row
 
 
+class Chunked:
+    """A reducer that takes a group's log-probs a chunk of positions at a time, so they
+    never exist whole: ``start()`` returns an accumulator with ``add(lp [c, V], at)`` (``at``:
+    the chunk's first real position) and ``result()``."""
+
+    def start(self):
+        raise NotImplementedError
+
+
 def run(lm: LoadedModel, groups: list[Group], reduce=None, per_group: list | None = None) -> list[Answer]:
     """One Answer per group, in order, in as few passes as ``MAX_GROUPS`` and
-    ``LOGITS_BUDGET`` allow. ``reduce``: applied to each group's log-probs as soon as they
+    ``PASS_TOKENS`` allow. ``reduce``: applied to each group's log-probs as soon as they
     exist, and kept in their place (a few numbers instead of an [N, V] tensor per group);
+    a ``Chunked`` reducer is given them a chunk of positions at a time;
     ``per_group``: one such function per group instead (None entries: ``reduce``)."""
     fns = list(per_group) if per_group is not None else [None] * len(groups)
     fns = [f or reduce for f in fns]
-    vocab = lm.model.get_output_embeddings().weight.shape[0]
+    order = sorted(range(len(groups)), key=lambda i: groups[i].start)  # stable: passes start at one layer
+    if order != list(range(len(groups))):
+        answers = run(lm, [groups[i] for i in order], per_group=[fns[i] for i in order])
+        out = [None] * len(groups)
+        for i, a in zip(order, answers):
+            out[i] = a
+        return out
     width = max(g.ids.shape[1] for g in groups)
-    weights = sum(p.numel() * p.element_size() for p in lm.model.parameters())  # meta ones count too
-    budget = max(LOGITS_BUDGET, weights // 32)
     out: list[Answer] = []
     chunk: list[Group] = []
     rows = 0
     for g in groups:
         n = g.ids.shape[0]
-        if chunk and (len(chunk) == MAX_GROUPS or (rows + n) * width * vocab * 4 > budget):
+        if chunk and (len(chunk) == MAX_GROUPS or (rows + n) * width > PASS_TOKENS
+                      or g.start != chunk[0].start):
             out += _batched(lm, chunk, fns[len(out): len(out) + len(chunk)])
             chunk, rows = [], 0
         chunk.append(g)
@@ -132,9 +212,17 @@ def _batched(lm: LoadedModel, groups: list[Group], reduce: list) -> list[Answer]
                     _keep(answers[k], summarize(site, x[sel], y[sel], t[sel], zeroed=gone), row - rows.start)
 
     want = any(g.residual for g in groups)
-    with watch(lm.adapter, hook, sites=watched, strict=True):
-        o = lm.model(input_ids=ids, attention_mask=mask.long(), use_cache=False, output_hidden_states=want)
-    logits = o.logits
+    start = min(g.start for g in groups)
+    STATS["passes"] += 1
+    STATS["layer_tokens"] += n * T * (len(lm.adapter.layers) - start)
+    STATS["head_tokens"] += sum(int(mask[rows].sum()) for g, rows in zip(groups, spans) if not g.scan)
+    kept = [(k, rows) for k, (g, rows) in enumerate(zip(groups, spans)) if g.keep]
+    chunked = _head_apart(lm)
+    final: list = []
+    with watch(lm.adapter, hook, sites=watched, strict=True), _kept(lm, kept, answers), \
+            _skipped(lm, groups, start, width), _final(lm, final, chunked):
+        extra = {"logits_to_keep": 1} if chunked else {}  # the head runs below, a chunk at a time
+        o = lm.model(input_ids=ids, attention_mask=mask.long(), use_cache=False, output_hidden_states=want, **extra)
     for k, (g, rows) in enumerate(zip(groups, spans)):
         if g.residual:
             real = mask[rows.start]
@@ -142,7 +230,26 @@ def _batched(lm: LoadedModel, groups: list[Group], reduce: list) -> list[Answer]
             answers[k].hidden = [h[rows.start][real].float() for h in o.hidden_states]
         if g.scan:
             continue
-        lp = real_log_probs(logits[rows], mask[rows])
+        if not chunked:
+            lp = real_log_probs(o.logits[rows], mask[rows])
+            if isinstance(reduce[k], Chunked):
+                acc = reduce[k].start()
+                acc.add(lp, 0)
+                answers[k].value = acc.result()
+            elif reduce[k]:
+                answers[k].value = reduce[k](lp)
+            else:
+                answers[k].log_probs = lp
+            continue
+        h = final[0][rows][mask[rows]]  # [N, H]: the final hidden state at the group's real positions
+        kind = final[1]
+        if isinstance(reduce[k], Chunked):
+            acc = reduce[k].start()
+            for at, lp in _head(lm, h, kind):
+                acc.add(lp, at)
+            answers[k].value = acc.result()
+            continue
+        lp = torch.cat([lp for _, lp in _head(lm, h, kind)])
         if reduce[k]:
             answers[k].value = reduce[k](lp)
         else:
@@ -150,5 +257,134 @@ def _batched(lm: LoadedModel, groups: list[Group], reduce: list) -> list[Answer]
     return answers
 
 
+def _body(lm: LoadedModel) -> tuple[torch.nn.Module, str, torch.nn.Module] | None:
+    """(parent, attribute, module) of the body the causal LM's forward calls before its head
+    (``get_decoder``: ``model``, ``transformer``, OPT's ``model.decoder``), or None."""
+    try:
+        body = lm.model.get_decoder()
+    except Exception:  # noqa: BLE001 - remote code without one
+        return None
+    for name, mod in lm.model.named_modules():
+        if mod is body and name:
+            parent, _, attr = name.rpartition(".")
+            return lm.model.get_submodule(parent), attr, body
+    return None
+
+
+def _head_apart(lm: LoadedModel) -> bool:
+    """Whether the model's head can run apart from its body: a causal LM whose forward
+    takes ``logits_to_keep`` and that names its body (``_body``)."""
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(lm.model.forward).parameters and _body(lm) is not None
+
+
+@contextmanager
+def _final(lm: LoadedModel, out: list, on: bool):
+    """Catch the body's last hidden state (after its final norm) into ``out``."""
+    if not on:
+        yield
+        return
+    _, _, body = _body(lm)
+
+    def hook(mod, args, kwargs, o):
+        out[:] = [o[0] if isinstance(o, (tuple, list)) else o.last_hidden_state, type(o)]
+
+    handle = body.register_forward_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+class _Body(torch.nn.Module):
+    """Stands in for the model's body while its own forward runs the head on given hidden
+    states, returned as the body returns them (its output class, or a tuple)."""
+
+    def __init__(self, hidden: torch.Tensor, kind: type):
+        super().__init__()
+        self.hidden, self.kind = hidden, kind
+
+    def forward(self, *args, **kwargs):
+        if issubclass(self.kind, (tuple, list)):
+            return (self.hidden,)
+        return self.kind(last_hidden_state=self.hidden)
+
+
+@torch.no_grad()
+def _head(lm: LoadedModel, h: torch.Tensor, kind: type):
+    """(first position, [c, V] float32 log-probs) for ``HEAD_CHUNK`` positions of ``h``
+    [N, H] at a time, through the model's own forward with its body swapped for the given
+    hidden states: whatever the family does after the body (a tied head, Gemma 2's logit
+    soft-capping, Cohere's logit scale) is its own code, not a copy."""
+    parent, attr, body = _body(lm)
+    try:
+        for at in range(0, h.shape[0], HEAD_CHUNK):
+            part = h[at: at + HEAD_CHUNK][None]  # [1, c, H]
+            setattr(parent, attr, _Body(part, kind))
+            ids = torch.zeros(1, part.shape[1], dtype=torch.long, device=part.device)
+            logits = lm.model(input_ids=ids, use_cache=False).logits[0]
+            lp = logits if logits.dtype == torch.float32 else logits.float()
+            yield at, lp.sub_(lp.logsumexp(-1, keepdim=True))
+    finally:
+        setattr(parent, attr, body)
+
+
 def _pad(t: torch.Tensor, width: int) -> torch.Tensor:
     return torch.nn.functional.pad(t, (0, width - t.shape[1]))
+
+
+@contextmanager
+def _kept(lm: LoadedModel, kept: list, answers: list):
+    """Record each decoder layer's output on the rows of the groups that ask (``keep``)."""
+    if not kept:
+        yield
+        return
+    for k, _ in kept:
+        answers[k].resume = Resume([])
+
+    def hook(mod, args, out):
+        h = out if isinstance(out, torch.Tensor) else out[0]
+        for k, rows in kept:
+            r = answers[k].resume
+            if not isinstance(out, torch.Tensor):
+                r.tuple_len = len(out)
+                if any(o is not None for o in out[1:]):  # a layer that returns more than its hidden state
+                    r.outputs = None
+            if r.outputs is not None:
+                r.outputs.append(h[rows].detach().clone())
+
+    handles = [layer.register_forward_hook(hook) for layer in lm.adapter.layers]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for k, _ in kept:
+            if answers[k].resume.outputs is None or len(answers[k].resume.outputs) != len(lm.adapter.layers):
+                answers[k].resume = None  # could not be recorded: later rows start from the embeddings
+
+
+@contextmanager
+def _skipped(lm: LoadedModel, groups: list[Group], start: int, width: int):
+    """Swap decoder layers ``0 .. start-1`` for ``_Replay`` stand-ins that hand on the
+    groups' recorded output of layer ``start - 1`` (each group's own rows, padded)."""
+    if start == 0:
+        yield
+        return
+    layers = lm.adapter.layers
+    hidden = torch.cat([_pad_rows(g.resume.outputs[start - 1], width) for g in groups])
+    tuple_len = groups[0].resume.tuple_len
+    saved = [layers[i] for i in range(start)]
+    try:
+        for i in range(start):
+            layers[i] = _Replay(saved[i], hidden, tuple_len)
+        yield
+    finally:
+        for i in range(start):
+            layers[i] = saved[i]
+
+
+def _pad_rows(h: torch.Tensor, width: int) -> torch.Tensor:
+    """[b, T, H] -> [b, width, H] (zeros after: padding positions, masked out everywhere)."""
+    return h if h.shape[1] == width else torch.nn.functional.pad(h, (0, 0, 0, width - h.shape[1]))

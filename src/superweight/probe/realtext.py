@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from superweight.errors import UsageError
-from superweight.probe.passes import Group, run, stack
+from superweight.probe.passes import Chunked, Group, run, stack
 
 CONDITIONS = ("bos", "mid")
 TOP_K = 256
@@ -137,27 +137,82 @@ class Baseline:
 
     @classmethod
     def of(cls, lp: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> "Baseline":
-        has_next = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], 1)
-        rows = has_next[mask]
-        nxt = mask.clone()
-        nxt[:, 0] = False
-        targets = ids[nxt]
-        lp = lp[rows]
-        nll = float(-lp.gather(-1, targets[:, None]).mean())
-        top_lp, top = lp.topk(min(TOP_K, lp.shape[-1]), dim=-1)
-        top_p = top_lp.exp()
-        return cls(nll, rows, targets, top, top_p, (1 - top_p.sum(-1)).clamp_min(0))
+        """From the intact model's [N, V] log-probs at once (``building`` takes them in chunks)."""
+        acc = cls.building(ids, mask).start()
+        acc.add(lp, 0)
+        return acc.result()
+
+    @staticmethod
+    def building(ids: torch.Tensor, mask: torch.Tensor) -> "Chunked":
+        """A ``passes.Chunked`` reducer that builds the Baseline a chunk of positions at a time."""
+        return _BaselineOf(ids, mask)
 
     def compare(self, lp: torch.Tensor) -> tuple[float, float]:
-        """(perplexity ratio edited / intact, mean KL(intact || edited) in nats)."""
-        lp = lp[self.rows]
-        nll = float(-lp.gather(-1, self.targets[:, None]).mean())
-        q = lp.gather(-1, self.top).exp()
+        """(perplexity ratio edited / intact, mean KL(intact || edited) in nats) from [N, V]
+        log-probs at once (``comparing`` takes them in chunks)."""
+        acc = self.comparing.start()
+        acc.add(lp, 0)
+        return acc.result()
+
+    @property
+    def comparing(self) -> "Chunked":
+        """A ``passes.Chunked`` reducer: ``compare`` a chunk of positions at a time. Reads
+        only the [M, K] entries it needs, never a copy of the [N, V] log-probabilities."""
+        return _Compare(self)
+
+
+class _BaselineOf(Chunked):
+    def __init__(self, ids, mask):
+        has_next = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], 1)
+        self.rows = has_next[mask]  # [N]: real positions that predict a real next token
+        nxt = mask.clone()
+        nxt[:, 0] = False
+        self.targets = ids[nxt]  # [M]
+        self.at_target = torch.full_like(self.rows, -1, dtype=torch.long)
+        self.at_target[self.rows] = self.targets
+
+    def start(self):
+        self.nll, self.top, self.top_lp = 0.0, [], []
+        return self
+
+    def add(self, lp, at):
+        sel = self.rows[at: at + lp.shape[0]].nonzero().flatten()
+        self.nll += float(-lp[sel, self.at_target[at + sel]].sum())
+        top_lp, top = lp[sel].topk(min(TOP_K, lp.shape[-1]), dim=-1)
+        self.top.append(top)
+        self.top_lp.append(top_lp)
+
+    def result(self) -> Baseline:
+        top_p = torch.cat(self.top_lp).exp()
+        return Baseline(self.nll / max(int(self.rows.sum()), 1), self.rows, self.targets, torch.cat(self.top), top_p,
+                        (1 - top_p.sum(-1)).clamp_min(0))
+
+
+class _Compare(Chunked):
+    def __init__(self, base: Baseline):
+        self.b = base
+        self.m_of = torch.cumsum(base.rows.long(), 0) - 1  # [N]: each predicting position's index among the M
+
+    def start(self):
+        self.nll, self.kl = 0.0, 0.0
+        return self
+
+    def add(self, lp, at):
+        b = self.b
+        sel = b.rows[at: at + lp.shape[0]].nonzero().flatten()
+        m = self.m_of[at + sel]
+        self.nll += float(-lp[sel, b.targets[m]].sum())
+        q = lp[sel[:, None], b.top[m]].exp()
         q_rest = (1 - q.sum(-1)).clamp_min(1e-12)
-        p = self.top_p.clamp_min(1e-12)
-        kl = (self.top_p * (p.log() - q.clamp_min(1e-30).log())).sum(-1)
-        kl = kl + torch.where(self.rest > 0, self.rest * (self.rest.clamp_min(1e-12).log() - q_rest.log()), 0.0)
-        return math.exp(nll - self.nll), max(0.0, float(kl.mean()))
+        top_p, rest = b.top_p[m], b.rest[m]
+        p = top_p.clamp_min(1e-12)
+        kl = (top_p * (p.log() - q.clamp_min(1e-30).log())).sum(-1)
+        kl = kl + torch.where(rest > 0, rest * (rest.clamp_min(1e-12).log() - q_rest.log()), 0.0)
+        self.kl += float(kl.sum())
+
+    def result(self) -> tuple[float, float]:
+        n = max(int(self.b.rows.sum()), 1)
+        return math.exp(self.nll / n - self.b.nll), max(0.0, self.kl / n)
 
 
 @dataclass
@@ -180,14 +235,16 @@ class RealText:
 
     def __init__(self, lm, windows: Windows):
         self.lm, self.windows = lm, windows
-        groups = [Group(windows.ids[c], windows.mask[c], residual=True) for c in CONDITIONS]
+        groups = [Group(windows.ids[c], windows.mask[c], residual=True, keep=True) for c in CONDITIONS]
         answers = run(lm, groups, per_group=[self._base(c) for c in CONDITIONS])
         self.base: dict[str, Baseline] = {c: a.value for c, a in zip(CONDITIONS, answers)}
         # the intact residual stream on each condition's first window: embeddings, then each layer [T, H]
         self.hidden: dict[str, list] = {c: a.hidden for c, a in zip(CONDITIONS, answers)}
+        # every decoder layer's intact output on the windows: an edit at layer L starts there
+        self.resume = {c: a.resume for c, a in zip(CONDITIONS, answers)}
 
     def _base(self, cond):
-        return lambda lp: Baseline.of(lp, self.windows.ids[cond], self.windows.mask[cond])
+        return Baseline.building(self.windows.ids[cond], self.windows.mask[cond])
 
     def ppl(self, cond: str) -> float:
         return math.exp(self.base[cond].nll)
@@ -198,8 +255,8 @@ class RealText:
         gs, rs = [], []
         for zero in edits:
             for c in CONDITIONS:
-                gs.append(Group(self.windows.ids[c], self.windows.mask[c], zero=tuple(zero)))
-                rs.append(self.base[c].compare)
+                gs.append(Group(self.windows.ids[c], self.windows.mask[c], zero=tuple(zero), resume=self.resume[c]))
+                rs.append(self.base[c].comparing)
         return gs, rs
 
     @staticmethod

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from superweight import __version__
+from superweight.version import VERSION as __version__
 from superweight.output.atomic import atomic_dir
 from superweight.errors import ModelLoadError
 from superweight.models.load import LoadedModel

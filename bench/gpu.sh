@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The GPU path, in one short run (never in CI). Untested until a session is lent a GPU:
+# docs/benchmarks.md says so until this script's numbers are there.
+#
+#   bash bench/gpu.sh [OUT_DIR]      # default $OUT or ./bench/out/gpu
+#
+# 1. SmolLM2 detect on CUDA (bf16, the GPU default) and on CPU (float32): the same verdict
+#    (super weights, strong weights, grades) or exit 1;
+# 2. the synthetic Llama-2-7B (bf16 safetensors, bench/bench_stream.py's recipe) streamed
+#    to the GPU: detect (--recompute: the proof, not the cache) and 4-bit quantize, wall
+#    time and peak RSS each, and whether detect found the planted super weight.
+# Needs: a CUDA build of torch in .venv (the Makefile installs the CPU build; on the GPU
+# machine: .venv/bin/pip install torch --index-url of the CUDA wheels the machine has).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR=${1:-${OUT:-bench/out}/gpu}
+mkdir -p "$OUT_DIR"
+PY=${PY:-.venv/bin/python}
+SW=${SW:-.venv/bin/superweight}
+export SUPERWEIGHT_CACHE=${SUPERWEIGHT_CACHE:-$OUT_DIR/cache}
+"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: this script is for a GPU machine')"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT_DIR/gpu.txt"
+
+timed() {  # timed NAME CMD...: wall seconds and peak RSS (MiB) into $OUT_DIR/times.tsv
+  local name=$1; shift
+  /usr/bin/time -f "$name\t%e\t%M" -a -o "$OUT_DIR/times.tsv" "$@"
+}
+: > "$OUT_DIR/times.tsv"
+
+# 1. SmolLM2: CUDA against CPU
+timed smollm2-cpu "$SW" detect --recompute --json "$OUT_DIR/smollm2-cpu.json" > /dev/null
+timed smollm2-cuda "$SW" detect --recompute --device cuda --json "$OUT_DIR/smollm2-cuda.json" > /dev/null
+"$PY" - "$OUT_DIR" <<'EOF'
+import json, sys
+d = sys.argv[1]
+a, b = (json.load(open(f"{d}/smollm2-{k}.json")) for k in ("cpu", "cuda"))
+def verdict(r):
+    return {g: sorted((f["layer"], f["row"], f["col"], f["grade"]) for f in r[g]) for g in ("super_weights", "strong")}
+same = verdict(a) == verdict(b)
+print("smollm2 cuda verdict", "equals" if same else "DIFFERS from", "the cpu verdict:", verdict(b))
+sys.exit(0 if same else 1)
+EOF
+
+# 2. the synthetic 7B streamed to the GPU
+"$PY" - "$OUT_DIR" <<'EOF'
+import sys
+from pathlib import Path
+sys.path.insert(0, "bench")
+import bench_stream as b
+out = Path(sys.argv[1]) / "llama2-7b"
+if not (out / "config.json").exists():
+    b.write_checkpoint("7b", out)
+print(out)
+EOF
+CK="$OUT_DIR/llama2-7b"
+timed 7b-detect-cuda "$SW" detect "$CK" --stream --device cuda --recompute --json "$OUT_DIR/7b-detect.json" > /dev/null
+timed 7b-quantize-cuda "$SW" quantize "$CK" --stream --device cuda --bits 4 --group-size 128 --out "$OUT_DIR/7b-q4" --overwrite > /dev/null
+"$PY" - "$OUT_DIR" <<'EOF'
+import json, sys
+sys.path.insert(0, "bench")
+import bench_stream as b
+d = sys.argv[1]
+r = json.load(open(f"{d}/7b-detect.json"))
+want = tuple(b.sw_coord("7b"))
+got = [(f["layer"], f["row"], f["col"]) for f in r["super_weights"] + r["strong"]]
+print("7b planted", want, "found" if want[:3] in got else "NOT found", got)
+EOF
+column -t "$OUT_DIR/times.tsv"
+rm -rf "$OUT_DIR/7b-q4" "$CK"

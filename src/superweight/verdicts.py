@@ -1,0 +1,321 @@
+"""Prove once: detection verdicts kept on disk and reused by every command.
+
+A verdict (a ``DetectResult``, or a ``VerifyReport`` for given coordinates) is decided by
+the checkpoint's bytes, the detection config (prompts, thresholds, the text's name, window,
+windows), the text's bytes, the dtype and device type it ran at, the versions of torch and
+transformers, and the package version and the digest of its source files (a changed
+checkout proves again).
+The entry's key is the SHA-256 of those; it lives in ``$SUPERWEIGHT_CACHE/verdicts/KEY.json``:
+
+    {"key": {...what decided it...}, "computed_at": "...", "seconds": 27.2,
+     "payload": {...every field of the result...}, "mac": "..."}
+
+``mac`` is an HMAC-SHA256 of the rest under a secret made on first use and kept beside the
+entries (``.secret``, mode 0600). An entry whose MAC does not verify (damaged, edited by
+hand, written under another secret), whose key is not the one asked for (foreign), whose
+format or version differs, or that does not parse into a result, is recomputed, never
+trusted; the run says why. Writes are atomic (temp file, rename) under the entry's lock;
+a second run on the same checkpoint waits for the first one's proof, then reads it.
+
+Checkpoint identity: a GGUF or other single file, by the SHA-256 of its bytes; a
+directory, by the SHA-256 of each weight file and of its config.json (hashes are
+remembered against each file's inode, size and times, so they are computed once); a hub
+id, through its snapshot in the local hub cache. A model without files behind it
+(``LoadedModel.wrap``) is never cached. ``SUPERWEIGHT_VERDICTS=off`` turns the cache off.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from superweight.version import VERSION
+
+FORMAT = 1
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+
+
+@dataclass
+class Provenance:
+    """Where a verdict came from: ``cache`` (an earlier run's), ``computed`` (now, and
+    stored), or ``uncached`` (now, not stored: ``note`` says why)."""
+
+    source: str
+    computed_at: str | None = None  # when the proof ran (UTC, ISO 8601)
+    seconds: float | None = None  # how long the proof took then
+    key: str | None = None
+    note: str | None = None  # why the cache was not used, or why an entry was not trusted
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def describe(self) -> str:
+        if self.source == "cache":
+            return (f"verdict from the cache, computed {self.computed_at} in {self.seconds:.1f} s "
+                    f"(--recompute proves it again)")
+        what = f"verdict computed now in {self.seconds:.1f} s" if self.seconds is not None else "verdict computed now"
+        if self.source == "computed":
+            return what + " and cached" + (f" ({self.note})" if self.note else "")
+        return what + (f", not cached: {self.note}" if self.note else "")
+
+
+def cache_dir() -> Path:
+    """``$SUPERWEIGHT_VERDICT_CACHE`` when set (the test suite starts each session with an
+    empty one), else ``$SUPERWEIGHT_CACHE/verdicts``."""
+    from superweight.models.load import cache_root
+
+    own = os.environ.get("SUPERWEIGHT_VERDICT_CACHE")
+    return Path(own) if own else cache_root() / "verdicts"
+
+
+# --- checkpoint identity ----------------------------------------------------------------
+
+def _dir_fingerprint(d: Path) -> str | None:
+    from superweight.models.load import content_hash
+
+    files = sorted(p for p in d.iterdir() if p.is_file() and (p.suffix in WEIGHT_SUFFIXES or p.name.endswith(".index.json")
+                                                                or p.name == "config.json"))
+    if not any(p.suffix in WEIGHT_SUFFIXES for p in files):
+        return None
+    h = hashlib.sha256()
+    for p in files:
+        h.update(f"{p.name}\0{content_hash(p)}\n".encode())
+    return h.hexdigest()
+
+
+def checkpoint_fingerprint(lm) -> str | None:
+    """The SHA-256 that names the checkpoint's content, or None (nothing on disk to name)."""
+    from superweight.models.load import content_hash
+
+    src = lm.source
+    if src is None:
+        return None
+    if isinstance(src, str) and not Path(src).exists():
+        try:  # a hub id: its snapshot in the local hub cache
+            from huggingface_hub import snapshot_download
+
+            src = snapshot_download(src, local_files_only=True)
+        except Exception:  # noqa: BLE001 - not in the local cache: nothing to name
+            return None
+    p = Path(src)
+    if p.is_file():
+        return content_hash(p)
+    if p.is_dir():
+        return _dir_fingerprint(p)
+    return None
+
+
+def _text_hash(name: str) -> str:
+    from superweight.paper.data import read_text
+
+    return hashlib.sha256(read_text(name).encode()).hexdigest()
+
+
+def verdict_key(lm, cfg, kind: str = "detect", extra: dict | None = None) -> dict | None:
+    """What decides a verdict, as a dict (None when the checkpoint cannot be named)."""
+    fp = checkpoint_fingerprint(lm)
+    if fp is None:
+        return None
+    import torch
+    import transformers
+
+    p = next(lm.model.parameters())
+    conf = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+    return {"format": FORMAT, "version": VERSION, "code": code_digest(), "kind": kind,
+            "libraries": {"torch": torch.__version__, "transformers": transformers.__version__}, "checkpoint": fp, "config": conf,
+            "text_sha256": _text_hash(cfg.text), "dtype": str(p.dtype).removeprefix("torch."),
+            "device": lm.device.type, **(extra or {})}
+
+
+def code_digest() -> str:
+    """SHA-256 of the package's own source files: a change to the code between releases
+    (a developer's checkout) invalidates verdicts as a new version does."""
+    global _CODE
+    if _CODE is None:
+        root = Path(__file__).parent
+        h = hashlib.sha256()
+        for f in sorted(root.rglob("*.py")):
+            h.update(f"{f.relative_to(root)}\0".encode() + f.read_bytes())
+        _CODE = h.hexdigest()
+    return _CODE
+
+
+_CODE: str | None = None
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+# --- the entry's MAC --------------------------------------------------------------------
+
+def _secret(where: Path) -> bytes | None:
+    """The cache's secret (32 random bytes, made on first use, readable by its owner only)."""
+    f = where / ".secret"
+    try:
+        return bytes.fromhex(f.read_text().strip())
+    except (OSError, ValueError):
+        pass
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as h:
+            h.write(secrets.token_hex(32))
+    except FileExistsError:
+        pass  # another run made it first
+    except OSError:
+        return None
+    try:
+        return bytes.fromhex(f.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _mac(secret: bytes, body: dict) -> str:
+    return hmac.new(secret, json.dumps(body, sort_keys=True).encode(), hashlib.sha256).hexdigest()
+
+
+# --- results to JSON and back ------------------------------------------------------------
+
+def to_state(obj):
+    """Every field of a result (nested dataclasses, tuples, None) as plain JSON values."""
+    return json.loads(json.dumps(dataclasses.asdict(obj)))
+
+
+def _decode(tp, v, ns: dict):
+    if v is None:
+        return None
+    if isinstance(tp, str):
+        tp = eval(tp, ns)  # noqa: S307 - a type annotation of our own dataclasses
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _decode(inner[0], v, ns)
+    if dataclasses.is_dataclass(tp):
+        mod = __import__(tp.__module__, fromlist=["_"])
+        hints = typing.get_type_hints(tp, vars(mod))
+        return tp(**{f.name: _decode(hints[f.name], v[f.name], vars(mod)) for f in dataclasses.fields(tp) if f.name in v})
+    if origin is list:
+        return [_decode(args[0], x, ns) for x in v]
+    if origin is tuple:
+        return tuple(_decode(args[0], x, ns) for x in v)
+    if origin is dict and args:
+        return {k: _decode(args[1], x, ns) for k, x in v.items()}
+    return v
+
+
+def from_state(cls, state: dict):
+    """``to_state``'s inverse for a result type (``DetectResult``, ``VerifyReport``)."""
+    return _decode(cls, state, {})
+
+
+# --- the cache ---------------------------------------------------------------------------
+
+def _off() -> bool:
+    return os.environ.get("SUPERWEIGHT_VERDICTS", "").lower() in ("off", "0", "no", "false")
+
+
+def _read(path: Path, key: dict, secret: bytes, cls) -> tuple[object, dict] | str:
+    """(result, entry) from a trusted entry, else why it is not trusted."""
+    try:
+        entry = json.loads(path.read_text())
+        body = {k: entry[k] for k in ("key", "computed_at", "seconds", "payload")}
+        mac = entry["mac"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a damaged cache entry"
+    if not hmac.compare_digest(str(mac), _mac(secret, body)):
+        return "a cache entry that does not verify (damaged, edited or foreign)"
+    if body["key"] != key:
+        return "a cache entry for something else"
+    try:
+        return from_state(cls, body["payload"]), body
+    except Exception:  # noqa: BLE001 - a payload that does not fit the result type
+        return "a cache entry that does not parse"
+
+
+def _write(path: Path, key: dict, secret: bytes, result, seconds: float, computed_at: str) -> None:
+    from superweight.output.atomic import atomic_path
+
+    body = {"key": key, "computed_at": computed_at, "seconds": round(seconds, 3), "payload": to_state(result)}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({**body, "mac": _mac(secret, body)}))
+
+
+def cached(lm, cfg, compute: Callable[[], object], cls, kind: str = "detect", extra: dict | None = None,
+           recompute: bool = False, log: Callable[[str], None] | None = None) -> tuple[object, Provenance]:
+    """``compute()``'s result for this checkpoint and config, from the cache when a trusted
+    entry is there (unless ``recompute``), else computed now and stored."""
+    log = log or (lambda _m: None)
+
+    def run(note=None, source="uncached", key_hash=None):
+        t0 = time.perf_counter()
+        result = compute()
+        return result, Provenance(source, time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                                  time.perf_counter() - t0, key_hash, note)
+
+    if _off():
+        return run("SUPERWEIGHT_VERDICTS=off")
+    key = verdict_key(lm, cfg, kind, extra)
+    if key is None:
+        return run("the model has no checkpoint on disk to name it by")
+    where = cache_dir()
+    secret = _secret(where)
+    if secret is None:
+        return run(f"{where} is not writable")
+    name = _digest(key)
+    path = where / f"{name}.json"
+    from superweight.output.atomic import locked
+
+    try:
+        lock = locked(path, wait=True)
+        lock.__enter__()
+    except OSError:
+        return run(f"{where} is not writable")
+    try:
+        note = None
+        if path.exists() and not recompute:
+            got = _read(path, key, secret, cls)
+            if not isinstance(got, str):
+                result, body = got
+                log("verdict from the cache")
+                return result, Provenance("cache", body["computed_at"], body["seconds"], name)
+            note = f"recomputed: {got}"
+            log(note)
+        elif recompute:
+            note = "recomputed: --recompute"
+        result, prov = run(note, "computed", name)
+        try:
+            _write(path, key, secret, result, prov.seconds, prov.computed_at)
+        except OSError as e:
+            prov.source, prov.note = "uncached", f"could not write {path}: {e.strerror or e}"
+        return result, prov
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def detect_once(lm, cfg=None, log=None, recompute: bool = False):
+    """``detect.detect`` through the cache: (DetectResult, Provenance)."""
+    from superweight.detect import DetectConfig, DetectResult, detect
+
+    cfg = cfg or DetectConfig()
+    return cached(lm, cfg, lambda: detect(lm, cfg, log=log), DetectResult, "detect", recompute=recompute, log=log)
+
+
+def verify_once(lm, coords, cfg=None, log=None, recompute: bool = False):
+    """``detect.verify_report`` through the cache, keyed on the coordinates too: (VerifyReport, Provenance)."""
+    from superweight.detect import DetectConfig, VerifyReport, verify_report
+
+    cfg = cfg or DetectConfig()
+    for c in coords:
+        lm.adapter.site(c)  # range checks before any hashing
+    return cached(lm, cfg, lambda: verify_report(lm, coords, cfg, log), VerifyReport, "verify",
+                  {"coords": [str(c) for c in coords]}, recompute=recompute, log=log)

@@ -1,0 +1,140 @@
+"""The verdict cache: prove once, reuse everywhere, never trust a damaged or foreign entry."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from tiny import plant, tiny_model
+
+import superweight as sw
+from superweight.detect import DetectConfig, DetectResult
+from superweight.verdicts import cache_dir, detect_once, from_state, to_state, verify_once
+
+CFG = DetectConfig(window=32)
+COORD = sw.Coord(1, 5, 7)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SUPERWEIGHT_VERDICT_CACHE", str(tmp_path / "cache" / "verdicts"))
+    monkeypatch.delenv("SUPERWEIGHT_VERDICTS", raising=False)
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def planted_dir(tmp_path_factory):
+    lm = tiny_model("llama")
+    plant(lm, COORD, 400)
+    d = tmp_path_factory.mktemp("ckpt") / "m"
+    lm.model.save_pretrained(d)
+    lm.tokenizer.save_pretrained(d)
+    return d
+
+
+def entry(cache) -> "Path":  # noqa: F821
+    (f,) = (cache / "verdicts").glob("*.json")
+    return f
+
+
+def test_the_state_round_trips_every_field(planted_dir, cache):
+    lm = sw.load(str(planted_dir))
+    result = sw.detect(lm, CFG)
+    back = from_state(DetectResult, to_state(result))
+    assert back.to_dict() == result.to_dict()
+    assert back.layers == result.layers and back.config == result.config
+    assert back.super_weights[0].effect.controls == result.super_weights[0].effect.controls
+
+
+def test_second_call_comes_from_the_cache(planted_dir, cache):
+    lm = sw.load(str(planted_dir))
+    first, p1 = detect_once(lm, CFG)
+    assert p1.source == "computed" and p1.seconds > 0 and p1.computed_at
+    again, p2 = detect_once(lm, CFG)
+    assert p2.source == "cache" and p2.computed_at == p1.computed_at and p2.key == p1.key
+    assert again.to_dict() == first.to_dict()
+    assert (again.coords + again.strong_coords) == [COORD]
+    assert "from the cache" in p2.describe()
+    fresh, p3 = detect_once(lm, CFG, recompute=True)
+    assert p3.source == "computed" and "--recompute" in p3.note
+    other, p4 = detect_once(lm, DetectConfig(window=32, strong_kl=0.03))  # another config: another entry
+    assert p4.source == "computed" and p4.key != p1.key
+    assert len(list((cache / "verdicts").glob("*.json"))) == 2
+
+
+@pytest.mark.parametrize("damage", ["number", "truncate", "mac", "foreign"])
+def test_a_tampered_entry_is_recomputed_not_trusted(planted_dir, cache, damage):
+    lm = sw.load(str(planted_dir))
+    first, _ = detect_once(lm, CFG)
+    f = entry(cache)
+    e = json.loads(f.read_text())
+    if damage == "number":  # a grade's number changed by hand: the MAC no longer verifies
+        e["payload"]["probe_ppl"] = 1.0
+        f.write_text(json.dumps(e))
+    elif damage == "truncate":
+        f.write_text(f.read_text()[:200])
+    elif damage == "mac":
+        e["payload"]["super_weights"] = []
+        e["mac"] = "0" * 64
+        f.write_text(json.dumps(e))
+    else:  # an entry for another config, copied under this key's name
+        detect_once(lm, DetectConfig(window=32, strong_kl=0.03))
+        other = next(p for p in (cache / "verdicts").glob("*.json") if p != f)
+        f.write_bytes(other.read_bytes())
+    got, prov = detect_once(lm, CFG)
+    assert prov.source == "computed" and prov.note.startswith("recomputed:"), prov
+    assert got.to_dict() == first.to_dict()
+    assert from_state(DetectResult, json.loads(f.read_text())["payload"]).to_dict() == first.to_dict()  # rewritten
+
+
+def test_a_changed_checkpoint_is_another_entry(planted_dir, cache, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "copy"
+    shutil.copytree(planted_dir, copy)
+    lm = sw.load(str(copy))
+    _, p1 = detect_once(lm, CFG)
+    w = load_file(copy / "model.safetensors")
+    w["model.layers.0.mlp.down_proj.weight"][0, 0] += 1.0
+    save_file(w, copy / "model.safetensors", metadata={"format": "pt"})
+    _, p2 = detect_once(sw.load(str(copy)), CFG)
+    assert p2.source == "computed" and p2.key != p1.key
+
+
+def test_a_wrapped_model_and_the_off_switch_are_not_cached(planted_dir, cache, monkeypatch):
+    lm = sw.load(str(planted_dir), stream=False)
+    wrapped = sw.LoadedModel.wrap(lm.model, lm.tokenizer)
+    _, prov = detect_once(wrapped, CFG)
+    assert prov.source == "uncached" and "no checkpoint" in prov.note
+    monkeypatch.setenv("SUPERWEIGHT_VERDICTS", "off")
+    _, prov = detect_once(lm, CFG)
+    assert prov.source == "uncached" and "off" in prov.note
+    assert not list(cache.glob("verdicts/*.json"))
+
+
+def test_verify_is_cached_per_coordinates(planted_dir, cache):
+    lm = sw.load(str(planted_dir))
+    rep, p1 = verify_once(lm, [COORD], CFG)
+    assert p1.source == "computed" and rep.verdicts[0].grade in ("super", "strong")
+    again, p2 = verify_once(lm, [COORD], CFG)
+    assert p2.source == "cache" and again.to_dict() == rep.to_dict()
+    _, p3 = verify_once(lm, [sw.Coord(1, 6, 7)], CFG)
+    assert p3.source == "computed"
+
+
+@pytest.mark.slow
+def test_a_second_command_says_the_verdict_came_from_the_cache(planted_dir, cache, cli, tmp_path):
+    env = {**__import__("os").environ, "SUPERWEIGHT_CACHE": str(cache)}
+    first = cli("detect", str(planted_dir), "--json", "-", env=env)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["verdict"]["source"] == "computed"
+    q = cli("quantize", str(planted_dir), "--bits", "8", "--out", str(tmp_path / "q"), env=env)
+    assert q.returncode == 0, q.stderr
+    assert "super weights: verdict from the cache, computed" in q.stdout
+    d = cli("detect", str(planted_dir), "--json", "-", env=env)
+    out = json.loads(d.stdout)
+    assert out["verdict"]["source"] == "cache"
+    assert "verdict from the cache" in d.stderr
+    r = cli("detect", str(planted_dir), "--recompute", "--json", "-", env=env)
+    assert json.loads(r.stdout)["verdict"]["source"] == "computed"
