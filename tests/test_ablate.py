@@ -53,14 +53,14 @@ def test_scale_sweep(whole, cli, error_line):
 
 @pytest.mark.real
 @pytest.mark.slow
-def test_bad_input(tmp_path, cli, error_line):
+def test_bad_input(tmp_path, cli, cli_here, error_line):
     short = tmp_path / "short.txt"
     short.write_text("Too short for a window.")
-    error_line(cli("ablate", "--coords", "11:507:1229", "--tasks", "no_such_task"), "unknown task 'no_such_task'")
-    error_line(cli("ablate", "--coords", "11:507:1229", "--tasks", "none", "--texts", str(short)), "fewer than one window")
-    error_line(cli("scale", "--coords", "11:507:1229", "--factors", "two"), "invalid float value: 'two'")
-    error_line(cli("ablate", "--coords", "40:1:1"), "out of range")
-    error_line(cli("ablate", "--coords", "11:507:1229", "--limit", "0"), "--limit must be an integer >= 1")
+    error_line(cli_here("ablate", "--coords", "11:507:1229", "--tasks", "no_such_task"), "unknown task 'no_such_task'")
+    error_line(cli_here("ablate", "--coords", "11:507:1229", "--tasks", "none", "--texts", str(short)), "fewer than one window")
+    error_line(cli_here("scale", "--coords", "11:507:1229", "--factors", "two"), "invalid float value: 'two'")
+    error_line(cli_here("ablate", "--coords", "40:1:1"), "out of range")
+    error_line(cli_here("ablate", "--coords", "11:507:1229", "--limit", "0"), "--limit must be an integer >= 1")
     import os
 
     offline = subprocess.run([sys.executable, "-m", "superweight.cli", "ablate", "--coords", "11:507:1229", "--tasks",

@@ -18,8 +18,8 @@ SW = sw.Coord(11, 507, 1229)
 
 @pytest.mark.real
 @pytest.mark.slow
-def test_detect_default_model_json_contract(cli):
-    proc = cli("detect", "--json", "-")
+def test_detect_default_model_json_contract(cli, smol_result):
+    proc = cli("detect", "--json", "-")  # the verdict smol_result proved, from this session's cache
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     for key in ("model", "architecture", "num_layers", "prompts", "super_weights", "strong", "rejected", "super_activation",
@@ -41,6 +41,8 @@ def test_detect_default_model_json_contract(cli):
     assert set(layer) >= {"max_input", "input_channel", "max_output", "output_channel", "token"}
     assert out["index"]["status"] == "agrees"
     assert "graded weights" in proc.stderr  # the table goes to stderr when JSON takes stdout
+    assert out["verdict"]["source"] == "cache" and "verdict from the cache" in proc.stderr
+    assert out["super_weights"] == smol_result.to_dict()["super_weights"]
 
 
 @pytest.mark.real
@@ -157,10 +159,10 @@ def test_empty_prompt(cli, error_line):
 
 @pytest.mark.real
 @pytest.mark.slow
-def test_verify_coordinates_out_of_range(cli, error_line):
-    error_line(cli("verify", "--coords", "30:0:0"), "out of range")
-    error_line(cli("verify", "--coords", "11:576:0"), "out of range")
-    error_line(cli("verify", "--coords", "11:5"), "bad coordinate")
+def test_verify_coordinates_out_of_range(cli_here, error_line):
+    error_line(cli_here("verify", "--coords", "30:0:0"), "out of range")
+    error_line(cli_here("verify", "--coords", "11:576:0"), "out of range")
+    error_line(cli_here("verify", "--coords", "11:5"), "bad coordinate")
 
 
 @pytest.mark.slow

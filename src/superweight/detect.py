@@ -471,7 +471,7 @@ def detect(lm: LoadedModel, cfg: DetectConfig | None = None, log: Callable[[str]
     removed: list[Coord] = []  # every single-weight candidate: zeroed for the next scans
     site_max: dict[tuple, float] = {}  # (layer, expert) -> largest |Y| examined there
     log(f"round 1: scanning {len(lm.adapter.sites)} down projections")
-    probe, scanned = intact(lm, cfg, scan=True, residual=True)
+    probe, scanned = intact(lm, cfg, scan=True, residual=True, prompts=(prompts, pmask))
     residual = scanned.residual  # intact model, first prompt: per layer (max |h| per channel, token)
     hidden = scanned.hidden  # the same, whole: embeddings, then after each layer [T, H]
     first = per_layer(scanned.records)
@@ -607,13 +607,15 @@ def screen(lm: LoadedModel, probe: Probe, edits: list, controls: list, extra: li
     return effects, answers[2 * k:]
 
 
-def intact(lm: LoadedModel, cfg: DetectConfig, scan: bool = False, residual: bool = False):
+def intact(lm: LoadedModel, cfg: DetectConfig, scan: bool = False, residual: bool = False,
+           prompts: tuple | None = None):
     """The intact model on the probe sentences (a ``Probe``) and, with ``scan``, every down
-    projection's spike on the prompts (an ``Answer``), in one batched run."""
+    projection's spike on the prompts (an ``Answer``), in one batched run. ``prompts``: the
+    prompts already encoded and stacked (ids, mask), else encoded here."""
     ids, mask = Probe.encode(lm.model, lm.tokenizer, cfg.probe_sentences)
     groups = [Group(ids, mask)]
     if scan:
-        prompts, pmask = stack(encode_prompts(lm, cfg.prompts))
+        prompts, pmask = prompts if prompts is not None else stack(encode_prompts(lm, cfg.prompts))
         groups.append(Group(prompts, pmask, scan=True, residual=residual))
     answers = passes.run(lm, groups)
     return Probe.from_base(lm.model, ids, mask, answers[0].log_probs), (answers[1] if scan else None)

@@ -109,7 +109,7 @@ def quant_sweep(lm: LoadedModel, coords: list[Coord], cfg: ReportConfig, log) ->
     text = read_text(cfg.text)
 
     def ppl():
-        return perplexity(lm.model, lm.tokenizer, text, cfg.seqlen, cfg.max_windows)
+        return perplexity(lm, lm.tokenizer, text, cfg.seqlen, cfg.max_windows)
 
     log("quantization sweep: unquantized")
     ref = ppl()

@@ -149,9 +149,12 @@ def interventions(lm: LoadedModel, coords: list[Coord], cfg: AblateConfig) -> di
 
 @torch.no_grad()
 def activation_profile(lm: LoadedModel, prompt: str, channel: int) -> list[float]:
+    """Max |h| on ``channel`` over the prompt's tokens after each decoder layer (``passes.run``)."""
+    from superweight.probe.passes import Group, run
+
     ids = lm.tokenizer(prompt, return_tensors="pt")["input_ids"].to(lm.device)
-    hs = lm.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states[1:]
-    return [float(h[0, :, channel].abs().max()) for h in hs]
+    (ans,) = run(lm, [Group(ids, torch.ones_like(ids, dtype=torch.bool), residual=True)], reduce=lambda lp: None)
+    return [float(mx[channel]) for mx, _ in ans.residual]
 
 
 def measure_condition(lm: LoadedModel, name: str, cfg: AblateConfig, channel: int,
@@ -161,7 +164,7 @@ def measure_condition(lm: LoadedModel, name: str, cfg: AblateConfig, channel: in
     for t, text in texts.items():
         if log:
             log(f"{name}: perplexity on {t}")
-        res.perplexity[t] = perplexity(lm.model, lm.tokenizer, text, cfg.seqlen, cfg.max_windows)
+        res.perplexity[t] = perplexity(lm, lm.tokenizer, text, cfg.seqlen, cfg.max_windows)
     if cfg.tasks:
         if log:
             log(f"{name}: zero-shot {', '.join(cfg.tasks)}")

@@ -131,13 +131,19 @@ def _tokens(tokenizer, text: str, need: int | None) -> torch.Tensor:
 def perplexity(model, tokenizer, text: str, seqlen: int = 2048, max_windows: int | None = None) -> float:
     """GPTQ-style perplexity: tokenize the text, cut into non-overlapping windows of
     ``seqlen`` tokens (the ragged tail is dropped), exp of the mean token NLL. With
-    ``max_windows``, only as much of the text as those windows need is tokenized."""
+    ``max_windows``, only as much of the text as those windows need is tokenized.
+    ``model``: a ``LoadedModel`` (the windows then go through ``passes.run``, the one
+    engine: batched, the head a chunk at a time) or a bare causal LM (a plain loop)."""
     ids = _tokens(tokenizer, text, None if max_windows is None else max_windows * seqlen)
     n = ids.numel() // seqlen
     if max_windows is not None:
         n = min(n, max_windows)
     if n == 0:
         raise ValueError(f"text has {ids.numel()} tokens, fewer than one window of {seqlen}")
+    from superweight.models.load import LoadedModel
+
+    if isinstance(model, LoadedModel):
+        return _perplexity_passes(model, ids, n, seqlen)
     dev = _device(model)
     total, count = 0.0, 0
     for w in range(n):
@@ -147,3 +153,31 @@ def perplexity(model, tokenizer, text: str, seqlen: int = 2048, max_windows: int
         total += float(nll)
         count += seqlen - 1
     return math.exp(total / count)
+
+
+def _perplexity_passes(lm, ids: torch.Tensor, n: int, seqlen: int) -> float:
+    from superweight.probe.passes import Chunked, Group, run
+
+    x = ids[: n * seqlen].view(n, seqlen).to(lm.device)
+    mask = torch.ones_like(x, dtype=torch.bool)
+
+    class NLL(Chunked):
+        """Summed NLL of one window's next tokens, a chunk of positions at a time."""
+
+        def __init__(self, row: torch.Tensor):
+            self.row = row
+
+        def start(self):
+            self.total = 0.0
+            return self
+
+        def add(self, lp, at):
+            pos = torch.arange(at, at + lp.shape[0], device=lp.device)
+            keep = (pos < seqlen - 1).nonzero().flatten()
+            self.total += float(-lp[keep, self.row[pos[keep] + 1]].double().sum())
+
+        def result(self):
+            return self.total
+
+    answers = run(lm, [Group(x[i: i + 1], mask[i: i + 1]) for i in range(n)], per_group=[NLL(x[i]) for i in range(n)])
+    return math.exp(sum(a.value for a in answers) / (n * (seqlen - 1)))

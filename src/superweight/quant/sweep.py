@@ -156,7 +156,7 @@ def hqq_quantize_(lm: LoadedModel, bits: int, group: int) -> tuple[float, float]
 
 def measure(lm: LoadedModel, texts: dict[str, str], seqlen: int, max_windows: int | None,
             tasks=(), limit=None, log=None) -> tuple[dict[str, float], dict[str, float]]:
-    ppl = {k: perplexity(lm.model, lm.tokenizer, t, seqlen, max_windows) for k, t in texts.items()}
+    ppl = {k: perplexity(lm, lm.tokenizer, t, seqlen, max_windows) for k, t in texts.items()}
     acc = {}
     if tasks:
         from superweight.paper import zeroshot
@@ -278,10 +278,10 @@ def w8a8_table(lm: LoadedModel, coords: list[Coord], texts: dict[str, str], seql
     for name, how in runs.items():
         log(name)
         if how is None:
-            out[name] = {k: perplexity(lm.model, lm.tokenizer, t, seqlen, max_windows) for k, t in texts.items()}
+            out[name] = {k: perplexity(lm, lm.tokenizer, t, seqlen, max_windows) for k, t in texts.items()}
             continue
         with w8a8(lm, holdout=how[1], weights=how[0]):
-            out[name] = {k: perplexity(lm.model, lm.tokenizer, t, seqlen, max_windows) for k, t in texts.items()}
+            out[name] = {k: perplexity(lm, lm.tokenizer, t, seqlen, max_windows) for k, t in texts.items()}
     fp = out["full precision"]
     for prefix in ("W8A8", "A8"):
         naive, held = out[f"{prefix} naive"], out[f"{prefix} SA hold-out"]

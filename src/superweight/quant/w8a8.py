@@ -1,7 +1,7 @@
 """Simulated W8A8 (the paper's activation experiment) as a context over a loaded model.
 
     with w8a8(lm, holdout=sw):        # perplexity, lm-eval, anything runs on it unchanged
-        ppl = perplexity(lm.model, lm.tokenizer, text)
+        ppl = perplexity(lm, lm.tokenizer, text)
 
 - Weights: every decoder linear weight, ``bits``-bit symmetric abs-max RTN per tensor
   (``quant.quantize_tensor``, one block per tensor).
