@@ -596,7 +596,7 @@ def screen(lm: LoadedModel, probe: Probe, edits: list, controls: list, extra: li
     zeroed together) and its control (likewise), plus ``extra`` groups (the next round's
     scan) answered alongside. Returns an Effect per edit (its control's KL only where the
     edit moved predictions by ``control_above`` nats or more), and the extra groups' Answers."""
-    rows = [Group(probe.input_ids, probe.mask, zero=tuple(z)) for z in list(edits) + list(controls)]
+    rows = [Group(probe.input_ids, probe.mask, zero=tuple(z), resume=probe.resume) for z in list(edits) + list(controls)]
     answers = passes.run(lm, rows + list(extra), reduce=lambda lp: (probe.kl(lp), probe.ppl(lp)))
     k = len(edits)
     effects = []
@@ -613,12 +613,14 @@ def intact(lm: LoadedModel, cfg: DetectConfig, scan: bool = False, residual: boo
     projection's spike on the prompts (an ``Answer``), in one batched run. ``prompts``: the
     prompts already encoded and stacked (ids, mask), else encoded here."""
     ids, mask = Probe.encode(lm.model, lm.tokenizer, cfg.probe_sentences)
-    groups = [Group(ids, mask)]
+    groups = [Group(ids, mask, keep=True)]  # its layer outputs: each screened edit starts at its own layer
     if scan:
         prompts, pmask = prompts if prompts is not None else stack(encode_prompts(lm, cfg.prompts))
         groups.append(Group(prompts, pmask, scan=True, residual=residual))
     answers = passes.run(lm, groups)
-    return Probe.from_base(lm.model, ids, mask, answers[0].log_probs), (answers[1] if scan else None)
+    probe = Probe.from_base(lm.model, ids, mask, answers[0].log_probs)
+    probe.resume = answers[0].resume
+    return probe, (answers[1] if scan else None)
 
 
 def super_activation(residual: list, found: list[Finding]) -> dict | None:

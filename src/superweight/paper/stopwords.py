@@ -29,21 +29,29 @@ class TokenShift:
                 "ratio": self.ratio}
 
 
+BATCH = 8  # contexts per group, similar lengths together (little padding)
+
+
 @torch.no_grad()
 def mean_next_token(lm: LoadedModel, contexts: list[str], progress: Callable[[int], None] | None = None) -> torch.Tensor:
-    """[V] mean over contexts of the next-token distribution after each one (one forward
-    per context, no padding, only the last position's logits)."""
-    total = None
-    for i, text in enumerate(contexts):
-        ids = lm.tokenizer(text, return_tensors="pt")["input_ids"].to(lm.device)
-        try:
-            logits = lm.model(input_ids=ids, use_cache=False, logits_to_keep=1).logits[0, -1]
-        except TypeError:  # a model without logits_to_keep
-            logits = lm.model(input_ids=ids, use_cache=False).logits[0, -1]
-        p = logits.float().softmax(-1)
-        total = p if total is None else total + p
+    """[V] mean over contexts of the next-token distribution after each one: batches of
+    ``BATCH`` contexts of similar length, right-padded, through ``passes.run`` with the head
+    at each row's last real token only (``Group(last=True)``)."""
+    from superweight.probe.passes import Group, run, stack
+
+    enc = [lm.tokenizer(text, return_tensors="pt")["input_ids"][0] for text in contexts]
+    order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
+    groups = []
+    for at in range(0, len(order), BATCH):
+        ids, mask = stack([enc[i] for i in order[at: at + BATCH]])
+        groups.append(Group(ids.to(lm.device), mask.to(lm.device), last=True))
+    total, done = None, 0
+    for at in range(0, len(groups), 4):  # a few groups per call, so the progress bar moves
+        for ans in run(lm, groups[at: at + 4], reduce=lambda lp: lp.exp().sum(0)):
+            total = ans.value if total is None else total + ans.value
+        done = min(len(enc), (at + 4) * BATCH)
         if progress:
-            progress(i + 1)
+            progress(done)
     return total / len(contexts)
 
 

@@ -68,6 +68,7 @@ class Probe:
     rows: torch.Tensor  # [N] bool: real positions that predict a real next token
     targets: torch.Tensor  # [M] those next tokens
     intact_nll: float  # mean NLL of the intact model on the targets
+    resume: object = None  # passes.Resume: the intact layer outputs on these sentences (edited rows start there)
 
     @staticmethod
     def encode(model, tokenizer, sentences=PROBE_SENTENCES) -> tuple[torch.Tensor, torch.Tensor]:

@@ -63,6 +63,7 @@ class Group:
     residual: bool = False  # also max |h| per channel after each layer, first row
     keep: bool = False  # record every decoder layer's output on these rows (``Answer.resume``)
     resume: "Resume | None" = None  # the intact layer outputs on these rows: start at the first zeroed layer
+    last: bool = False  # log-probs at each row's last real position only ([b, V]: the next token after it)
 
     @property
     def start(self) -> int:
@@ -232,6 +233,8 @@ def _batched(lm: LoadedModel, groups: list[Group], reduce: list) -> list[Answer]
             continue
         if not chunked:
             lp = real_log_probs(o.logits[rows], mask[rows])
+            if g.last:
+                lp = lp[mask[rows].sum(1).cumsum(0) - 1]
             if isinstance(reduce[k], Chunked):
                 acc = reduce[k].start()
                 acc.add(lp, 0)
@@ -241,7 +244,10 @@ def _batched(lm: LoadedModel, groups: list[Group], reduce: list) -> list[Answer]
             else:
                 answers[k].log_probs = lp
             continue
-        h = final[0][rows][mask[rows]]  # [N, H]: the final hidden state at the group's real positions
+        if g.last:  # [b, H]: each row's last real position
+            h = final[0][rows][torch.arange(g.ids.shape[0], device=mask.device), mask[rows].sum(1) - 1]
+        else:
+            h = final[0][rows][mask[rows]]  # [N, H]: the final hidden state at the group's real positions
         kind = final[1]
         if isinstance(reduce[k], Chunked):
             acc = reduce[k].start()
