@@ -87,6 +87,8 @@ def test_local_directory_with_planted_weight(tmp_path, cli):
 
 
 # ---- bad input: one clear line on stderr, non-zero exit, no traceback ----
+# (in a fresh process where the process matters: the entry point, the environment, the
+# cache; else in this one, ``cli_here``, to spare each check the imports of a new interpreter)
 
 @pytest.mark.slow
 def test_missing_path(cli, error_line):
@@ -94,10 +96,10 @@ def test_missing_path(cli, error_line):
 
 
 @pytest.mark.slow
-def test_not_a_gguf_file(tmp_path, cli, error_line):
+def test_not_a_gguf_file(tmp_path, cli_here, error_line):
     f = tmp_path / "weights.gguf"
     f.write_text("hello")
-    error_line(cli("detect", str(f)), "not a GGUF file")
+    error_line(cli_here("detect", str(f)), "not a GGUF file")
 
 
 @pytest.mark.slow
@@ -113,48 +115,48 @@ def test_truncated_gguf(tmp_path, error_line):
 
 
 @pytest.mark.slow
-def test_directory_without_config(tmp_path, cli, error_line):
-    error_line(cli("detect", str(tmp_path)), "no config.json")
+def test_directory_without_config(tmp_path, cli_here, error_line):
+    error_line(cli_here("detect", str(tmp_path)), "no config.json")
 
 
 @pytest.mark.slow
-def test_directory_without_weights(tmp_path, cli, error_line):
+def test_directory_without_weights(tmp_path, cli_here, error_line):
     tiny_model("llama").model.config.save_pretrained(tmp_path)
-    error_line(cli("detect", str(tmp_path)), "no weights")
+    error_line(cli_here("detect", str(tmp_path)), "no weights")
 
 
 @pytest.mark.slow
-def test_truncated_safetensors(tmp_path, cli, error_line):
+def test_truncated_safetensors(tmp_path, cli_here, error_line):
     lm = tiny_model("llama")
     lm.model.save_pretrained(tmp_path)
     f = tmp_path / "model.safetensors"
     data = f.read_bytes()
     f.write_bytes(data[: len(data) // 2])
-    error_line(cli("detect", str(tmp_path)), "model.safetensors")
+    error_line(cli_here("detect", str(tmp_path)), "model.safetensors")
 
 
 @pytest.mark.slow
-def test_unsupported_architecture(tmp_path, cli, error_line):
+def test_unsupported_architecture(tmp_path, cli_here, error_line):
     from transformers import AutoConfig
 
     AutoConfig.for_model("bloom", vocab_size=100, hidden_size=32, n_layer=2, n_head=2).save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"")  # never read: the config is checked first
-    error_line(cli("detect", str(tmp_path)), "unsupported architecture 'bloom'")
+    error_line(cli_here("detect", str(tmp_path)), "unsupported architecture 'bloom'")
 
 
 @pytest.mark.slow
-def test_not_a_causal_lm(tmp_path, cli, error_line):
+def test_not_a_causal_lm(tmp_path, cli_here, error_line):
     from transformers import AutoConfig
 
     AutoConfig.for_model("bert", vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                          intermediate_size=64).save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"")
-    error_line(cli("detect", str(tmp_path)), "not a causal language model")
+    error_line(cli_here("detect", str(tmp_path)), "not a causal language model")
 
 
 @pytest.mark.slow
-def test_empty_prompt(cli, error_line):
-    error_line(cli("detect", "--prompt", "  "), "empty prompt")
+def test_empty_prompt(cli_here, error_line):
+    error_line(cli_here("detect", "--prompt", "  "), "empty prompt")
 
 
 @pytest.mark.real
@@ -166,12 +168,12 @@ def test_verify_coordinates_out_of_range(cli_here, error_line):
 
 
 @pytest.mark.slow
-def test_json_into_missing_directory(cli, error_line):
-    error_line(cli("detect", "--json", "/no/such/dir/out.json"), "does not exist")
+def test_json_into_missing_directory(cli_here, error_line):
+    error_line(cli_here("detect", "--json", "/no/such/dir/out.json"), "does not exist")
 
 
 @pytest.mark.slow
-def test_bin_checkpoint_is_loaded_with_weights_only(tmp_path, cli, error_line):
+def test_bin_checkpoint_is_loaded_with_weights_only(tmp_path, cli_here, error_line):
     import torch
 
     lm = tiny_model("llama")
@@ -188,7 +190,7 @@ def test_bin_checkpoint_is_loaded_with_weights_only(tmp_path, cli, error_line):
     lm.model.config.save_pretrained(bad)
     lm.tokenizer.save_pretrained(bad)
     torch.save({"model.embed_tokens.weight": torch.zeros(2), "payload": Path("/etc/passwd")}, bad / "pytorch_model.bin")
-    error_line(cli("detect", str(bad)), "cannot load")
+    error_line(cli_here("detect", str(bad)), "cannot load")
 
 
 @pytest.mark.slow

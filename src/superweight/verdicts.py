@@ -18,7 +18,7 @@ trusted; the run says why. Writes are atomic (temp file, rename) under the entry
 a second run on the same checkpoint waits for the first one's proof, then reads it.
 
 Checkpoint identity: a GGUF or other single file, by the SHA-256 of its bytes; a
-directory, by the SHA-256 of each weight file and of its config.json (hashes are
+directory, by the SHA-256 of each file at its top (weights, config, tokenizer; hashes are
 remembered against each file's inode, size and times, so they are computed once); a hub
 id, through its snapshot in the local hub cache. A model without files behind it
 (``LoadedModel.wrap``) is never cached. ``SUPERWEIGHT_VERDICTS=off`` turns the cache off.
@@ -80,10 +80,12 @@ def cache_dir() -> Path:
 # --- checkpoint identity ----------------------------------------------------------------
 
 def _dir_fingerprint(d: Path) -> str | None:
+    """Every regular file at the top of the directory (weights, config, tokenizer), not
+    hidden ones, not documentation."""
     from superweight.models.load import content_hash
 
-    files = sorted(p for p in d.iterdir() if p.is_file() and (p.suffix in WEIGHT_SUFFIXES or p.name.endswith(".index.json")
-                                                                or p.name == "config.json"))
+    files = sorted(p for p in d.iterdir() if not p.name.startswith(".") and p.suffix.lower() not in (".md", ".rst")
+                   and p.is_file())
     if not any(p.suffix in WEIGHT_SUFFIXES for p in files):
         return None
     h = hashlib.sha256()
