@@ -413,12 +413,13 @@ class Judge:
 
     def _controls(self, effects: dict) -> None:
         """Measure the candidates' control sets on real text, in stages, only as far as a
-        grade depends on them (docs/detection.md, "Controls, in stages"): first each one's
-        ``neighbours`` (the set most often close to a candidate), then, for a candidate not
-        yet rejected, ``largest`` and ``random``: zeroed together as one set when the
-        candidate moves real text by at least ``UNION_KL`` in every condition where it
-        could matter, and split into the two only when that union is not
-        ``UNION_SAFETY`` x ``min_control_ratio`` below it. A candidate that its measured controls already reject is not measured further."""
+        grade depends on them (docs/detection.md, step 6): first each one's ``neighbours``
+        (the set most often close to a candidate), then, for a candidate not yet rejected,
+        ``largest`` and ``random``: zeroed together as one set when the candidate moves
+        real text by at least ``UNION_KL`` in every condition where it could matter, and
+        split into the two only when that union is not ``UNION_SAFETY`` x
+        ``min_control_ratio`` below it. A candidate that its measured controls already
+        reject is not measured further."""
         cfg = self.cfg
         queue = {k: [[c for c in eff.controls if c.kind == "neighbours"]] for k, eff in effects.items()}
         for k, eff in effects.items():
