@@ -189,10 +189,9 @@ def measure(lm: LoadedModel, prompt: torch.Tensor, windows) -> tuple[list, dict[
     dev = lm.device
     groups = [Group(prompt.to(dev), torch.ones_like(prompt, dtype=torch.bool).to(dev), residual=True)]
     groups += [Group(windows.ids[c].to(dev), windows.mask[c].to(dev)) for c in CONDITIONS]
-    reducers = [lambda lp: None] + [
-        (lambda lp, c=c: Baseline.of(lp, windows.ids[c].to(dev), windows.mask[c].to(dev)).nll) for c in CONDITIONS]
+    reducers = [lambda lp: None] + [Baseline.building(windows.ids[c].to(dev), windows.mask[c].to(dev)) for c in CONDITIONS]
     answers = run(lm, groups, per_group=reducers)
-    return answers[0].residual, {c: math.exp(a.value) for c, a in zip(CONDITIONS, answers[1:])}
+    return answers[0].residual, {c: math.exp(a.value.nll) for c, a in zip(CONDITIONS, answers[1:])}
 
 
 def audit(original: LoadedModel, quantized: LoadedModel, findings: list[tuple[Coord, str]],

@@ -80,10 +80,6 @@ class Resume:
     outputs: list  # per layer: its output hidden state [b, T, H] (model dtype, model device)
     tuple_len: int | None = None  # the layers return (hidden, None, ...) of this length; None: a tensor
 
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.outputs)
-
 
 class _Replay(torch.nn.Module):
     """Stands in for a decoder layer the pass does not compute: returns the recorded hidden
@@ -218,11 +214,11 @@ def _batched(lm: LoadedModel, groups: list[Group], reduce: list) -> list[Answer]
     STATS["layer_tokens"] += n * T * (len(lm.adapter.layers) - start)
     STATS["head_tokens"] += sum(int(mask[rows].sum()) for g, rows in zip(groups, spans) if not g.scan)
     kept = [(k, rows) for k, (g, rows) in enumerate(zip(groups, spans)) if g.keep]
-    chunked = _head_apart(lm)
+    body = _head_apart(lm)  # (parent, attribute, body), or None: the head runs with the body
     final: list = []
     with watch(lm.adapter, hook, sites=watched, strict=True), _kept(lm, kept, answers), \
-            _skipped(lm, groups, start, width), _final(lm, final, chunked):
-        extra = {"logits_to_keep": 1} if chunked else {}  # the head runs below, a chunk at a time
+            _skipped(lm, groups, start, width), _final(body, final):
+        extra = {"logits_to_keep": 1} if body else {}  # the head runs below, a chunk at a time
         o = lm.model(input_ids=ids, attention_mask=mask.long(), use_cache=False, output_hidden_states=want, **extra)
     for k, (g, rows) in enumerate(zip(groups, spans)):
         if g.residual:
@@ -231,33 +227,24 @@ def _batched(lm: LoadedModel, groups: list[Group], reduce: list) -> list[Answer]
             answers[k].hidden = [h[rows.start][real].float() for h in o.hidden_states]
         if g.scan:
             continue
-        if not chunked:
+        last = mask[rows].sum(1) - 1  # each row's last real position
+        if body is None:  # the model's own logits, normalized in place
             lp = real_log_probs(o.logits[rows], mask[rows])
-            if g.last:
-                lp = lp[mask[rows].sum(1).cumsum(0) - 1]
-            if isinstance(reduce[k], Chunked):
-                acc = reduce[k].start()
-                acc.add(lp, 0)
-                answers[k].value = acc.result()
-            elif reduce[k]:
-                answers[k].value = reduce[k](lp)
-            else:
-                answers[k].log_probs = lp
-            continue
-        if g.last:  # [b, H]: each row's last real position
-            h = final[0][rows][torch.arange(g.ids.shape[0], device=mask.device), mask[rows].sum(1) - 1]
+            chunks = [(0, lp[mask[rows].sum(1).cumsum(0) - 1] if g.last else lp)]  # rows' last positions in lp
         else:
-            h = final[0][rows][mask[rows]]  # [N, H]: the final hidden state at the group's real positions
-        kind = final[1]
-        if isinstance(reduce[k], Chunked):
-            acc = reduce[k].start()
-            for at, lp in _head(lm, h, kind):
+            h = final[0][rows]
+            h = h[torch.arange(h.shape[0], device=h.device), last] if g.last else h[mask[rows]]  # [b or N, H]
+            chunks = _head(lm, body, h, final[1])
+        fn = reduce[k]
+        if isinstance(fn, Chunked):
+            acc = fn.start()
+            for at, lp in chunks:
                 acc.add(lp, at)
             answers[k].value = acc.result()
             continue
-        lp = torch.cat([lp for _, lp in _head(lm, h, kind)])
-        if reduce[k]:
-            answers[k].value = reduce[k](lp)
+        lp = torch.cat([lp for _, lp in chunks])
+        if fn:
+            answers[k].value = fn(lp)
         else:
             answers[k].log_probs = lp
     return answers
@@ -277,21 +264,22 @@ def _body(lm: LoadedModel) -> tuple[torch.nn.Module, str, torch.nn.Module] | Non
     return None
 
 
-def _head_apart(lm: LoadedModel) -> bool:
-    """Whether the model's head can run apart from its body: a causal LM whose forward
-    takes ``logits_to_keep`` and that names its body (``_body``)."""
+def _head_apart(lm: LoadedModel):
+    """``_body(lm)`` where the model's head can run apart from its body (a causal LM whose
+    forward takes ``logits_to_keep`` and that names its body), else None."""
     import inspect
 
-    return "logits_to_keep" in inspect.signature(lm.model.forward).parameters and _body(lm) is not None
+    return _body(lm) if "logits_to_keep" in inspect.signature(lm.model.forward).parameters else None
 
 
 @contextmanager
-def _final(lm: LoadedModel, out: list, on: bool):
-    """Catch the body's last hidden state (after its final norm) into ``out``."""
-    if not on:
+def _final(body, out: list):
+    """Catch the body's last hidden state (after its final norm) and its output type into
+    ``out``; ``body``: ``_body``'s triple, or None (nothing to catch)."""
+    if body is None:
         yield
         return
-    _, _, body = _body(lm)
+    body = body[2]
 
     def hook(mod, args, kwargs, o):
         out[:] = [o[0] if isinstance(o, (tuple, list)) else o.last_hidden_state, type(o)]
@@ -318,12 +306,12 @@ class _Body(torch.nn.Module):
 
 
 @torch.no_grad()
-def _head(lm: LoadedModel, h: torch.Tensor, kind: type):
+def _head(lm: LoadedModel, body: tuple, h: torch.Tensor, kind: type):
     """(first position, [c, V] float32 log-probs) for ``HEAD_CHUNK`` positions of ``h``
     [N, H] at a time, through the model's own forward with its body swapped for the given
     hidden states: whatever the family does after the body (a tied head, Gemma 2's logit
-    soft-capping, Cohere's logit scale) is its own code, not a copy."""
-    parent, attr, body = _body(lm)
+    soft-capping, Cohere's logit scale) is its own code, not a copy. ``body``: ``_body``'s triple."""
+    parent, attr, body = body
     try:
         for at in range(0, h.shape[0], HEAD_CHUNK):
             part = h[at: at + HEAD_CHUNK][None]  # [1, c, H]

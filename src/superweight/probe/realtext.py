@@ -135,29 +135,16 @@ class Baseline:
     top_p: torch.Tensor  # [M, K] their probabilities
     rest: torch.Tensor  # [M] 1 - sum(top_p)
 
-    @classmethod
-    def of(cls, lp: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> "Baseline":
-        """From the intact model's [N, V] log-probs at once (``building`` takes them in chunks)."""
-        acc = cls.building(ids, mask).start()
-        acc.add(lp, 0)
-        return acc.result()
-
     @staticmethod
     def building(ids: torch.Tensor, mask: torch.Tensor) -> "Chunked":
         """A ``passes.Chunked`` reducer that builds the Baseline a chunk of positions at a time."""
         return _BaselineOf(ids, mask)
 
-    def compare(self, lp: torch.Tensor) -> tuple[float, float]:
-        """(perplexity ratio edited / intact, mean KL(intact || edited) in nats) from [N, V]
-        log-probs at once (``comparing`` takes them in chunks)."""
-        acc = self.comparing.start()
-        acc.add(lp, 0)
-        return acc.result()
-
     @property
     def comparing(self) -> "Chunked":
-        """A ``passes.Chunked`` reducer: ``compare`` a chunk of positions at a time. Reads
-        only the [M, K] entries it needs, never a copy of the [N, V] log-probabilities."""
+        """A ``passes.Chunked`` reducer giving (perplexity ratio edited / intact, mean
+        KL(intact || edited) in nats), a chunk of positions at a time. Reads only the
+        [M, K] entries it needs, never a copy of the [N, V] log-probabilities."""
         return _Compare(self)
 
 
