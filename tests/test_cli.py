@@ -261,3 +261,58 @@ def test_the_cli_turns_on_huge_pages_for_torch_unless_told_not_to(preset, want, 
         monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", preset)
     assert main(["index"]) == 0
     assert os.environ["THP_MEM_ALLOC_ENABLE"] == want
+
+
+# -- issue 24: what the loader is handed
+@pytest.fixture
+def alarm():
+    """A hang becomes a failure after 30 s instead of a stuck run (a FIFO blocks its reader)."""
+    import signal
+
+    def hung(*_):
+        raise TimeoutError("the command hung")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def test_a_fifo_is_refused_before_it_is_opened(tmp_path, cli_here, error_line, alarm):
+    import os
+    import shutil
+
+    fifo = tmp_path / "model.gguf"
+    os.mkfifo(fifo)
+    error_line(cli_here("detect", str(fifo)), f"{fifo} is a FIFO, not a regular file")
+    d = tmp_path / "M"
+    d.mkdir()
+    lm = tiny_model("llama")
+    lm.model.config.save_pretrained(d)
+    lm.tokenizer.save_pretrained(d)
+    os.mkfifo(d / "model.safetensors")
+    for args in (["detect", str(d)], ["edit", str(d), "--zero", "1:1:1", "--out", str(tmp_path / "E")]):
+        error_line(cli_here(*args), f"{d / 'model.safetensors'} is a FIFO, not a regular file")
+    assert not (tmp_path / "E").exists()
+    shutil.rmtree(d)
+
+
+def test_a_damaged_gguf_header_is_named_as_such(tmp_path, cli_here, error_line, monkeypatch):
+    """Streamed, transformers would fall back to reading the file as JSON and say so."""
+    import struct
+
+    from tiny import tiny_moe_gguf
+
+    monkeypatch.setenv("SUPERWEIGHT_CACHE", str(tmp_path / "cache"))
+    good = tmp_path / "good.gguf"
+    tiny_moe_gguf(good, sw.Coord(1, 3, 5, 2), 400.0)
+    data = bytearray(good.read_bytes())
+    data[16:24] = struct.pack("<Q", 10**12)  # the key count: far past the file
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(bytes(data))
+    for args in (["detect", str(bad), "--stream"], ["edit", str(bad), "--zero", "1:3:5:2", "--out", str(tmp_path / "E")]):
+        proc = cli_here(*args)
+        error_line(proc, f"cannot read GGUF file {bad}: its header is damaged or truncated")
+        assert "JSON" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.gguf", "cache", "good.gguf"]

@@ -233,8 +233,94 @@ def test_a_full_disk_leaves_nothing(tiny_dir, tmp_path, capsys, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(shutil, "copyfile", full)
     assert main(["edit", str(tiny_dir), "--zero", "1:1:1", "--out", str(tmp_path / "out")]) == 2
-    assert "disk full" in capsys.readouterr().err
+    assert "no space left on the device while writing --out" in capsys.readouterr().err
     assert sorted(f.name for f in tmp_path.iterdir()) == ["src"]
+
+
+# -- issue 24 ------------------------------------------------------------------------------
+
+def _tree(d) -> dict:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("dtype, factor", [(torch.float16, 1e5), (torch.bfloat16, 1e37), (torch.float32, 1e40),
+                                           ("gguf", 1e40)])
+def test_a_scale_that_overflows_is_refused_before_any_work(tmp_path, capsys, dtype, factor):
+    """One line naming the weight, the stored type and the largest factor that fits; that
+    factor then works."""
+    import re
+
+    from tiny import tiny_moe_gguf
+
+    from superweight.cli import main
+
+    if dtype == "gguf":
+        src, coord, tensor, kind = tmp_path / "m.gguf", "1:3:5:2", "blk.1.ffn_down_exps.weight", "float32"
+        tiny_moe_gguf(src, sw.Coord(1, 3, 5, 2), 400.0)
+    else:
+        lm = tiny_model("llama")
+        plant(lm, sw.Coord(1, 5, 7), 400)
+        lm.model.to(dtype)
+        src, coord, tensor, kind = _save(lm, tmp_path / "src"), "1:5:7", "model.layers.1.mlp.down_proj.weight", \
+            str(dtype).removeprefix("torch.")
+    before = _tree(tmp_path)
+    capsys.readouterr()
+    code = main(["edit", str(src), "--scale", f"{coord}={factor:g}", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert f"{tensor} is stored as {kind}" in err[0] and "overflows it; the largest factor that fits is" in err[0]
+    assert _tree(tmp_path) == before  # nothing written, the source as it was
+    fits = float(re.search(r"fits is (\S+)$", err[0]).group(1))
+    assert fits < factor
+    assert main(["edit", str(src), "--scale", f"{coord}={fits!r}", "--out", str(tmp_path / "out")]) == 0
+    change = json.loads((tmp_path / "out" / EDIT_MANIFEST).read_text())["changes"][0]
+    assert np.isfinite(change["after"]) and change["after"] == pytest.approx(change["before"] * fits, rel=1e-2)
+
+
+def test_weight_files_the_index_does_not_list_are_not_copied(tmp_path, capsys):
+    """Mistral ships consolidated.safetensors beside its index: an unedited copy of it in the
+    output would still hold the zeroed weight."""
+    import shutil
+
+    from superweight.cli import main
+
+    src = _save(tiny_model("llama"), tmp_path / "src", max_shard_size="300KB")
+    assert (src / "model.safetensors.index.json").is_file()
+    shards = sorted(p.name for p in src.glob("model-*.safetensors"))
+    shutil.copyfile(src / shards[0], src / "consolidated.safetensors")
+    before = _tree(src)
+    assert main(["edit", str(src), "--zero", "1:1:1", "--out", str(tmp_path / "out")]) == 0
+    assert "not copied" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "out" / EDIT_MANIFEST).read_text())
+    assert manifest["not_copied"] == ["consolidated.safetensors"]
+    assert sorted(manifest["files"]) == shards
+    assert not (tmp_path / "out" / "consolidated.safetensors").exists()
+    assert _tree(src) == before
+
+
+def test_re_editing_keeps_the_history(tmp_path):
+    """A GGUF edited twice holds both records in its superweight.edit key; a safetensors
+    edit of an edit, in its manifest."""
+    from gguf import GGUFReader
+    from tiny import tiny_moe_gguf
+
+    from superweight.cli import main
+
+    f = tmp_path / "m.gguf"
+    tiny_moe_gguf(f, sw.Coord(1, 3, 5, 2), 400.0)
+    assert main(["edit", str(f), "--zero", "1:3:5:2", "--out", str(tmp_path / "e1")]) == 0
+    assert main(["edit", str(tmp_path / "e1" / "m.gguf"), "--scale", "0:1:1:0=2", "--out", str(tmp_path / "e2")]) == 0
+    meta = json.loads(GGUFReader(str(tmp_path / "e2" / "m.gguf")).fields["superweight.edit"].contents())
+    assert [c["coord"] for c in meta["changes"]] == ["0:1:1:0"]
+    assert [[c["coord"] for c in h["changes"]] for h in meta["history"]] == [["1:3:5:2"]]
+    manifest = json.loads((tmp_path / "e2" / EDIT_MANIFEST).read_text())
+    assert [[c["coord"] for c in h["changes"]] for h in manifest["history"]] == [["1:3:5:2"]]
+    src = _save(tiny_model("llama"), tmp_path / "src")
+    assert main(["edit", str(src), "--zero", "1:1:1", "--out", str(tmp_path / "s1")]) == 0
+    assert main(["edit", str(tmp_path / "s1"), "--zero", "1:2:2", "--out", str(tmp_path / "s2")]) == 0
+    manifest = json.loads((tmp_path / "s2" / EDIT_MANIFEST).read_text())
+    assert [c["coord"] for c in manifest["changes"]] == ["1:2:2"]
+    assert [[c["coord"] for c in h["changes"]] for h in manifest["history"]] == [["1:1:1"]]
 
 
 # -- real models ---------------------------------------------------------------------------

@@ -134,7 +134,7 @@ def test_quantize_out_dot_is_refused_and_leaves_nothing(tmp_path, capsys, monkey
     one_line(capsys, main(["quantize", "--out", ".", "--overwrite"]), "refusing to replace the current directory")
     one_line(capsys, main(["quantize", "--out", str(tmp_path.parent), "--overwrite"]), "refusing to replace")
     assert listing(tmp_path) == ["notes.txt"]
-    assert not [p for p in tmp_path.parent.iterdir() if ".sw-" in p.name or p.name.startswith("..")]
+    assert not [p for p in tmp_path.parent.iterdir() if ".superweight-staging." in p.name or p.name.startswith("..")]
 
 
 def test_a_prompt_longer_than_the_context_is_one_line(tmp_path, capsys):
@@ -210,6 +210,131 @@ def test_api_save_quantized_takes_the_same_lock(tiny_dir, tmp_path):
     assert listing(tmp_path) == []
 
 
+# -- issue 24: no output inside the model; clean-up removes only what a run of ours recorded
+@pytest.fixture
+def model_copy(tiny_dir, tmp_path) -> Path:
+    import shutil
+
+    d = tmp_path / "M"
+    shutil.copytree(tiny_dir, d)
+    return d
+
+
+def snapshot(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+
+
+@pytest.mark.parametrize("argv, pattern", [
+    (["detect", "{m}", "--json", "{m}/config.json"], "--json {m}/config.json is inside the model being read"),
+    (["detect", "{m}", "--plot", "{m}/new.png"], "is inside the model being read"),
+    (["edit", "{m}", "--zero", "1:1:1", "--out", "{t}/E", "--json", "{m}/model.safetensors.index.json"],
+     "is inside the model being read"),
+    (["quantize", "{m}", "--out", "{m}/extra.safetensors"], "--out {m}/extra.safetensors is inside the model"),
+    (["edit", "{m}", "--zero", "1:1:1", "--out", "{m}/sub/extra.safetensors"], "is inside the model being read"),
+    (["report", "{m}", "--out", "{m}/report.html"], "is inside the model being read"),
+])
+def test_no_output_lands_inside_the_model_being_read(model_copy, tmp_path, capsys, argv, pattern):
+    before = snapshot(model_copy)
+    fmt = dict(m=model_copy, t=tmp_path)
+    one_line(capsys, main([a.format(**fmt) for a in argv]), pattern.format(**fmt))
+    assert snapshot(model_copy) == before
+    assert listing(tmp_path) == ["M"]
+
+
+def test_no_output_lands_inside_the_converted_gguf_cache(tmp_path, capsys, monkeypatch):
+    """Known only once loaded: the run stops there, and the cache is as it was."""
+    from superweight.models.load import _gguf_cache_dir
+
+    monkeypatch.setenv("SUPERWEIGHT_CACHE", str(tmp_path / "cache"))
+    f = tmp_path / "m.gguf"
+    tiny_moe_gguf(f, sw.Coord(1, 3, 5, 2), 400.0)
+    sw.load(str(f), stream=False)  # converted once
+    cache = _gguf_cache_dir(f)
+    before = snapshot(cache)
+    one_line(capsys, main(["detect", str(f), "--json", str(cache / "config.json")]), "is inside the model being read")
+    assert snapshot(cache) == before
+
+
+def test_clean_up_never_touches_files_it_did_not_record(tmp_path, capsys):
+    """Users' hidden files that look like temporaries, and another live run's staging
+    directory (to a "q" in a missing folder, staged in the same place), all survive index,
+    detect --dry-run and quantize --dry-run."""
+    from superweight.output.outputs import Outputs
+
+    mine = [".idx.json.20261130.old", ".idx.json.draft_v2.tmp", ".x.json.sw-abcdefgh.tmp", ".q.draft_v2.tmp"]
+    old = time.time() - 7 * 86400
+    for name in mine:
+        (tmp_path / name).write_text("a user's file")
+        os.utime(tmp_path / name, (old, old))
+    live = Outputs()  # a run to {tmp}/first/q, mid-way: staged in {tmp}, since first/ does not exist yet
+    staging = live.directory(str(tmp_path / "first" / "q"), "--out")
+    try:
+        assert main(["index", "--json", str(tmp_path / "idx.json")]) == 0
+        assert main(["detect", NOMODEL, "--json", str(tmp_path / "x.json"), "--dry-run"]) == 0
+        assert main(["quantize", NOMODEL, "--out", str(tmp_path / "second" / "q"), "--dry-run"]) == 0
+        assert staging.is_dir()
+    finally:
+        live.discard()
+    assert listing(tmp_path) == sorted(mine + ["idx.json"])
+    assert all((tmp_path / n).read_text() == "a user's file" for n in mine)
+
+
+def test_overwrite_decides_at_the_end_on_what_is_there(tiny_dir, tmp_path, capsys, monkeypatch):
+    """--overwrite of our own earlier output: if someone replaces it with their own directory
+    during the run, that directory is kept and nothing lands."""
+    import shutil
+
+    import superweight.quant.export as export
+
+    out = tmp_path / "q"
+    assert quantize(tiny_dir, out) == 0
+    real_write = export.write_quantized
+
+    def meanwhile(*a, **k):
+        report = real_write(*a, **k)
+        shutil.rmtree(out)
+        out.mkdir()
+        (out / "thesis.tex").write_text("years of work")
+        return report
+
+    monkeypatch.setattr(export, "write_quantized", meanwhile)
+    one_line(capsys, quantize(tiny_dir, out, "--overwrite"), "is not a superweight output")
+    assert listing(out) == ["thesis.tex"]
+    assert listing(tmp_path) == ["q"]
+
+
+def test_lock_files_do_not_pile_up(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SUPERWEIGHT_CACHE", str(tmp_path / "cache"))
+    for i in range(3):
+        assert quantize(tiny_dir, tmp_path / f"q{i}", "--json", str(tmp_path / f"q{i}.json")) == 0
+    assert main(["index", "--json", str(tmp_path / "idx.json")]) == 0
+    assert listing(tmp_path / "cache" / "locks") == []
+
+
+def test_a_full_disk_while_writing_a_gguf_names_the_output(tmp_path, capsys, monkeypatch):
+    """numpy's tofile, under gguf's writer, says only "N requested and 0 written" (no errno):
+    with no room left on the filesystem, that is a full disk, named as such."""
+    import collections
+    import shutil
+
+    import gguf
+
+    f = tmp_path / "m.gguf"
+    tiny_moe_gguf(f, sw.Coord(1, 3, 5, 2), 400.0)
+    source = f.read_bytes()
+
+    def full(*a, **k):
+        raise OSError("4096 requested and 0 written")
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9, 0))
+    one_line(capsys, main(["edit", str(f), "--zero", "1:3:5:2", "--out", str(tmp_path / "E")]),
+             f"no space left on the device while writing --out {tmp_path / 'E'}; nothing was written")
+    assert listing(tmp_path) == ["m.gguf"]
+    assert f.read_bytes() == source
+
+
 # -- signals: SIGTERM and SIGHUP as Ctrl-C; what SIGKILL leaves, the next run clears
 RUNNER = """
 import sys, time
@@ -242,7 +367,7 @@ def start_slow_quantize(tiny_dir: Path, tmp_path: Path, out: Path) -> tuple[subp
 
 
 def staged(where: Path) -> list[str]:
-    return [p.name for p in where.iterdir() if ".sw-" in p.name]
+    return [p.name for p in where.iterdir() if ".superweight-staging." in p.name]
 
 
 @pytest.mark.slow
@@ -269,11 +394,16 @@ def test_what_a_killed_run_left_is_cleared_by_the_next(tiny_dir, tmp_path, capsy
     proc.communicate(timeout=60)
     left = staged(work)
     assert len(left) == 2  # the staged directory and the staged JSON
-    (work / ".other.sw-abcdefgh.tmp").mkdir()  # not ours to clear: another destination's
+    # not ours to clear, however they are named: another destination's staging, a run's to
+    # a "q" in another folder (staged here, its folder missing), the user's own drafts
+    theirs = [".other.superweight-staging.abcdefgh.tmp", ".q.superweight-staging.abcdefgh.tmp",
+              ".q.json.20261130.old", ".q.draft_v2.tmp"]
     old = time.time() - 3600
-    os.utime(work / ".other.sw-abcdefgh.tmp", (old, old))
+    for name in theirs:
+        (work / name).mkdir()
+        os.utime(work / name, (old, old))
     assert quantize(tiny_dir, work / "q", "--json", str(work / "q.json")) == 0
-    assert listing(work) == [".other.sw-abcdefgh.tmp", "q", "q.json"]
+    assert listing(work) == sorted(theirs + ["q", "q.json"])
 
 
 # -- what the loader reads
@@ -317,7 +447,7 @@ def test_gguf_conversion_clears_what_a_killed_conversion_left(tmp_path, monkeypa
     tiny_moe_gguf(f, sw.Coord(1, 3, 5, 2), 400.0)
     target = _gguf_cache_dir(f)
     target.parent.mkdir(parents=True, exist_ok=True)
-    killed = target.parent / f".{target.name}.sw-abcdefgh.tmp"  # a conversion killed mid-way
+    killed = target.parent / f".{target.name}.sw-abcdefgh.tmp"  # a conversion of an older version, killed
     legacy = target.parent / ".tmp-abcdefgh"  # an older version's, two days old
     for p in (killed, legacy):
         p.mkdir()

@@ -857,10 +857,11 @@ def _main(argv: list[str] | None) -> int:
     except OSError as e:
         if debug:
             raise
-        if e.errno == errno.ENOSPC:
-            print("superweight: error: disk full; nothing was written", file=sys.stderr)
-            return 2
         where = f" {e.filename}" if e.filename else ""
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            print(f"superweight: error: no space left on the device{' while writing' + where if where else ''}; "
+                  "nothing was written", file=sys.stderr)
+            return 2
         print(f"superweight: error: {e.strerror or type(e).__name__}:{where}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - one line, not a traceback; --debug shows it

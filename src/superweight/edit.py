@@ -12,12 +12,17 @@ GPT-2's transposed weights are followed, not re-implemented).
   and headers). Every file is copied byte for byte and the edited elements' bytes are then
   written in place, so memory stays small whatever the model's size. Other files of the
   directory (config, tokenizer, generation config) are copied; weights in other formats
-  (``.bin``, ``.gguf``, ...) are not, and the manifest lists them.
+  (``.bin``, ``.gguf``, ...) are not, and neither are ``.safetensors`` files the checkpoint's
+  index does not list (Mistral's ``consolidated.safetensors``: no loader reads them beside an
+  index, and an unedited copy would still hold the weights); the manifest lists them all.
 - GGUF in, GGUF out (``DIR/<same file name>``), written with the ``gguf`` package's writer:
   only the quantization blocks holding an edited weight change, and inside them only that
   weight's code (see ``models.gguf_file``). Where the block's type cannot hold the new
   value, that one tensor is stored at F16 or F32 (whichever holds all its values exactly),
-  and the change is recorded in the manifest and in the file's ``superweight.edit`` key.
+  and the change is recorded in the manifest and in the file's ``superweight.edit`` key
+  (which keeps the record of earlier edits of the file, under ``history``).
+- A scale that overflows the stored type is refused before anything is written, in one
+  line that names the weight, the type and the largest factor that fits.
 
 The result is verified before it lands: read back with ``safetensors`` or ``gguf``'s
 reader, every tensor equals the source's except the named elements, which hold their new
@@ -97,6 +102,7 @@ class EditReport:
     changes: list[Change] = field(default_factory=list)
     retyped: dict[str, tuple[str, str]] = field(default_factory=dict)  # tensor -> (old type, new type)
     not_copied: list[str] = field(default_factory=list)
+    history: list = field(default_factory=list)  # the records of earlier edits of the source, oldest first
     verified: bool = False
     seconds: float = 0.0
 
@@ -106,7 +112,8 @@ class EditReport:
                 "retyped": [{"tensor": k, "from": a, "to": b,
                              "why": f"{a} cannot hold the new value without changing other weights of its block"}
                             for k, (a, b) in self.retyped.items()],
-                "not_copied": self.not_copied, "verified": self.verified, "seconds": round(self.seconds, 2)}
+                "not_copied": self.not_copied, "history": self.history, "verified": self.verified,
+                "seconds": round(self.seconds, 2)}
 
 
 def _tool() -> str:
@@ -162,13 +169,29 @@ def edit_checkpoint(lm: LoadedModel, edits: list[Edit], out: Path, why: str = ""
     report = EditReport(lm.name, "gguf" if gguf else "safetensors")
     out = Path(out)
     if gguf:
+        report.history = _history(streamer.ckpt.reader)
         _edit_gguf(streamer.ckpt, targets, out, report, why, log)
     else:
+        report.history = _earlier(streamer.ckpt.dir / EDIT_MANIFEST)
         _edit_safetensors(streamer.ckpt, targets, out, report, why, log)
     report.verified = True
     report.seconds = time.perf_counter() - t0
     (out / EDIT_MANIFEST).write_text(json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n")
     return report
+
+
+def check_fits(e: Edit, before: float, dtype: torch.dtype, tensor: str) -> None:
+    """Refuse a scale whose result the stored type cannot hold (it would become inf)."""
+    if e.factor == 0 or before == 0:
+        return
+    top = torch.finfo(dtype).max
+    new = torch.tensor([before * e.factor], dtype=torch.float64)
+    if abs(before * e.factor) <= top and torch.isfinite(new.to(dtype)).all():
+        return
+    fits = top / abs(before)
+    fits = math.floor(fits / 10 ** (math.floor(math.log10(fits)) - 3)) * 10 ** (math.floor(math.log10(fits)) - 3)
+    raise UsageError(f"--scale {e.coord}={e.factor:g}: {tensor} is stored as {str(dtype).removeprefix('torch.')}, "
+                     f"and {before:g} x {e.factor:g} overflows it; the largest factor that fits is {fits:.4g}")
 
 
 def _target(before: float, e: Edit) -> float:
@@ -189,6 +212,7 @@ def _edit_safetensors(mapped, targets, out: Path, report: EditReport, why: str, 
         key, flat = mapped.locate(name, idx)
         f, off, size = inner.span(key)
         dtype = inner.meta(key)[0]
+        check_fits(e, before, dtype, key)
         width = torch.empty((), dtype=dtype).element_size()
         new = torch.tensor([_target(before, e)], dtype=torch.float32).to(dtype)
         stored = _element(f, off + flat * width, dtype)
@@ -214,8 +238,8 @@ def _edit_safetensors(mapped, targets, out: Path, report: EditReport, why: str, 
     for p in sorted(src.iterdir()):
         if not p.is_file() or p.name.startswith(".") or p in files or p.name == EDIT_MANIFEST:
             continue
-        if p.name.endswith(OTHER_WEIGHTS):
-            report.not_copied.append(p.name)
+        if p.name.endswith(OTHER_WEIGHTS + (".safetensors",)):
+            report.not_copied.append(p.name)  # another format, or weights the index does not list
             continue
         shutil.copy2(p, out / p.name)
     for f, ps in patches.items():
@@ -270,6 +294,7 @@ def _edit_gguf(ckpt, targets, out: Path, report: EditReport, why: str, log) -> N
     tensors = {}
     for e, name, idx, before in targets:
         t, flat = ckpt.locate(name, idx)
+        check_fits(e, before, torch.float32, t.name)  # a block that cannot hold it is stored as F32
         tensors[t.name] = t
         by_tensor.setdefault(t.name, []).append((e, flat, before))
     replace, plan = {}, []
@@ -305,7 +330,8 @@ def _edit_gguf(ckpt, targets, out: Path, report: EditReport, why: str, log) -> N
     name = ckpt.dir.name
     manifest = {"tool": _tool(),
                 "changes": [{"coord": str(e.coord), "op": e.op, "tensor": tn, "index": fl, "before": b, "how": h}
-                            for e, tn, fl, b, h in plan]}
+                            for e, tn, fl, b, h in plan],
+                "history": report.history}
     if log is not None:
         log(f"writing {name}")
     gguf_file.write_copy(ckpt.reader, out / name, replace, {"superweight.edit": json.dumps(manifest)}, log)
@@ -314,6 +340,32 @@ def _edit_gguf(ckpt, targets, out: Path, report: EditReport, why: str, log) -> N
                                                        if t2 == tn] for tn in by_tensor}, report.retyped)
     for e, tname, flat, before, how in plan:
         report.changes.append(Change(e.coord, e.op, _why(e, why), tname, flat, before, after[(tname, flat)], how))
+
+
+def _history(reader) -> list:
+    """The ``superweight.edit`` records of the edits a GGUF source already went through, oldest
+    first (a record that is not our JSON is kept as the text it is)."""
+    field = reader.fields.get("superweight.edit")
+    return [] if field is None else _records(field.contents())
+
+
+def _earlier(manifest: Path) -> list:
+    """The same for a safetensors source: from its ``superweight-edit.json``."""
+    try:
+        return _records(manifest.read_text())
+    except (OSError, UnicodeDecodeError):
+        return []
+
+
+def _records(text: str) -> list:
+    try:
+        earlier = json.loads(text)
+    except ValueError:
+        return [text]
+    if not isinstance(earlier, dict):
+        return [earlier]
+    before = earlier.pop("history", [])
+    return [*(before if isinstance(before, list) else [before]), earlier]
 
 
 class _View:

