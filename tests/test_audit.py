@@ -135,3 +135,86 @@ def test_smollm2_edited_copy_audits_to_the_weight_it_lost(smol, tmp_path):
         assert a.ppl["quantized"][c] > 2 * a.ppl["original"][c]
         assert a.ppl["restored"][c] == pytest.approx(a.ppl["original"][c], rel=1e-5)
         assert a.recovered(c) == pytest.approx(1.0, abs=1e-4)
+
+
+# -- issue 24: refused before any work, in one line ------------------------------------------
+
+def _one_line(capsys, code: int, pattern: str) -> None:
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert code == 2 and len(err) == 1 and err[0].startswith("superweight: error:") and pattern in err[0], (code, err)
+
+
+@pytest.fixture
+def no_detection(monkeypatch):
+    """Detection is the expensive part: these refusals must come before it."""
+    import superweight.verdicts as verdicts
+
+    def banned(*a, **k):
+        raise AssertionError("detection ran before the refusal")
+
+    monkeypatch.setattr(verdicts, "detect_once", banned)
+
+
+def test_mismatched_models_are_refused_before_detection(tiny_pair, tmp_path, capsys, no_detection):
+    from superweight.cli import main
+
+    d, _ = tiny_pair
+    small = tiny_model("llama")
+    small.model.config.num_hidden_layers = 3
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_config(small.model.config).save_pretrained(tmp_path / "three")
+    small.tokenizer.save_pretrained(tmp_path / "three")
+    _one_line(capsys, main(["audit", str(d / "orig"), str(tmp_path / "three")]), "not the same model")
+    _one_line(capsys, main(["report", str(d / "orig"), "--audit", str(tmp_path / "three"),
+                            "--out", str(tmp_path / "r.html")]), "not the same model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["three"]
+
+
+@pytest.mark.parametrize("manifest", ["{not json", "[1, 2]", '{"config": {"layout": "group", "size": "x"}}',
+                                      '{"config": {"layout": "rows", "size": 16}}'])
+def test_a_malformed_quantize_manifest_is_one_line(tiny_pair, tmp_path, capsys, no_detection, manifest):
+    import shutil
+
+    from superweight.cli import main
+    from superweight.quant.export import MANIFEST
+
+    d, _ = tiny_pair
+    shutil.copytree(d / "q3", tmp_path / "q3")
+    (tmp_path / "q3" / MANIFEST).write_text(manifest)
+    _one_line(capsys, main(["audit", str(d / "orig"), str(tmp_path / "q3")]), f"{tmp_path / 'q3' / MANIFEST} is not")
+    assert (tmp_path / "q3" / MANIFEST).read_text() == manifest
+
+
+@pytest.mark.parametrize("prompt", ["Paris is nice", "Paris"])
+def test_audit_prompt_is_one_prompt(tiny_pair, tmp_path, prompt):
+    from superweight.cli import main
+
+    d, coord = tiny_pair
+    assert main(["audit", str(d / "orig"), str(d / "q3"), "--coords", str(coord), "--window", "32",
+                 "--prompt", prompt, "--json", str(tmp_path / "a.json")]) == 0
+    out = json.loads((tmp_path / "a.json").read_text())
+    assert out["prompt"] == prompt and out["findings"][0]["peak"]["original"] > 0
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_named_in_one_line(tiny_pair, tmp_path, capsys, value):
+    from superweight.cli import main
+
+    d, coord = tiny_pair
+    lm = sw.load(str(d / "orig"), stream=False)
+    with torch.no_grad():
+        lm.model.model.layers[2].self_attn.v_proj.weight[3, 4] = value
+    lm.model.save_pretrained(tmp_path / "bad")
+    lm.tokenizer.save_pretrained(tmp_path / "bad")
+    source = (tmp_path / "bad" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    want = "model.layers.2.self_attn.v_proj.weight holds 1 non-finite value(s)"
+    for args in (["detect", str(tmp_path / "bad"), "--json", str(tmp_path / "d.json"), "--window", "32"],
+                 ["audit", str(d / "orig"), str(tmp_path / "bad"), "--coords", str(coord), "--window", "32",
+                  "--json", str(tmp_path / "a.json")],
+                 ["audit", str(d / "orig"), str(tmp_path / "bad"), "--window", "32"],
+                 ["audit", str(tmp_path / "bad"), str(d / "q3"), "--coords", str(coord), "--window", "32"]):
+        _one_line(capsys, main(args), want)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]
+    assert (tmp_path / "bad" / "model.safetensors").read_bytes() == source

@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 
 from superweight.coords import Coord
-from superweight.errors import UsageError
+from superweight.errors import ModelLoadError, UsageError
+from superweight.models.finite import require_finite
 from superweight.models.load import LoadedModel
 from superweight.probe.realtext import CONDITIONS
 
@@ -47,6 +48,8 @@ class AuditConfig:
     windows: int = 1
 
     def __post_init__(self):
+        if self.prompt is not None and (not isinstance(self.prompt, str) or not self.prompt.strip()):
+            raise UsageError(f"prompt must be some text, not {self.prompt!r}")
         for name in ("window", "windows"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
@@ -89,6 +92,7 @@ class AuditResult:
     findings: list[FindingAudit]
     ppl: dict[str, dict[str, float]]  # original / quantized / restored -> condition -> perplexity
     text: dict  # the windows (source, window, count, start token)
+    prompt: str = ""  # where the super activation's peak is read
 
     def recovered(self, cond: str) -> float | None:
         """Share of the quantization loss (log perplexity) that the original findings remove."""
@@ -98,11 +102,18 @@ class AuditResult:
     def to_dict(self) -> dict:
         return {"original": self.original, "quantized": self.quantized,
                 "findings": [f.to_dict() for f in self.findings], "perplexity": self.ppl,
-                "recovered": {c: self.recovered(c) for c in CONDITIONS}, "text": self.text}
+                "recovered": {c: self.recovered(c) for c in CONDITIONS}, "text": self.text, "prompt": self.prompt}
 
 
 def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
+
+
+def check_pair(original: LoadedModel, quantized: LoadedModel) -> None:
+    """Before any work: the same model (``check_same_model``), and a quantized copy whose
+    quantize manifest, if it has one, can be read."""
+    check_same_model(original, quantized)
+    _quant_manifest(quantized)
 
 
 def check_same_model(a: LoadedModel, b: LoadedModel) -> None:
@@ -116,6 +127,11 @@ def check_same_model(a: LoadedModel, b: LoadedModel) -> None:
     va, vb = (m.model.get_input_embeddings().num_embeddings for m in (a, b))
     if va != vb:
         raise UsageError(f"not the same model: vocabularies of {va} and {vb} tokens")
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "intermediate_size"):
+        x, y = (getattr(m.model.config, key, None) for m in (a, b))
+        if x != y:
+            raise UsageError(f"not the same model: {key} is {x} in {a.name} and {y} in {b.name}")
 
 
 def block_of(lm: LoadedModel, coord: Coord) -> Block:
@@ -146,15 +162,25 @@ def block_of(lm: LoadedModel, coord: Coord) -> Block:
 
 
 def _quant_manifest(lm: LoadedModel) -> dict | None:
+    """The quantize manifest of ``lm``'s directory (None without one); one that cannot be read
+    as ours is refused in one line, not guessed around."""
     from superweight.quant.export import MANIFEST
 
     src = lm.source
-    if isinstance(src, Path) and (src / MANIFEST).is_file():
-        try:
-            return json.loads((src / MANIFEST).read_text())
-        except ValueError:
-            return None
-    return None
+    if not (isinstance(src, Path) and (src / MANIFEST).is_file()):
+        return None
+    path = src / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{path} is not valid JSON ({e}); remove it to audit with an assumed block size") from None
+    cfg = manifest.get("config") if isinstance(manifest, dict) else None
+    size = cfg.get("size") if isinstance(cfg, dict) else None
+    if not isinstance(cfg, dict) or cfg.get("layout") not in ("group", "block") or not (
+            size is None or isinstance(size, int) and not isinstance(size, bool) and size > 0):
+        raise ModelLoadError(f"{path} is not a superweight quantize manifest (its config needs a layout of group or "
+                             "block and a positive size or null); remove it to audit with an assumed block size")
+    return manifest
 
 
 def block_errors(orig: torch.Tensor, quant: torch.Tensor, size: int | None, flat: int,
@@ -221,6 +247,8 @@ def audit(original: LoadedModel, quantized: LoadedModel, findings: list[tuple[Co
         inp = wo.shape[1]
         skip = {x.row * inp + x.col for x in coords if (x.layer, x.expert) == (c.layer, c.expert)}
         own, typical = block_errors(wo, wq, block.size, c.row * inp + c.col, skip)
+        for lm, w in ((original, wo), (quantized, wq)):
+            require_finite(lm, f"the weight at {c}", float(w[c.row, c.col]), own or 0.0, typical or 0.0)
         out.append(FindingAudit(c, grade, float(wo[c.row, c.col]), float(wq[c.row, c.col]), block, own, typical))
         del wo, wq
     restore = {f.coord: f.original for f in out}
@@ -228,6 +256,7 @@ def audit(original: LoadedModel, quantized: LoadedModel, findings: list[tuple[Co
     for key, lm in (("original", original), ("quantized", quantized)):
         log(f"the {key} model on the prompt and the text")
         runs[key] = measure(lm, prompt, windows)
+        require_finite(lm, "the perplexity on real text", *runs[key][1].values())
     if restore:
         log("the quantized model with the original findings put back")
         with edited(quantized.adapter, restore):
@@ -237,7 +266,7 @@ def audit(original: LoadedModel, quantized: LoadedModel, findings: list[tuple[Co
     for f in out:  # the channel it writes to, right after its layer
         f.peak = {k: float(residual[f.coord.layer][0][f.coord.row]) for k, (residual, _) in runs.items()}
     ppl = {k: p for k, (_, p) in runs.items()}
-    return AuditResult(original.name, quantized.name, out, ppl, windows.to_dict())
+    return AuditResult(original.name, quantized.name, out, ppl, windows.to_dict(), cfg.prompt or DEFAULT_PROMPT)
 
 
 def findings_of(result) -> list[tuple[Coord, str]]:

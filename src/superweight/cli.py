@@ -52,7 +52,8 @@ def detect_config(args):
     """The DetectConfig of a detect or verify command line (validated by the config)."""
     from superweight.detect import DEFAULT_PROMPT, DetectConfig
 
-    prompts = tuple(args.prompt) if getattr(args, "prompt", None) is not None else (DEFAULT_PROMPT,)
+    given = getattr(args, "prompt", None)  # a list (--prompt repeated), or audit's one string
+    prompts = (given,) if isinstance(given, str) else tuple(given) if given is not None else (DEFAULT_PROMPT,)
     if any(not p.strip() for p in prompts):
         raise UsageError("empty prompt: give some text with --prompt")
     extra = {k: getattr(args, k) for k in ("text", "window", "windows") if getattr(args, k, None) is not None}
@@ -245,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("original", help="the original checkpoint: directory, .gguf file, short name or hub id")
     u.add_argument("quantized", help="the quantized checkpoint: GGUF of any type, safetensors, or superweight quantize output")
     u.add_argument("--coords", nargs="+", metavar="L:R:C", help="weights to audit (default: detect them on the original)")
-    u.add_argument("--prompt", default=None, help="prompt for the super activation peak (default: detect's)")
+    u.add_argument("--prompt", default=None,
+                   help="one prompt for the super activation peak (default: detect's); detection itself uses detect's "
+                        "default prompt, so a verdict detect proved is reused")
     u.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, float16, bfloat16")
     u.add_argument("--device", default="cpu", help="torch device (default cpu)")
     u.add_argument("--json", metavar="PATH", help="write the result as JSON to PATH ('-' for stdout)")
@@ -693,7 +696,7 @@ def _load_as_stored(args, ref: str, log, outs: Outputs):
 
 
 def cmd_audit(args, console) -> int:
-    from superweight.audit import AuditConfig, audit, findings_of
+    from superweight.audit import AuditConfig, audit, check_pair, findings_of
     from superweight.verdicts import detect_once
     from superweight.models.load import load
     from superweight.output.report import print_audit
@@ -702,7 +705,7 @@ def cmd_audit(args, console) -> int:
     check_device(args)
     with _flags():
         cfg = AuditConfig(prompt=args.prompt, text=args.text, window=args.window, windows=args.windows)
-    dcfg = detect_config(args)
+    dcfg = detect_config(argparse.Namespace(**{**vars(args), "prompt": None}))  # detect's, so its verdict is reused
     outs = Outputs(sources=model_sources(args.original) + model_sources(args.quantized))
     with outs:
         js = outs.file(args.json, "--json")
@@ -714,6 +717,7 @@ def cmd_audit(args, console) -> int:
                             trust_remote_code=args.trust_remote_code, log=log)
             quantized = _load_as_stored(args, args.quantized, log, outs)
             outs.reading(original.source)
+            check_pair(original, quantized)  # before any work: the same model, a readable manifest
             prov = None
             if coords is not None:
                 findings = [(c, "given") for c in coords]

@@ -24,6 +24,7 @@ from superweight.probe.measures import DEFAULT_PROMPT, PROBE_SENTENCES, Probe
 from superweight.errors import UsageError
 from superweight.probe.hooks import SiteRecord
 from superweight.models.load import LoadedModel
+from superweight.models.finite import require_finite
 from superweight.probe.passes import Group, stack
 from superweight.probe.realtext import CONDITIONS, RealText, TextEffect, context_of, make_windows
 
@@ -380,6 +381,7 @@ class Judge:
         if self._rt is None:
             self.log("the intact model on real text")
             self._rt = RealText(self.lm, self.windows)
+            require_finite(self.lm, "the perplexity on real text", *(b.nll for b in self._rt.base.values()))
         return self._rt
 
     def massive(self, findings: list[Finding]) -> list[dict]:
@@ -620,6 +622,7 @@ def intact(lm: LoadedModel, cfg: DetectConfig, scan: bool = False, residual: boo
         groups.append(Group(prompts, pmask, scan=True, residual=residual))
     answers = passes.run(lm, groups)
     probe = Probe.from_base(lm.model, ids, mask, answers[0].log_probs)
+    require_finite(lm, "the probe perplexity", probe.intact_nll)
     probe.resume = answers[0].resume
     return probe, (answers[1] if scan else None)
 

@@ -136,6 +136,10 @@ def build_report(lm: LoadedModel, cfg: ReportConfig | None = None, detect_cfg=No
     log = log or (lambda msg: None)
     if (cfg.ablate or cfg.quant) and lm.adapter.streamer is not None:
         raise UsageError("the report's ablation and quantization need the model in memory (load it with stream=False)")
+    if quantized_model is not None:  # a mismatched pair is refused before any work
+        from superweight.audit import check_pair
+
+        check_pair(lm, quantized_model)
     result, provenance = detect_once(lm, detect_cfg, log=log, recompute=recompute)
     entry = known(lm.index_id)
     agreement = compare(result.coords, entry) if entry else None
