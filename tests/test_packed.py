@@ -57,8 +57,8 @@ def test_packed_checkpoint_loads_and_equals_the_simulation(saved, symmetric):
     lm, tmp = saved
     out = tmp / "q"
     args = ["quantize", str(tmp / "m"), "--coords", "1:5:7", "--bits", "4", "--group-size", "32",
-            "--format", "compressed-tensors", "--out", str(out)] + (["--sym"] if symmetric else [])
-    assert main(args) == 0
+            "--format", "compressed-tensors", "--out", str(out)] + ([] if symmetric else ["--no-sym"])
+    assert main(args) == 0  # symmetric is the default: the pack plain from_pretrained loads
     config = json.loads((out / "config.json").read_text())["quantization_config"]
     assert config["format"] == "pack-quantized" and config["quant_method"] == "compressed-tensors"
     assert config["config_groups"]["group_0"]["weights"]["symmetric"] is symmetric
@@ -135,15 +135,19 @@ def test_check_accepts_what_it_can_store():
         check(QuantConfig(4, "group", 64))
 
 
-def test_packed_real_smollm2_loads_with_the_simulations_perplexity(smol_whole, tmp_path, gpl3_text):
-    """The embedded model, packed straight from its GGUF (streamed) at 4 bits in groups of 64:
-    transformers' loaded copy gives our simulation's perplexity to 1e-5."""
+def test_packed_real_smollm2_loads_with_the_simulations_perplexity(smol_whole, tmp_path, gpl3_text, capsys):
+    """The README's example on the embedded model, packed straight from its GGUF (streamed)
+    at 4 bits in groups of 64: plain ``from_pretrained``, as the command prints it, loads it,
+    and gives our simulation's perplexity to 1e-5."""
     out = tmp_path / "q"
-    assert main(["quantize", "--coords", "11:507:1229", "--bits", "4", "--group-size", "64",
-                 "--format", "compressed-tensors", "--out", str(out)]) == 0
-    got = load_packed(out, symmetric=False)
+    assert main(["quantize", "--bits", "4", "--group-size", "64", "--format", "compressed-tensors",
+                 "--out", str(out), "--coords", "11:507:1229"]) == 0
+    assert f"load it with: AutoModelForCausalLM.from_pretrained({str(out)!r})\n" in capsys.readouterr().out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = AutoModelForCausalLM.from_pretrained(str(out)).eval()
     held = "model.layers.11.mlp.down_proj.weight"
-    cfg = QuantConfig(4, "group", 64, zero="int", scale_dtype="float32")
+    cfg = QuantConfig(4, "group", 64, symmetric=True, zero="int", scale_dtype="float32")
     ppl = lambda m: perplexity(m, smol_whole.tokenizer, gpl3_text, 256, 1)  # noqa: E731
     with quantized(smol_whole, cfg, exclude=[held]):
         want = ppl(smol_whole.model)
@@ -153,7 +157,7 @@ def test_packed_real_smollm2_loads_with_the_simulations_perplexity(smol_whole, t
     manifest = json.loads((out / MANIFEST).read_text())
     size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
     assert size < 0.45 * 4 * sum(p.numel() for p in smol_whole.model.parameters())  # well under float32
-    assert 4.5 < manifest["bits_per_weight"] < 5.0  # 4 + (32 + 4) / 64, and the one float32 matrix
+    assert 4.5 < manifest["bits_per_weight"] < 5.0  # 4 + 32 / 64 (no zero points), and the one float32 matrix
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
@@ -165,3 +169,19 @@ def test_pack_codes_is_the_libraries_layout_bit_for_bit(bits):
     u = torch.randint(0, 2 ** bits, (37, 96), generator=torch.Generator().manual_seed(bits), dtype=torch.uint8)
     want = pack_to_int32((u.to(torch.int16) - 2 ** (bits - 1)).to(torch.int8), bits)
     assert torch.equal(pack_codes(u, bits), want)
+
+
+def test_an_asymmetric_pack_is_asked_for_and_prints_its_loading_line(saved, capsys):
+    """--no-sym: the command prints the one line that loads it; plain from_pretrained does not
+    (the sizes of the packed zero points do not match what transformers allocates)."""
+    _, tmp = saved
+    out = tmp / "q"
+    assert main(["quantize", str(tmp / "m"), "--coords", "1:5:7", "--group-size", "32", "--no-sym",
+                 "--format", "compressed-tensors", "--out", str(out)]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line == (f"load it with: AutoModelForCausalLM.from_pretrained({str(out)!r}, "
+                    "quantization_config=CompressedTensorsConfig(dequantize=True))")
+    assert load_packed(out, symmetric=False) is not None
+    with pytest.raises(Exception), warnings.catch_warnings():  # noqa: B017 - whatever transformers raises
+        warnings.simplefilter("ignore")
+        AutoModelForCausalLM.from_pretrained(out)

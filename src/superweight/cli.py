@@ -108,7 +108,9 @@ def _quant_args(p: argparse.ArgumentParser) -> None:
     size.add_argument("--group-size", metavar="G", help="groups of G input channels per output row (default 128; 'row': per channel)")
     size.add_argument("--block-size", metavar="B",
                       help="the paper's blocks: runs of B elements of the flattened weight ('whole': one per tensor)")
-    p.add_argument("--sym", action="store_true", help="symmetric abs-max instead of asymmetric min-max")
+    p.add_argument("--sym", action=argparse.BooleanOptionalAction, default=None,
+                   help="symmetric abs-max (--sym) or asymmetric min-max (--no-sym); default: asymmetric, except "
+                        "compressed-tensors: symmetric, the pack plain from_pretrained loads")
     p.add_argument("--clip", default="none", metavar="SPEC",
                    help="clip each block first: none, z:VALUE (paper: z:9), pct:VALUE, or z:auto / pct:auto "
                         "(least reconstruction error per tensor)")
@@ -158,7 +160,8 @@ def quant_config(args):
     pack = getattr(args, "format", "dequantized") == "compressed-tensors"
     act_ratio = args.act_ratio if args.act_ratio is not None else (0.0 if pack else 10.0)
     with _flags():
-        cfg = QuantConfig(bits=args.bits, layout=layout, size=size, symmetric=args.sym, clip=Clip.parse(args.clip),
+        sym = args.sym if args.sym is not None else pack  # packs default to what transformers loads as it is
+        cfg = QuantConfig(bits=args.bits, layout=layout, size=size, symmetric=sym, clip=Clip.parse(args.clip),
                           keep_fraction=args.keep_outliers, keep_scope=args.keep_scope, hold=args.hold,
                           scale_dtype=args.scale_dtype or "float16", act_ratio=act_ratio,
                           act_max_cols=args.act_max_cols, zero="int" if pack else "float").check()
@@ -588,13 +591,22 @@ def cmd_quantize(args, console) -> int:
     if args.format == "compressed-tensors":
         dense = [t.name for t in report.tensors if t.blocks == 0]
         console.print(f"left unquantized (the format has no sparse hold-out): {', '.join(dense) or 'none'}", markup=False)
-        how = "" if cfg.symmetric else (" with quantization_config=CompressedTensorsConfig(dequantize=True) "
-                                        "(transformers cannot run asymmetric packs compressed)")
-        console.print(f"written to {args.out}/ in compressed-tensors' pack-quantized format (vLLM; transformers{how}); "
-                      f"manifest: {args.out}/{MANIFEST}", markup=False)
+        console.print(f"written to {args.out}/ in compressed-tensors' pack-quantized format "
+                      f"({'symmetric' if cfg.symmetric else 'asymmetric, --no-sym'}); manifest: {args.out}/{MANIFEST}",
+                      markup=False)
+        console.print(f"load it with: {packed_loading_line(args.out, cfg.symmetric)}", markup=False, soft_wrap=True)
         return 0
     console.print(f"written to {args.out}/ (load it with transformers; manifest: {args.out}/{MANIFEST})", markup=False)
     return 0
+
+
+def packed_loading_line(out: str, symmetric: bool) -> str:
+    """The exact Python that loads a pack: as it is when symmetric; dequantized when not
+    (transformers allocates the zero points unpacked, the library packs them: quant/packed.py)."""
+    if symmetric:
+        return f"AutoModelForCausalLM.from_pretrained({str(out)!r})"
+    return (f"AutoModelForCausalLM.from_pretrained({str(out)!r}, "
+            "quantization_config=CompressedTensorsConfig(dequantize=True))")
 
 
 def _positive(values, flag: str, minimum: int = 1) -> None:
