@@ -553,3 +553,21 @@ def test_numeric_options_fuzz(tmp_path):
 
     run()
     assert listing(tmp_path) == []
+
+
+def test_no_output_lands_inside_a_hub_models_cache_folder(tmp_path, monkeypatch, capsys):
+    """A hub id's snapshot files are links into the same folder's blobs: the whole
+    ``models--org--name`` folder is the model being read."""
+    import huggingface_hub.constants
+
+    from superweight.output.outputs import Outputs
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    snap = tmp_path / "hub" / "models--org--name" / "snapshots" / "abc"
+    snap.mkdir(parents=True)
+    with Outputs() as outs:
+        outs.reading("org/name")
+        for given in (snap / "config.json", tmp_path / "hub" / "models--org--name" / "blobs" / "x"):
+            with pytest.raises(sw.UsageError, match="is inside the model being read"):
+                outs.file(str(given), "--json") if given.parent.exists() else outs.directory(str(given), "--out")
+        assert outs.file(str(tmp_path / "ok.json"), "--json") is not None

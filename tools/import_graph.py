@@ -1,0 +1,136 @@
+"""The package's import graph: cycles, imports that run back up, private names, argparse.
+
+    python tools/import_graph.py            # a summary; exit 1 when a rule is broken
+    python tools/import_graph.py --edges    # every edge, importer -> imported
+
+Every ``import`` of a superweight module counts, at module level or inside a function (a
+deferred import is still a dependency). "Runs back up": a module inside a subpackage
+(``models/``, ``probe/``, ``quant/``, ``paper/``, ``output/``) importing a top-level module
+that is not a leaf (``errors``, ``paths``, ``version``, ``coords``), or anything importing
+the package face (``superweight/__init__``).
+"""
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1] / "src" / "superweight"
+LEAVES = {"superweight.errors", "superweight.paths", "superweight.version", "superweight.coords"}
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for f in ROOT.rglob("*.py"):
+        parts = list(f.relative_to(ROOT.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = f
+    return out
+
+
+def imports(name: str, path: Path, known: set[str]) -> list[tuple[str, list[str], int]]:
+    """(imported module, names taken from it, line) for each superweight import in ``path``."""
+    tree = ast.parse(path.read_text())
+    out = []
+    pkg = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("superweight"):
+                    out.append((a.name, [], node.lineno))
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(pkg.split(".")[: len(pkg.split(".")) - node.level + 1] + ([base] if base else []))
+            if not base.startswith("superweight"):
+                continue
+            for a in node.names:
+                sub = f"{base}.{a.name}"
+                if sub in known:  # ``from superweight.models import load``: the module itself
+                    out.append((sub, [], node.lineno))
+                else:
+                    out.append((base, [a.name], node.lineno))
+    return out
+
+
+def graph():
+    mods = modules()
+    edges: dict[str, set[str]] = {m: set() for m in mods}
+    private, argparse_users, back_up = [], [], []
+    for m, p in mods.items():
+        src = p.read_text()
+        if ("import argparse" in src or "from argparse" in src) and m != "superweight.cli":
+            argparse_users.append(m)
+        for target, names, line in imports(m, p, set(mods)):
+            if target not in mods or target == m:
+                continue
+            edges[m].add(target)
+            for n in names:
+                if n.startswith("_") and not n.startswith("__"):
+                    private.append(f"{m}:{line} imports {target}.{n}")
+            inner = m.count(".") >= 2
+            top = target.count(".") == 1 and target not in LEAVES and not (mods[target].name == "__init__.py")
+            if target == "superweight" or inner and top:
+                back_up.append(f"{m}:{line} -> {target}")
+    return edges, private, argparse_users, back_up
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    sys.setrecursionlimit(10000)
+    for v in edges:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    edges, private, argparse_users, back_up = graph()
+    if "--edges" in argv:
+        for m in sorted(edges):
+            for t in sorted(edges[m]):
+                print(f"{m} -> {t}")
+        return 0
+    circles = cycles(edges)
+    print(f"{len(edges)} modules, {sum(map(len, edges.values()))} imports")
+    print(f"cycles: {len(circles)}")
+    for c in circles:
+        print("  " + " <-> ".join(c))
+    print(f"imports that run back up: {len(back_up)} (at most 3)")
+    for b in back_up:
+        print("  " + b)
+    print(f"private names imported from another module: {len(private)}")
+    for p in private:
+        print("  " + p)
+    print(f"modules other than cli importing argparse: {argparse_users or 'none'}")
+    broken = circles or len(back_up) > 3 or private or argparse_users
+    return 1 if broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
