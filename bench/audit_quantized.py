@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 import superweight as sw
-from superweight.audit import AuditConfig, audit, findings_of
+from superweight.audit import AuditConfig, audit
+from superweight.targets import ACCEPTS, which_weights
 from superweight.quant.export import save_quantized
 from superweight.quant.rtn import QuantConfig
 
@@ -60,7 +61,8 @@ def run(model: str, cfg: AuditConfig) -> dict:
     lm = sw.load(model)  # the dequantized original, streamed from its converted cache
     gguf_lm = sw.load(model, stream=True)  # the GGUF itself, to re-quantize
     result = sw.detect(lm)
-    findings = findings_of(result)
+    t = which_weights(lm, None, ACCEPTS["audit"], result=result)
+    findings = list(zip(t.coords, t.grades))
     print(f"{model}: findings {[f'{c} {g}' for c, g in findings]} ({time.time() - t0:.0f} s)", file=sys.stderr)
     rows = []
     with tempfile.TemporaryDirectory(dir=Path.home()) as tmp:

@@ -251,6 +251,7 @@ def test_no_output_lands_inside_the_converted_gguf_cache(tmp_path, capsys, monke
     sw.load(str(f), stream=False)  # converted once
     cache = _gguf_cache_dir(f)
     before = snapshot(cache)
+    capsys.readouterr()  # the library's bar of that conversion (the API does not quiet it)
     one_line(capsys, main(["detect", str(f), "--json", str(cache / "config.json")]), "is inside the model being read")
     assert snapshot(cache) == before
 
@@ -498,9 +499,9 @@ def test_first_gguf_use_prints_no_library_bar(tmp_path):
      "(1) a file", None),
 ])
 def test_library_errors_become_one_actionable_line(exc, want, never):
-    from superweight.models.load import _first_line
+    from superweight.errors import first_line
 
-    line = _first_line(exc)
+    line = first_line(exc)
     assert want in line and "\n" not in line
     assert never is None or never not in line
 

@@ -163,7 +163,7 @@ def test_nan_or_inf_is_an_error(bad):
 
 @pytest.mark.parametrize("kw,msg", [
     ({"bits": 1}, "bits"), ({"bits": 9}, "bits"), ({"size": 0}, "size"), ({"layout": "rows"}, "layout"),
-    ({"keep_fraction": 1.0}, "keep fraction"), ({"hold": "maybe"}, "hold"), ({"scale_dtype": "int8"}, "scale dtype"),
+    ({"keep_fraction": 1.0}, "keep fraction"), ({"hold": "maybe"}, "hold"), ({"scale_dtype": "int8"}, "--scale-dtype"),
 ])
 def test_bad_config_is_a_clear_error(kw, msg):
     with pytest.raises(UsageError, match=msg):

@@ -14,8 +14,9 @@ import importlib.util
 import sys
 
 from superweight.coords import Coord
-from superweight.detect import (DetectConfig, DetectResult, Finding, Verdict, VerifyReport, detect, verify,
-                                verify_report, verify_together)
+from superweight.detect import detect
+from superweight.results import DetectConfig, DetectResult, Finding
+from superweight.verification import Verdict, VerifyReport, verify, verify_report, verify_together
 from superweight.edit import Edit, EditReport, save_edited
 from superweight.errors import ModelLoadError, SuperweightError, UnsupportedModelError, UsageError
 from superweight.probe.interventions import edited, zeroed
@@ -41,7 +42,7 @@ _MOVED = {
     "effect": "probe.measures", "realtext": "probe.realtext",
     "quantize": "quant.apply", "export": "quant.export", "actquant": "quant.w8a8", "qcompare": "quant.sweep",
     "ablate": "paper.ablate", "stopwords": "paper.stopwords", "zeroshot": "paper.zeroshot", "data": "paper.data",
-    "report": "output.report", "plot": "output.plot", "atomic": "output.atomic", "outputs": "output.outputs",
+    "report": "output.console", "plot": "output.plot", "atomic": "output.atomic", "outputs": "output.outputs",
 }
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from superweight.coords import Coord
-from superweight.errors import ModelLoadError, UsageError
+from superweight.errors import ModelLoadError, UsageError, flag
 from superweight.models.finite import require_finite
 from superweight.models.load import LoadedModel
 from superweight.probe.realtext import CONDITIONS
@@ -49,11 +49,11 @@ class AuditConfig:
 
     def __post_init__(self):
         if self.prompt is not None and (not isinstance(self.prompt, str) or not self.prompt.strip()):
-            raise UsageError(f"prompt must be some text, not {self.prompt!r}")
+            raise UsageError(f"--prompt must be some text, not {self.prompt!r}")
         for name in ("window", "windows"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
-                raise UsageError(f"{name} must be a positive integer, not {v!r}")
+                raise UsageError(f"{flag(name)} must be a positive integer, not {v!r}")
 
 
 @dataclass
@@ -223,7 +223,7 @@ def measure(lm: LoadedModel, prompt: torch.Tensor, windows) -> tuple[list, dict[
 def audit(original: LoadedModel, quantized: LoadedModel, findings: list[tuple[Coord, str]],
           cfg: AuditConfig | None = None, log=None) -> AuditResult:
     """Compare ``quantized`` with ``original`` at ``findings`` ((coordinate, grade) pairs)."""
-    from superweight.detect import DEFAULT_PROMPT, encode_prompts
+    from superweight.probe.measures import DEFAULT_PROMPT, encode_prompts
     from superweight.paper.data import read_text
     from superweight.probe.interventions import edited
     from superweight.probe.realtext import context_of, make_windows
@@ -267,9 +267,3 @@ def audit(original: LoadedModel, quantized: LoadedModel, findings: list[tuple[Co
         f.peak = {k: float(residual[f.coord.layer][0][f.coord.row]) for k, (residual, _) in runs.items()}
     ppl = {k: p for k, (_, p) in runs.items()}
     return AuditResult(original.name, quantized.name, out, ppl, windows.to_dict(), cfg.prompt or DEFAULT_PROMPT)
-
-
-def findings_of(result) -> list[tuple[Coord, str]]:
-    """A detection's super and strong weights, as (coordinate, grade)."""
-    return [(f.coord, f.grade) for f in result.super_weights + result.strong]
-

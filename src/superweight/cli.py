@@ -1,16 +1,25 @@
-"""The ``superweight`` command: a thin shell over the Python API."""
+"""The ``superweight`` command: arguments in, configs and calls out, results printed or written.
+
+Each command builds a ``Job``: the outputs it declares, the work (core calls), the JSON and
+the console lines of its result. One runner, ``run``, serves every command: the outputs are
+checked and locked (output/outputs.py), ``--dry-run`` stops there, the work runs under a
+status line, files and JSON land together, JSON goes to stdout last, then the console.
+Policy lives in the core: which weights a command acts on (targets.py), defaults and
+validation (the configs, whose errors name their flags), and the printers (output/console.py).
+"""
 from __future__ import annotations
 
 import argparse
 import errno
 import json
-import math
 import os
 import signal
 import sys
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 from superweight.errors import SuperweightError, UsageError
 from superweight.output.outputs import Outputs, model_sources
@@ -46,38 +55,6 @@ def _proof_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=int, default=512, help="tokens per real-text window (default 512, capped at the context)")
     p.add_argument("--windows", type=int, default=1,
                    help="windows per condition (starting with the model's start token, and mid-text; default 1)")
-
-
-def detect_config(args):
-    """The DetectConfig of a detect or verify command line (validated by the config)."""
-    from superweight.detect import DEFAULT_PROMPT, DetectConfig
-
-    given = getattr(args, "prompt", None)  # a list (--prompt repeated), or audit's one string
-    prompts = (given,) if isinstance(given, str) else tuple(given) if given is not None else (DEFAULT_PROMPT,)
-    if any(not p.strip() for p in prompts):
-        raise UsageError("empty prompt: give some text with --prompt")
-    extra = {k: getattr(args, k) for k in ("text", "window", "windows") if getattr(args, k, None) is not None}
-    text = extra.get("text")
-    from superweight.paper.data import TEXT_SOURCES
-
-    if text and text not in TEXT_SOURCES and not Path(text).is_file():
-        raise UsageError(f"--text {text!r}: no such file (use {', '.join(TEXT_SOURCES)} or a path)")
-    with _flags():
-        return DetectConfig(prompts=prompts, **extra)
-
-
-@contextmanager
-def _flags():
-    """A config's error names its field (``seqlen must be ...``); on the command line, say the flag."""
-    import re
-
-    try:
-        yield
-    except UsageError as e:
-        m = re.match(r"^([a-z][a-z_]*) must ", str(e))
-        if m:
-            raise UsageError("--" + m.group(1).replace("_", "-") + str(e)[len(m.group(1)):]) from None
-        raise
 
 
 class _Parser(argparse.ArgumentParser):
@@ -139,50 +116,6 @@ def _quant_args(p: argparse.ArgumentParser) -> None:
                    help="dequantized (default): full-precision weights holding the quantized values, any engine loads "
                         "them; compressed-tensors: int codes packed with group scales and integer zero points "
                         "(vLLM, transformers), the super weights' matrices left unquantized")
-
-
-def _size(text: str | None, words: tuple[str, ...], flag: str) -> int | None:
-    if text.strip().lower() in words:
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise UsageError(f"{flag} must be a positive integer or {words[0]}, not {text!r}") from None
-
-
-def quant_config(args):
-    from superweight.quant.rtn import Clip, QuantConfig
-
-    if args.block_size is not None:
-        layout, size = "block", _size(args.block_size, ("whole", "tensor", "all"), "--block-size")
-    else:
-        layout, size = "group", _size(args.group_size or "128", ("row", "channel"), "--group-size")
-    pack = getattr(args, "format", "dequantized") == "compressed-tensors"
-    act_ratio = args.act_ratio if args.act_ratio is not None else (0.0 if pack else 10.0)
-    with _flags():
-        sym = args.sym if args.sym is not None else pack  # packs default to what transformers loads as it is
-        cfg = QuantConfig(bits=args.bits, layout=layout, size=size, symmetric=sym, clip=Clip.parse(args.clip),
-                          keep_fraction=args.keep_outliers, keep_scope=args.keep_scope, hold=args.hold,
-                          scale_dtype=args.scale_dtype or "float16", act_ratio=act_ratio,
-                          act_max_cols=args.act_max_cols, zero="int" if pack else "float").check()
-    if pack:
-        from superweight.quant.packed import check
-
-        check(cfg)
-    return cfg
-
-
-def _bytes(text: str) -> int:
-    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
-    t = text.strip().upper()
-    num = t.rstrip("KMGIB")
-    try:
-        n = int(float(num) * units[t[len(num):]])
-    except (ValueError, KeyError, OverflowError):
-        raise UsageError(f"--max-shard-size {text!r}: expected a size such as 500MB or 2GB") from None
-    if n < 1:
-        raise UsageError(f"--max-shard-size must be positive, not {text!r}")
-    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -278,6 +211,90 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+# -- translation: arguments -> configs ------------------------------------------------------
+
+def _coords(args) -> list | None:
+    from superweight.coords import Coord
+
+    return [Coord.parse(c) for c in args.coords] if getattr(args, "coords", None) else None
+
+
+def detect_config(args, prompts: bool = True):
+    """The DetectConfig of a command line (checked by the config). ``prompts``: the command's
+    ``--prompt`` is the scan's (audit's is its own)."""
+    from superweight.results import DetectConfig
+
+    given = getattr(args, "prompt", None) if prompts else None
+    extra = {k: getattr(args, k) for k in ("text", "window", "windows") if getattr(args, k, None) is not None}
+    return DetectConfig(**({"prompts": tuple(given)} if given is not None else {}), **extra)
+
+
+def _size(text: str, words: tuple[str, ...], flag: str) -> int | None:
+    if text.strip().lower() in words:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"{flag} must be a positive integer or {words[0]}, not {text!r}") from None
+
+
+def quant_config(args):
+    from superweight.quant.rtn import Clip, QuantConfig
+
+    if args.block_size is not None:
+        layout, size = "block", _size(args.block_size, ("whole", "tensor", "all"), "--block-size")
+    else:
+        layout, size = "group", _size(args.group_size or "128", ("row", "channel"), "--group-size")
+    cfg = QuantConfig.for_format(args.format, bits=args.bits, layout=layout, size=size, symmetric=args.sym,
+                                 clip=Clip.parse(args.clip), keep_fraction=args.keep_outliers, keep_scope=args.keep_scope,
+                                 hold=args.hold, scale_dtype=args.scale_dtype, act_ratio=args.act_ratio,
+                                 act_max_cols=args.act_max_cols)
+    if args.format == "compressed-tensors":
+        from superweight.quant.packed import check
+
+        check(cfg)
+    return cfg
+
+
+def _bytes(text: str) -> int:
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+    t = text.strip().upper()
+    num = t.rstrip("KMGIB")
+    try:
+        n = int(float(num) * units[t[len(num):]])
+    except (ValueError, KeyError, OverflowError):
+        raise UsageError(f"--max-shard-size {text!r}: expected a size such as 500MB or 2GB") from None
+    if n < 1:
+        raise UsageError(f"--max-shard-size must be positive, not {text!r}")
+    return n
+
+
+def ablate_config(args):
+    from superweight.paper.ablate import AblateConfig
+    from superweight.paper.zeroshot import PAPER_TASKS
+
+    tasks = [t for arg in (args.tasks or []) for t in arg.split(",") if t]
+    extra = {k: getattr(args, k) for k in ("prune_topk", "prune_fraction", "stopword_prompts")
+             if getattr(args, k, None) is not None}
+    return AblateConfig(tasks=() if tasks == ["none"] else tuple(tasks or PAPER_TASKS), limit=args.limit,
+                        texts=tuple(args.texts), seqlen=args.seqlen,
+                        max_windows=None if args.max_windows == 0 else args.max_windows,
+                        batch_size=args.batch_size, local_tasks=not args.hub_tasks, **extra)
+
+
+def compare_config(args):
+    from superweight.quant.sweep import CompareConfig
+
+    return CompareConfig(
+        bits=tuple(args.bits), block_sizes=tuple(_size(b, ("whole", "tensor", "all"), "--block-sizes") for b in args.block_sizes),
+        group_sizes=tuple(_size(g, ("row", "channel"), "--group-sizes") for g in args.group_sizes),
+        hqq_groups=tuple(args.hqq_groups), act_ratio=args.act_ratio, quanto=args.quanto, texts=tuple(args.texts),
+        seqlen=args.seqlen, max_windows=args.max_windows or None, tasks=tuple(args.tasks), limit=args.limit,
+        w8a8=args.w8a8)
+
+
+# -- the runner -------------------------------------------------------------------------------
+
 def write_json(obj, dest: str | Path) -> None:
     """JSON to stdout (``-``) or to a staged output path. Not a number (NaN, infinity) is
     refused: it is not JSON, and no reader would take it."""
@@ -289,16 +306,40 @@ def write_json(obj, dest: str | Path) -> None:
     Path(dest).write_text(text)
 
 
-def _dry(console, outs: Outputs) -> int:
-    outs.discard()  # staged outputs removed, locks released: nothing lands
-    console.print("options and outputs are fine; nothing was loaded or written (--dry-run)", markup=False)
+@dataclass
+class Job:
+    """One command, for ``run``: ``declare(outs)`` names its outputs besides ``--json`` (a
+    dict of staged paths), ``work(outs, log)`` does it and returns the result, ``files``
+    writes the result into the staged paths, ``show`` prints it; the JSON is ``to_json``."""
+
+    work: Callable[[Outputs, Callable], Any]
+    show: Callable[[Any, Any], None]
+    declare: Callable[[Outputs], dict] = lambda outs: {}
+    files: Callable[[Any, dict], None] = lambda result, staged: None
+    to_json: Callable[[Any], dict] = lambda result: result.to_dict()
+    sources: list | None = None  # what the command reads (default: its model argument)
+    staged: dict = field(default_factory=dict)
+
+
+def run(args, console, job: Job) -> int:
+    sources = job.sources if job.sources is not None else model_sources(getattr(args, "model", None))
+    with Outputs(sources=sources) as outs:
+        job.staged = job.declare(outs)
+        js = outs.file(getattr(args, "json", None), "--json")
+        if getattr(args, "dry_run", False):
+            outs.discard()  # staged outputs removed, locks released: nothing lands
+            console.print("options and outputs are fine; nothing was loaded or written (--dry-run)", markup=False)
+            return 0
+        with _status(console, console.is_terminal) as log:
+            result = job.work(outs, log)
+        obj = job.to_json(result)
+        job.files(result, job.staged)
+        if js:
+            write_json(obj, js)
+    if getattr(args, "json", None) == "-":
+        write_json(obj, "-")
+    job.show(console, result)
     return 0
-
-
-def check_device(args) -> None:
-    from superweight.models.load import check_device as check
-
-    check(args.device)
 
 
 class _Log:
@@ -325,24 +366,276 @@ def _status(console, enabled: bool):
         yield _Log(st)
 
 
+def _load(args, log, outs: Outputs, in_memory: bool = False, ref: Any = "model", as_stored: bool = False):
+    """Load the command's model (``in_memory``: whole unless --stream says otherwise; lm-eval
+    and the quantizers measure a model in memory), or with ``as_stored`` a quantized copy
+    as stored (on CPU, a GGUF file's own blocks). Outputs onto what it reads are refused."""
+    from superweight.models.load import load, local_checkpoint
+
+    log("loading the quantized model" if as_stored else "loading model")
+    path = getattr(args, ref) if ref in vars(args) else ref
+    if as_stored:
+        lm = load(local_checkpoint(path, log), dtype=args.dtype, device=args.device, log=log,
+                  trust_remote_code=args.trust_remote_code, stream=True if args.device == "cpu" else None)
+    else:
+        stream = False if in_memory and args.stream is None else getattr(args, "stream", None)
+        lm = load(path, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
+                  index_id=getattr(args, "index_id", None), stream=stream, log=log)
+    outs.reading(lm.source)
+    return lm
+
+
+def _weights(args, lm, log, accept: str, console=None, result=None, needed: bool = False):
+    """``targets.which_weights`` for this command; the verdict's source is said on
+    ``console`` (stderr when None)."""
+    from superweight.targets import ACCEPTS, which_weights
+
+    def said(prov):
+        line = f"super weights: {prov.describe()}"
+        console.print(line, markup=False) if console is not None else print(f"superweight: {line}", file=sys.stderr)
+
+    t = which_weights(lm, _coords(args), ACCEPTS[accept], detect_config(args, accept != "audit"), result=result,
+                      log=log, recompute=args.recompute, on_verdict=said)
+    if needed and not t.coords:
+        raise UsageError(f"{lm.name}: no super weight found; give --coords")
+    return t
+
+
+# -- the commands ------------------------------------------------------------------------------
+
+def cmd_detect(args, console):
+    from superweight.output.console import print_detect, print_lines
+    from superweight.verdicts import detection
+
+    cfg = detect_config(args)
+    return Job(declare=lambda outs: {"plot": outs.file(args.plot, "--plot")},
+               work=lambda outs, log: detection(_load(args, log, outs), cfg, log, args.recompute),
+               files=lambda d, staged: staged["plot"] and _plot_detect(d.result, staged["plot"]),
+               show=lambda console, d: (print_detect(console, d.result, d.agreement, d.result.model, args.verbose),
+                                        print_lines(console, d.provenance.describe())))
+
+
+def _plot_detect(result, path) -> None:
+    from superweight.output.plot import plot_detect
+
+    plot_detect(result, path)
+
+
+def cmd_verify(args, console):
+    from superweight.output.console import print_lines, print_verify
+    from superweight.verdicts import verify_once
+
+    cfg = detect_config(args)
+
+    def work(outs, log):
+        lm = _load(args, log, outs)
+        t = _weights(args, lm, log, "verify")
+        if not t.coords:
+            raise UsageError(f"{lm.name} is not in the index: give coordinates with --coords L:R:C")
+        rep, prov = verify_once(lm, t.coords, cfg, log, recompute=args.recompute)
+        return rep, prov, t
+
+    return Job(work=work, to_json=lambda r: {**r[0].to_dict(), "verdict": r[1].to_dict(), "acted_on": r[2].to_dict()},
+               show=lambda console, r: (print_verify(console, r[0].model, r[0].verdicts, r[0].together),
+                                        print_lines(console, r[2].describe(), r[1].describe())))
+
+
+def _results_job(args, console, work, files, show) -> Job:
+    """``ablate``, ``scale`` and ``quant-compare``: a results folder (``--out``, its files
+    replaced one by one), the model in memory, the weights given or detected."""
+    def run_it(outs, log):
+        lm = _load(args, log, outs, in_memory=True)
+        return work(lm, _weights(args, lm, log, args.cmd, needed=args.cmd != "quant-compare").coords, log)
+
+    return Job(declare=lambda outs: {"out": outs.directory(args.out, "--out", merge=True)}, work=run_it,
+               files=lambda r, staged: files(r, staged["out"]), show=lambda console, r: show(console, r, args.out))
+
+
+def cmd_ablate(args, console):
+    from superweight.output.console import print_ablate
+    from superweight.output.plot import plot_activations, plot_stopwords
+    from superweight.paper.ablate import ablate
+
+    cfg = ablate_config(args)
+
+    def files(result, out):
+        write_json(result.to_dict(), out / "ablate.json")
+        (out / "ablate.md").write_text(result.markdown() + "\n")
+        plot_activations(result, out / "activations.png")
+        if result.stopwords:
+            plot_stopwords(result, out / "stopwords.png")
+
+    return _results_job(args, console, lambda lm, coords, log: ablate(lm, coords, cfg, log=log), files, print_ablate)
+
+
+def cmd_scale(args, console):
+    from superweight.output.console import print_scale
+    from superweight.output.plot import plot_scale
+    from superweight.paper.ablate import ScaleResult, check_factors, scale_sweep
+
+    cfg = ablate_config(args)
+    check_factors(args.factors)
+
+    def files(result, out):
+        write_json(result.to_dict(), out / "scale.json")
+        plot_scale(result.model, result.factors, result.results, out / "scale.png")
+
+    return _results_job(args, console, lambda lm, coords, log: ScaleResult(
+        lm.name, coords, args.factors, scale_sweep(lm, coords, args.factors, cfg, log=log)), files, print_scale)
+
+
+def cmd_quant_compare(args, console):
+    from superweight.output.console import print_compare
+    from superweight.output.plot import plot_quant
+    from superweight.quant.sweep import compare
+
+    cfg = compare_config(args)
+
+    def files(result, out):
+        write_json(result.to_dict(), out / "compare.json")
+        (out / "compare.md").write_text(result.markdown() + "\n")
+        plot_quant(result.reference, result.points, out / "compare.png", f"{result.model}: weight quantization")
+
+    def work(lm, coords, log):
+        return compare(lm, coords, cfg, lambda m: (log(m), None if console.is_terminal else print(m, file=sys.stderr, flush=True)))
+
+    return _results_job(args, console, work, files, print_compare)
+
+
+def cmd_quantize(args, console):
+    from superweight.output.console import print_quantize
+    from superweight.quant.export import MANIFEST, write_quantized
+    from superweight.quant.packed import loading_line
+
+    cfg, shard = quant_config(args), _bytes(args.max_shard_size)
+
+    def work(outs, log):
+        lm = _load(args, log, outs)
+        t = _weights(args, lm, log, "quantize", console=console) if args.keep_super else None
+        log("quantizing")
+        rep = write_quantized(lm, cfg, outs_dir["out"], keep=t.coords if t else [], include=args.include,
+                              exclude=args.exclude, max_shard_bytes=shard, log=log, format=args.format)
+        return lm, rep, t
+
+    def show(console, r):
+        lm, rep, t = r
+        held = (f"{', '.join(map(str, t.coords))} (from: {t.label})" if t.coords else "none found") if t \
+            else "none (--no-keep-super)"
+        print_quantize(console, rep, args.out, args.format, held, loading_line(args.out, rep.config.symmetric),
+                       MANIFEST)
+
+    outs_dir = {}
+    return Job(declare=lambda outs: outs_dir.update(out=outs.directory(args.out, "--out", overwrite=args.overwrite,
+                                                                        marker=MANIFEST)) or outs_dir,
+               work=work, to_json=lambda r: {"model": r[0].name, "out": args.out, **r[1].to_dict()}, show=show)
+
+
+def cmd_edit(args, console):
+    from superweight.coords import Coord
+    from superweight.edit import EDIT_MANIFEST, Edit, check_edits, edit_checkpoint
+    from superweight.models.load import load, local_checkpoint
+    from superweight.output.console import print_edit
+
+    edits = [Edit(Coord.parse(c)) for c in args.zero] + [Edit.parse_scale(s) for s in args.scale]
+    check_edits(edits)
+    staged = {}
+
+    def work(outs, log):
+        log("loading model")
+        lm = load(local_checkpoint(args.model, log), stream=True, trust_remote_code=args.trust_remote_code, log=log)
+        outs.reading(lm.source)
+        return edit_checkpoint(lm, edits, staged["out"], args.note, log)
+
+    return Job(declare=lambda outs: staged.update(out=outs.directory(args.out, "--out", overwrite=args.overwrite,
+                                                                     marker=EDIT_MANIFEST)) or staged,
+               work=work, to_json=lambda rep: {**rep.to_dict(), "out": args.out},
+               show=lambda console, rep: print_edit(console, rep, args.out))
+
+
+def cmd_audit(args, console):
+    from superweight.audit import AuditConfig, audit, check_pair
+    from superweight.models.load import load
+    from superweight.output.console import print_audit, print_lines
+
+    _coords(args)
+    cfg = AuditConfig(prompt=args.prompt, text=args.text, window=args.window, windows=args.windows)
+    detect_config(args, prompts=False)
+
+    def work(outs, log):
+        log("loading the original")
+        original = load(args.original, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
+                        log=log)
+        quantized = _load(args, log, outs, ref=args.quantized, as_stored=True)
+        outs.reading(original.source)
+        check_pair(original, quantized)  # before any work: the same model, a readable manifest
+        t = _weights(args, original, log, "audit", console=_Null())
+        return audit(original, quantized, list(zip(t.coords, t.grades)), cfg, log), t
+
+    def show(console, r):
+        print_audit(console, r[0])
+        print_lines(console, r[1].describe(), *([f"findings: {r[1].provenance.describe()}"] if r[1].provenance else []))
+
+    return Job(work=work, show=show, sources=model_sources(args.original) + model_sources(args.quantized),
+               to_json=lambda r: {**r[0].to_dict(), "acted_on": r[1].to_dict(),
+                                  **({"verdict": r[1].provenance.to_dict()} if r[1].provenance else {})})
+
+
+class _Null:
+    def print(self, *a, **k) -> None:
+        pass
+
+
+def cmd_report(args, console):
+    import shlex
+
+    from superweight.output.console import print_detect, print_lines
+    from superweight.output.html import render_report
+    from superweight.overview import ReportConfig, build_report
+
+    coords, dcfg = _coords(args), detect_config(args)
+    cfg = ReportConfig(ablate=args.ablate, quant=args.quant, seqlen=args.seqlen, max_windows=args.max_windows,
+                       stopword_prompts=args.stopword_prompts)
+    staged = {}
+
+    def work(outs, log):
+        lm = _load(args, log, outs, in_memory=args.ablate or args.quant)
+        quantized = _load(args, log, outs, ref=args.audit, as_stored=True) if args.audit else None
+        rep = build_report(lm, cfg, dcfg, coords, quantized, log, recompute=args.recompute,
+                           command="superweight " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+        log("writing the page")
+        staged["page"].write_text(render_report(rep))
+        return rep
+
+    return Job(declare=lambda outs: staged.update(page=outs.file(args.out, "--out")) or staged, work=work,
+               sources=model_sources(args.model) + (model_sources(args.audit) if args.audit else []),
+               show=lambda console, rep: (print_detect(console, rep.result, rep.agreement, rep.result.model),
+                                          print_lines(console, rep.provenance.describe(), f"report written to {args.out}")))
+
+
+def cmd_index(args, console):
+    from superweight.index import index
+    from superweight.output.console import print_index
+
+    return Job(work=lambda outs, log: index(), sources=[], to_json=lambda entries: [e.to_dict() for e in entries],
+               show=print_index)
+
+
+COMMANDS = {"detect": cmd_detect, "verify": cmd_verify, "ablate": cmd_ablate, "scale": cmd_scale,
+            "quantize": cmd_quantize, "quant-compare": cmd_quant_compare, "edit": cmd_edit, "audit": cmd_audit,
+            "report": cmd_report, "index": cmd_index}
+
+
+# -- the process: quiet libraries, signals, one line per error ----------------------------------
+
 def _quiet_libraries(debug: bool) -> None:
+    """Libraries' bars and warnings are off unless --debug (tqdm >= 4.66 reads TQDM_DISABLE on
+    each bar; ours pass ``disable=`` explicitly and keep theirs)."""
     if debug:
         return
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TQDM_DISABLE", "1")  # for a tqdm imported after this
+    os.environ.setdefault("TQDM_DISABLE", "1")
     warnings.filterwarnings("ignore")
-    try:  # libraries' own bars (transformers' GGUF conversion, lm-eval) are off unless --debug;
-        # ours pass disable= explicitly and keep theirs
-        from functools import partialmethod
-
-        import tqdm.std
-
-        if not getattr(tqdm.std, "_superweight_quiet", False):
-            tqdm.std.tqdm.__init__ = partialmethod(tqdm.std.tqdm.__init__, disable=True)
-            tqdm.std._superweight_quiet = True
-    except Exception:  # noqa: BLE001
-        pass
     import logging
 
     for name in ("lm_eval", "lm-eval", "datasets", "evaluate"):
@@ -354,449 +647,6 @@ def _quiet_libraries(debug: bool) -> None:
         hf_logging.disable_progress_bar()
     except Exception:  # noqa: BLE001
         pass
-
-
-def _load(args, log, outs: Outputs, in_memory: bool = False):
-    """Load the command's model; ``in_memory``: held whole unless --stream says otherwise
-    (lm-eval and the quantizer comparison measure a model in memory)."""
-    from superweight.models.load import load
-
-    log("loading model")
-    stream = False if in_memory and args.stream is None else args.stream
-    lm = load(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
-              index_id=args.index_id, stream=stream, log=log)
-    outs.reading(lm.source)
-    return lm
-
-
-def _outputs(args) -> Outputs:
-    """The command's outputs, checked against the model it reads (see outputs.py)."""
-    return Outputs(sources=model_sources(getattr(args, "model", None)))
-
-
-def cmd_detect(args, console) -> int:
-    from superweight.output import report
-    from superweight.index import compare, known
-    from superweight.verdicts import detect_once
-
-    cfg = detect_config(args)
-    check_device(args)
-    with _outputs(args) as outs:
-        js, png = outs.file(args.json, "--json"), outs.file(args.plot, "--plot")
-        if args.dry_run:
-            return _dry(console, outs)
-        with _status(console, console.is_terminal) as log:
-            lm = _load(args, log, outs)
-            result, prov = detect_once(lm, cfg, log=log, recompute=args.recompute)
-        entry = known(lm.index_id)
-        agreement = compare(result.coords, entry) if entry else None
-        out = {**result.to_dict(), "index": agreement, "verdict": prov.to_dict()}
-        if js:
-            write_json(out, js)
-        if png:
-            from superweight.output.plot import plot_detect
-
-            plot_detect(result, png)
-    if args.json == "-":
-        write_json(out, "-")
-    report.print_detect(console, result, agreement, lm.index_id, verbose=args.verbose)
-    console.print(prov.describe(), markup=False)
-    return 0
-
-
-def cmd_verify(args, console) -> int:
-    from superweight.verdicts import verify_once
-    from superweight.output import report
-    from superweight.index import known
-
-    coords = _coords(args)
-    cfg = detect_config(args)
-    check_device(args)
-    with _outputs(args) as outs:
-        js = outs.file(args.json, "--json")
-        if args.dry_run:
-            return _dry(console, outs)
-        with _status(console, console.is_terminal) as log:
-            lm = _load(args, log, outs)
-            if coords is None:
-                entry = known(lm.index_id)
-                if entry is None:
-                    raise UsageError(f"{lm.name} is not in the index: give coordinates with --coords L:R:C")
-                coords = list(entry.super_weights)
-            rep, prov = verify_once(lm, coords, cfg, log, recompute=args.recompute)
-        obj = {**rep.to_dict(), "verdict": prov.to_dict()}
-        if js:
-            write_json(obj, js)
-    if args.json == "-":
-        write_json(obj, "-")
-    report.print_verify(console, rep.model, rep.verdicts, rep.together)
-    console.print(prov.describe(), markup=False)
-    return 0
-
-
-def _ablate_config(args):
-    """The AblateConfig of an ablate or scale command line (validated by the config)."""
-    from superweight.paper.ablate import AblateConfig
-    from superweight.paper.zeroshot import PAPER_TASKS
-
-    tasks = [t for arg in (args.tasks or []) for t in arg.split(",") if t]
-    extra = {k: getattr(args, k) for k in ("prune_topk", "prune_fraction", "stopword_prompts")
-             if getattr(args, k, None) is not None}
-    with _flags():
-        return AblateConfig(
-            tasks=() if tasks == ["none"] else tuple(tasks or PAPER_TASKS), limit=args.limit, texts=tuple(args.texts),
-            seqlen=args.seqlen, max_windows=None if args.max_windows == 0 else args.max_windows,
-            batch_size=args.batch_size, local_tasks=not args.hub_tasks, **extra,
-        )
-
-
-def _check_early(args) -> None:
-    """Before any work: ``--coords`` parse and ``--device`` exists on this machine."""
-    _coords(args)
-    check_device(args)
-
-
-def _coords(args) -> list | None:
-    from superweight.coords import Coord
-
-    return [Coord.parse(c) for c in args.coords] if args.coords else None
-
-
-def _paper_command(args, console, work, files):
-    """``ablate`` and ``scale``: options checked, ``--out`` (a results folder) and ``--json``
-    declared, the model loaded in memory, the super weights given or detected; then
-    ``work(lm, coords, log)`` gives the result and ``files(result, folder)`` writes the
-    folder's files. Returns the result, or None after ``--dry-run``."""
-    _check_early(args)
-    with _outputs(args) as outs:
-        out, js = outs.directory(args.out, "--out", merge=True), outs.file(args.json, "--json")
-        if args.dry_run:
-            _dry(console, outs)
-            return None
-        with _status(console, console.is_terminal) as log:
-            lm = _load(args, log, outs, in_memory=True)
-            result = work(lm, _targets(args, lm, log, needed=True), log)
-        files(result, out)
-        if js:
-            write_json(result.to_dict(), js)
-    if args.json == "-":
-        write_json(result.to_dict(), "-")
-    return result
-
-
-def cmd_ablate(args, console) -> int:
-    from superweight.output.plot import plot_activations, plot_stopwords
-    from superweight.paper.ablate import ablate
-
-    cfg = _ablate_config(args)
-
-    def files(result, out):
-        write_json(result.to_dict(), out / "ablate.json")
-        (out / "ablate.md").write_text(result.markdown() + "\n")
-        plot_activations(result, out / "activations.png")
-        if result.stopwords:
-            plot_stopwords(result, out / "stopwords.png")
-
-    result = _paper_command(args, console, lambda lm, coords, log: ablate(lm, coords, cfg, log=log), files)
-    if result is None:
-        return 0
-    console.print(f"super weights: {', '.join(str(c) for c in result.super_weights)}; written to {args.out}/")
-    console.print(result.markdown(), markup=False)
-    for sft in result.stopwords[:8]:
-        console.print(f"  {sft.token!r}: {sft.before:.4f} -> {sft.after:.4f} (x{sft.ratio:.2f})", markup=False)
-    return 0
-
-
-def cmd_scale(args, console) -> int:
-    from superweight.output.plot import plot_scale
-    from superweight.paper.ablate import ScaleResult, check_factors, scale_sweep
-
-    cfg = _ablate_config(args)
-    with _flags():
-        check_factors(args.factors)
-
-    def work(lm, coords, log):
-        return ScaleResult(lm.name, coords, args.factors, scale_sweep(lm, coords, args.factors, cfg, log=log))
-
-    def files(result, out):
-        write_json(result.to_dict(), out / "scale.json")
-        plot_scale(result.model, result.factors, result.results, out / "scale.png")
-
-    result = _paper_command(args, console, work, files)
-    if result is None:
-        return 0
-    for f, r in zip(result.factors, result.results):
-        acc = f"mean acc {100 * r.mean_accuracy:.2f}; " if r.mean_accuracy is not None else ""
-        console.print(f"x{f:g}: {acc}" + ", ".join(f"ppl {t} {v:.2f}" for t, v in r.perplexity.items()), markup=False)
-    console.print(f"written to {args.out}/")
-    return 0
-
-
-def _targets(args, lm, log, needed: bool = False, console=None) -> list:
-    """The weights a command acts on: ``--coords``, or what detect finds (``coords_or_detect``).
-    ``needed``: finding none is an error (ablate and scale have nothing to do then).
-    Where they were detected, ``console`` (stderr when not given) says whether the verdict
-    came from the cache."""
-    from superweight.detect import coords_or_detect
-
-    def said(prov):
-        line = f"super weights: {prov.describe()}"
-        if console is not None:
-            console.print(line, markup=False)
-        else:
-            print(f"superweight: {line}", file=sys.stderr)
-
-    coords = coords_or_detect(lm, _coords(args), detect_config(args), log, recompute=args.recompute, on_verdict=said)
-    if needed and not coords:
-        raise UsageError(f"{lm.name}: no super weight found; give --coords")
-    return coords
-
-
-def cmd_quantize(args, console) -> int:
-    from superweight.quant.export import MANIFEST, write_quantized
-
-    cfg = quant_config(args)
-    shard = _bytes(args.max_shard_size)
-    _check_early(args)
-    with _outputs(args) as outs:
-        out = outs.directory(args.out, "--out", overwrite=args.overwrite, marker=MANIFEST)
-        js = outs.file(args.json, "--json")
-        if args.dry_run:
-            return _dry(console, outs)
-        with _status(console, console.is_terminal) as log:
-            lm = _load(args, log, outs)
-            if args.format == "compressed-tensors" and args.scale_dtype is None:
-                import dataclasses
-
-                import torch
-
-                # transformers dequantizes at the scale's dtype: scales at the model's keep it exact
-                dt = next(p for _, p in lm.adapter.linear_weights()).dtype
-                if dt in (torch.float16, torch.bfloat16, torch.float32):
-                    cfg = dataclasses.replace(cfg, scale_dtype=str(dt).removeprefix("torch."))
-            coords = _targets(args, lm, log, console=console) if args.keep_super else []
-            log("quantizing")
-            report = write_quantized(lm, cfg, out, keep=coords, include=args.include, exclude=args.exclude,
-                                     max_shard_bytes=shard, log=log, format=args.format)
-        obj = {"model": lm.name, "out": args.out, **report.to_dict()}
-        if js:
-            write_json(obj, js)
-    if args.json == "-":
-        write_json(obj, "-")
-    held = ", ".join(str(c) for c in coords) if coords else ("none found" if args.keep_super else "none (--no-keep-super)")
-    console.print(f"{cfg.describe()}", markup=False)
-    console.print(f"quantized {len(report.tensors)} tensors ({report.numel:,} weights) in {report.seconds:.1f} s: "
-                  f"{report.bits_per_weight:.3f} effective bits per weight, {report.held:,} held out exactly", markup=False)
-    console.print(f"super weights held out: {held}", markup=False)
-    if args.format == "compressed-tensors":
-        dense = [t.name for t in report.tensors if t.blocks == 0]
-        console.print(f"left unquantized (the format has no sparse hold-out): {', '.join(dense) or 'none'}", markup=False)
-        console.print(f"written to {args.out}/ in compressed-tensors' pack-quantized format "
-                      f"({'symmetric' if cfg.symmetric else 'asymmetric, --no-sym'}); manifest: {args.out}/{MANIFEST}",
-                      markup=False)
-        console.print(f"load it with: {packed_loading_line(args.out, cfg.symmetric)}", markup=False, soft_wrap=True)
-        return 0
-    console.print(f"written to {args.out}/ (load it with transformers; manifest: {args.out}/{MANIFEST})", markup=False)
-    return 0
-
-
-def packed_loading_line(out: str, symmetric: bool) -> str:
-    """The exact Python that loads a pack: as it is when symmetric; dequantized when not
-    (transformers allocates the zero points unpacked, the library packs them: quant/packed.py)."""
-    if symmetric:
-        return f"AutoModelForCausalLM.from_pretrained({str(out)!r})"
-    return (f"AutoModelForCausalLM.from_pretrained({str(out)!r}, "
-            "quantization_config=CompressedTensorsConfig(dequantize=True))")
-
-
-def _positive(values, flag: str, minimum: int = 1) -> None:
-    for v in values or ():
-        if v < minimum:
-            raise UsageError(f"{flag} must be at least {minimum}, not {v}")
-
-
-def cmd_quant_compare(args, console) -> int:
-    from superweight.paper.ablate import read_text
-    from superweight.output.plot import plot_quant
-    from superweight.quant.sweep import SweepResult, plan, sweep, w8a8_table
-
-    blocks = [_size(b, ("whole", "tensor", "all"), "--block-sizes") for b in args.block_sizes]
-    groups = [_size(g, ("row", "channel"), "--group-sizes") for g in args.group_sizes]
-    _positive(args.hqq_groups, "--hqq-groups")
-    _positive([args.seqlen], "--seqlen", 16)
-    _positive([args.max_windows], "--max-windows", 0)
-    _positive([args.limit] if args.limit is not None else [], "--limit")
-    if not math.isfinite(args.act_ratio) or args.act_ratio < 0:
-        raise UsageError(f"--act-ratio must be a finite number >= 0, not {args.act_ratio}")
-    for b in args.bits:
-        if not 2 <= b <= 8:
-            raise UsageError(f"--bits must be from 2 to 8, not {b}")
-    points = plan(tuple(args.bits), blocks, groups, args.hqq_groups, args.act_ratio, args.quanto)
-    if not points:
-        raise UsageError("nothing to compare: give --block-sizes, --group-sizes or --hqq-groups (or drop --no-quanto)")
-    for *_, cfg, _k in points:
-        if cfg is not None:
-            cfg.check()
-    texts = {t: read_text(t) for t in args.texts}
-    _check_early(args)
-    with _outputs(args) as outs:
-        out, js = outs.directory(args.out, "--out", merge=True), outs.file(args.json, "--json")
-        if args.dry_run:
-            return _dry(console, outs)
-        with _status(console, console.is_terminal) as log:
-            lm = _load(args, log, outs, in_memory=True)
-            coords = _targets(args, lm, log)
-            if args.tasks:
-                from superweight.paper import zeroshot
-
-                zeroshot.check_tasks(args.tasks)
-            ref, pts = sweep(lm, coords, texts, points, args.seqlen, args.max_windows or None, tuple(args.tasks),
-                               args.limit, log=lambda m: (log(m), print(m, file=sys.stderr, flush=True)
-                                                          if not console.is_terminal else None))
-            acts = w8a8_table(lm, coords, texts, args.seqlen, args.max_windows or None, log) if args.w8a8 else None
-        result = SweepResult(lm.name, coords, args.seqlen, args.max_windows, args.tasks, args.limit, ref, pts, acts)
-        table, obj = result.markdown(), result.to_dict()
-        write_json(obj, out / "compare.json")
-        (out / "compare.md").write_text(table + "\n")
-        plot_quant(ref, pts, out / "compare.png", f"{lm.name}: weight quantization")
-        if js:
-            write_json(obj, js)
-    if args.json == "-":
-        write_json(obj, "-")
-    console.print(table, markup=False)
-    console.print(f"written to {args.out}/", markup=False)
-    return 0
-
-
-def cmd_edit(args, console) -> int:
-    from superweight.coords import Coord
-    from superweight.edit import EDIT_MANIFEST, Edit, check_edits, edit_checkpoint
-    from superweight.models.load import load, local_checkpoint
-
-    edits = [Edit(Coord.parse(c)) for c in args.zero] + [Edit.parse_scale(s) for s in args.scale]
-    check_edits(edits)
-    with _outputs(args) as outs:
-        out = outs.directory(args.out, "--out", overwrite=args.overwrite, marker=EDIT_MANIFEST)
-        js = outs.file(args.json, "--json")
-        if args.dry_run:
-            return _dry(console, outs)
-        with _status(console, console.is_terminal) as log:
-            log("loading model")
-            lm = load(local_checkpoint(args.model, log), stream=True, trust_remote_code=args.trust_remote_code, log=log)
-            outs.reading(lm.source)
-            report = edit_checkpoint(lm, edits, out, args.note, log)
-        obj = {**report.to_dict(), "out": args.out}
-        if js:
-            write_json(obj, js)
-    if args.json == "-":
-        write_json(obj, "-")
-    from superweight.output.report import print_edit
-
-    print_edit(console, report, args.out)
-    return 0
-
-
-def _load_as_stored(args, ref: str, log, outs: Outputs):
-    """A quantized copy, read as stored (on CPU, a GGUF file's own blocks, not its converted copy)."""
-    from superweight.models.load import load, local_checkpoint
-
-    log("loading the quantized model")
-    lm = load(local_checkpoint(ref, log), dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
-              stream=True if args.device == "cpu" else None, log=log)
-    outs.reading(lm.source)
-    return lm
-
-
-def cmd_audit(args, console) -> int:
-    from superweight.audit import AuditConfig, audit, check_pair, findings_of
-    from superweight.verdicts import detect_once
-    from superweight.models.load import load
-    from superweight.output.report import print_audit
-
-    coords = _coords(args)
-    check_device(args)
-    with _flags():
-        cfg = AuditConfig(prompt=args.prompt, text=args.text, window=args.window, windows=args.windows)
-    dcfg = detect_config(argparse.Namespace(**{**vars(args), "prompt": None}))  # detect's, so its verdict is reused
-    outs = Outputs(sources=model_sources(args.original) + model_sources(args.quantized))
-    with outs:
-        js = outs.file(args.json, "--json")
-        if args.dry_run:
-            return _dry(console, outs)
-        with _status(console, console.is_terminal) as log:
-            log("loading the original")
-            original = load(args.original, dtype=args.dtype, device=args.device,
-                            trust_remote_code=args.trust_remote_code, log=log)
-            quantized = _load_as_stored(args, args.quantized, log, outs)
-            outs.reading(original.source)
-            check_pair(original, quantized)  # before any work: the same model, a readable manifest
-            prov = None
-            if coords is not None:
-                findings = [(c, "given") for c in coords]
-            else:
-                found, prov = detect_once(original, dcfg, log=log, recompute=args.recompute)
-                findings = findings_of(found)
-            result = audit(original, quantized, findings, cfg, log)
-        obj = {**result.to_dict(), **({"verdict": prov.to_dict()} if prov else {})}
-        if js:
-            write_json(obj, js)
-    if args.json == "-":
-        write_json(obj, "-")
-    print_audit(console, result)
-    if prov is not None:
-        console.print(f"findings: {prov.describe()}", markup=False)
-    return 0
-
-
-def cmd_report(args, console) -> int:
-    import shlex
-
-    from superweight.output.html import render_report
-    from superweight.overview import ReportConfig, build_report
-
-    coords = _coords(args)
-    check_device(args)
-    dcfg = detect_config(args)
-    with _flags():
-        cfg = ReportConfig(ablate=args.ablate, quant=args.quant, seqlen=args.seqlen, max_windows=args.max_windows,
-                           stopword_prompts=args.stopword_prompts)
-    outs = Outputs(sources=model_sources(args.model) + (model_sources(args.audit) if args.audit else []))
-    with outs:
-        page = outs.file(args.out, "--out")
-        js = outs.file(args.json, "--json")
-        if args.dry_run:
-            return _dry(console, outs)
-        with _status(console, console.is_terminal) as log:
-            lm = _load(args, log, outs, in_memory=args.ablate or args.quant)
-            quantized = _load_as_stored(args, args.audit, log, outs) if args.audit else None
-            rep = build_report(lm, cfg, dcfg, coords, quantized, log,
-                               command="superweight " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-                               recompute=args.recompute)
-            log("writing the page")
-            page.write_text(render_report(rep))
-        obj = rep.to_dict()
-        if js:
-            write_json(obj, js)
-    if args.json == "-":
-        write_json(obj, "-")
-    from superweight.output import report
-
-    report.print_detect(console, rep.result, rep.agreement, lm.index_id)
-    console.print(rep.provenance.describe(), markup=False)
-    console.print(f"report written to {args.out}", markup=False)
-    return 0
-
-
-def cmd_index(args, console) -> int:
-    from superweight.output import report
-    from superweight.index import index
-
-    entries = index()
-    if args.json:
-        with Outputs() as outs:
-            write_json([e.to_dict() for e in entries], outs.file(args.json, "--json") or "-")
-    report.print_index(console, entries)
-    return 0
 
 
 class Terminated(KeyboardInterrupt):
@@ -815,8 +665,7 @@ def _on_signal(signum, frame):
 @contextmanager
 def _signals_end_the_run():
     """SIGTERM and SIGHUP end the run as Ctrl-C does (temporaries removed, no output
-    landed), not abruptly; the caller's handlers come back after. Only the main thread
-    can install handlers (not a notebook's worker thread)."""
+    landed); the caller's handlers come back after. Only the main thread can install them."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
@@ -832,8 +681,8 @@ def _signals_end_the_run():
 
 # PyTorch's CPU allocator backs large tensors (2 MB and up) with transparent huge pages when
 # this is set: a fresh 100 MB tensor then costs 50 page faults, not 25,000. Read once, at
-# torch's first large allocation, so it is set before any command runs (the streamed 7B
-# quantize: 3.6M faults -> 0.6M, 2 s less; docs/benchmarks.md). THP_MEM_ALLOC_ENABLE=0 opts out.
+# torch's first large allocation, so it is set before any command runs (docs/benchmarks.md).
+# THP_MEM_ALLOC_ENABLE=0 opts out.
 THP = "THP_MEM_ALLOC_ENABLE"
 
 
@@ -849,16 +698,16 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     debug = getattr(args, "debug", False)
     _quiet_libraries(debug)
-    # Human output goes to stderr when JSON goes to stdout.
-    to_stderr = getattr(args, "json", None) == "-"
+    to_stderr = getattr(args, "json", None) == "-"  # human output goes to stderr when JSON goes to stdout
     console = Console(stderr=to_stderr, highlight=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console = Console(stderr=to_stderr, highlight=False, width=160)  # logs and pipes: do not wrap at 80
     try:
-        commands = {"detect": cmd_detect, "verify": cmd_verify, "ablate": cmd_ablate, "scale": cmd_scale,
-                    "quantize": cmd_quantize, "quant-compare": cmd_quant_compare, "edit": cmd_edit, "audit": cmd_audit, "report": cmd_report,
-                    "index": cmd_index}
-        return commands[args.cmd](args, console)
+        if getattr(args, "device", None) is not None:
+            from superweight.models.load import check_device
+
+            check_device(args.device)
+        return run(args, console, COMMANDS[args.cmd](args, console))
     except SuperweightError as e:
         if debug:
             raise

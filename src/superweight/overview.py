@@ -17,7 +17,7 @@ import datetime
 from dataclasses import dataclass, field
 
 from superweight.coords import Coord
-from superweight.errors import UsageError
+from superweight.errors import UsageError, flag
 from superweight.models.load import LoadedModel
 
 LAYOUTS = (("groups of 128", "group", 128), ("blocks of 4096", "block", 4096))
@@ -40,9 +40,9 @@ class ReportConfig:
         for name in ("seqlen", "max_windows"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
-                raise UsageError(f"{name} must be a positive integer, not {v!r}")
+                raise UsageError(f"{flag(name)} must be a positive integer, not {v!r}")
         if not isinstance(self.stopword_prompts, int) or self.stopword_prompts < 0:
-            raise UsageError(f"stopword_prompts must be an integer >= 0, not {self.stopword_prompts!r}")
+            raise UsageError(f"--stopword-prompts must be an integer >= 0, not {self.stopword_prompts!r}")
 
 
 @dataclass
@@ -87,18 +87,6 @@ class Report:
                 "audit": self.audit.to_dict() if self.audit else None}
 
 
-def acted_on(result, coords: list[Coord] | None, entry) -> tuple[list[Coord], str]:
-    if coords:
-        return list(coords), "given"
-    if result.super_weights:
-        return list(result.coords), "detected super weights"
-    if entry is not None:
-        return list(entry.super_weights), f"the index ({entry.source})"
-    if result.strong:
-        return [f.coord for f in result.strong], "detected strong weights (no super weight found)"
-    return [], "none"
-
-
 def quant_sweep(lm: LoadedModel, coords: list[Coord], cfg: ReportConfig, log) -> tuple[float, list[QuantRow]]:
     """RTN at each bit width and layout, holding out each of ``HOLDS``."""
     from superweight.paper.data import read_text
@@ -130,6 +118,7 @@ def build_report(lm: LoadedModel, cfg: ReportConfig | None = None, detect_cfg=No
     """Detect, then ablate, sweep and audit as ``cfg`` says. The ablation and the sweep edit
     weights in memory, so ``lm`` is loaded whole (``load(..., stream=False)``)."""
     from superweight.index import compare, known
+    from superweight.targets import ACCEPTS, which_weights
     from superweight.verdicts import detect_once
 
     cfg = cfg or ReportConfig()
@@ -143,12 +132,11 @@ def build_report(lm: LoadedModel, cfg: ReportConfig | None = None, detect_cfg=No
     result, provenance = detect_once(lm, detect_cfg, log=log, recompute=recompute)
     entry = known(lm.index_id)
     agreement = compare(result.coords, entry) if entry else None
-    acts, source = acted_on(result, coords, entry)
-    for c in acts:
-        lm.adapter.site(c)
-    rep = Report(lm.name, result, agreement, acts, source, cfg,
+    acts = which_weights(lm, coords, ACCEPTS["report"], result=result)
+    rep = Report(lm.name, result, agreement, acts.coords, acts.label, cfg,
                  created=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), command=command,
                  provenance=provenance)
+    acts = acts.coords
     if acts and cfg.ablate:
         from superweight.paper.ablate import AblateConfig, ablate
 
@@ -159,8 +147,8 @@ def build_report(lm: LoadedModel, cfg: ReportConfig | None = None, detect_cfg=No
     if cfg.quant:
         rep.quant_ref, rep.quant = quant_sweep(lm, acts, cfg, log)
     if quantized_model is not None:
-        from superweight.audit import audit, findings_of
+        from superweight.audit import audit
 
-        findings = [(c, "given") for c in coords] if coords else findings_of(result)
-        rep.audit = audit(lm, quantized_model, findings, log=log)
+        checked = which_weights(lm, coords, ACCEPTS["audit"], result=result)
+        rep.audit = audit(lm, quantized_model, list(zip(checked.coords, checked.grades)), log=log)
     return rep

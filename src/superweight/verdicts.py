@@ -306,7 +306,8 @@ def cached(lm, cfg, compute: Callable[[], object], cls, kind: str = "detect", ex
 
 def detect_once(lm, cfg=None, log=None, recompute: bool = False):
     """``detect.detect`` through the cache: (DetectResult, Provenance)."""
-    from superweight.detect import DetectConfig, DetectResult, detect
+    from superweight.detect import detect
+    from superweight.results import DetectConfig, DetectResult
 
     cfg = cfg or DetectConfig()
     return cached(lm, cfg, lambda: detect(lm, cfg, log=log), DetectResult, "detect", recompute=recompute, log=log)
@@ -314,10 +315,33 @@ def detect_once(lm, cfg=None, log=None, recompute: bool = False):
 
 def verify_once(lm, coords, cfg=None, log=None, recompute: bool = False):
     """``detect.verify_report`` through the cache, keyed on the coordinates too: (VerifyReport, Provenance)."""
-    from superweight.detect import DetectConfig, VerifyReport, verify_report
+    from superweight.results import DetectConfig
+    from superweight.verification import VerifyReport, verify_report
 
     cfg = cfg or DetectConfig()
     for c in coords:
         lm.adapter.site(c)  # range checks before any hashing
     return cached(lm, cfg, lambda: verify_report(lm, coords, cfg, log), VerifyReport, "verify",
                   {"coords": [str(c) for c in coords]}, recompute=recompute, log=log)
+
+
+@dataclass
+class Detection:
+    """A detection as the commands hand it on: the result, where its verdict came from, and
+    how it agrees with the index's entry for the model (None: the model has none)."""
+
+    result: object  # DetectResult
+    provenance: Provenance
+    agreement: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {**self.result.to_dict(), "index": self.agreement, "verdict": self.provenance.to_dict()}
+
+
+def detection(lm, cfg=None, log=None, recompute: bool = False) -> Detection:
+    """``detect_once``, with the index's agreement: what ``superweight detect`` reports."""
+    from superweight.index import compare, known
+
+    result, prov = detect_once(lm, cfg, log=log, recompute=recompute)
+    entry = known(lm.index_id)
+    return Detection(result, prov, compare(result.coords, entry) if entry else None)

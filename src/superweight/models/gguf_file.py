@@ -144,3 +144,10 @@ def write_copy(reader, dest: Path, replace: dict, metadata: dict[str, str], log=
         if log is not None and hasattr(log, "layer"):
             log.layer(i + 1, len(chosen))
     writer.close()
+
+
+def header_error(path: Path, e: BaseException):
+    """The one line for a GGUF file whose header ``gguf``'s reader cannot parse."""
+    from superweight.errors import ModelLoadError, first_line
+
+    return ModelLoadError(f"cannot read GGUF file {path}: its header is damaged or truncated ({first_line(e)})")

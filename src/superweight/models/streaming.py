@@ -300,9 +300,9 @@ class GGUFCheckpoint:
         try:
             self.reader = GGUFReader(str(path))
         except Exception as e:  # noqa: BLE001 - the reader raises several types on a bad file
-            from superweight.models.load import gguf_error
+            from superweight.models.gguf_file import header_error
 
-            raise gguf_error(path, e) from e
+            raise header_error(path, e) from e
         field = self.reader.fields.get("general.architecture")
         arch = bytes(field.parts[field.data[0]]).decode() if field else ""
         self.cfg = config.to_dict()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 
 from superweight.output import plot
-from superweight.output.report import _g as g, _pct
+from superweight.output.console import fmt_g as g, fmt_pct
 
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1100px;padding:0 16px 40px;
@@ -165,8 +165,8 @@ def _quant(rep) -> str:
 
 
 def audit_section(a) -> str:
-    rows = [[coord_cell(f.coord), e(f.grade), g(f.original), g(f.quantized), _pct(f.rel_error), e(f.block.kind),
-             _pct(f.block_error), _pct(f.typical_block_error), g(f.peak.get("original")), g(f.peak.get("quantized")),
+    rows = [[coord_cell(f.coord), e(f.grade), g(f.original), g(f.quantized), fmt_pct(f.rel_error), e(f.block.kind),
+             fmt_pct(f.block_error), fmt_pct(f.typical_block_error), g(f.peak.get("original")), g(f.peak.get("quantized")),
              g(f.peak.get("restored"))] for f in a.findings]
     head = ["L:R:C", "grade", "original", "quantized", "rel. error", "block", "rest of block", "median block",
             "super act., original", "super act., quantized", "super act., restored"]

@@ -24,7 +24,7 @@ from superweight.paper import data, stopwords, zeroshot
 from superweight.paper.data import read_text  # noqa: F401 - re-exported for callers
 from superweight.coords import Coord
 from superweight.probe.measures import perplexity
-from superweight.errors import UsageError
+from superweight.errors import UsageError, flag
 from superweight.probe.interventions import activation_restored, outliers_pruned, scaled, zeroed
 from superweight.models.load import LoadedModel
 
@@ -50,7 +50,7 @@ class AblateConfig:
             if v is None and none_ok:
                 return
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise UsageError(f"{name} must be an integer >= {low}, not {v!r}")
+                raise UsageError(f"{flag(name)} must be an integer >= {low}, not {v!r}")
 
         whole("seqlen", self.seqlen, 16)
         whole("max_windows", self.max_windows, 1, none_ok=True)
@@ -60,7 +60,7 @@ class AblateConfig:
         whole("batch_size", self.batch_size, 1)
         f = self.prune_fraction
         if not isinstance(f, (int, float)) or not math.isfinite(f) or not 0 < f < 1:
-            raise UsageError(f"prune_fraction must be in (0, 1), not {f!r}")
+            raise UsageError(f"--prune-fraction must be in (0, 1), not {f!r}")
         if not self.texts:
             raise UsageError("no perplexity text given")
 
@@ -207,7 +207,7 @@ def check_factors(factors) -> None:
         raise UsageError("no scale factors given")
     for f in factors:
         if not isinstance(f, (int, float)) or not math.isfinite(f):
-            raise UsageError(f"factors must be finite numbers, not {f!r}")
+            raise UsageError(f"--factors must be finite numbers, not {f!r}")
 
 
 @dataclass

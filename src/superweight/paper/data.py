@@ -102,3 +102,9 @@ def read_text(source: str) -> str:
     if not p.is_file():
         raise UsageError(f"text source {source!r}: no such file (use {', '.join(TEXT_SOURCES)} or a path)")
     return p.read_text()
+
+
+def check_source(source: str, flag: str = "--text") -> None:
+    """A text source is one of ``TEXT_SOURCES`` or a file that exists: refused before any work."""
+    if source not in TEXT_SOURCES and not Path(source).is_file():
+        raise UsageError(f"{flag} {source!r}: no such file (use {', '.join(TEXT_SOURCES)} or a path)")

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from superweight.probe.passes import real_log_probs, stack  # noqa: F401 - re-exported: they were here
+
 # Six short everyday sentences (about 70 tokens): enough to tell a weight that wrecks the
 # model (KL ~4 nats on SmolLM2) from the strongest ordinary spike (~1 nat), cheap to run.
 DEFAULT_PROMPT = "Apple Inc. is a worldwide tech company."  # the paper's prompt: what detect scans by default
@@ -30,32 +32,27 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-@torch.no_grad()
-def stack(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token rows ([T_i] or [1, T_i]) -> right-padded ([b, T], mask [b, T])."""
-    width = max(r.shape[-1] for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long, device=rows[0].device)
-    mask = torch.zeros(len(rows), width, dtype=torch.bool, device=rows[0].device)
-    for b, r in enumerate(rows):
-        ids[b, : r.shape[-1]] = r.reshape(-1)
-        mask[b, : r.shape[-1]] = True
-    return ids, mask
+def encode_prompts(lm, prompts) -> list[torch.Tensor]:
+    """Each prompt as token ids [1, T] on the model's device; an empty one, one that tokenizes
+    to nothing, or one longer than the context is refused in one line."""
+    from superweight.errors import UsageError
+    from superweight.probe.realtext import context_of
 
-
-def real_log_probs(logits: torch.Tensor, mask: torch.Tensor, chunk: int = 64) -> torch.Tensor:
-    """logits [B, T, V], mask [B, T] (right-padded) -> [N, V] float32 log-probabilities at
-    the N real positions, row by row. Float32 logits are normalized in place, ``chunk``
-    positions at a time (no vocabulary-sized temporary beyond one chunk's), and returned as
-    a view when every position is real: a window's logits are the largest tensor of a pass
-    (311 MB for 512 tokens of a 152k vocabulary), so it exists once, not three times."""
-    lp = logits if logits.dtype == torch.float32 else logits.float()
-    flat = lp.view(-1, lp.shape[-1]) if lp.is_contiguous() else lp.reshape(-1, lp.shape[-1])
-    for i in range(0, flat.shape[0], chunk):
-        part = flat[i: i + chunk]
-        part.sub_(part.logsumexp(-1, keepdim=True))
-    if bool(mask.all()):
-        return flat if flat.data_ptr() == lp.data_ptr() else flat.contiguous()
-    return flat[mask.reshape(-1)]
+    if not prompts:
+        raise UsageError("no prompt given")
+    out = []
+    for p in prompts:
+        if not p or not p.strip():
+            raise UsageError("empty prompt: give some text with --prompt")
+        ids = lm.tokenizer(p, return_tensors="pt")["input_ids"]
+        if ids.numel() == 0:
+            raise UsageError(f"prompt {p!r} tokenizes to nothing")
+        ctx = context_of(lm.model)
+        if ctx is not None and ids.shape[1] > ctx:
+            raise UsageError(f"a prompt of {ids.shape[1]} tokens is longer than {lm.name}'s context of {ctx} tokens; "
+                             "give a shorter --prompt")
+        out.append(ids.to(lm.device))
+    return out
 
 
 @dataclass

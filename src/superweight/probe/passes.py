@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 import torch
 
 from superweight.coords import Coord
-from superweight.probe.measures import real_log_probs, stack  # noqa: F401 - stack: padding, re-exported for callers
 from superweight.errors import UnsupportedModelError
 from superweight.probe.hooks import summarize, watch
 from superweight.models.load import LoadedModel
@@ -44,6 +43,34 @@ HEAD_CHUNK = 64  # positions per call of the output head: [64, V] float32 (39 MB
 # What the passes computed since the last ``reset_stats``: decoder-layer token steps (a
 # token through one layer, padding included), positions through the output head, passes.
 STATS = {"layer_tokens": 0, "head_tokens": 0, "passes": 0}
+
+
+@torch.no_grad()
+def stack(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows ([T_i] or [1, T_i]) -> right-padded ([b, T], mask [b, T])."""
+    width = max(r.shape[-1] for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long, device=rows[0].device)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool, device=rows[0].device)
+    for b, r in enumerate(rows):
+        ids[b, : r.shape[-1]] = r.reshape(-1)
+        mask[b, : r.shape[-1]] = True
+    return ids, mask
+
+
+def real_log_probs(logits: torch.Tensor, mask: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """logits [B, T, V], mask [B, T] (right-padded) -> [N, V] float32 log-probabilities at
+    the N real positions, row by row. Float32 logits are normalized in place, ``chunk``
+    positions at a time (no vocabulary-sized temporary beyond one chunk's), and returned as
+    a view when every position is real: a window's logits are the largest tensor of a pass
+    (311 MB for 512 tokens of a 152k vocabulary), so it exists once, not three times."""
+    lp = logits if logits.dtype == torch.float32 else logits.float()
+    flat = lp.view(-1, lp.shape[-1]) if lp.is_contiguous() else lp.reshape(-1, lp.shape[-1])
+    for i in range(0, flat.shape[0], chunk):
+        part = flat[i: i + chunk]
+        part.sub_(part.logsumexp(-1, keepdim=True))
+    if bool(mask.all()):
+        return flat if flat.data_ptr() == lp.data_ptr() else flat.contiguous()
+    return flat[mask.reshape(-1)]
 
 
 def reset_stats() -> dict:

@@ -231,6 +231,7 @@ def write_quantized(lm: LoadedModel, cfg: QuantConfig, tmp: Path, keep=(), inclu
     if format not in FORMATS:
         raise ModelLoadError(f"unknown format {format!r}: {', '.join(FORMATS)}")
     pack = format == "compressed-tensors"
+    cfg = cfg.with_model_dtype(next(p for _, p in lm.adapter.linear_weights()).dtype)
     if pack:
         packed.check(cfg)
     cfg.check()

@@ -125,3 +125,12 @@ def pack(prefix: str, w: torch.Tensor, cfg: QuantConfig) -> tuple[dict[str, torc
         z = (c.zero - 2 ** (cfg.bits - 1)).to(torch.int8)
         out[f"{prefix}.weight_zero_point"] = pack_to_int32(z, cfg.bits, packed_dim=0)
     return out, q
+
+
+def loading_line(out: str, symmetric: bool) -> str:
+    """The exact Python that loads a pack: as it is when symmetric; dequantized when not
+    (transformers allocates the zero points unpacked, the library packs them; see above)."""
+    if symmetric:
+        return f"AutoModelForCausalLM.from_pretrained({str(out)!r})"
+    return (f"AutoModelForCausalLM.from_pretrained({str(out)!r}, "
+            "quantization_config=CompressedTensorsConfig(dequantize=True))")

@@ -42,6 +42,8 @@ Conventions (the decisions, written down):
 """
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from dataclasses import dataclass, replace
 
@@ -53,6 +55,7 @@ Z_GRID = (2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 24.0)
 PCT_GRID = (99.0, 99.5, 99.9, 99.95, 99.99, 99.995, 99.999)
 MSE_GRID = tuple(1 - 0.025 * i for i in range(21))  # range shrink factors 1.0 .. 0.5
 SCALE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+MODEL_DTYPE = "model"  # scales at the model's own dtype (``QuantConfig.with_model_dtype``)
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,7 @@ class QuantConfig:
 
     def check(self) -> "QuantConfig":
         if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
-            raise UsageError(f"bits must be an integer from 2 to 8, not {self.bits!r}")
+            raise UsageError(f"--bits must be an integer from 2 to 8, not {self.bits!r}")
         if self.zero not in ("float", "int"):
             raise UsageError(f"zero point must be 'float' or 'int', not {self.zero!r}")
         if self.layout not in ("group", "block"):
@@ -116,18 +119,41 @@ class QuantConfig:
         if self.size is not None and (not isinstance(self.size, int) or self.size < 1):
             raise UsageError(f"{self.layout} size must be a positive integer (or whole), not {self.size!r}")
         if not isinstance(self.keep_fraction, (int, float)) or not 0 <= self.keep_fraction < 1:
-            raise UsageError(f"keep fraction must be in [0, 1), not {self.keep_fraction!r}")
+            raise UsageError(f"--keep-outliers: the keep fraction must be in [0, 1), not {self.keep_fraction!r}")
         if self.keep_scope not in ("tensor", "block"):
             raise UsageError(f"keep scope must be 'tensor' or 'block', not {self.keep_scope!r}")
         if self.hold not in ("exclude", "restore"):
             raise UsageError(f"hold must be 'exclude' or 'restore', not {self.hold!r}")
         if not isinstance(self.act_ratio, (int, float)) or not math.isfinite(self.act_ratio) or self.act_ratio < 0:
-            raise UsageError(f"act_ratio must be a finite number >= 0 (0: off), not {self.act_ratio!r}")
+            raise UsageError(f"--act-ratio must be a finite number >= 0 (0: off), not {self.act_ratio!r}")
         if not isinstance(self.act_max_cols, int) or self.act_max_cols < 0:
-            raise UsageError(f"act_max_cols must be an integer >= 0, not {self.act_max_cols!r}")
-        if self.scale_dtype not in SCALE_DTYPES:
-            raise UsageError(f"scale dtype must be one of {', '.join(SCALE_DTYPES)}, not {self.scale_dtype!r}")
+            raise UsageError(f"--act-max-cols must be an integer >= 0, not {self.act_max_cols!r}")
+        if self.scale_dtype not in SCALE_DTYPES and self.scale_dtype != MODEL_DTYPE:
+            raise UsageError(f"--scale-dtype must be one of {', '.join(SCALE_DTYPES)}, not {self.scale_dtype!r}")
         return self
+
+    @classmethod
+    def for_format(cls, fmt: str = "dequantized", *, symmetric: bool | None = None, act_ratio: float | None = None,
+                   scale_dtype: str | None = None, **kw) -> "QuantConfig":
+        """A config with the output format's defaults for what is not given.
+        ``dequantized``: asymmetric min-max with a float zero point, ``act_ratio`` 10 (the
+        massive-input columns held out), float16 scales. ``compressed-tensors``: symmetric
+        (the pack plain ``from_pretrained`` loads as it is), an integer zero point when
+        asymmetric (the format's convention), ``act_ratio`` 0 (it stores no sparse weights),
+        scales at the model's dtype (``MODEL_DTYPE``, resolved by ``with_model_dtype``:
+        transformers dequantizes at the scale's dtype, so that keeps it exact)."""
+        pack = fmt == "compressed-tensors"
+        return cls(symmetric=pack if symmetric is None else symmetric,
+                   act_ratio=(0.0 if pack else 10.0) if act_ratio is None else act_ratio,
+                   scale_dtype=scale_dtype or (MODEL_DTYPE if pack else "float16"),
+                   zero="int" if pack else "float", **kw)
+
+    def with_model_dtype(self, dtype: torch.dtype) -> "QuantConfig":
+        """``MODEL_DTYPE`` scales resolved to ``dtype`` (float16 when that is no float type of ours)."""
+        if self.scale_dtype != MODEL_DTYPE:
+            return self
+        name = next((k for k, v in SCALE_DTYPES.items() if v == dtype), "float16")
+        return dataclasses.replace(self, scale_dtype=name)
 
     def describe(self) -> str:
         size = "whole" if self.size is None else str(self.size)

@@ -300,3 +300,60 @@ def w8a8_markdown(table: dict[str, dict[str, float]]) -> str:
 
 
 compare = sweep  # its name before 0.2 (``compare`` is the index's agreement check)
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """What ``quant-compare`` measures, checked when made (errors name the flags)."""
+
+    bits: tuple[int, ...] = (3, 4)
+    block_sizes: tuple[int | None, ...] = BLOCK_SIZES
+    group_sizes: tuple[int | None, ...] = GROUP_SIZES
+    hqq_groups: tuple[int, ...] = HQQ_GROUPS
+    act_ratio: float = ACT_RATIO
+    quanto: bool = True
+    texts: tuple[str, ...] = ("gpl3", "lambada")
+    seqlen: int = 1024
+    max_windows: int | None = 4  # per text; None: all
+    tasks: tuple[str, ...] = ()
+    limit: int | None = None
+    w8a8: bool = True
+
+    def __post_init__(self):
+        import math
+
+        for name, values, low in (("hqq_groups", self.hqq_groups, 1), ("seqlen", (self.seqlen,), 16),
+                                  ("max_windows", (self.max_windows or 1,), 1),
+                                  ("limit", (self.limit,) if self.limit is not None else (), 1)):
+            for v in values:
+                if not isinstance(v, int) or v < low:
+                    raise UsageError(f"--{name.replace('_', '-')} must be at least {low}, not {v}")
+        if not isinstance(self.act_ratio, (int, float)) or not math.isfinite(self.act_ratio) or self.act_ratio < 0:
+            raise UsageError(f"--act-ratio must be a finite number >= 0, not {self.act_ratio}")
+        for b in self.bits:
+            if not 2 <= b <= 8:
+                raise UsageError(f"--bits must be from 2 to 8, not {b}")
+        if not self.points():
+            raise UsageError("nothing to compare: give --block-sizes, --group-sizes or --hqq-groups (or drop --no-quanto)")
+        for *_, cfg, _k in self.points():
+            if cfg is not None:
+                cfg.check()
+
+    def points(self):
+        return plan(tuple(self.bits), list(self.block_sizes), list(self.group_sizes), list(self.hqq_groups),
+                    self.act_ratio, self.quanto)
+
+
+def compare(lm: LoadedModel, coords: list[Coord], cfg: CompareConfig, log=None) -> SweepResult:
+    """``quant-compare``: every planned point against full precision (``sweep``), and the
+    paper's W8A8 table unless ``cfg.w8a8`` is off, as one result."""
+    from superweight.paper.data import read_text
+
+    texts = {t: read_text(t) for t in cfg.texts}
+    if cfg.tasks:
+        from superweight.paper import zeroshot
+
+        zeroshot.check_tasks(list(cfg.tasks))
+    ref, pts = sweep(lm, coords, texts, cfg.points(), cfg.seqlen, cfg.max_windows, tuple(cfg.tasks), cfg.limit, log=log)
+    acts = w8a8_table(lm, coords, texts, cfg.seqlen, cfg.max_windows, log) if cfg.w8a8 else None
+    return SweepResult(lm.name, coords, cfg.seqlen, cfg.max_windows or 0, list(cfg.tasks), cfg.limit, ref, pts, acts)

@@ -1,4 +1,4 @@
-"""Human-readable output (rich tables). JSON comes from the result objects themselves."""
+"""What each command prints: rich tables and plain lines. JSON comes from the result objects themselves."""
 from __future__ import annotations
 
 import math
@@ -11,11 +11,11 @@ def _add(t: Table, *cells) -> None:
     t.add_row(*(escape(str(c)) for c in cells))
 
 
-def _g(x: float | None, digits: int = 4) -> str:
+def fmt_g(x: float | None, digits: int = 4) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{x:.{digits}g}"
 
 
-def _pct(x: float | None) -> str:
+def fmt_pct(x: float | None) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{100 * x:.2g}%"
 
 
@@ -53,7 +53,7 @@ def print_detect(console, result, agreement, index_id, verbose: bool = False) ->
         for f in graded:
             e = f.effect
             _add(t, f.grade + (" (jointly)" if f.jointly_with else ""), str(f.coord.layer), _short(f.module, f.coord),
-                 str(f.coord.row), str(f.coord.col), _g(f.value), _g(f.output_activation), str(f.token),
+                 str(f.coord.row), str(f.coord.col), fmt_g(f.value), fmt_g(f.output_activation), str(f.token),
                  _text(e, "bos"), _text(e, "mid"), ", ".join(e.matters_in) if e else "-")
         console.print(t)
     if not result.super_weights:
@@ -71,7 +71,7 @@ def print_detect(console, result, agreement, index_id, verbose: bool = False) ->
             t.add_column(col, justify="left" if col == "reason" else "right")
         for f in result.rejected:
             _add(t, str(f.coord.layer) + ("" if f.coord.expert is None else f" e{f.coord.expert}"), str(f.coord.row),
-                      str(f.coord.col), _g(f.value), _g(f.output_activation), f.reason or "")
+                      str(f.coord.col), fmt_g(f.value), fmt_g(f.output_activation), f.reason or "")
         console.print(t)
     if agreement:
         console.print(f"index ({agreement['source']}, {agreement['model']}): {agreement['status']}"
@@ -84,8 +84,8 @@ def print_detect(console, result, agreement, index_id, verbose: bool = False) ->
         for col in ("layer", "max |X|", "in channel", "max |Y|", "out channel", "token"):
             t.add_column(col, justify="right")
         for r in result.layers:
-            _add(t, str(r.layer) + ("" if r.expert is None else f" e{r.expert}"), _g(r.max_input),
-                      str(r.input_channel), _g(r.max_output), str(r.output_channel), str(r.output_token))
+            _add(t, str(r.layer) + ("" if r.expert is None else f" e{r.expert}"), fmt_g(r.max_input),
+                      str(r.input_channel), fmt_g(r.max_output), str(r.output_channel), str(r.output_token))
         console.print(t)
 
 
@@ -94,7 +94,7 @@ def print_verify(console, name, verdicts, together=None) -> None:
     for col in ("coordinate", "value", "grade", "probe KL", "bos", "mid", "spike", "why not super"):
         t.add_column(col, justify="left" if col in ("why not super", "bos", "mid") else "right")
     for v in verdicts:
-        _add(t, str(v.coord), _g(v.value), v.grade, _g(v.effect.kl, 3), _text(v.effect, "bos"), _text(v.effect, "mid"),
+        _add(t, str(v.coord), fmt_g(v.value), v.grade, fmt_g(v.effect.kl, 3), _text(v.effect, "bos"), _text(v.effect, "mid"),
              "yes" if v.spike else "no", v.reason or "")
     console.print(t)
     if together:
@@ -120,7 +120,7 @@ def print_edit(console, report, out: str) -> None:
     for col in ("coordinate", "op", "tensor", "index", "before", "after", "how"):
         t.add_column(col, justify="right" if col in ("index", "before", "after") else "left")
     for c in report.changes:
-        _add(t, str(c.coord), c.op, c.tensor, str(c.index), _g(c.before, 6), _g(c.after, 6), c.how)
+        _add(t, str(c.coord), c.op, c.tensor, str(c.index), fmt_g(c.before, 6), fmt_g(c.after, 6), c.how)
     console.print(t)
     if report.not_copied:
         console.print(escape(f"not copied (weights in other formats, or not listed by the checkpoint's index; "
@@ -135,9 +135,9 @@ def print_audit(console, result) -> None:
                 "super act. orig", "quant", "restored"):
         t.add_column(col, justify="left" if col in ("weight", "grade", "block") else "right")
     for f in result.findings:
-        _add(t, str(f.coord), f.grade, _g(f.original), _g(f.quantized), _pct(f.rel_error), f.block.kind,
-             _pct(f.block_error), _pct(f.typical_block_error), _g(f.peak.get("original")), _g(f.peak.get("quantized")),
-             _g(f.peak.get("restored")))
+        _add(t, str(f.coord), f.grade, fmt_g(f.original), fmt_g(f.quantized), fmt_pct(f.rel_error), f.block.kind,
+             fmt_pct(f.block_error), fmt_pct(f.typical_block_error), fmt_g(f.peak.get("original")), fmt_g(f.peak.get("quantized")),
+             fmt_g(f.peak.get("restored")))
     console.print(t)
     if not result.findings:
         console.print("no super or strong weight in the original: nothing to audit but perplexity")
@@ -148,7 +148,47 @@ def print_audit(console, result) -> None:
         p.add_column(col, justify="left" if col == "condition" else "right")
     for c in ("bos", "mid"):
         r = result.recovered(c)
-        _add(p, c, _g(result.ppl["original"][c]), _g(result.ppl["quantized"][c]), _g(result.ppl["restored"][c]),
+        _add(p, c, fmt_g(result.ppl["original"][c]), fmt_g(result.ppl["quantized"][c]), fmt_g(result.ppl["restored"][c]),
              "-" if r is None else f"{100 * r:.0f}%")
     console.print(p)
 
+
+
+def print_lines(console, *lines: str) -> None:
+    """Plain lines, printed as they are (no rich markup read into them)."""
+    for line in lines:
+        console.print(line, markup=False)
+
+
+def print_quantize(console, report, out: str, fmt: str, held: str, loading: str | None, manifest: str) -> None:
+    cfg = report.config
+    print_lines(console, cfg.describe(),
+                f"quantized {len(report.tensors)} tensors ({report.numel:,} weights) in {report.seconds:.1f} s: "
+                f"{report.bits_per_weight:.3f} effective bits per weight, {report.held:,} held out exactly",
+                f"super weights held out: {held}")
+    if fmt == "compressed-tensors":
+        dense = [t.name for t in report.tensors if t.blocks == 0]
+        print_lines(console, f"left unquantized (the format has no sparse hold-out): {', '.join(dense) or 'none'}",
+                    f"written to {out}/ in compressed-tensors' pack-quantized format "
+                    f"({'symmetric' if cfg.symmetric else 'asymmetric, --no-sym'}); manifest: {out}/{manifest}")
+        console.print(f"load it with: {loading}", markup=False, soft_wrap=True)
+        return
+    print_lines(console, f"written to {out}/ (load it with transformers; manifest: {out}/{manifest})")
+
+
+def print_ablate(console, result, out: str) -> None:
+    console.print(f"super weights: {', '.join(str(c) for c in result.super_weights)}; written to {out}/")
+    print_lines(console, result.markdown())
+    for sft in result.stopwords[:8]:
+        print_lines(console, f"  {sft.token!r}: {sft.before:.4f} -> {sft.after:.4f} (x{sft.ratio:.2f})")
+
+
+def print_scale(console, result, out: str) -> None:
+    for f, r in zip(result.factors, result.results):
+        acc = f"mean acc {100 * r.mean_accuracy:.2f}; " if r.mean_accuracy is not None else ""
+        print_lines(console, f"x{f:g}: {acc}" + ", ".join(f"ppl {t} {v:.2f}" for t, v in r.perplexity.items()))
+    console.print(f"written to {out}/")
+
+
+def print_compare(console, result, out: str) -> None:
+    print_lines(console, result.markdown(), f"written to {out}/")
