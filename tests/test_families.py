@@ -75,7 +75,7 @@ def test_gpt2_conv1d_coordinates_are_output_row_input_col():
         w[100, 3] = 400 * float(w.abs().max())  # input channel 100 -> output channel 3
     result = sw.detect(lm)
     assert graded(result) == [sw.Coord(1, 3, 100)]
-    assert (result.super_weights + result.strong)[0].module == "transformer.h.1.mlp.c_proj.weight"
+    assert (result.super_weights + result.strong)[0].param == "transformer.h.1.mlp.c_proj.weight"
     site = lm.adapter.site(sw.Coord(1, 3, 100))
     assert site.stored_index(sw.Coord(1, 3, 100)) == (100, 3)
 
@@ -87,7 +87,7 @@ def test_moe_reports_expert_and_token():
     result = sw.detect(lm)
     assert graded(result) == [coord]
     f = (result.super_weights + result.strong)[0]
-    assert f.module == "model.layers.1.mlp.experts.down_proj"
+    assert f.param == "model.layers.1.mlp.experts.down_proj"
     assert f.token >= 0  # routed rows were mapped back to prompt positions
 
 

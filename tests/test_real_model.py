@@ -29,7 +29,7 @@ def test_detect_finds_the_super_weight(smol_result):
     assert smol_result.coords == [SW]
     golden.check("detect-smollm2", smol_result.to_dict())
     f = smol_result.super_weights[0]
-    assert f.module == "model.layers.11.mlp.down_proj.weight"
+    assert f.param == "model.layers.11.mlp.down_proj.weight"
     assert f.token == 0  # on the first token, as in the paper
     assert abs(f.input_activation) > 1000 and abs(f.output_activation) > 10000
     assert f.share > 0.5

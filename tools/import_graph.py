@@ -4,10 +4,17 @@
     python tools/import_graph.py --edges    # every edge, importer -> imported
 
 Every ``import`` of a superweight module counts, at module level or inside a function (a
-deferred import is still a dependency). "Runs back up": a module inside a subpackage
-(``models/``, ``probe/``, ``quant/``, ``paper/``, ``output/``) importing a top-level module
-that is not a leaf (``errors``, ``paths``, ``version``, ``coords``), or anything importing
-the package face (``superweight/__init__``).
+deferred import is still a dependency). The package is layered, lowest first (``LAYERS``):
+
+0. leaves: errors, paths, version, coords, output.atomic (writes files whole; imports only leaves)
+1. reading models and data: models/*, index, paper.data
+2. measuring: probe/*
+3. detecting and proving: results, residual, detect, verification, verdicts, targets
+4. what the commands do with it: quant/*, paper/*, audit, edit, overview
+5. what the commands write: output/*
+6. the face: cli, the package ``__init__``
+
+An import "runs back up" when it goes from a lower layer to a higher one.
 """
 from __future__ import annotations
 
@@ -16,7 +23,28 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "src" / "superweight"
-LEAVES = {"superweight.errors", "superweight.paths", "superweight.version", "superweight.coords"}
+LAYERS = [
+    ("superweight.errors", "superweight.paths", "superweight.version", "superweight.coords", "superweight.output.atomic"),
+    ("superweight.models", "superweight.index", "superweight.paper.data"),
+    ("superweight.probe",),
+    ("superweight.results", "superweight.residual", "superweight.detect", "superweight.verification",
+     "superweight.verdicts", "superweight.targets"),
+    ("superweight.quant", "superweight.paper", "superweight.audit", "superweight.edit", "superweight.overview"),
+    ("superweight.output",),
+    ("superweight.cli", "superweight"),
+]
+
+
+def layer(module: str) -> int:
+    """The layer of ``module``: the longest prefix named in LAYERS decides."""
+    best, found = -1, None
+    for i, names in enumerate(LAYERS):
+        for n in names:
+            if (module == n or module.startswith(n + ".")) and len(n) > best:
+                best, found = len(n), i
+    if found is None:
+        raise SystemExit(f"{module} is in no layer: add it to LAYERS")
+    return found
 
 
 def modules() -> dict[str, Path]:
@@ -69,10 +97,8 @@ def graph():
             for n in names:
                 if n.startswith("_") and not n.startswith("__"):
                     private.append(f"{m}:{line} imports {target}.{n}")
-            inner = m.count(".") >= 2
-            top = target.count(".") == 1 and target not in LEAVES and not (mods[target].name == "__init__.py")
-            if target == "superweight" or inner and top:
-                back_up.append(f"{m}:{line} -> {target}")
+            if layer(target) > layer(m):
+                back_up.append(f"{m}:{line} -> {target} (layer {layer(m)} -> {layer(target)})")
     return edges, private, argparse_users, back_up
 
 

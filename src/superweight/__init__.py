@@ -16,8 +16,8 @@ import sys
 from superweight.coords import Coord
 from superweight.detect import detect
 from superweight.results import DetectConfig, DetectResult, Finding
-from superweight.verification import Verdict, VerifyReport, verify, verify_report, verify_together
-from superweight.edit import Edit, EditReport, save_edited
+from superweight.verification import Verdict, VerifyResult, verify, verify_report, verify_together
+from superweight.edit import Edit, EditResult, save_edited
 from superweight.errors import ModelLoadError, SuperweightError, UnsupportedModelError, UsageError
 from superweight.probe.interventions import edited, zeroed
 from superweight.index import IndexEntry, compare, index, known
@@ -25,12 +25,14 @@ from superweight.models.load import LoadedModel, load
 from superweight.verdicts import Provenance, detect_once, verify_once
 
 __all__ = [
-    "Coord", "DetectConfig", "detect_once", "verify_once", "Provenance", "DetectResult", "Finding", "Verdict", "VerifyReport", "detect", "verify", "verify_report",
-    "verify_together", "load", "LoadedModel", "Edit", "EditReport", "save_edited",
+    "Coord", "DetectConfig", "detect_once", "verify_once", "Provenance", "DetectResult", "Finding", "Verdict", "VerifyResult", "VerifyReport", "detect", "verify", "verify_report",
+    "verify_together", "load", "LoadedModel", "Edit", "EditResult", "EditReport", "save_edited",
     "index", "known", "compare", "IndexEntry", "zeroed", "edited",
     "SuperweightError", "UsageError", "ModelLoadError", "UnsupportedModelError",
 ]
 from superweight.version import VERSION as __version__  # noqa: E402
+
+EditReport, VerifyReport = EditResult, VerifyResult  # their earlier names ("report" now means only the report command's page)
 
 
 # Old flat module paths (superweight.quant, superweight.export, superweight.ablate, ...) keep

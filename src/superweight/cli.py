@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import os
 import signal
 import sys
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from superweight.errors import SuperweightError, UsageError
-from superweight.output.outputs import Outputs, model_sources
+from superweight.output.console import status_line
+from superweight.output.outputs import Outputs, Terminated, model_sources, signals_end_the_run, write_json
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -295,17 +293,6 @@ def compare_config(args):
 
 # -- the runner -------------------------------------------------------------------------------
 
-def write_json(obj, dest: str | Path) -> None:
-    """JSON to stdout (``-``) or to a staged output path. Not a number (NaN, infinity) is
-    refused: it is not JSON, and no reader would take it."""
-    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
-    if str(dest) == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    Path(dest).write_text(text)
-
-
 @dataclass
 class Job:
     """One command, for ``run``: ``declare(outs)`` names its outputs besides ``--json`` (a
@@ -330,7 +317,7 @@ def run(args, console, job: Job) -> int:
             outs.discard()  # staged outputs removed, locks released: nothing lands
             console.print("options and outputs are fine; nothing was loaded or written (--dry-run)", markup=False)
             return 0
-        with _status(console, console.is_terminal) as log:
+        with status_line(console, console.is_terminal) as log:
             result = job.work(outs, log)
         obj = job.to_json(result)
         job.files(result, job.staged)
@@ -340,30 +327,6 @@ def run(args, console, job: Job) -> int:
         write_json(obj, "-")
     job.show(console, result)
     return 0
-
-
-class _Log:
-    """Status line: the current step, and a bar over layers while a streamed model reads them."""
-
-    def __init__(self, status):
-        self.status, self.msg = status, ""
-
-    def __call__(self, msg: str) -> None:
-        self.msg = msg
-        self.status.update(msg)
-
-    def layer(self, i: int, n: int) -> None:
-        done = round(20 * i / n)
-        self.status.update(f"{self.msg}  [{'#' * done}{'.' * (20 - done)}] layer {i}/{n}")
-
-
-@contextmanager
-def _status(console, enabled: bool):
-    if not enabled:
-        yield lambda msg: None
-        return
-    with console.status("starting") as st:
-        yield _Log(st)
 
 
 def _load(args, log, outs: Outputs, in_memory: bool = False, ref: Any = "model", as_stored: bool = False):
@@ -487,7 +450,7 @@ def cmd_scale(args, console):
 def cmd_quant_compare(args, console):
     from superweight.output.console import print_compare
     from superweight.output.plot import plot_quant
-    from superweight.quant.sweep import compare
+    from superweight.quant.sweep import quant_compare
 
     cfg = compare_config(args)
 
@@ -497,7 +460,7 @@ def cmd_quant_compare(args, console):
         plot_quant(result.reference, result.points, out / "compare.png", f"{result.model}: weight quantization")
 
     def work(lm, coords, log):
-        return compare(lm, coords, cfg, lambda m: (log(m), None if console.is_terminal else print(m, file=sys.stderr, flush=True)))
+        return quant_compare(lm, coords, cfg, lambda m: (log(m), None if console.is_terminal else print(m, file=sys.stderr, flush=True)))
 
     return _results_job(args, console, work, files, print_compare)
 
@@ -649,36 +612,6 @@ def _quiet_libraries(debug: bool) -> None:
         pass
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, raised where the program is so that every output's cleanup runs,
-    as Ctrl-C's KeyboardInterrupt does."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _on_signal(signum, frame):
-    raise Terminated(signum)
-
-
-@contextmanager
-def _signals_end_the_run():
-    """SIGTERM and SIGHUP end the run as Ctrl-C does (temporaries removed, no output
-    landed); the caller's handlers come back after. Only the main thread can install them."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-
-
 # PyTorch's CPU allocator backs large tensors (2 MB and up) with transparent huge pages when
 # this is set: a fresh 100 MB tensor then costs 50 page faults, not 25,000. Read once, at
 # torch's first large allocation, so it is set before any command runs (docs/benchmarks.md).
@@ -688,7 +621,7 @@ THP = "THP_MEM_ALLOC_ENABLE"
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault(THP, "1")
-    with _signals_end_the_run():
+    with signals_end_the_run():
         return _main(argv)
 
 

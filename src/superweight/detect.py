@@ -18,10 +18,7 @@ import statistics
 import zlib
 from typing import Callable
 
-import torch
-
 from superweight.coords import Coord
-from superweight.errors import UsageError
 from superweight.models.finite import require_finite
 from superweight.models.load import LoadedModel
 from superweight.probe import passes
@@ -30,7 +27,7 @@ from superweight.probe.measures import DEFAULT_PROMPT, Probe, encode_prompts  # 
 from superweight.probe.passes import Group, stack
 from superweight.probe.realtext import CONDITIONS, RealText, TextEffect, context_of, make_windows
 from superweight.residual import massive_channels, super_activation
-from superweight.results import GRADES, Control, DetectConfig, DetectResult, Effect, Finding  # noqa: F401 - the types, named here too
+from superweight.results import Control, DetectConfig, DetectResult, Effect, Finding
 
 
 def per_layer(records: dict) -> list[SiteRecord]:
@@ -244,7 +241,7 @@ def _finding(lm: LoadedModel, r: SiteRecord, rnd: int, prompt: int) -> Finding:
     coord = Coord(r.layer, r.output_channel, r.col, r.expert)
     site = lm.adapter.site(coord)
     return Finding(
-        coord=coord, module=site.param_name, value=r.weight, input_activation=r.x_col,
+        coord=coord, param=site.param_name, value=r.weight, input_activation=r.x_col,
         output_activation=r.output_value, token=r.output_token, share=r.share, round=rnd, prompt=prompt,
     )
 

@@ -95,7 +95,7 @@ class Change:
 
 
 @dataclass
-class EditReport:
+class EditResult:
     source: str
     format: str  # safetensors or gguf
     files: list[str] = field(default_factory=list)  # written weight files, relative to the output
@@ -142,7 +142,7 @@ def _targets(lm: LoadedModel, edits: list[Edit]):
 
 
 def save_edited(lm: LoadedModel, edits: list[Edit], out: str | Path, overwrite: bool = False, why: str = "",
-                log=None) -> EditReport:
+                log=None) -> EditResult:
     """Write ``lm``'s checkpoint with ``edits`` applied to the directory ``out``, which appears
     only once written and verified (``atomic_dir``: locked, refused if it exists unless
     ``overwrite``). ``lm``: loaded with ``load(ref, stream=True)``."""
@@ -153,7 +153,7 @@ def save_edited(lm: LoadedModel, edits: list[Edit], out: str | Path, overwrite: 
         return edit_checkpoint(lm, edits, tmp, why, log)
 
 
-def edit_checkpoint(lm: LoadedModel, edits: list[Edit], out: Path, why: str = "", log=None) -> EditReport:
+def edit_checkpoint(lm: LoadedModel, edits: list[Edit], out: Path, why: str = "", log=None) -> EditResult:
     """Write ``lm``'s checkpoint with ``edits`` applied into the existing, empty directory
     ``out`` (a staging directory), verify it, and write the manifest. ``lm`` must be loaded
     streamed (``load(..., stream=True)``): the checkpoint reader is the streamer's."""
@@ -166,7 +166,7 @@ def edit_checkpoint(lm: LoadedModel, edits: list[Edit], out: Path, why: str = ""
     t0 = time.perf_counter()
     targets = _targets(lm, edits)
     gguf = isinstance(streamer.ckpt, GGUFCheckpoint)
-    report = EditReport(lm.name, "gguf" if gguf else "safetensors")
+    report = EditResult(lm.name, "gguf" if gguf else "safetensors")
     out = Path(out)
     if gguf:
         report.history = _history(streamer.ckpt.reader)
@@ -205,7 +205,7 @@ def _why(e: Edit, why: str) -> str:
 
 # -- safetensors ---------------------------------------------------------------------------
 
-def _edit_safetensors(mapped, targets, out: Path, report: EditReport, why: str, log) -> None:
+def _edit_safetensors(mapped, targets, out: Path, report: EditResult, why: str, log) -> None:
     inner = mapped.inner
     patches: dict[Path, list[tuple[int, bytes, str, int, float, Edit, float]]] = {}
     for e, name, idx, before in targets:
@@ -285,7 +285,7 @@ def _verify_safetensors(src: Path, out: Path, files: list[Path], patches: dict, 
 
 # -- GGUF ---------------------------------------------------------------------------------
 
-def _edit_gguf(ckpt, targets, out: Path, report: EditReport, why: str, log) -> None:
+def _edit_gguf(ckpt, targets, out: Path, report: EditResult, why: str, log) -> None:
     from gguf import GGMLQuantizationType
 
     from superweight.models import gguf_file

@@ -115,7 +115,7 @@ class Finding:
     """A spike that was examined: a confirmed super weight, or a rejected one (``reason``)."""
 
     coord: Coord
-    module: str  # parameter name, e.g. model.layers.11.mlp.down_proj.weight
+    param: str  # the parameter's name, e.g. model.layers.11.mlp.down_proj.weight (JSON key: module)
     value: float  # W[row, col]
     input_activation: float  # X[t, col]
     output_activation: float  # Y[t, row] (signed)
@@ -131,7 +131,7 @@ class Finding:
     def to_dict(self) -> dict:
         d = {
             **self.coord.to_dict(),
-            "module": self.module,
+            "module": self.param,  # the JSON keeps its first name
             "value": self.value,
             "input_activation": self.input_activation,
             "output_activation": self.output_activation,

@@ -1,6 +1,6 @@
 """Prove once: detection verdicts kept on disk and reused by every command.
 
-A verdict (a ``DetectResult``, or a ``VerifyReport`` for given coordinates) is decided by
+A verdict (a ``DetectResult``, or a ``VerifyResult`` for given coordinates) is decided by
 the checkpoint's bytes, the detection config (prompts, thresholds, the text's name, window,
 windows), the text's bytes, the dtype and device type it ran at, the versions of torch and
 transformers, and the package version and the digest of its source files (a changed
@@ -216,7 +216,7 @@ def _decode(tp, v, ns: dict):
 
 
 def from_state(cls, state: dict):
-    """``to_state``'s inverse for a result type (``DetectResult``, ``VerifyReport``)."""
+    """``to_state``'s inverse for a result type (``DetectResult``, ``VerifyResult``)."""
     return _decode(cls, state, {})
 
 
@@ -314,14 +314,14 @@ def detect_once(lm, cfg=None, log=None, recompute: bool = False):
 
 
 def verify_once(lm, coords, cfg=None, log=None, recompute: bool = False):
-    """``detect.verify_report`` through the cache, keyed on the coordinates too: (VerifyReport, Provenance)."""
+    """``detect.verify_report`` through the cache, keyed on the coordinates too: (VerifyResult, Provenance)."""
     from superweight.results import DetectConfig
-    from superweight.verification import VerifyReport, verify_report
+    from superweight.verification import VerifyResult, verify_report
 
     cfg = cfg or DetectConfig()
     for c in coords:
         lm.adapter.site(c)  # range checks before any hashing
-    return cached(lm, cfg, lambda: verify_report(lm, coords, cfg, log), VerifyReport, "verify",
+    return cached(lm, cfg, lambda: verify_report(lm, coords, cfg, log), VerifyResult, "verify",
                   {"coords": [str(c) for c in coords]}, recompute=recompute, log=log)
 
 

@@ -19,7 +19,7 @@ from superweight.results import DetectConfig, Effect
 @dataclass
 class Verdict:
     coord: Coord
-    module: str
+    param: str  # the parameter's name (JSON key: module)
     value: float
     effect: Effect
     is_super_weight: bool
@@ -29,7 +29,7 @@ class Verdict:
 
     def to_dict(self) -> dict:
         d = {
-            **self.coord.to_dict(), "module": self.module, "value": self.value, "grade": self.grade,
+            **self.coord.to_dict(), "module": self.param, "value": self.value, "grade": self.grade,
             "is_super_weight": self.is_super_weight, "spike": self.spike, "effect": self.effect.to_dict(),
         }
         if self.reason:
@@ -79,7 +79,7 @@ def verify_together(lm: LoadedModel, coords: list[Coord], cfg: DetectConfig | No
 
 
 @dataclass
-class VerifyReport:
+class VerifyResult:
     """What ``superweight verify`` reports: each coordinate's verdict and, for several, the
     verdict on zeroing them all together (weights sharing a row or column can stand in for
     each other). ``to_dict`` is the JSON the command writes."""
@@ -93,7 +93,7 @@ class VerifyReport:
 
 
 def verify_report(lm: LoadedModel, coords: list[Coord], cfg: DetectConfig | None = None,
-                  log: Callable[[str], None] | None = None) -> VerifyReport:
+                  log: Callable[[str], None] | None = None) -> VerifyResult:
     """``verify`` each coordinate and, when there are several, ``verify_together``: one set
     of windows and intact baselines for both."""
     cfg = cfg or DetectConfig()
@@ -106,4 +106,4 @@ def verify_report(lm: LoadedModel, coords: list[Coord], cfg: DetectConfig | None
         eff, reason = verify_together(lm, coords, cfg, log=log, judge=judge)
         together = {"coords": [str(c) for c in coords], "is_super_weight_set": reason is None,
                     "effect": eff.to_dict(), **({"reason": reason} if reason else {})}
-    return VerifyReport(lm.name, verdicts, together)
+    return VerifyResult(lm.name, verdicts, together)

@@ -106,7 +106,7 @@ class Site:
 
 
 @dataclass(frozen=True)
-class Layout:
+class Storage:
     """How a stored linear weight maps to the 2-D matrix of output rows by input columns that
     the quantizer works on: ``linear`` ``[out, in]``; ``conv1d`` ``[in, out]`` (GPT-2,
     transposed); ``experts`` ``[E, out, in]`` (fused, experts' rows stacked)."""
@@ -238,11 +238,11 @@ class Adapter:
                     out.append((prefix + name, p))
         return out
 
-    def layout(self, param: torch.Tensor) -> Layout:
-        """How a decoder linear weight is stored (see ``Layout``)."""
+    def storage(self, param: torch.Tensor) -> Storage:
+        """How a decoder linear weight is stored (see ``Storage``)."""
         if self.family.transposed:
-            return Layout("conv1d")
-        return Layout("experts" if param.dim() == 3 else "linear")
+            return Storage("conv1d")
+        return Storage("experts" if param.dim() == 3 else "linear")
 
     def read(self, name: str) -> torch.Tensor:
         """A parameter's current value by full name, read from the checkpoint when its layer is

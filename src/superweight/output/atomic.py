@@ -135,7 +135,7 @@ class Lock:
         self.fd = None
 
 
-def sweep(lock: Lock) -> list[Path]:
+def clear_leftovers(lock: Lock) -> list[Path]:
     """Remove what a killed holder of ``lock`` staged and recorded: only paths that still
     carry the marker for its destination's name and are this user's."""
     pattern, gone, kept = staging_name(lock.dest.name), [], []
@@ -162,7 +162,7 @@ def locked(dest: str | Path, wait: bool = False) -> Iterator[Lock]:
     what a killed holder of it left."""
     lk = Lock(real(dest), wait)
     try:
-        sweep(lk)
+        clear_leftovers(lk)
         yield lk
     finally:
         lk.release()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 from rich.markup import escape
 from rich.table import Table
@@ -19,9 +20,9 @@ def fmt_pct(x: float | None) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{100 * x:.2g}%"
 
 
-def _short(module: str, coord) -> str:
+def _short(param: str, coord) -> str:
     """``model.layers.11.mlp.down_proj.weight`` -> ``mlp.down_proj`` (the layer has its own column)."""
-    tail = module.split(f".{coord.layer}.", 1)[-1].removesuffix(".weight")
+    tail = param.split(f".{coord.layer}.", 1)[-1].removesuffix(".weight")
     return tail if coord.expert is None else f"{tail}[{coord.expert}]"
 
 
@@ -52,7 +53,7 @@ def print_detect(console, result, agreement, index_id, verbose: bool = False) ->
             t.add_column(col, justify="left" if col in ("grade", "module", "bos", "mid", "matters in") else "right")
         for f in graded:
             e = f.effect
-            _add(t, f.grade + (" (jointly)" if f.jointly_with else ""), str(f.coord.layer), _short(f.module, f.coord),
+            _add(t, f.grade + (" (jointly)" if f.jointly_with else ""), str(f.coord.layer), _short(f.param, f.coord),
                  str(f.coord.row), str(f.coord.col), fmt_g(f.value), fmt_g(f.output_activation), str(f.token),
                  _text(e, "bos"), _text(e, "mid"), ", ".join(e.matters_in) if e else "-")
         console.print(t)
@@ -192,3 +193,27 @@ def print_scale(console, result, out: str) -> None:
 
 def print_compare(console, result, out: str) -> None:
     print_lines(console, result.markdown(), f"written to {out}/")
+
+
+class _Log:
+    """Status line: the current step, and a bar over layers while a streamed model reads them."""
+
+    def __init__(self, status):
+        self.status, self.msg = status, ""
+
+    def __call__(self, msg: str) -> None:
+        self.msg = msg
+        self.status.update(msg)
+
+    def layer(self, i: int, n: int) -> None:
+        done = round(20 * i / n)
+        self.status.update(f"{self.msg}  [{'#' * done}{'.' * (20 - done)}] layer {i}/{n}")
+
+
+@contextmanager
+def status_line(console, enabled: bool):
+    if not enabled:
+        yield lambda msg: None
+        return
+    with console.status("starting") as st:
+        yield _Log(st)

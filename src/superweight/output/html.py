@@ -76,7 +76,7 @@ def findings_table(result) -> str:
     rows = []
     for f in graded:
         grade = f'<span class="{e(f.grade)}">{e(f.grade)}</span>' + (" (jointly)" if f.jointly_with else "")
-        module = f.module.split(f".{f.coord.layer}.", 1)[-1].removesuffix(".weight")
+        module = f.param.split(f".{f.coord.layer}.", 1)[-1].removesuffix(".weight")
         rows.append([grade, coord_cell(f.coord), e(module), g(f.value), g(f.output_activation), str(f.token),
                      _effect(f, "bos"), _effect(f, "mid"), e(", ".join(f.effect.matters_in) if f.effect else "-")])
     head = ["grade", "L:R:C", "module", "value", "output act.", "token", "bos (from the start token)", "mid (mid-text)",

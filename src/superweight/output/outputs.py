@@ -13,15 +13,19 @@ rename failing between two outputs. A full disk is one line that names the outpu
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
+import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from superweight.errors import UsageError
 from superweight.output.atomic import (Lock, anchor, full_disk, no_space, publish_dir, publish_file, real,
-                                       replaceable, sweep, temp_dir, temp_file)
+                                       replaceable, clear_leftovers, temp_dir, temp_file)
 
 
 @dataclass
@@ -163,7 +167,7 @@ class Outputs:
              marker: str | None = None) -> Path:
         lock = Lock(dest)  # refused here when another run writes it
         self.locks.append(lock)
-        sweep(lock)  # what a killed run to this destination recorded, nothing else
+        clear_leftovers(lock)  # what a killed run to this destination recorded, nothing else
         tmp = temp_file(dest, lock) if kind == "file" else temp_dir(dest, lock)
         self.targets.append(Target(flag, given, dest, tmp, kind, overwrite, marker, lock))
         return tmp
@@ -210,3 +214,44 @@ class Outputs:
         for lock in self.locks:
             lock.release()
         self.locks, self.targets = [], []
+
+
+def write_json(obj, dest: str | Path) -> None:
+    """JSON to stdout (``-``) or to a staged output path. Not a number (NaN, infinity) is
+    refused: it is not JSON, and no reader would take it."""
+    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
+    if str(dest) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    Path(dest).write_text(text)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is so that every output's cleanup runs,
+    as Ctrl-C's KeyboardInterrupt does."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum, frame):
+    raise Terminated(signum)
+
+
+@contextmanager
+def signals_end_the_run():
+    """SIGTERM and SIGHUP end the run as Ctrl-C does (temporaries removed, no output
+    landed); the caller's handlers come back after. Only the main thread can install them."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)

@@ -22,13 +22,13 @@ import torch
 
 from superweight.coords import Coord
 from superweight.errors import UsageError
-from superweight.models.adapters import Layout
+from superweight.models.adapters import Storage
 from superweight.models.load import LoadedModel
 from superweight.quant.rtn import QuantConfig, QuantizedTensor, quantize_tensor
 
 
 @dataclass
-class TensorReport:
+class TensorResult:
     name: str
     shape: tuple[int, ...]
     blocks: int
@@ -43,10 +43,10 @@ class TensorReport:
 
 
 @dataclass
-class QuantReport:
+class QuantResult:
     config: QuantConfig
     keep: list[Coord]
-    tensors: list[TensorReport] = field(default_factory=list)
+    tensors: list[TensorResult] = field(default_factory=list)
     bits_total: float = 0.0
     numel: int = 0
     seconds: float = 0.0
@@ -63,14 +63,14 @@ class QuantReport:
 
     def add(self, name: str, shape, q: QuantizedTensor) -> None:
         rel = (q.sq_error / q.norm_sq) ** 0.5 if q.norm_sq > 0 else 0.0
-        self.tensors.append(TensorReport(name, tuple(shape), q.blocks, q.held, q.bits_per_weight, rel, q.clip_value))
+        self.tensors.append(TensorResult(name, tuple(shape), q.blocks, q.held, q.bits_per_weight, rel, q.clip_value))
         self.bits_total += q.bits_total
         self.numel += q.numel
 
     def add_dense(self, name: str, t: torch.Tensor) -> None:
         """A chosen weight left unquantized (a packed format's hold-out): all its bits count."""
         bits = torch.finfo(t.dtype).bits
-        self.tensors.append(TensorReport(name, tuple(t.shape), 0, t.numel(), float(bits), 0.0, None))
+        self.tensors.append(TensorResult(name, tuple(t.shape), 0, t.numel(), float(bits), 0.0, None))
         self.bits_total += t.numel() * bits
         self.numel += t.numel()
 
@@ -96,7 +96,7 @@ def targets(lm: LoadedModel, include=(), exclude=()) -> list[tuple[str, torch.nn
     return chosen
 
 
-def _kept_by_param(lm: LoadedModel, keep) -> dict[str, list[tuple[int, ...]]]:
+def kept_by_param(lm: LoadedModel, keep) -> dict[str, list[tuple[int, ...]]]:
     out: dict[str, list[tuple[int, ...]]] = {}
     for c in keep:
         site = lm.adapter.site(c)
@@ -105,13 +105,13 @@ def _kept_by_param(lm: LoadedModel, keep) -> dict[str, list[tuple[int, ...]]]:
 
 
 def quantize_param(w: torch.Tensor, cfg: QuantConfig, keep: list[tuple[int, ...]] = (),
-                   layout: Layout = Layout(), keep_cols: list[int] = ()) -> tuple[torch.Tensor, QuantizedTensor]:
-    """Quantize one stored parameter, laid out as ``layout`` says (``Adapter.layout``).
+                   storage: Storage = Storage(), keep_cols: list[int] = ()) -> tuple[torch.Tensor, QuantizedTensor]:
+    """Quantize one stored parameter, laid out as ``storage`` says (``Adapter.storage``).
     ``keep``: stored indices held out. Returns the new stored tensor (same shape, dtype) and
     the quantizer's account."""
-    keep2 = [layout.index(tuple(k), w.shape) for k in keep]
-    q = quantize_tensor(layout.matrix(w), cfg, keep2, keep_cols if w.dim() == 2 else ())
-    return layout.stored(q.dequantized, w.shape).contiguous(), q
+    keep2 = [storage.index(tuple(k), w.shape) for k in keep]
+    q = quantize_tensor(storage.matrix(w), cfg, keep2, keep_cols if w.dim() == 2 else ())
+    return storage.stored(q.dequantized, w.shape).contiguous(), q
 
 
 def massive_input_columns(lm: LoadedModel, names: list[str], ratio: float, max_cols: int,
@@ -158,7 +158,8 @@ def held_columns(lm: LoadedModel, names: list[str], cfg: QuantConfig) -> dict[st
     return massive_input_columns(lm, names, cfg.act_ratio, cfg.act_max_cols)
 
 
-def _loop(items, log, what: str, total: int | None = None):
+def progress(items, log, what: str, total: int | None = None):
+    """``items`` with a tqdm bar over tensors while a caller logs (none when ``log`` is None)."""
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover
@@ -166,19 +167,19 @@ def _loop(items, log, what: str, total: int | None = None):
     return tqdm(items, desc=what, unit="tensor", total=total, disable=True if log is None else None, leave=False)
 
 
-def quantize_(lm: LoadedModel, cfg: QuantConfig, keep=(), include=(), exclude=(), log=None) -> QuantReport:
+def quantize_(lm: LoadedModel, cfg: QuantConfig, keep=(), include=(), exclude=(), log=None) -> QuantResult:
     """Quantize-dequantize the model's decoder linear weights in place (in memory)."""
     cfg.check()
     chosen = targets(lm, include, exclude)
     if any(p.is_meta for _, p in chosen):
         raise UsageError("this model's layers are streamed from disk; quantize it with save_quantized")
-    kept = _kept_by_param(lm, keep)
-    report = QuantReport(cfg, list(keep))
+    kept = kept_by_param(lm, keep)
+    report = QuantResult(cfg, list(keep))
     t0 = time.perf_counter()
     cols = held_columns(lm, [n for n, _ in chosen], cfg)
     with torch.no_grad():
-        for name, p in _loop(chosen, log, "quantizing"):
-            new, q = quantize_param(p.data, cfg, kept.get(name, []), lm.adapter.layout(p), cols.get(name, []))
+        for name, p in progress(chosen, log, "quantizing"):
+            new, q = quantize_param(p.data, cfg, kept.get(name, []), lm.adapter.storage(p), cols.get(name, []))
             report.add(name, p.shape, q)
             p.data.copy_(new)
     report.seconds = time.perf_counter() - t0
@@ -186,7 +187,7 @@ def quantize_(lm: LoadedModel, cfg: QuantConfig, keep=(), include=(), exclude=()
 
 
 @contextmanager
-def quantized(lm: LoadedModel, cfg: QuantConfig, keep=(), include=(), exclude=(), log=None) -> Iterator[QuantReport]:
+def quantized(lm: LoadedModel, cfg: QuantConfig, keep=(), include=(), exclude=(), log=None) -> Iterator[QuantResult]:
     """``quantize_`` for the duration of the block; the original weights come back on exit."""
     chosen = targets(lm, include, exclude)
     saved = [(p, p.data.clone()) for _, p in chosen]

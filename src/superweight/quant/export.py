@@ -36,7 +36,7 @@ from superweight.output.atomic import atomic_dir
 from superweight.errors import ModelLoadError
 from superweight.models.load import LoadedModel
 from superweight.quant.rtn import QuantConfig
-from superweight.quant.apply import QuantReport, _kept_by_param, _loop, held_columns, quantize_, quantize_param, targets
+from superweight.quant.apply import QuantResult, kept_by_param, progress, held_columns, quantize_, quantize_param, targets
 from superweight.quant.packed import FORMATS
 
 MANIFEST = "superweight-quant.json"
@@ -171,7 +171,7 @@ def _copy_side_files(src: Path, dst: Path) -> None:
 
 def save_quantized(lm: LoadedModel, cfg: QuantConfig, out: str | Path, keep=(), include=(), exclude=(),
                    overwrite: bool = False, max_shard_bytes: int = 2 << 30, log=None,
-                   format: str = "dequantized") -> QuantReport:
+                   format: str = "dequantized") -> QuantResult:
     """Quantize ``lm``'s decoder linear weights and write the whole model to ``out``, which
     appears only once complete (``atomic_dir``: locked, refused if it exists unless
     ``overwrite``)."""
@@ -215,7 +215,7 @@ def _stream(lm, cfg, report, writer, items, chosen_set, shapes, kept, cols, pack
                         writer.add(name, v)
                     continue
                 else:
-                    new, q = quantize_param(t, cfg, kept.get(k, []), lm.adapter.layout(t), cols.get(k, []))
+                    new, q = quantize_param(t, cfg, kept.get(k, []), lm.adapter.storage(t), cols.get(k, []))
                     report.add(k, t.shape, q)
                     t = new
             out[k] = t
@@ -224,7 +224,7 @@ def _stream(lm, cfg, report, writer, items, chosen_set, shapes, kept, cols, pack
 
 
 def write_quantized(lm: LoadedModel, cfg: QuantConfig, tmp: Path, keep=(), include=(), exclude=(),
-                    max_shard_bytes: int = 2 << 30, log=None, format: str = "dequantized") -> QuantReport:
+                    max_shard_bytes: int = 2 << 30, log=None, format: str = "dequantized") -> QuantResult:
     """``save_quantized``'s work, into the existing empty directory ``tmp`` (a staging directory)."""
     from superweight.quant import packed
 
@@ -239,7 +239,7 @@ def write_quantized(lm: LoadedModel, cfg: QuantConfig, tmp: Path, keep=(), inclu
     chosen = targets(lm, include, exclude)
     names = [n for n, _ in chosen]
     shapes = {n: tuple(p.shape) for n, p in chosen}
-    kept = _kept_by_param(lm, keep)
+    kept = kept_by_param(lm, keep)
     if pack:  # every matrix that will be packed must fit the format, before anything is written
         for n in names:
             if n not in kept:
@@ -259,7 +259,7 @@ def write_quantized(lm: LoadedModel, cfg: QuantConfig, tmp: Path, keep=(), inclu
         groups = ckpt.groups() if ckpt is not None else [None]
         read = (lambda g: ckpt.read_iter(g)) if ckpt is not None else (lambda g: _unique_state(lm.model).items())
         dtype = next((p.dtype for _, p in chosen), torch.float32)
-        report = QuantReport(cfg, list(keep))
+        report = QuantResult(cfg, list(keep))
         t0 = time.perf_counter()
         cols = held_columns(lm, names, cfg)
         writer = ShardWriter(tmp, max_shard_bytes)
@@ -270,7 +270,7 @@ def write_quantized(lm: LoadedModel, cfg: QuantConfig, tmp: Path, keep=(), inclu
         threads = torch.get_num_threads()
         torch.set_num_threads(compute_threads(threads))
         try:
-            items = _loop(prefetched(groups, read), log, "quantizing", total=len(groups))
+            items = progress(prefetched(groups, read), log, "quantizing", total=len(groups))
             _stream(lm, cfg, report, writer, items, chosen_set,
                     shapes, kept, cols, pack, convert=ckpt is not None and not safetensors, dtype=dtype)
         except BaseException:

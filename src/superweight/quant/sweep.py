@@ -299,9 +299,6 @@ def w8a8_markdown(table: dict[str, dict[str, float]]) -> str:
     return "\n".join(rows)
 
 
-compare = sweep  # its name before 0.2 (``compare`` is the index's agreement check)
-
-
 @dataclass(frozen=True)
 class CompareConfig:
     """What ``quant-compare`` measures, checked when made (errors name the flags)."""
@@ -344,7 +341,7 @@ class CompareConfig:
                     self.act_ratio, self.quanto)
 
 
-def compare(lm: LoadedModel, coords: list[Coord], cfg: CompareConfig, log=None) -> SweepResult:
+def quant_compare(lm: LoadedModel, coords: list[Coord], cfg: CompareConfig, log=None) -> SweepResult:
     """``quant-compare``: every planned point against full precision (``sweep``), and the
     paper's W8A8 table unless ``cfg.w8a8`` is off, as one result."""
     from superweight.paper.data import read_text

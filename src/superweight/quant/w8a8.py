@@ -77,7 +77,7 @@ def w8a8(lm: LoadedModel, holdout=(), bits: int = 8, weights: bool = True) -> It
             mod = lm.model.get_submodule(name.rsplit(".", 1)[0])
             if p.dim() != 2:  # fused experts: their inputs are routed inside the module
                 continue
-            in_features = lm.adapter.layout(p).in_features(p.shape)
+            in_features = lm.adapter.storage(p).in_features(p.shape)
             chans = _holdout_channels(lm, name, in_features, holdout)
 
             def pre(m, args, chans=chans):
