@@ -6,19 +6,23 @@ strings, integers, booleans, keys and list lengths exactly; floats to a relative
 on 2026-11-30 a fresh machine gave Qwen2.5-Coder's KLs up to 1.7e-4 (relative) away from
 the golden file written two days earlier, with the code of that day too; a control's KL
 near zero moved by 1e-7. Both are far below anything a grade depends on (the 1e-3 floor,
-the 10x margins), and a behaviour change moves numbers by much more. Keys that change from run to run by
-nature (timings, the tool's version) are dropped before both are compared.
-``SUPERWEIGHT_GOLDEN=write`` writes the files instead (do that only before a refactor,
-and commit them with the code they came from).
+the 10x margins), and a behaviour change moves numbers by much more. Keys that change from
+run to run by nature (timings, the tool's version) are dropped before both are compared.
+
+A test run never writes a golden file. When an output differs (or has no golden yet), the
+test fails and leaves what it got in ``tests/golden/.new/NAME.json`` (ignored by git);
+``python tools/golden.py`` prints every difference, and ``python tools/golden.py --accept``
+writes the candidates over the goldens, printing what changed. Accept only a change you
+meant, and commit the files with the code they came from.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 DIR = Path(__file__).parent / "golden"
+NEW = DIR / ".new"
 VOLATILE = {"seconds", "tool"}
 
 
@@ -30,40 +34,45 @@ def normalize(obj):
     return obj
 
 
-def diff(a, b, path: str = "$") -> str | None:
-    """Where ``a`` and ``b`` first differ, or None."""
+def diffs(a, b, path: str = "$"):
+    """Every place where ``a`` (got) and ``b`` (golden) differ, as lines."""
     if isinstance(a, dict) and isinstance(b, dict):
-        if set(a) != set(b):
-            return f"{path}: keys {sorted(set(a) ^ set(b))} differ"
-        for k in a:
-            d = diff(a[k], b[k], f"{path}.{k}")
-            if d:
-                return d
-        return None
+        for k in sorted(set(a) | set(b)):
+            if k not in b:
+                yield f"{path}.{k}: new key, {json.dumps(a[k])[:120]}"
+            elif k not in a:
+                yield f"{path}.{k}: key gone (golden {json.dumps(b[k])[:120]})"
+            else:
+                yield from diffs(a[k], b[k], f"{path}.{k}")
+        return
     if isinstance(a, list) and isinstance(b, list):
         if len(a) != len(b):
-            return f"{path}: {len(a)} items, golden has {len(b)}"
+            yield f"{path}: {len(a)} items, golden has {len(b)}"
         for i, (x, y) in enumerate(zip(a, b)):
-            d = diff(x, y, f"{path}[{i}]")
-            if d:
-                return d
-        return None
+            yield from diffs(x, y, f"{path}[{i}]")
+        return
     if isinstance(a, float) or isinstance(b, float):
-        if isinstance(a, bool) or isinstance(b, bool) or not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
-            return f"{path}: {a!r} != {b!r}"
-        if math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-6):
-            return None
-        return f"{path}: {a!r} != {b!r}"
-    return None if a == b and type(a) is type(b) else f"{path}: {a!r} != golden {b!r}"
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+        if not numbers or not math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-6):
+            yield f"{path}: {a!r} != golden {b!r}"
+        return
+    if not (a == b and type(a) is type(b)):
+        yield f"{path}: {a!r} != golden {b!r}"
+
+
+def diff(a, b, path: str = "$") -> str | None:
+    """Where ``a`` and ``b`` first differ, or None."""
+    return next(diffs(a, b, path), None)
 
 
 def check(name: str, obj) -> None:
     got = normalize(json.loads(json.dumps(obj)))
     f = DIR / f"{name}.json"
-    if os.environ.get("SUPERWEIGHT_GOLDEN") == "write":
-        DIR.mkdir(exist_ok=True)
-        f.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+    want = json.loads(f.read_text()) if f.is_file() else None
+    d = "no golden file yet" if want is None else diff(got, want)
+    if d is None:
         return
-    want = json.loads(f.read_text())
-    d = diff(got, want)
-    assert d is None, f"{name}: output changed at {d}"
+    NEW.mkdir(exist_ok=True)
+    (NEW / f"{name}.json").write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+    raise AssertionError(f"{name}: output changed at {d} (what it got: tests/golden/.new/{name}.json; "
+                         "python tools/golden.py shows every difference)")

@@ -7,7 +7,7 @@ Fails (exit 1, one line per problem) on: a console error or warning from the pag
 script, an image that did not load, any request the page makes (it must be
 self-contained), a page wider than the window, or a page without figures. Needs
 Debian's ``chromium`` and ``chromium-driver`` and ``pip install selenium``; not run in
-CI (the page's structure is unit-tested there, tests/test_html.py).
+CI (the page's structure is unit-tested there, tests/output/test_html.py).
 """
 from __future__ import annotations
 

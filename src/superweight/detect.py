@@ -13,13 +13,14 @@ command acts on in ``targets.py``.
 """
 from __future__ import annotations
 
+import math
 import random
 import statistics
 import zlib
 from typing import Callable
 
 from superweight.coords import Coord
-from superweight.models.finite import require_finite
+from superweight.models.finite import refuse_nonfinite
 from superweight.models.load import LoadedModel
 from superweight.probe import passes
 from superweight.probe.hooks import SiteRecord
@@ -166,24 +167,14 @@ class Judge:
         self.windows = make_windows(lm.tokenizer, read_text(cfg.text), cfg.window, cfg.windows, lm.device,
                                     cfg.text, context_of(lm.model), lm.model.get_input_embeddings().num_embeddings)
 
-    @property
-    def rt(self) -> RealText:
+    def on_text(self, findings: list[Finding]) -> tuple[dict | None, list[dict]]:
+        """What the real text showed, once proven: its windows and intact perplexities, and its
+        massive activations (where the attention sink forms), made by ``findings``."""
         if self._rt is None:
-            self.log("the intact model on real text")
-            self._rt = RealText(self.lm, self.windows)
-            require_finite(self.lm, "the perplexity on real text", *(b.nll for b in self._rt.base.values()))
-        return self._rt
-
-    def massive(self, findings: list[Finding]) -> list[dict]:
-        """Massive activations on the real-text windows (where the attention sink forms)."""
-        if self._rt is None:
-            return []
-        return [m for c in CONDITIONS for m in massive_channels(self.lm, self._rt.hidden[c], findings, c)]
-
-    def summary(self) -> dict | None:
-        if self._rt is None:
-            return None
-        return {**self._rt.windows.to_dict(), "ppl_intact": {c: self._rt.ppl(c) for c in CONDITIONS}}
+            return None, []
+        rt = self._rt
+        return ({**rt.windows.to_dict(), "ppl_intact": {c: rt.base[c].ppl for c in CONDITIONS}},
+                [m for c in CONDITIONS for m in massive_channels(self.lm, rt.hidden[c], findings, c)])
 
     def prove(self, items: list[tuple[list[Coord], Effect]], avoid: set[Coord],
               screen: bool = True) -> list[tuple[str, str | None]]:
@@ -192,9 +183,14 @@ class Judge:
         with an effect above ``strong_kl`` measure the controls."""
         cfg = self.cfg
         todo = [k for k, (_, eff) in enumerate(items) if not screen or screened(eff, cfg)]
+        if todo and self._rt is None:  # the intact baselines, on first use
+            self.log("the intact model on real text")
+            self._rt = RealText(self.lm, self.windows)
+            if not all(math.isfinite(b.nll) for b in self._rt.base.values()):
+                refuse_nonfinite(self.lm, "the perplexity on real text")
         if todo:
             self.log(f"zeroing {len(todo)} candidate(s) on real text")
-            for k, te in zip(todo, self.rt.measure([tuple(items[k][0]) for k in todo])):
+            for k, te in zip(todo, self._rt.measure([tuple(items[k][0]) for k in todo])):
                 items[k][1].text = te
         live = [k for k in todo if max(items[k][1].text.kl.values()) >= cfg.strong_kl]
         ctl = {k: controls_for(self.lm, items[k][0], avoid, cfg.random_controls) for k in live}
@@ -230,20 +226,11 @@ class Judge:
             if not batch:
                 break
             self.log(f"zeroing {len(batch)} control set(s) on real text")
-            for (k, c), te in zip(batch, self.rt.measure([c.coords for _, c in batch])):
+            for (k, c), te in zip(batch, self._rt.measure([c.coords for _, c in batch])):
                 c.text = te
                 if c.of and not _passes(effects[k], te, cfg):  # the union is too close: measure its parts
                     queue[k].append(list(c.of))
             stage += 1
-
-
-def _finding(lm: LoadedModel, r: SiteRecord, rnd: int, prompt: int) -> Finding:
-    coord = Coord(r.layer, r.output_channel, r.col, r.expert)
-    site = lm.adapter.site(coord)
-    return Finding(
-        coord=coord, param=site.param_name, value=r.weight, input_activation=r.x_col,
-        output_activation=r.output_value, token=r.output_token, share=r.share, round=rnd, prompt=prompt,
-    )
 
 
 def detect(lm: LoadedModel, cfg: DetectConfig | None = None, log: Callable[[str], None] | None = None) -> DetectResult:
@@ -272,7 +259,7 @@ def detect(lm: LoadedModel, cfg: DetectConfig | None = None, log: Callable[[str]
     for rnd in range(1, cfg.max_rounds + 1):
         new = []
         for r in spikes(scanned.records, cfg.spike_ratio):
-            f = _finding(lm, r, rnd, scanned.which[(r.layer, r.expert)])
+            f = Finding.of(r, lm.adapter.site(r.coord).param_name, rnd, scanned.which[(r.layer, r.expert)])
             if f.coord not in examined:
                 examined.add(f.coord)
                 new.append(f)
@@ -321,12 +308,13 @@ def detect(lm: LoadedModel, cfg: DetectConfig | None = None, log: Callable[[str]
     by_grade = {g: sorted((f for f in found if f.grade == g), key=_order) for g in ("super", "strong")}
     rejected = [f for f in found if f.grade == "rejected" and f.reason]
     graded = by_grade["super"] + by_grade["strong"]
+    text, massive = judge.on_text(graded + rejected)
     return DetectResult(
         model=lm.name, architecture=lm.adapter.model_type, num_layers=lm.adapter.num_layers,
         prompts=list(cfg.prompts), super_weights=by_grade["super"], rejected=rejected, layers=first,
         super_activation=super_activation(residual, graded), rounds=rnd,
-        probe_ppl=probe.ppl(), config=cfg, strong=by_grade["strong"], text=judge.summary(),
-        massive=massive_channels(lm, hidden, graded + rejected, "prompt") + judge.massive(graded + rejected),
+        probe_ppl=probe.ppl(), config=cfg, strong=by_grade["strong"], text=text,
+        massive=massive_channels(lm, hidden, graded + rejected, "prompt") + massive,
     )
 
 
@@ -412,6 +400,7 @@ def intact(lm: LoadedModel, cfg: DetectConfig, scan: bool = False, residual: boo
         groups.append(Group(prompts, pmask, scan=True, residual=residual))
     answers = passes.run(lm, groups)
     probe = Probe.from_base(lm.model, ids, mask, answers[0].log_probs)
-    require_finite(lm, "the probe perplexity", probe.intact_nll)
+    if not math.isfinite(probe.intact_nll):
+        refuse_nonfinite(lm, "the probe perplexity")  # names the tensor that holds NaN or Inf
     probe.resume = answers[0].resume
     return probe, (answers[1] if scan else None)

@@ -51,11 +51,12 @@ def massive_channels(lm: LoadedModel, hidden: list, findings: list[Finding], whe
         toks = big[:, :, ch].any(0).nonzero().flatten().tolist()
         toks = sorted(toks, key=lambda t: -float(stack[:, t, ch].max()))[:MASSIVE_TOKENS]
         for t in toks:
-            out.append(_massive(lm, hidden, big, stack, ch, t, findings, where))
+            out.append(_massive(lm.adapter.post_mlp_gain, hidden, big, stack, ch, t, findings, where))
     return sorted(out, key=lambda m: -abs(m["peak"]))
 
 
-def _massive(lm, hidden, big, stack, ch: int, t: int, findings: list[Finding], where: str) -> dict:
+def _massive(post_mlp_gain, hidden, big, stack, ch: int, t: int, findings: list[Finding], where: str) -> dict:
+    """One massive activation's story; ``post_mlp_gain(layer)``: the family's post-MLP norm gain, or None."""
     layers = big[:, t, ch].nonzero().flatten().tolist()
     peak_layer = int(stack[:, t, ch].argmax())
     series = [float(h[t, ch]) for h in hidden]
@@ -85,7 +86,7 @@ def _massive(lm, hidden, big, stack, ch: int, t: int, findings: list[Finding], w
         joint = f", jointly with {', '.join(map(str, f.jointly_with))}" if f.jointly_with else ""
         return f"layer {layer} adds {share[layer]:.0%} (its spike's weight {f.coord}: {f.grade}{joint})"
 
-    gain = lm.adapter.post_mlp_gain(src)
+    gain = post_mlp_gain(src)
     if gain is not None:
         entry["post_mlp_norm_gain"] = float(gain[ch])
         entry["post_mlp_norm_gain_median"] = float(gain.abs().median())

@@ -128,6 +128,12 @@ class Finding:
     jointly_with: list[Coord] | None = None  # proven only together with these (same row or column)
     grade: str = "rejected"  # super, strong or rejected (see GRADES)
 
+    @classmethod
+    def of(cls, r: SiteRecord, param: str, rnd: int, prompt: int) -> "Finding":
+        """The finding a scan's spike points to: the weight that explains it (``r.coord``)."""
+        return cls(coord=r.coord, param=param, value=r.weight, input_activation=r.x_col,
+                   output_activation=r.output_value, token=r.output_token, share=r.share, round=rnd, prompt=prompt)
+
     def to_dict(self) -> dict:
         d = {
             **self.coord.to_dict(),

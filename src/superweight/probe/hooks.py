@@ -43,6 +43,13 @@ class SiteRecord:
     x_col: float  # X[t, col]
     share: float  # X[t,col]*W[row,col] / Y[t,row]
 
+    @property
+    def coord(self):
+        """The weight that accounts for the spike: (layer, row = the spike's channel, col)."""
+        from superweight.coords import Coord
+
+        return Coord(self.layer, self.output_channel, self.col, self.expert)
+
 
 def summarize(site: Site, x: torch.Tensor, y: torch.Tensor, tokens: torch.Tensor, zeroed=()) -> SiteRecord:
     """x: [N, in], y: [N, out] for N tokens whose prompt positions are ``tokens``.

@@ -135,6 +135,10 @@ class Baseline:
     top_p: torch.Tensor  # [M, K] their probabilities
     rest: torch.Tensor  # [M] 1 - sum(top_p)
 
+    @property
+    def ppl(self) -> float:
+        return math.exp(self.nll)
+
     @staticmethod
     def building(ids: torch.Tensor, mask: torch.Tensor) -> "Chunked":
         """A ``passes.Chunked`` reducer that builds the Baseline a chunk of positions at a time."""
@@ -223,28 +227,15 @@ class RealText:
     def __init__(self, lm, windows: Windows):
         self.lm, self.windows = lm, windows
         groups = [Group(windows.ids[c], windows.mask[c], residual=True, keep=True) for c in CONDITIONS]
-        answers = run(lm, groups, per_group=[self._base(c) for c in CONDITIONS])
+        answers = run(lm, groups, per_group=[Baseline.building(windows.ids[c], windows.mask[c]) for c in CONDITIONS])
         self.base: dict[str, Baseline] = {c: a.value for c, a in zip(CONDITIONS, answers)}
         # the intact residual stream on each condition's first window: embeddings, then each layer [T, H]
         self.hidden: dict[str, list] = {c: a.hidden for c, a in zip(CONDITIONS, answers)}
         # every decoder layer's intact output on the windows: an edit at layer L starts there
         self.resume = {c: a.resume for c, a in zip(CONDITIONS, answers)}
 
-    def _base(self, cond):
-        return Baseline.building(self.windows.ids[cond], self.windows.mask[cond])
-
     def ppl(self, cond: str) -> float:
-        return math.exp(self.base[cond].nll)
-
-    def groups(self, edits: list[tuple]) -> tuple[list[Group], list]:
-        """Groups and their reducers for ``edits`` (each a tuple of coordinates zeroed together):
-        for edit i, condition j, entry ``i * 2 + j``."""
-        gs, rs = [], []
-        for zero in edits:
-            for c in CONDITIONS:
-                gs.append(Group(self.windows.ids[c], self.windows.mask[c], zero=tuple(zero), resume=self.resume[c]))
-                rs.append(self.base[c].comparing)
-        return gs, rs
+        return self.base[cond].ppl
 
     @staticmethod
     def collect(answers, n: int) -> list[TextEffect]:
@@ -256,7 +247,11 @@ class RealText:
         return out
 
     def measure(self, edits: list[tuple]) -> list[TextEffect]:
+        """What zeroing each edit (a tuple of coordinates zeroed together) does on both
+        conditions, in batched passes: each row starts at its first edited layer."""
         if not edits:
             return []
-        gs, rs = self.groups(edits)
+        w = self.windows
+        gs = [Group(w.ids[c], w.mask[c], zero=tuple(zero), resume=self.resume[c]) for zero in edits for c in CONDITIONS]
+        rs = [self.base[c].comparing for _ in edits for c in CONDITIONS]  # edit i, condition j: entry i * 2 + j
         return self.collect(run(self.lm, gs, per_group=rs), len(edits))

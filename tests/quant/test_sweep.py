@@ -30,7 +30,13 @@ def test_compare_on_a_tiny_model_with_hqq_and_quanto():
     assert all(torch.equal(p, before[n]) for n, p in lm.model.named_parameters())  # and every point was undone
     for p in pts:
         assert p.perplexity["t"] > 0 and p.bits_per_weight > 4
-    assert pareto(pts, "t")
+    front = pareto(pts, "t")
+    # the front: no point beats one of its points on both bits and perplexity, and every
+    # point left out is beaten by one of them
+    beats = lambda a, b: (a.bits_per_weight <= b.bits_per_weight and a.perplexity["t"] < b.perplexity["t"])  # noqa: E731
+    assert front and not any(beats(p, f) for f in front for p in pts if p is not f)
+    assert all(any(beats(f, p) or f.bits_per_weight < p.bits_per_weight and f.perplexity["t"] <= p.perplexity["t"]
+                   for f in front) for p in pts if p not in front)
     table = markdown(ref, pts)
     assert "full precision" in table and "HQQ" in table
 
@@ -55,7 +61,9 @@ def test_quant_compare_and_scale_cli_write_their_payloads(tmp_path, capsys):
     assert got == json.loads((tmp_path / "qc" / "compare.json").read_text())
     assert got["super_weights"] == ["1:5:7"] and got["w8a8"] is None
     assert {p["method"] for p in got["points"]} == {"RTN blocks", "paper", "ours blocks", "RTN groups", "ours"}
-    assert got["pareto"]["t.txt" if "t.txt" in got["pareto"] else str(text)]
+    front = got["pareto"]["t.txt" if "t.txt" in got["pareto"] else str(text)]
+    labels = {f"{p['method']} {p['bits']}-bit {p['size']}" for p in got["points"]}
+    assert front and set(front) <= labels  # the front names measured points, at least one
     assert sorted(p.name for p in (tmp_path / "qc").iterdir()) == ["compare.json", "compare.md", "compare.png"]
     assert main(["scale", *common, "--tasks", "none", "--factors", "0", "1", "--out", str(tmp_path / "sc")]) == 0
     sc = json.loads((tmp_path / "sc" / "scale.json").read_text())

@@ -49,3 +49,30 @@ def test_no_module_outside_the_adapter_names_a_family_layout():
             if text == "family" or any(name in text for name in FAMILY_NAMES) and not text.startswith("*"):
                 leaks.append(f"{rel}:{line}: {text[:60]!r}")
     assert not leaks, leaks
+
+
+# -- the adapter: where each family keeps its layers and down projections, and how stored
+def test_sites_are_range_checked_and_read_in_output_input_terms():
+    import pytest
+    import torch
+    from tiny import tiny_model
+
+    for family, storage in (("llama", "linear"), ("gpt2", "conv1d"), ("mixtral", "experts")):
+        lm = tiny_model(family)
+        a = lm.adapter
+        expert = 0 if family == "mixtral" else None
+        site = a.site(sw.Coord(1, 3, 5, expert))
+        out, inp = site.shape
+        w = a.weight(site)  # [out, in] whatever the storage
+        assert tuple(w.shape) == (out, inp)
+        assert a.value(sw.Coord(1, 3, 5, expert)) == float(w[3, 5])
+        stored = a.read(site.param_name)
+        assert a.storage(stored).kind == storage
+        rows = a.storage(stored).matrix(stored)  # [rows, in]: an expert's rows are stacked after the one before
+        assert torch.equal(rows[:out], w)
+        with pytest.raises(sw.UsageError, match="out of range"):
+            a.site(sw.Coord(1, out, 0, expert))
+        with pytest.raises(sw.UsageError, match="layer 99 out of range"):
+            a.site(sw.Coord(99, 0, 0, expert))
+        names = [n for n, _ in a.linear_weights()]
+        assert site.param_name in names and not any("embed" in n or "norm" in n or "wte" in n for n in names)

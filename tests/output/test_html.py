@@ -75,9 +75,9 @@ def test_repr_html_shows_the_findings_and_a_figure(planted):
     page = parse(frag)
     text = "".join(page.text)
     assert page.tags.get("svg") == 1 and page.tags.get("table") == 1
-    for f in result.super_weights:
-        assert str(f.coord) in text and f'data-copy="{f.coord}"' in frag
-    assert "super" in text
+    assert [f.coord for f in result.super_weights] == [sw.Coord(1, 5, 7)]  # the planted one, and only it
+    assert "1:5:7" in text and 'data-copy="1:5:7"' in frag
+    assert any(cell.strip() == "super" for cell in page.text)  # its grade, a cell of the table
     assert frag == detect_fragment(result)
 
 

@@ -1,0 +1,54 @@
+"""Real-text windows and their measures (probe/realtext.py): how a window starts is the point."""
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import plant, tiny_model
+
+import superweight as sw
+from superweight.probe.realtext import CONDITIONS, RealText, make_windows
+
+PROSE = "\n\n".join(f"Passage {i} tells of a river that runs to the sea past the town of Ely. " * 3 for i in range(40))
+
+
+@pytest.fixture(scope="module")
+def lm():
+    m = tiny_model("llama")
+    plant(m, sw.Coord(1, 5, 7), 400)
+    return m
+
+
+def test_bos_windows_start_with_the_start_token_and_mid_windows_do_not(lm):
+    w = make_windows(lm.tokenizer, PROSE, 32, 1, "cpu", "prose", vocab_size=lm.model.config.vocab_size)
+    assert set(w.ids) == set(CONDITIONS) == {"bos", "mid"}
+    bos_id = lm.tokenizer.bos_token_id
+    assert w.start is not None and (w.ids["bos"][:, 0] == bos_id).all()
+    assert not (w.ids["mid"][:, 0] == bos_id).any()
+    assert w.ids["bos"].shape == w.ids["mid"].shape == (1, 32) and bool(w.mask["bos"].all())
+    assert w.to_dict() == {"source": "prose", "window": 32, "start_token": w.start, "windows": {"bos": 1, "mid": 1}}
+    # the bos window begins at a passage (after its blank line); the mid window inside one
+    text = lm.tokenizer.decode(w.ids["bos"][0, 1:])
+    assert text.lstrip("\n").startswith("Passage ")
+
+
+def test_windows_are_capped_at_the_context_and_refused_below_16_tokens(lm):
+    assert make_windows(lm.tokenizer, PROSE, 512, 1, "cpu", context=48).window == 48
+    with pytest.raises(sw.UsageError, match="at least 16 tokens"):
+        make_windows(lm.tokenizer, PROSE, 8, 1, "cpu")
+    with pytest.raises(sw.UsageError, match="too short for one window"):
+        make_windows(lm.tokenizer, "A few words.", 32, 1, "cpu", "short.txt")
+
+
+def test_zeroing_the_planted_weight_moves_real_text_and_a_small_one_does_not(lm):
+    w = make_windows(lm.tokenizer, PROSE, 32, 1, "cpu", "prose", vocab_size=lm.model.config.vocab_size)
+    rt = RealText(lm, w)
+    planted, ordinary = rt.measure([(sw.Coord(1, 5, 7),), (sw.Coord(0, 2, 3),)])
+    for c in CONDITIONS:
+        assert rt.ppl(c) > 1
+        assert planted.kl[c] > 100 * max(ordinary.kl[c], 1e-6)
+    assert planted.worst() in CONDITIONS
+    # the intact baselines match a plain forward: the bos window's mean NLL
+    with torch.no_grad():
+        logits = lm.model(w.ids["bos"]).logits[0, :-1]
+    nll = torch.nn.functional.cross_entropy(logits.float(), w.ids["bos"][0, 1:])
+    assert rt.base["bos"].nll == pytest.approx(float(nll), rel=1e-4)
