@@ -35,7 +35,7 @@ from safetensors import safe_open
 import superweight as sw
 from superweight.paper.data import read_text
 from superweight.probe.measures import perplexity
-from superweight.quant.apply import quantized, targets
+from superweight.quant.apply import quantized, quantizable
 from superweight.quant.export import MANIFEST, save_quantized
 from superweight.quant.rtn import QuantConfig
 
@@ -61,7 +61,7 @@ def run(model: str, bits_list, group: int, texts: list[str], seqlen: int, window
     lm = sw.load(model, stream=False)
     coords = [sw.Coord.parse(c) for c in MODELS[model]]
     held = sorted({lm.adapter.site(c).param_name for c in coords})
-    dense = sum(p.numel() for n, p in targets(lm) if n in held)
+    dense = sum(p.numel() for n, p in quantizable(lm) if n in held)
     src = {t: read_text(t) for t in texts}
 
     def ppl(m=None):

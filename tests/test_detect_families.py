@@ -181,7 +181,7 @@ def test_a_massive_activation_made_by_the_post_mlp_norm_is_explained(model_type)
 
 def test_a_massive_channel_built_over_layers_is_said_so():
     """The pure function over hidden states: equal growth in four layers, no single source."""
-    from superweight.detect import massive_channels
+    from superweight.residual import massive_channels
 
     lm = tiny_model("llama")
     hidden = [torch.ones(6, 64) * 0.5 for _ in range(5)]

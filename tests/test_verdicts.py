@@ -7,7 +7,7 @@ import pytest
 from tiny import plant, tiny_model
 
 import superweight as sw
-from superweight.detect import DetectConfig, DetectResult
+from superweight.results import DetectConfig, DetectResult
 from superweight.verdicts import cache_dir, detect_once, from_state, to_state, verify_once
 
 CFG = DetectConfig(window=32)
@@ -124,17 +124,19 @@ def test_verify_is_cached_per_coordinates(planted_dir, cache):
 
 
 @pytest.mark.slow
-def test_a_second_command_says_the_verdict_came_from_the_cache(planted_dir, cache, cli, tmp_path):
-    env = {**__import__("os").environ, "SUPERWEIGHT_CACHE": str(cache)}
-    first = cli("detect", str(planted_dir), "--json", "-", env=env)
+def test_a_second_command_says_the_verdict_came_from_the_cache(planted_dir, cache, cli, cli_here, tmp_path,
+                                                                monkeypatch):
+    """The first commands in this process; the one that must find the verdict, a fresh process."""
+    monkeypatch.setenv("SUPERWEIGHT_CACHE", str(cache))
+    first = cli_here("detect", str(planted_dir), "--json", "-")
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout)["verdict"]["source"] == "computed"
-    q = cli("quantize", str(planted_dir), "--bits", "8", "--out", str(tmp_path / "q"), env=env)
+    q = cli_here("quantize", str(planted_dir), "--bits", "8", "--out", str(tmp_path / "q"))
     assert q.returncode == 0, q.stderr
     assert "super weights: verdict from the cache, computed" in q.stdout
-    d = cli("detect", str(planted_dir), "--json", "-", env=env)
+    d = cli("detect", str(planted_dir), "--json", "-", env={**__import__("os").environ, "SUPERWEIGHT_CACHE": str(cache)})
     out = json.loads(d.stdout)
     assert out["verdict"]["source"] == "cache"
     assert "verdict from the cache" in d.stderr
-    r = cli("detect", str(planted_dir), "--recompute", "--json", "-", env=env)
+    r = cli_here("detect", str(planted_dir), "--recompute", "--json", "-")
     assert json.loads(r.stdout)["verdict"]["source"] == "computed"

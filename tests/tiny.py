@@ -148,7 +148,8 @@ def weaken(lm: sw.LoadedModel, coord: sw.Coord, target_kl: float = 0.5) -> float
     distributions by about ``target_kl`` nats (a weak but specific weight, as on real
     models that are not wrecked by one scalar): logits scale with the head, and KL with
     them. Bisection on the scale; returns the KL reached."""
-    from superweight.detect import DetectConfig, intact, largest_controls, screen
+    from superweight.detect import intact, largest_controls, screen
+    from superweight.results import DetectConfig
 
     head = lm.model.get_output_embeddings().weight
     orig = head.detach().clone()

@@ -348,13 +348,15 @@ def _load(args, log, outs: Outputs, in_memory: bool = False, ref: Any = "model",
     return lm
 
 
-def _weights(args, lm, log, accept: str, console=None, result=None, needed: bool = False):
-    """``targets.which_weights`` for this command; the verdict's source is said on
-    ``console`` (stderr when None)."""
+def _weights(args, lm, log, accept: str, console=None, result=None, needed: bool = False, say: bool = True):
+    """``targets.which_weights`` for this command; where detection ran, its verdict's source
+    is said on ``console`` (stderr when None), unless ``say`` is off (the caller says it)."""
     from superweight.targets import ACCEPTS, which_weights
 
     def said(prov):
         line = f"super weights: {prov.describe()}"
+        if not say:
+            return
         console.print(line, markup=False) if console is not None else print(f"superweight: {line}", file=sys.stderr)
 
     t = which_weights(lm, _coords(args), ACCEPTS[accept], detect_config(args, accept != "audit"), result=result,
@@ -531,7 +533,7 @@ def cmd_audit(args, console):
         quantized = _load(args, log, outs, ref=args.quantized, as_stored=True)
         outs.reading(original.source)
         check_pair(original, quantized)  # before any work: the same model, a readable manifest
-        t = _weights(args, original, log, "audit", console=_Null())
+        t = _weights(args, original, log, "audit", say=False)  # said after the table, as "findings: ..."
         return audit(original, quantized, list(zip(t.coords, t.grades)), cfg, log), t
 
     def show(console, r):
@@ -541,11 +543,6 @@ def cmd_audit(args, console):
     return Job(work=work, show=show, sources=model_sources(args.original) + model_sources(args.quantized),
                to_json=lambda r: {**r[0].to_dict(), "acted_on": r[1].to_dict(),
                                   **({"verdict": r[1].provenance.to_dict()} if r[1].provenance else {})})
-
-
-class _Null:
-    def print(self, *a, **k) -> None:
-        pass
 
 
 def cmd_report(args, console):

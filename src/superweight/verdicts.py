@@ -314,7 +314,7 @@ def detect_once(lm, cfg=None, log=None, recompute: bool = False):
 
 
 def verify_once(lm, coords, cfg=None, log=None, recompute: bool = False):
-    """``detect.verify_report`` through the cache, keyed on the coordinates too: (VerifyResult, Provenance)."""
+    """``verification.verify_report`` through the cache, keyed on the coordinates too: (VerifyResult, Provenance)."""
     from superweight.results import DetectConfig
     from superweight.verification import VerifyResult, verify_report
 

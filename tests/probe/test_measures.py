@@ -7,7 +7,8 @@ import pytest
 import torch
 from tiny import tiny_model
 
-from superweight.detect import DetectConfig, intact
+from superweight.detect import intact
+from superweight.results import DetectConfig
 from superweight.probe.measures import perplexity, real_log_probs, stack
 
 

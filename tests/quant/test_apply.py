@@ -8,7 +8,7 @@ from tiny import plant, tiny_model
 import superweight as sw
 from superweight.errors import UsageError
 from superweight.quant.rtn import QuantConfig
-from superweight.quant.apply import massive_input_columns, quantize_, quantized, targets
+from superweight.quant.apply import massive_input_columns, quantize_, quantized, quantizable
 
 
 @pytest.mark.parametrize("model_type,coord", [
@@ -19,14 +19,14 @@ from superweight.quant.apply import massive_input_columns, quantize_, quantized,
 def test_quantize_in_place_holds_super_weights_and_is_undone(model_type, coord):
     lm = tiny_model(model_type)
     plant(lm, coord, 50)
-    before = {n: p.detach().clone() for n, p in targets(lm)}
+    before = {n: p.detach().clone() for n, p in quantizable(lm)}
     others = {n: p.detach().clone() for n, p in lm.model.named_parameters() if n not in before}
     assert any("embed" in n or "wte" in n for n in others) and any(p.dim() == 1 for p in others.values())
     sw_value = lm.adapter.value(coord)
     cfg = QuantConfig(bits=3, layout="block", size=64)
     with quantized(lm, cfg, keep=[coord]) as rep:
         assert lm.adapter.value(coord) == sw_value  # exact
-        changed = [n for n, p in targets(lm) if not torch.equal(p, before[n])]
+        changed = [n for n, p in quantizable(lm) if not torch.equal(p, before[n])]
         assert len(changed) == len(before)  # every decoder linear weight was quantized
         assert rep.held == 1 and len(rep.tensors) == len(before)
         assert 3.0 < rep.bits_per_weight < 3.6
@@ -34,7 +34,7 @@ def test_quantize_in_place_holds_super_weights_and_is_undone(model_type, coord):
         for n, p in lm.model.named_parameters():
             if n in others:
                 assert torch.equal(p, others[n]), n
-    for n, p in targets(lm):
+    for n, p in quantizable(lm):
         assert torch.equal(p, before[n])  # undone
     without = QuantConfig(bits=3, layout="block", size=64)
     with quantized(lm, without) as rep2:
@@ -55,7 +55,7 @@ def test_massive_input_columns_find_the_planted_super_activation_channel():
     lm = tiny_model("llama")
     coord = sw.Coord(1, 5, 7)
     plant(lm, coord, 400)
-    cols = massive_input_columns(lm, [n for n, _ in targets(lm)], ratio=3, max_cols=2)
+    cols = massive_input_columns(lm, [n for n, _ in quantizable(lm)], ratio=3, max_cols=2)
     # the layers after the super weight read channel 5 of the residual stream, hugely
     later = [n for n in cols if n.startswith("model.layers.2.") and ("q_proj" in n or "up_proj" in n)]
     assert later and all(5 in cols[n] for n in later)

@@ -14,7 +14,7 @@ from superweight.quant.w8a8 import w8a8
 from superweight.probe.measures import perplexity
 from superweight.quant.export import MANIFEST, save_quantized
 from superweight.quant.rtn import QuantConfig
-from superweight.quant.apply import massive_input_columns, quantized, targets
+from superweight.quant.apply import massive_input_columns, quantized, quantizable
 
 SW = sw.Coord(11, 507, 1229)
 SEQLEN, WINDOWS = 512, 2
@@ -31,7 +31,7 @@ def ppl_fp(ppl):
 
 
 def test_the_super_activation_channel_is_a_massive_input(smol_whole):
-    cols = massive_input_columns(smol_whole, [n for n, _ in targets(smol_whole)], ratio=10, max_cols=8)
+    cols = massive_input_columns(smol_whole, [n for n, _ in quantizable(smol_whole)], ratio=10, max_cols=8)
     assert 1229 in cols["model.layers.11.mlp.down_proj.weight"]  # the super weight's own input
     after = [n for n in cols if int(n.split(".")[2]) > 11 and n.endswith(("q_proj.weight", "up_proj.weight"))]
     assert sum(507 in cols[n] for n in after) > len(after) / 2  # the residual channel it writes

@@ -63,6 +63,10 @@ class AblateConfig:
             raise UsageError(f"--prune-fraction must be in (0, 1), not {f!r}")
         if not self.texts:
             raise UsageError("no perplexity text given")
+        from superweight.paper.data import check_source
+
+        for t in self.texts:
+            check_source(t, "--texts")
 
 
 @dataclass

@@ -84,7 +84,7 @@ class QuantResult:
         return d
 
 
-def targets(lm: LoadedModel, include=(), exclude=()) -> list[tuple[str, torch.nn.Parameter]]:
+def quantizable(lm: LoadedModel, include=(), exclude=()) -> list[tuple[str, torch.nn.Parameter]]:
     """The decoder linear weights to quantize, filtered by name patterns."""
     params = lm.adapter.linear_weights()
     chosen = [(n, p) for n, p in params
@@ -134,11 +134,12 @@ def massive_input_columns(lm: LoadedModel, names: list[str], ratio: float, max_c
             x = inp[0].detach().abs().reshape(-1, inp[0].shape[-1]).amax(0).float().cpu()
             peak[name] = x if name not in peak else torch.maximum(peak[name], x)
         handles.append(mod.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            for p in prompts:
-                ids = lm.tokenizer(p, return_tensors="pt").input_ids.to(lm.device)
-                lm.model(ids)
+    try:  # one pass per prompt through the engine (no padding for the hooks to see), the head at the last token only
+        from superweight.probe.passes import Group, run
+
+        for p in prompts:
+            ids = lm.tokenizer(p, return_tensors="pt").input_ids.to(lm.device)
+            run(lm, [Group(ids, torch.ones_like(ids, dtype=torch.bool), last=True)], reduce=lambda lp: None)
     finally:
         for h in handles:
             h.remove()
@@ -170,7 +171,7 @@ def progress(items, log, what: str, total: int | None = None):
 def quantize_(lm: LoadedModel, cfg: QuantConfig, keep=(), include=(), exclude=(), log=None) -> QuantResult:
     """Quantize-dequantize the model's decoder linear weights in place (in memory)."""
     cfg.check()
-    chosen = targets(lm, include, exclude)
+    chosen = quantizable(lm, include, exclude)
     if any(p.is_meta for _, p in chosen):
         raise UsageError("this model's layers are streamed from disk; quantize it with save_quantized")
     kept = kept_by_param(lm, keep)
@@ -189,7 +190,7 @@ def quantize_(lm: LoadedModel, cfg: QuantConfig, keep=(), include=(), exclude=()
 @contextmanager
 def quantized(lm: LoadedModel, cfg: QuantConfig, keep=(), include=(), exclude=(), log=None) -> Iterator[QuantResult]:
     """``quantize_`` for the duration of the block; the original weights come back on exit."""
-    chosen = targets(lm, include, exclude)
+    chosen = quantizable(lm, include, exclude)
     saved = [(p, p.data.clone()) for _, p in chosen]
     try:
         yield quantize_(lm, cfg, keep, include, exclude, log)

@@ -36,7 +36,7 @@ from superweight.output.atomic import atomic_dir
 from superweight.errors import ModelLoadError
 from superweight.models.load import LoadedModel
 from superweight.quant.rtn import QuantConfig
-from superweight.quant.apply import QuantResult, kept_by_param, progress, held_columns, quantize_, quantize_param, targets
+from superweight.quant.apply import QuantResult, kept_by_param, progress, held_columns, quantize_, quantize_param, quantizable
 from superweight.quant.packed import FORMATS
 
 MANIFEST = "superweight-quant.json"
@@ -236,7 +236,7 @@ def write_quantized(lm: LoadedModel, cfg: QuantConfig, tmp: Path, keep=(), inclu
         packed.check(cfg)
     cfg.check()
     tmp = Path(tmp)
-    chosen = targets(lm, include, exclude)
+    chosen = quantizable(lm, include, exclude)
     names = [n for n, _ in chosen]
     shapes = {n: tuple(p.shape) for n, p in chosen}
     kept = kept_by_param(lm, keep)

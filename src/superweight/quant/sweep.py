@@ -34,7 +34,7 @@ from superweight.probe.measures import perplexity
 from superweight.errors import UsageError
 from superweight.models.load import LoadedModel
 from superweight.quant.rtn import Clip, QuantConfig
-from superweight.quant.apply import quantized, targets
+from superweight.quant.apply import quantizable, quantized
 
 WHOLE = None
 BLOCK_SIZES = (64, 256, 1024, 4096, 16384, 65536, WHOLE)
@@ -113,7 +113,7 @@ def quanto_quantize_(lm: LoadedModel, bits: int, group: int = 128) -> tuple[floa
     total = numel = 0
     t0 = time.perf_counter()
     with torch.no_grad():
-        for name, p in targets(lm):
+        for name, p in quantizable(lm):
             mod = lm.model.get_submodule(name.rsplit(".", 1)[0])
             if not isinstance(mod, torch.nn.Linear):
                 raise UsageError(f"quanto quantizes torch.nn.Linear modules; {name} belongs to a {type(mod).__name__}")
@@ -138,7 +138,7 @@ def hqq_quantize_(lm: LoadedModel, bits: int, group: int) -> tuple[float, float]
     total = numel = 0
     t0 = time.perf_counter()
     with torch.no_grad():
-        for _, p in targets(lm):
+        for _, p in quantizable(lm):
             w = p.data.float()
             w2 = w.reshape(-1, w.shape[-1]) if w.dim() == 3 else w
             if w2.numel() % group:
@@ -187,7 +187,7 @@ def sweep(lm: LoadedModel, coords: list[Coord], texts: dict[str, str], points=No
         label = f"{method} {b}-bit {'whole' if size is None else size}"
         log(f"[{i + 1}/{len(points)}] {label}")
         if cfg is None:
-            saved = [(p, p.data.clone()) for _, p in targets(lm)]
+            saved = [(p, p.data.clone()) for _, p in quantizable(lm)]
             try:
                 bpw, secs = (hqq_quantize_ if method == "HQQ" else quanto_quantize_)(lm, b, size)
                 ppl, acc = measure(lm, texts, seqlen, max_windows, tasks, limit, log)
@@ -330,6 +330,10 @@ class CompareConfig:
         for b in self.bits:
             if not 2 <= b <= 8:
                 raise UsageError(f"--bits must be from 2 to 8, not {b}")
+        from superweight.paper.data import check_source
+
+        for t in self.texts:
+            check_source(t, "--texts")
         if not self.points():
             raise UsageError("nothing to compare: give --block-sizes, --group-sizes or --hqq-groups (or drop --no-quanto)")
         for *_, cfg, _k in self.points():

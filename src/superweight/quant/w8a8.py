@@ -27,7 +27,7 @@ import torch
 from superweight.coords import Coord
 from superweight.models.load import LoadedModel
 from superweight.quant.rtn import QuantConfig
-from superweight.quant.apply import quantized, targets
+from superweight.quant.apply import quantizable, quantized
 
 
 def fake_quant_per_token(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
@@ -73,7 +73,7 @@ def w8a8(lm: LoadedModel, holdout=(), bits: int = 8, weights: bool = True) -> It
         if weights:
             stack.enter_context(quantized(lm, QuantConfig(bits=bits, layout="block", size=None, symmetric=True,
                                                           scale_dtype="float32")))
-        for name, p in targets(lm):
+        for name, p in quantizable(lm):
             mod = lm.model.get_submodule(name.rsplit(".", 1)[0])
             if p.dim() != 2:  # fused experts: their inputs are routed inside the module
                 continue

@@ -1,0 +1,77 @@
+"""Commands of two source trees side by side: wall time and peak RSS, one run each, alternating.
+
+    python bench/bench_commands.py --base /tmp/base/src [--write docs/benchmarks.md]
+
+Each command runs in a fresh process, ``python -m superweight.cli ...`` with PYTHONPATH set
+to the tree's ``src`` (ahead of the editable install), under ``/usr/bin/time -v``; one
+untimed warm-up of each first (page cache, the GGUF conversion cache, the verdict cache).
+Outputs go to a temporary folder, removed after. The commands are those the change touched
+(issues 23 and 24): the verdict cache's second command (the CLI's start and dispatch), a
+full detection, a quantize (the outputs transaction, its locks and their record), an edit
+of the GGUF file, and an audit of a re-quantized copy.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parents[1]
+
+
+def commands(tmp: Path) -> list[tuple[str, list[str]]]:
+    q = str(tmp / "q")
+    return [
+        ("detect (verdict cached)", ["detect", "--json", os.devnull]),
+        ("detect --recompute", ["detect", "--recompute", "--json", os.devnull]),
+        ("quantize --bits 4 (super weights from the cache)", ["quantize", "--bits", "4", "--out", q, "--overwrite"]),
+        ("edit --zero 11:507:1229 (GGUF)", ["edit", "--zero", "11:507:1229", "--out", str(tmp / "e"), "--overwrite"]),
+        ("audit default vs its 4-bit copy (--coords)", ["audit", "smollm2", q, "--coords", "11:507:1229"]),
+    ]
+
+
+def timed(src: str, argv: list[str]) -> tuple[float, float]:
+    env = {**os.environ, "PYTHONPATH": src}
+    proc = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-m", "superweight.cli", *argv], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{src}: {' '.join(argv)} failed:\n{proc.stderr[-2000:]}")
+    wall = re.search(r"Elapsed \(wall clock\) time .*: (?:(\d+):)?(\d+):([\d.]+)", proc.stderr)
+    h, m, s = (float(x) if x else 0.0 for x in wall.groups())
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
+    return h * 3600 + m * 60 + s, rss / 1024
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--base", required=True, help="the baseline tree's src folder")
+    ap.add_argument("--write", help="append the table to this markdown file")
+    args = ap.parse_args()
+    trees = {"baseline": args.base, "now": str(HERE / "src")}
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        for label, argv in commands(tmp):
+            for src in trees.values():  # warm-up: caches filled, outputs made for the commands after
+                timed(src, argv)
+            got = {name: timed(src, argv) for name, src in trees.items()}
+            (bw, br), (nw, nr) = got["baseline"], got["now"]
+            rows.append(f"| `{label}` | {bw:.1f} | {nw:.1f} | {nw / bw:.2f}x | {br:.0f} | {nr:.0f} |")
+            print(rows[-1], flush=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    table = "\n".join(["| command | wall s, baseline | wall s, now | now / baseline | peak RSS MiB, baseline | "
+                       "peak RSS MiB, now |", "|---|---:|---:|---:|---:|---:|", *rows])
+    if args.write:
+        with open(args.write, "a") as f:
+            f.write("\n" + table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
