@@ -5,7 +5,7 @@ tests/test_real_model.py and tests/test_real_qwen.py."""
 from __future__ import annotations
 
 import pytest
-from tiny import plant, tiny_model
+from tiny import planted_llama
 
 import superweight as sw
 from superweight.detect import control_for, controls_for, grade, per_layer, spikes
@@ -30,9 +30,7 @@ def test_spikes_are_sites_far_above_the_median_layer_largest_first():
 
 @pytest.fixture(scope="module")
 def planted():
-    lm = tiny_model("llama")
-    plant(lm, sw.Coord(1, 5, 7), 400)
-    return lm
+    return planted_llama()
 
 
 def test_controls_stay_out_of_the_candidates_row_and_column_and_are_reproducible(planted):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from tiny import plant, tiny_model
+from tiny import planted_llama
 
 import superweight as sw
 import superweight.verdicts as verdicts
@@ -16,9 +16,7 @@ SW = sw.Coord(1, 5, 7)
 
 @pytest.fixture(scope="module")
 def lm():
-    m = tiny_model("llama")
-    plant(m, SW, 400)
-    return m
+    return planted_llama(SW)
 
 
 def finding(coord, grade):

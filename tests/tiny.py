@@ -82,6 +82,13 @@ def plant(lm: sw.LoadedModel, coord: sw.Coord, factor: float = 400.0, base: floa
     return base
 
 
+def planted_llama(coord: sw.Coord = sw.Coord(1, 5, 7), factor: float = 400.0) -> sw.LoadedModel:
+    """A tiny llama with one planted super weight (default 1:5:7, 400x its matrix's max)."""
+    lm = tiny_model("llama")
+    plant(lm, coord, factor)
+    return lm
+
+
 def tiny_moe_gguf(path, coord: sw.Coord, factor: float = 400.0, drop: str | None = None) -> None:
     """Write a tiny Qwen3-MoE GGUF file (float32 tensors, experts stacked per layer as
     llama.cpp stores them: ``blk.N.ffn_{gate,up,down}_exps``) with a super weight planted

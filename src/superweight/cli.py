@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from superweight.errors import SuperweightError, UsageError
@@ -296,31 +296,30 @@ def compare_config(args):
 @dataclass
 class Job:
     """One command, for ``run``: ``declare(outs)`` names its outputs besides ``--json`` (a
-    dict of staged paths), ``work(outs, log)`` does it and returns the result, ``files``
-    writes the result into the staged paths, ``show`` prints it; the JSON is ``to_json``."""
+    dict of staged paths), ``work(outs, staged, log)`` does it and returns the result,
+    ``files`` writes the result into the staged paths, ``show`` prints it; the JSON is ``to_json``."""
 
-    work: Callable[[Outputs, Callable], Any]
+    work: Callable[[Outputs, dict, Callable], Any]
     show: Callable[[Any, Any], None]
     declare: Callable[[Outputs], dict] = lambda outs: {}
     files: Callable[[Any, dict], None] = lambda result, staged: None
     to_json: Callable[[Any], dict] = lambda result: result.to_dict()
     sources: list | None = None  # what the command reads (default: its model argument)
-    staged: dict = field(default_factory=dict)
 
 
 def run(args, console, job: Job) -> int:
     sources = job.sources if job.sources is not None else model_sources(getattr(args, "model", None))
     with Outputs(sources=sources) as outs:
-        job.staged = job.declare(outs)
+        staged = job.declare(outs)
         js = outs.file(getattr(args, "json", None), "--json")
         if getattr(args, "dry_run", False):
             outs.discard()  # staged outputs removed, locks released: nothing lands
             console.print("options and outputs are fine; nothing was loaded or written (--dry-run)", markup=False)
             return 0
         with status_line(console, console.is_terminal) as log:
-            result = job.work(outs, log)
+            result = job.work(outs, staged, log)
         obj = job.to_json(result)
-        job.files(result, job.staged)
+        job.files(result, staged)
         if js:
             write_json(obj, js)
     if getattr(args, "json", None) == "-":
@@ -374,7 +373,7 @@ def cmd_detect(args, console):
 
     cfg = detect_config(args)
     return Job(declare=lambda outs: {"plot": outs.file(args.plot, "--plot")},
-               work=lambda outs, log: detection(_load(args, log, outs), cfg, log, args.recompute),
+               work=lambda outs, staged, log: detection(_load(args, log, outs), cfg, log, args.recompute),
                files=lambda d, staged: staged["plot"] and _plot_detect(d.result, staged["plot"]),
                show=lambda console, d: (print_detect(console, d.result, d.agreement, d.result.model, args.verbose),
                                         print_lines(console, d.provenance.describe())))
@@ -392,7 +391,7 @@ def cmd_verify(args, console):
 
     cfg = detect_config(args)
 
-    def work(outs, log):
+    def work(outs, staged, log):
         lm = _load(args, log, outs)
         t = _weights(args, lm, log, "verify")
         if not t.coords:
@@ -408,7 +407,7 @@ def cmd_verify(args, console):
 def _results_job(args, console, work, files, show) -> Job:
     """``ablate``, ``scale`` and ``quant-compare``: a results folder (``--out``, its files
     replaced one by one), the model in memory, the weights given or detected."""
-    def run_it(outs, log):
+    def run_it(outs, staged, log):
         lm = _load(args, log, outs, in_memory=True)
         return work(lm, _weights(args, lm, log, args.cmd, needed=args.cmd != "quant-compare").coords, log)
 
@@ -474,11 +473,11 @@ def cmd_quantize(args, console):
 
     cfg, shard = quant_config(args), _bytes(args.max_shard_size)
 
-    def work(outs, log):
+    def work(outs, staged, log):
         lm = _load(args, log, outs)
         t = _weights(args, lm, log, "quantize", console=console) if args.keep_super else None
         log("quantizing")
-        rep = write_quantized(lm, cfg, outs_dir["out"], keep=t.coords if t else [], include=args.include,
+        rep = write_quantized(lm, cfg, staged["out"], keep=t.coords if t else [], include=args.include,
                               exclude=args.exclude, max_shard_bytes=shard, log=log, format=args.format)
         return lm, rep, t
 
@@ -489,9 +488,7 @@ def cmd_quantize(args, console):
         print_quantize(console, rep, args.out, args.format, held, loading_line(args.out, rep.config.symmetric),
                        MANIFEST)
 
-    outs_dir = {}
-    return Job(declare=lambda outs: outs_dir.update(out=outs.directory(args.out, "--out", overwrite=args.overwrite,
-                                                                        marker=MANIFEST)) or outs_dir,
+    return Job(declare=lambda outs: {"out": outs.directory(args.out, "--out", overwrite=args.overwrite, marker=MANIFEST)},
                work=work, to_json=lambda r: {"model": r[0].name, "out": args.out, **r[1].to_dict()}, show=show)
 
 
@@ -503,16 +500,14 @@ def cmd_edit(args, console):
 
     edits = [Edit(Coord.parse(c)) for c in args.zero] + [Edit.parse_scale(s) for s in args.scale]
     check_edits(edits)
-    staged = {}
-
-    def work(outs, log):
+    def work(outs, staged, log):
         log("loading model")
         lm = load(local_checkpoint(args.model, log), stream=True, trust_remote_code=args.trust_remote_code, log=log)
         outs.reading(lm.source)
         return edit_checkpoint(lm, edits, staged["out"], args.note, log)
 
-    return Job(declare=lambda outs: staged.update(out=outs.directory(args.out, "--out", overwrite=args.overwrite,
-                                                                     marker=EDIT_MANIFEST)) or staged,
+    return Job(declare=lambda outs: {"out": outs.directory(args.out, "--out", overwrite=args.overwrite,
+                                                           marker=EDIT_MANIFEST)},
                work=work, to_json=lambda rep: {**rep.to_dict(), "out": args.out},
                show=lambda console, rep: print_edit(console, rep, args.out))
 
@@ -526,7 +521,7 @@ def cmd_audit(args, console):
     cfg = AuditConfig(prompt=args.prompt, text=args.text, window=args.window, windows=args.windows)
     detect_config(args, prompts=False)
 
-    def work(outs, log):
+    def work(outs, staged, log):
         log("loading the original")
         original = load(args.original, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
                         log=log)
@@ -555,9 +550,7 @@ def cmd_report(args, console):
     coords, dcfg = _coords(args), detect_config(args)
     cfg = ReportConfig(ablate=args.ablate, quant=args.quant, seqlen=args.seqlen, max_windows=args.max_windows,
                        stopword_prompts=args.stopword_prompts)
-    staged = {}
-
-    def work(outs, log):
+    def work(outs, staged, log):
         lm = _load(args, log, outs, in_memory=args.ablate or args.quant)
         quantized = _load(args, log, outs, ref=args.audit, as_stored=True) if args.audit else None
         rep = build_report(lm, cfg, dcfg, coords, quantized, log, recompute=args.recompute,
@@ -566,7 +559,7 @@ def cmd_report(args, console):
         staged["page"].write_text(render_report(rep))
         return rep
 
-    return Job(declare=lambda outs: staged.update(page=outs.file(args.out, "--out")) or staged, work=work,
+    return Job(declare=lambda outs: {"page": outs.file(args.out, "--out")}, work=work,
                sources=model_sources(args.model) + (model_sources(args.audit) if args.audit else []),
                show=lambda console, rep: (print_detect(console, rep.result, rep.agreement, rep.result.model),
                                           print_lines(console, rep.provenance.describe(), f"report written to {args.out}")))
@@ -576,7 +569,7 @@ def cmd_index(args, console):
     from superweight.index import index
     from superweight.output.console import print_index
 
-    return Job(work=lambda outs, log: index(), sources=[], to_json=lambda entries: [e.to_dict() for e in entries],
+    return Job(work=lambda outs, staged, log: index(), sources=[], to_json=lambda entries: [e.to_dict() for e in entries],
                show=print_index)
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import plant, tiny_model
+from tiny import planted_llama
 
 import superweight as sw
 from superweight.probe.realtext import CONDITIONS, RealText, make_windows
@@ -13,9 +13,7 @@ PROSE = "\n\n".join(f"Passage {i} tells of a river that runs to the sea past the
 
 @pytest.fixture(scope="module")
 def lm():
-    m = tiny_model("llama")
-    plant(m, sw.Coord(1, 5, 7), 400)
-    return m
+    return planted_llama()
 
 
 def test_bos_windows_start_with_the_start_token_and_mid_windows_do_not(lm):

@@ -425,10 +425,11 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
         hub = _hub_options(ref)
     where = {"gguf_file": gguf.name} if gguf is not None else hub
     source_arg = str(gguf.parent) if gguf is not None else str(source)
-    if gguf is not None and _converted(_gguf_cache_dir(gguf)):
+    converted = _gguf_cache_dir(gguf) if gguf is not None else None
+    if converted is not None and _converted(converted):
         # config and tokenizer as the one-time conversion saved them (same content hash): reading
         # them from the GGUF parses its metadata twice more (13 s each for a 152k vocabulary)
-        where, source_arg = {}, str(_gguf_cache_dir(gguf))
+        where, source_arg = {}, str(converted)
     try:
         config = AutoConfig.from_pretrained(source_arg, trust_remote_code=trust_remote_code, **where)
     except Exception as e:  # noqa: BLE001

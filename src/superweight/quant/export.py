@@ -231,12 +231,12 @@ def write_quantized(lm: LoadedModel, cfg: QuantConfig, tmp: Path, keep=(), inclu
     if format not in FORMATS:
         raise ModelLoadError(f"unknown format {format!r}: {', '.join(FORMATS)}")
     pack = format == "compressed-tensors"
-    cfg = cfg.with_model_dtype(next(p for _, p in lm.adapter.linear_weights()).dtype)
+    chosen = quantizable(lm, include, exclude)
+    cfg = cfg.with_model_dtype(chosen[0][1].dtype if chosen else torch.float32)
     if pack:
         packed.check(cfg)
     cfg.check()
     tmp = Path(tmp)
-    chosen = quantizable(lm, include, exclude)
     names = [n for n, _ in chosen]
     shapes = {n: tuple(p.shape) for n, p in chosen}
     kept = kept_by_param(lm, keep)

@@ -42,8 +42,6 @@ Conventions (the decisions, written down):
 """
 from __future__ import annotations
 
-import dataclasses
-
 import math
 from dataclasses import dataclass, replace
 
@@ -153,7 +151,7 @@ class QuantConfig:
         if self.scale_dtype != MODEL_DTYPE:
             return self
         name = next((k for k, v in SCALE_DTYPES.items() if v == dtype), "float16")
-        return dataclasses.replace(self, scale_dtype=name)
+        return replace(self, scale_dtype=name)
 
     def describe(self) -> str:
         size = "whole" if self.size is None else str(self.size)
