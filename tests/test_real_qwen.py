@@ -102,3 +102,18 @@ def test_no_super_weight_but_both_massive_activations_are_explained(qwen_result)
 def test_detect_json_is_golden(qwen_result):
     """What detect writes for the second real model stays as it was (tests/golden.py)."""
     golden.check("detect-qwen2.5-coder-0.5b", qwen_result.to_dict())
+
+
+def test_controls_are_measured_only_where_their_weight_could_matter(qwen_result):
+    """A control decides a grade only in a condition where the weight moves real text by
+    ``strong_kl``: the delimiter weight's controls are run after the start token only, the
+    layer-3 pair's mid-text only (docs/detection.md, step 6)."""
+    cfg = qwen_result.config
+    seen = set()
+    for f in qwen_result.strong + qwen_result.super_weights:
+        where = {c for c, v in f.effect.text.kl.items() if v >= cfg.strong_kl}
+        measured = [c for c in f.effect.controls if c.text is not None]
+        assert measured and all(set(c.text.kl) == where for c in measured), f.coord
+        assert set(f.effect.margin) == where
+        seen.add(tuple(sorted(where)))
+    assert seen == {("bos",), ("mid",)}

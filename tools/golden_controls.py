@@ -64,7 +64,9 @@ def main() -> None:
                 measured += 1
                 for cond, v in c["text"].items():
                     for k, x in v.items():
-                        y = olds[c["kind"]]["text"][cond][k]
+                        y = (olds[c["kind"]]["text"] or {}).get(cond, {}).get(k)
+                        if y is None:
+                            continue
                         if abs(x - y) > 1e-6:
                             worst = max(worst, abs(x - y) / abs(y))
         bad += d is not None

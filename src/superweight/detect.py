@@ -141,6 +141,12 @@ def _passes(eff: Effect, te: TextEffect, cfg: DetectConfig, safety: float = UNIO
                for c in eff.text.kl if eff.text.kl[c] >= cfg.strong_kl)
 
 
+def _conditions(eff: Effect, cfg: DetectConfig) -> tuple[str, ...]:
+    """The conditions where ``eff`` moves real text by ``strong_kl`` or more: the only ones
+    where a control can decide its grade, so the only ones its controls are measured in."""
+    return tuple(c for c in eff.text.kl if eff.text.kl[c] >= cfg.strong_kl)
+
+
 def _settled(eff: Effect, cfg: DetectConfig) -> bool:
     """Rejected whatever the controls not yet measured show: in every condition the
     candidate is below ``strong_kl`` or under ``min_control_ratio`` x a measured control."""
@@ -226,7 +232,8 @@ class Judge:
             if not batch:
                 break
             self.log(f"zeroing {len(batch)} control set(s) on real text")
-            for (k, c), te in zip(batch, self._rt.measure([c.coords for _, c in batch])):
+            where = [_conditions(effects[k], cfg) for k, _ in batch]  # a control can change a grade only there
+            for (k, c), te in zip(batch, self._rt.measure([c.coords for _, c in batch], where)):
                 c.text = te
                 if c.of and not _passes(effects[k], te, cfg):  # the union is too close: measure its parts
                     queue[k].append(list(c.of))

@@ -67,7 +67,8 @@ class Control:
 
     kind: str  # largest (outside the row and column), random, neighbours (next in the row and the column)
     coords: tuple[Coord, ...]
-    text: TextEffect | None = None  # None: not measured (it could not change the grade)
+    text: TextEffect | None = None  # None: not measured (it could not change the grade); else in the
+    # conditions where the candidate moves real text by ``strong_kl`` or more (elsewhere it cannot matter)
     of: list[Control] | None = None  # a union of these sets, zeroed together
 
     def to_dict(self) -> dict:
@@ -94,7 +95,7 @@ class Effect:
     matters_in: list[str] = field(default_factory=list)  # conditions with a strong, specific effect
 
     def control_kl_text(self, cond: str) -> float | None:
-        vals = [c.text.kl[cond] for c in self.controls if c.text is not None]
+        vals = [c.text.kl[cond] for c in self.controls if c.text is not None and cond in c.text.kl]
         return max(vals) if vals else None
 
     def to_dict(self) -> dict:

@@ -50,3 +50,22 @@ def test_zeroing_the_planted_weight_moves_real_text_and_a_small_one_does_not(lm)
         logits = lm.model(w.ids["bos"]).logits[0, :-1]
     nll = torch.nn.functional.cross_entropy(logits.float(), w.ids["bos"][0, 1:])
     assert rt.base["bos"].nll == pytest.approx(float(nll), rel=1e-4)
+
+
+def test_an_edit_is_measured_only_in_the_conditions_asked_for(lm):
+    """Controls are measured only where their candidate could matter (detect's
+    ``_conditions``): the rows of the other condition are not run at all, and what is
+    measured equals the same edit measured in both."""
+    from superweight.probe import passes
+
+    w = make_windows(lm.tokenizer, PROSE, 32, 1, "cpu", "prose", vocab_size=lm.model.config.vocab_size)
+    rt = RealText(lm, w)
+    edits = [(sw.Coord(1, 5, 7),), (sw.Coord(0, 2, 3),)]
+    both = rt.measure(edits)
+    passes.reset_stats()
+    part = rt.measure(edits, [("bos",), ("bos", "mid")])
+    assert passes.reset_stats()["head_tokens"] == 3 * 32  # three rows of 32 positions, not four
+    assert set(part[0].kl) == {"bos"} and set(part[1].kl) == {"bos", "mid"}
+    assert part[0].kl["bos"] == pytest.approx(both[0].kl["bos"], rel=1e-5)
+    for c in CONDITIONS:
+        assert part[1].kl[c] == pytest.approx(both[1].kl[c], rel=1e-5, abs=1e-9)

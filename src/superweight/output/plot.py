@@ -56,7 +56,8 @@ def fig_effects(result):
         for f in graded:
             labels.append(str(f.coord))
             bars.append([f.effect.text.kl[cond]] + [next((c.text.kl[cond] for c in f.effect.controls
-                                                          if c.kind == k and c.text is not None), float("nan"))
+                                                          if c.kind == k and c.text is not None and cond in c.text.kl),
+                                                         float("nan"))
                                                      for k in kinds])
         n = 1 + len(kinds)
         h = 0.8 / n

@@ -35,11 +35,17 @@ from superweight.models.load import LoadedModel
 
 MAX_GROUPS = 16  # groups per pass
 # Tokens per pass (rows x width): bounds the batch's activations. The output head is not
-# run over the batch at once: ``HEAD_CHUNK`` positions at a time (``_head``), so no pass
-# holds a vocabulary-sized tensor per position; memory grows with the largest layer and
-# this many tokens, not with the vocabulary times the rows.
+# run over the batch at once but a chunk of positions at a time (``_head``), so no pass
+# holds a vocabulary-sized tensor per position; memory grows with the largest layer, this
+# many tokens and ``HEAD_BYTES``, not with the vocabulary times the rows.
 PASS_TOKENS = 2048
-HEAD_CHUNK = 64  # positions per call of the output head: [64, V] float32 (39 MB at a 152k vocabulary)
+# Positions per call of the output head: as many as fit ``HEAD_BYTES`` of float32 logits
+# (Qwen's 152k vocabulary: 110 positions; SmolLM2's 49k: 341), unless ``HEAD_CHUNK`` says.
+# Each call reads the whole head matrix (545 MB on Qwen2.5-0.5B), so a few large chunks
+# cost less than many small ones (Qwen's intact windows: 13.0 s at 34 positions, 11.3 s at
+# 110, 10.5 s at 220), and each costs two [c, V] tensors (peak 1.44, 1.55, 1.85 GB).
+HEAD_BYTES = 64 << 20
+HEAD_CHUNK: int | None = None
 # What the passes computed since the last ``reset_stats``: decoder-layer token steps (a
 # token through one layer, padding included), positions through the output head, passes.
 STATS = {"layer_tokens": 0, "head_tokens": 0, "passes": 0}
@@ -67,7 +73,7 @@ def real_log_probs(logits: torch.Tensor, mask: torch.Tensor, chunk: int = 64) ->
     flat = lp.view(-1, lp.shape[-1]) if lp.is_contiguous() else lp.reshape(-1, lp.shape[-1])
     for i in range(0, flat.shape[0], chunk):
         part = flat[i: i + chunk]
-        part.sub_(part.logsumexp(-1, keepdim=True))
+        part.copy_(torch.log_softmax(part, -1))  # not part.sub_(logsumexp): 5x slower on wide logits
     if bool(mask.all()):
         return flat if flat.data_ptr() == lp.data_ptr() else flat.contiguous()
     return flat[mask.reshape(-1)]
@@ -269,7 +275,7 @@ def _batched(lm: LoadedModel, groups: list[Group], reduce: list) -> list[Answer]
                 acc.add(lp, at)
             answers[k].value = acc.result()
             continue
-        lp = torch.cat([lp for _, lp in chunks])
+        lp = torch.cat([lp.clone() for _, lp in chunks])  # each chunk's buffer is the next one's
         if fn:
             answers[k].value = fn(lp)
         else:
@@ -334,19 +340,29 @@ class _Body(torch.nn.Module):
 
 @torch.no_grad()
 def _head(lm: LoadedModel, body: tuple, h: torch.Tensor, kind: type):
-    """(first position, [c, V] float32 log-probs) for ``HEAD_CHUNK`` positions of ``h``
-    [N, H] at a time, through the model's own forward with its body swapped for the given
+    """(first position, [c, V] float32 log-probs) for a chunk of positions of ``h`` [N, H]
+    at a time (the chunks share one buffer: a chunk is valid until the next is asked for), through the model's own forward with its body swapped for the given
     hidden states: whatever the family does after the body (a tied head, Gemma 2's logit
     soft-capping, Cohere's logit scale) is its own code, not a copy. ``body``: ``_body``'s triple."""
     parent, attr, body = body
+    vocab = getattr(lm.model.config, "vocab_size", None) or lm.model.get_input_embeddings().num_embeddings
+    step = HEAD_CHUNK or max(16, HEAD_BYTES // (4 * vocab))
+    out = None
     try:
-        for at in range(0, h.shape[0], HEAD_CHUNK):
-            part = h[at: at + HEAD_CHUNK][None]  # [1, c, H]
+        for at in range(0, h.shape[0], step):
+            part = h[at: at + step][None]  # [1, c, H]
             setattr(parent, attr, _Body(part, kind))
             ids = torch.zeros(1, part.shape[1], dtype=torch.long, device=part.device)
-            logits = lm.model(input_ids=ids, use_cache=False).logits[0]
-            lp = logits if logits.dtype == torch.float32 else logits.float()
-            yield at, lp.sub_(lp.logsumexp(-1, keepdim=True))
+            logits = lm.model(input_ids=ids, use_cache=False).logits[0].float()
+            # log_softmax, not lp - logsumexp(lp): CPU logsumexp over 152k-wide logits took
+            # 1.7 ms a position, more than the head's matmul; log_softmax 0.3 ms. Into one
+            # buffer for every chunk: the logits and it are the chunk's only [c, V] tensors.
+            if out is None or out.shape[1] != logits.shape[1]:
+                out = torch.empty(step, logits.shape[1], dtype=torch.float32, device=logits.device)
+            lp = out[: logits.shape[0]]
+            torch.log_softmax(logits, -1, out=lp)
+            del logits
+            yield at, lp
     finally:
         setattr(parent, attr, body)
 

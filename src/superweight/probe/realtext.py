@@ -169,9 +169,9 @@ class _BaselineOf(Chunked):
     def add(self, lp, at):
         sel = self.rows[at: at + lp.shape[0]].nonzero().flatten()
         self.nll += float(-lp[sel, self.at_target[at + sel]].sum())
-        top_lp, top = lp[sel].topk(min(TOP_K, lp.shape[-1]), dim=-1)
-        self.top.append(top)
-        self.top_lp.append(top_lp)
+        top_lp, top = lp.topk(min(TOP_K, lp.shape[-1]), dim=-1)  # then the rows: no copy of lp[sel]
+        self.top.append(top[sel])
+        self.top_lp.append(top_lp[sel])
 
     def result(self) -> Baseline:
         top_p = torch.cat(self.top_lp).exp()
@@ -237,21 +237,20 @@ class RealText:
     def ppl(self, cond: str) -> float:
         return self.base[cond].ppl
 
-    @staticmethod
-    def collect(answers, n: int) -> list[TextEffect]:
-        out = []
-        for i in range(n):
-            pair = [answers[2 * i + j].value for j in range(len(CONDITIONS))]
-            out.append(TextEffect({c: p[0] for c, p in zip(CONDITIONS, pair)},
-                                  {c: p[1] for c, p in zip(CONDITIONS, pair)}))
-        return out
-
-    def measure(self, edits: list[tuple]) -> list[TextEffect]:
-        """What zeroing each edit (a tuple of coordinates zeroed together) does on both
-        conditions, in batched passes: each row starts at its first edited layer."""
+    def measure(self, edits: list[tuple], conditions: list[tuple] | None = None) -> list[TextEffect]:
+        """What zeroing each edit (a tuple of coordinates zeroed together) does, in batched
+        passes: each row starts at its first edited layer. ``conditions``: per edit, the
+        conditions to measure it in (default both); its TextEffect holds only those."""
         if not edits:
             return []
+        conds = [tuple(cs) for cs in conditions] if conditions is not None else [CONDITIONS] * len(edits)
         w = self.windows
-        gs = [Group(w.ids[c], w.mask[c], zero=tuple(zero), resume=self.resume[c]) for zero in edits for c in CONDITIONS]
-        rs = [self.base[c].comparing for _ in edits for c in CONDITIONS]  # edit i, condition j: entry i * 2 + j
-        return self.collect(run(self.lm, gs, per_group=rs), len(edits))
+        pairs = [(zero, c) for zero, cs in zip(edits, conds) for c in cs]
+        answers = iter(run(self.lm, [Group(w.ids[c], w.mask[c], zero=tuple(zero), resume=self.resume[c])
+                                     for zero, c in pairs],
+                           per_group=[self.base[c].comparing for _, c in pairs]))
+        out = []
+        for cs in conds:
+            vals = {c: next(answers).value for c in cs}  # (perplexity ratio, KL)
+            out.append(TextEffect({c: v[0] for c, v in vals.items()}, {c: v[1] for c, v in vals.items()}))
+        return out
