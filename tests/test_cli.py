@@ -216,10 +216,10 @@ def test_missing_default_package_says_how_to_install(monkeypatch):
 
 @pytest.mark.real
 @pytest.mark.slow
-def test_text_too_short_for_one_window_is_one_line(tmp_path, cli, error_line):
+def test_text_too_short_for_one_window_is_one_line(tmp_path, cli_here, error_line):
     short = tmp_path / "short.txt"
     short.write_text("Only a few words here.\n\nAnd a second short passage.")
-    error_line(cli("detect", "--text", str(short)), "too short for one window of 512 tokens")
+    error_line(cli_here("detect", "--text", str(short)), "too short for one window of 512 tokens")
 
 
 @pytest.mark.parametrize("args,msg", [
@@ -229,8 +229,8 @@ def test_text_too_short_for_one_window_is_one_line(tmp_path, cli, error_line):
     (["--window", "8"], "at least 16 tokens"),
 ])
 @pytest.mark.slow
-def test_bad_proof_options_are_one_line(args, msg, cli, error_line):
-    error_line(cli("detect", *args), msg)
+def test_bad_proof_options_are_one_line(args, msg, cli_here, error_line):
+    error_line(cli_here("detect", *args), msg)
 
 
 @pytest.mark.parametrize("preset,want", [(None, "1"), ("0", "0")])

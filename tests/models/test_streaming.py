@@ -212,7 +212,7 @@ def test_progress_is_reported_per_layer(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_tensor_whose_shape_disagrees_with_the_config_is_one_line(tmp_path, cli, error_line):
+def test_a_tensor_whose_shape_disagrees_with_the_config_is_one_line(tmp_path, cli_here, error_line):
     from safetensors.torch import load_file, save_file
 
     lm = tiny_model("llama")
@@ -222,7 +222,7 @@ def test_a_tensor_whose_shape_disagrees_with_the_config_is_one_line(tmp_path, cl
     t = load_file(f)
     t["model.layers.2.mlp.down_proj.weight"] = t["model.layers.2.mlp.down_proj.weight"][:, :-1].contiguous()
     save_file(t, f, metadata={"format": "pt"})
-    error_line(cli("detect", str(tmp_path), "--stream"), "model.layers.2.mlp.down_proj.weight has shape (64, 127)")
+    error_line(cli_here("detect", str(tmp_path), "--stream"), "model.layers.2.mlp.down_proj.weight has shape (64, 127)")
 
 
 def test_cache_plan_keeps_the_longest_prefix_that_fits():

@@ -165,11 +165,11 @@ def test_quantize_cli_writes_a_checkpoint(tmp_path, cli, error_line):
     (["--max-shard-size", "lots"], "--max-shard-size"),
 ])
 @pytest.mark.slow
-def test_quantize_bad_input_is_one_line_and_writes_nothing(tmp_path, args, msg, cli, error_line):
+def test_quantize_bad_input_is_one_line_and_writes_nothing(tmp_path, args, msg, cli_here, error_line):
     lm = tiny_model("llama")
     lm.model.save_pretrained(tmp_path / "m")
     lm.tokenizer.save_pretrained(tmp_path / "m")
     out = tmp_path / "q"
     extra = [] if "--coords" in args else ["--no-keep-super"]
-    error_line(cli("quantize", str(tmp_path / "m"), "--out", str(out), *extra, *args), msg)
+    error_line(cli_here("quantize", str(tmp_path / "m"), "--out", str(out), *extra, *args), msg)
     assert sorted(f.name for f in tmp_path.iterdir()) == ["m"]

@@ -250,37 +250,61 @@ def _batched(lm: LoadedModel, groups: list[Group], reduce: list) -> list[Answer]
     body = _head_apart(lm)  # (parent, attribute, body), or None: the head runs with the body
     final: list = []
     with watch(lm.adapter, hook, sites=watched, strict=True), _kept(lm, kept, answers), \
-            _skipped(lm, groups, start, width), _final(body, final):
+            _skipped(lm, groups, start, width), _final(body, final, want):
         extra = {"logits_to_keep": 1} if body else {}  # the head runs below, a chunk at a time
-        o = lm.model(input_ids=ids, attention_mask=mask.long(), use_cache=False, output_hidden_states=want, **extra)
+        try:
+            o = lm.model(input_ids=ids, attention_mask=mask.long(), use_cache=False, output_hidden_states=want, **extra)
+        except _BodyDone:  # the body's output is caught: the model's own head is not run
+            o = final[2]
     for k, (g, rows) in enumerate(zip(groups, spans)):
         if g.residual:
             real = mask[rows.start]
             answers[k].residual = _residual([h[rows.start] for h in o.hidden_states], real)
             answers[k].hidden = [h[rows.start][real].float() for h in o.hidden_states]
-        if g.scan:
-            continue
-        last = mask[rows].sum(1) - 1  # each row's last real position
-        if body is None:  # the model's own logits, normalized in place
+    heads = [k for k, g in enumerate(groups) if not g.scan]
+    if body is None:  # the model's own logits, normalized in place
+        for k in heads:
+            rows = spans[k]
             lp = real_log_probs(o.logits[rows], mask[rows])
-            chunks = [(0, lp[mask[rows].sum(1).cumsum(0) - 1] if g.last else lp)]  # rows' last positions in lp
-        else:
-            h = final[0][rows]
-            h = h[torch.arange(h.shape[0], device=h.device), last] if g.last else h[mask[rows]]  # [b or N, H]
-            chunks = _head(lm, body, h, final[1])
-        fn = reduce[k]
-        if isinstance(fn, Chunked):
-            acc = fn.start()
-            for at, lp in chunks:
-                acc.add(lp, at)
-            answers[k].value = acc.result()
-            continue
-        lp = torch.cat([lp.clone() for _, lp in chunks])  # each chunk's buffer is the next one's
-        if fn:
-            answers[k].value = fn(lp)
-        else:
-            answers[k].log_probs = lp
+            _answer(answers[k], reduce[k], [(0, lp[mask[rows].sum(1).cumsum(0) - 1] if groups[k].last else lp)])
+    elif heads:  # every group's positions through the head together: one read of its matrix per chunk
+        hs = []
+        for k in heads:
+            h, rows = final[0][spans[k]], spans[k]
+            last = mask[rows].sum(1) - 1  # each row's last real position
+            hs.append(h[torch.arange(h.shape[0], device=h.device), last] if groups[k].last else h[mask[rows]])
+        ends = torch.tensor([x.shape[0] for x in hs]).cumsum(0).tolist()  # [b or N, H] each
+        firsts = [0] + ends[:-1]
+        accs = {k: (reduce[k].start() if isinstance(reduce[k], Chunked) else []) for k in heads}
+        for at, lp in _head(lm, body, torch.cat(hs), final[1]):
+            for k, a, e in zip(heads, firsts, ends):
+                lo, hi = max(a, at), min(e, at + lp.shape[0])
+                if lo < hi:  # this chunk holds positions lo..hi-1 of group k's
+                    part = lp[lo - at: hi - at]
+                    acc = accs[k]
+                    acc.append((lo - a, part.clone())) if isinstance(acc, list) else acc.add(part, lo - a)
+        for k in heads:
+            _answer(answers[k], reduce[k], accs[k])
     return answers
+
+
+def _answer(ans: Answer, fn, chunks) -> None:
+    """A group's answer from its log-probs: ``chunks`` [(first position, [c, V])], or a
+    Chunked reducer's accumulator that has seen them all."""
+    if not isinstance(chunks, list):
+        ans.value = chunks.result()
+        return
+    if isinstance(fn, Chunked):
+        acc = fn.start()
+        for at, lp in chunks:
+            acc.add(lp, at)
+        ans.value = acc.result()
+        return
+    lp = torch.cat([lp for _, lp in chunks])
+    if fn:
+        ans.value = fn(lp)
+    else:
+        ans.log_probs = lp
 
 
 def _body(lm: LoadedModel) -> tuple[torch.nn.Module, str, torch.nn.Module] | None:
@@ -305,17 +329,26 @@ def _head_apart(lm: LoadedModel):
     return _body(lm) if "logits_to_keep" in inspect.signature(lm.model.forward).parameters else None
 
 
+class _BodyDone(Exception):
+    """Raised once the body's output is caught: the model's own head is not needed."""
+
+
 @contextmanager
-def _final(body, out: list):
-    """Catch the body's last hidden state (after its final norm) and its output type into
-    ``out``; ``body``: ``_body``'s triple, or None (nothing to catch)."""
+def _final(body, out: list, hidden_states: bool = False):
+    """Catch the body's last hidden state (after its final norm), its output type and the
+    output itself into ``out``, then stop the model's forward (``_BodyDone``): its head
+    would only be run again a chunk at a time. ``body``: ``_body``'s triple, or None
+    (nothing to catch). With ``hidden_states`` the forward is stopped only when the
+    body's output carries them (else the model's own output is needed for them)."""
     if body is None:
         yield
         return
     body = body[2]
 
     def hook(mod, args, kwargs, o):
-        out[:] = [o[0] if isinstance(o, (tuple, list)) else o.last_hidden_state, type(o)]
+        out[:] = [o[0] if isinstance(o, (tuple, list)) else o.last_hidden_state, type(o), o]
+        if not hidden_states or getattr(o, "hidden_states", None) is not None:
+            raise _BodyDone
 
     handle = body.register_forward_hook(hook, with_kwargs=True)
     try:
@@ -347,6 +380,9 @@ def _head(lm: LoadedModel, body: tuple, h: torch.Tensor, kind: type):
     parent, attr, body = body
     vocab = getattr(lm.model.config, "vocab_size", None) or lm.model.get_input_embeddings().num_embeddings
     step = HEAD_CHUNK or max(16, HEAD_BYTES // (4 * vocab))
+    if not HEAD_CHUNK:  # even chunks, up to 1.5x the budget: 130 positions in one read of the head, not 110 + 20
+        n = max(1, round(h.shape[0] / step))
+        step = -(-h.shape[0] // n)
     out = None
     try:
         for at in range(0, h.shape[0], step):
