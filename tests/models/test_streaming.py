@@ -287,3 +287,21 @@ def test_layers_that_do_not_fit_are_dropped_from_the_page_cache(tmp_path, monkey
     roomy = sw.load(str(tmp_path), stream=True)
     assert roomy.adapter.streamer.drop == set()
     assert _summary(sw.detect(tight)) == _summary(sw.detect(roomy))
+
+
+def test_populating_a_view_falls_back_quietly_where_the_kernel_cannot(tmp_path, monkeypatch):
+    """A layer's pages are mapped in one call (MADV_POPULATE_READ) before its pass; a kernel
+    that refuses the advice is asked once, and the pages are then faulted in as used."""
+    import mmap as _mmap
+
+    from superweight.models import streaming
+
+    f = tmp_path / "blob"
+    f.write_bytes(bytes(range(256)) * 64)
+    with open(f, "rb") as h:
+        mm = _mmap.mmap(h.fileno(), 0, access=_mmap.ACCESS_COPY)
+    monkeypatch.setattr(streaming, "POPULATE_READ", 12345)  # no such advice
+    streaming._populate(mm, 100, 5000)
+    assert streaming.POPULATE_READ is None
+    streaming._populate(mm, 100, 5000)  # and not asked again
+    assert mm[100] == 100

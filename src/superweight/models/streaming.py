@@ -31,6 +31,7 @@ import ctypes
 import json
 import mmap
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -138,6 +139,7 @@ class Checkpoint:
                     dtype, shape = self._meta[n]
                     count = size // torch.empty((), dtype=dtype).element_size()
                     t = torch.frombuffer(mm, dtype=dtype, count=count, offset=off) if count else torch.empty(0, dtype=dtype)
+                    _populate(mm, off, size)
                     yield n, t.view(shape)
                 continue
             with safe_open(str(f), framework="pt") as h:
@@ -400,6 +402,25 @@ def _flat(index: tuple[int, ...], shape) -> int:
     for i, d in zip(index, shape):
         flat = flat * int(d) + int(i)
     return flat
+
+
+# MADV_POPULATE_READ (Linux 5.14): map a range's pages from the page cache in one call. A
+# layer's tensors are read once per pass after ``release`` unmapped them the pass before;
+# page by page, the faults cost Qwen2.5-Coder-0.5B 1.3-2 s a pass of 512 tokens on this
+# 2-core VM (4.7 s against 2.5-3.3 s in memory); populated first, 3.2-3.5 s.
+POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22 if sys.platform.startswith("linux") else None)
+
+
+def _populate(mm: mmap.mmap, off: int, n: int) -> None:
+    """Map a byte range's pages into this process at once; a no-op where the kernel cannot."""
+    global POPULATE_READ
+    if POPULATE_READ is None or n <= 0:
+        return
+    start = off - off % mmap.PAGESIZE
+    try:
+        mm.madvise(POPULATE_READ, start, min(off + n, len(mm)) - start)
+    except (OSError, ValueError):  # an older kernel (EINVAL): fault the pages in as they are used
+        POPULATE_READ = None
 
 
 def _unmap(mm: mmap.mmap | None, off: int, n: int) -> None:
