@@ -8,7 +8,8 @@ untimed warm-up of each first (page cache, the GGUF conversion cache, the verdic
 Outputs go to a temporary folder, removed after. The commands are those the change touched
 (issues 23 and 24): the verdict cache's second command (the CLI's start and dispatch), a
 full detection, a quantize (the outputs transaction, its locks and their record), an edit
-of the GGUF file, and an audit of a re-quantized copy.
+of the GGUF file, an audit of a re-quantized copy, a report, and the second real model's
+detection (``--only`` picks commands by their label).
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ def commands(tmp: Path) -> list[tuple[str, list[str]]]:
         ("quantize --bits 4 (super weights from the cache)", ["quantize", "--bits", "4", "--out", q, "--overwrite"]),
         ("edit --zero 11:507:1229 (GGUF)", ["edit", "--zero", "11:507:1229", "--out", str(tmp / "e"), "--overwrite"]),
         ("audit default vs its 4-bit copy (--coords)", ["audit", "smollm2", q, "--coords", "11:507:1229"]),
+        ("report (verdict cached)", ["report", "--out", str(tmp / "r.html")]),
+        ("detect qwen2.5-coder-0.5b --recompute", ["detect", "qwen2.5-coder-0.5b", "--recompute", "--json", os.devnull]),
     ]
 
 
@@ -51,13 +54,18 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", required=True, help="the baseline tree's src folder")
     ap.add_argument("--write", help="append the table to this markdown file")
+    ap.add_argument("--only", nargs="+", metavar="TEXT", help="only the commands whose label holds one of these")
     args = ap.parse_args()
     trees = {"baseline": args.base, "now": str(HERE / "src")}
     rows = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         for label, argv in commands(tmp):
-            for src in trees.values():  # warm-up: caches filled, outputs made for the commands after
+            if args.only and not any(t in label for t in args.only):
+                continue
+            # warm-up: caches filled, outputs made for the commands after; a command that
+            # recomputes shares every cache between the trees, so one warm-up does
+            for src in list(trees.values())[-1:] if "--recompute" in argv else trees.values():
                 timed(src, argv)
             got = {name: timed(src, argv) for name, src in trees.items()}
             (bw, br), (nw, nr) = got["baseline"], got["now"]

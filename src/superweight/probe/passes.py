@@ -37,14 +37,15 @@ MAX_GROUPS = 16  # groups per pass
 # Tokens per pass (rows x width): bounds the batch's activations. The output head is not
 # run over the batch at once but a chunk of positions at a time (``_head``), so no pass
 # holds a vocabulary-sized tensor per position; memory grows with the largest layer, this
-# many tokens and ``HEAD_BYTES``, not with the vocabulary times the rows.
+# many tokens and the head matrix, not with the vocabulary times the rows.
 PASS_TOKENS = 2048
-# Positions per call of the output head: as many as fit ``HEAD_BYTES`` of float32 logits
-# (Qwen's 152k vocabulary: 110 positions; SmolLM2's 49k: 341), unless ``HEAD_CHUNK`` says.
-# Each call reads the whole head matrix (545 MB on Qwen2.5-0.5B), so a few large chunks
-# cost less than many small ones (Qwen's intact windows: 13.0 s at 34 positions, 11.3 s at
-# 110, 10.5 s at 220), and each costs two [c, V] tensors (peak 1.44, 1.55, 1.85 GB).
-HEAD_BYTES = 64 << 20
+# Positions per call of the output head: an eighth of the hidden size (Qwen2.5-0.5B: 112,
+# SmolLM2-135M: 72), so a chunk's float32 logits take an eighth of the head matrix's bytes:
+# memory follows the model's largest tensor, and so does the cost of each call's read of
+# it (Qwen's 545 MB head matrix: its intact windows took 13.0 s at 34 positions a call,
+# 11.3 s at 110, 10.5 s at 220, with peaks of 1.44, 1.55 and 1.85 GB). ``HEAD_CHUNK``: a
+# fixed number instead.
+HEAD_SHARE = 8
 HEAD_CHUNK: int | None = None
 # What the passes computed since the last ``reset_stats``: decoder-layer token steps (a
 # token through one layer, padding included), positions through the output head, passes.
@@ -378,8 +379,7 @@ def _head(lm: LoadedModel, body: tuple, h: torch.Tensor, kind: type):
     hidden states: whatever the family does after the body (a tied head, Gemma 2's logit
     soft-capping, Cohere's logit scale) is its own code, not a copy. ``body``: ``_body``'s triple."""
     parent, attr, body = body
-    vocab = getattr(lm.model.config, "vocab_size", None) or lm.model.get_input_embeddings().num_embeddings
-    step = HEAD_CHUNK or max(16, HEAD_BYTES // (4 * vocab))
+    step = HEAD_CHUNK or max(16, h.shape[-1] // HEAD_SHARE)
     if not HEAD_CHUNK:  # even chunks, up to 1.5x the budget: 130 positions in one read of the head, not 110 + 20
         n = max(1, round(h.shape[0] / step))
         step = -(-h.shape[0] // n)
