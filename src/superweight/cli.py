@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-quant", dest="quant", action="store_false", help="skip the RTN sweep")
     r.add_argument("--seqlen", type=int, default=512, help="perplexity window of the ablation and the sweep (default 512)")
     r.add_argument("--max-windows", type=int, default=2, help="windows per perplexity (default 2)")
-    r.add_argument("--stopword-prompts", type=int, default=100, help="LAMBADA prompts for the stopword shift (0: skip)")
+    r.add_argument("--stopword-prompts", type=int, default=50, help="LAMBADA prompts for the stopword shift (default 50; 0: skip)")
     i = sub.add_parser("index", help="list the known super weights shipped with the package")
     i.add_argument("--json", metavar="PATH", help="write the index as JSON to PATH ('-' for stdout)")
     i.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)

@@ -98,6 +98,9 @@ def test_report_page_has_every_section_and_its_numbers(tiny_report):
     assert len(rep.quant) == 2 * len(LAYOUTS) * len(HOLDS)
     for q in rep.quant:
         assert f"{q.perplexity:.4g}" in text
+    # its unquantized reference is the ablation's intact perplexity (same windows), not measured twice
+    original = next(c for c in rep.ablation.conditions if c.name == "original")
+    assert rep.quant_ref == original.perplexity["lambada"]
     for c in rep.ablation.conditions:
         assert c.name in text
     d = rep.to_dict()
