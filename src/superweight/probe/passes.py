@@ -281,9 +281,11 @@ def _batched(lm: LoadedModel, groups: list[Group], reduce: list) -> list[Answer]
             for k, a, e in zip(heads, firsts, ends):
                 lo, hi = max(a, at), min(e, at + lp.shape[0])
                 if lo < hi:  # this chunk holds positions lo..hi-1 of group k's
-                    part = lp[lo - at: hi - at]
-                    acc = accs[k]
-                    acc.append((lo - a, part.clone())) if isinstance(acc, list) else acc.add(part, lo - a)
+                    part, acc = lp[lo - at: hi - at], accs[k]
+                    if isinstance(acc, list):
+                        acc.append((lo - a, part.clone()))  # the buffer is the next chunk's
+                    else:
+                        acc.add(part, lo - a)
         for k in heads:
             _answer(answers[k], reduce[k], accs[k])
     return answers
