@@ -358,3 +358,19 @@ def test_qwen_gguf_k_quant_blocks_are_edited_in_place_where_they_can_be(tmp_path
     assert how["3:62:2247"] == how["3:62:3016"] == "in place"
     assert rep.retyped == {"blk.5.ffn_down.weight": ("Q4_K", "F32")}
     assert rep.verified and [c.after for c in rep.changes] == [0.0, -rep.changes[1].before, 0.0]
+
+
+def test_the_api_overwrites_only_its_own_edits(tmp_path):
+    """``save_edited(..., overwrite=True)`` replaces an earlier edit, never a folder of the user's."""
+    lm = tiny_model("llama")
+    src = _save(lm, tmp_path / "src")
+    streamed = sw.load(str(src), stream=True)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    with pytest.raises(sw.UsageError, match="not a superweight output"):
+        save_edited(streamed, [Edit(sw.Coord(1, 5, 7))], theirs, overwrite=True)
+    assert [f.name for f in theirs.iterdir()] == ["notes.txt"]
+    save_edited(streamed, [Edit(sw.Coord(1, 5, 7))], tmp_path / "e")
+    save_edited(streamed, [Edit(sw.Coord(2, 3, 4), 2.0)], tmp_path / "e", overwrite=True)
+    assert (tmp_path / "e" / EDIT_MANIFEST).is_file()

@@ -145,11 +145,12 @@ def save_edited(lm: LoadedModel, edits: list[Edit], out: str | Path, overwrite: 
                 log=None) -> EditResult:
     """Write ``lm``'s checkpoint with ``edits`` applied to the directory ``out``, which appears
     only once written and verified (``atomic_dir``: locked, refused if it exists unless
-    ``overwrite``). ``lm``: loaded with ``load(ref, stream=True)``."""
+    ``overwrite``, and then only if it is empty or an earlier edit: it holds
+    ``EDIT_MANIFEST``). ``lm``: loaded with ``load(ref, stream=True)``."""
     from superweight.output.atomic import atomic_dir
 
     check_edits(edits)
-    with atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, overwrite, marker=EDIT_MANIFEST) as tmp:
         return edit_checkpoint(lm, edits, tmp, why, log)
 
 

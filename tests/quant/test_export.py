@@ -173,3 +173,24 @@ def test_quantize_bad_input_is_one_line_and_writes_nothing(tmp_path, args, msg, 
     extra = [] if "--coords" in args else ["--no-keep-super"]
     error_line(cli_here("quantize", str(tmp_path / "m"), "--out", str(out), *extra, *args), msg)
     assert sorted(f.name for f in tmp_path.iterdir()) == ["m"]
+
+
+def test_the_api_overwrites_only_its_own_outputs(tmp_path):
+    """``save_quantized(..., overwrite=True)`` replaces an earlier quantize output, never a
+    folder of the user's (the CLI's rule, now the API's too)."""
+    lm = tiny_model("llama")
+    src = tmp_path / "src"
+    lm.model.save_pretrained(src)
+    lm.tokenizer.save_pretrained(src)
+    streamed = sw.load(str(src), stream=True)
+    cfg = QuantConfig(bits=4, layout="group", size=16)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="not a superweight output"):
+        save_quantized(streamed, cfg, theirs, overwrite=True)
+    assert [f.name for f in theirs.iterdir()] == ["notes.txt"]
+    ours = tmp_path / "q"
+    save_quantized(streamed, cfg, ours)
+    save_quantized(streamed, QuantConfig(bits=3, layout="group", size=16), ours, overwrite=True)
+    assert json.loads((ours / MANIFEST).read_text())["config"]["bits"] == 3

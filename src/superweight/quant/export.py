@@ -174,9 +174,10 @@ def save_quantized(lm: LoadedModel, cfg: QuantConfig, out: str | Path, keep=(), 
                    format: str = "dequantized") -> QuantResult:
     """Quantize ``lm``'s decoder linear weights and write the whole model to ``out``, which
     appears only once complete (``atomic_dir``: locked, refused if it exists unless
-    ``overwrite``)."""
+    ``overwrite``, and then only if it is empty or an earlier quantize output: it holds
+    ``MANIFEST``)."""
     cfg.check()
-    with atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, overwrite, marker=MANIFEST) as tmp:
         return write_quantized(lm, cfg, tmp, keep, include, exclude, max_shard_bytes, log, format)
 
 
