@@ -8,18 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from tiny import plant, tiny_model
+from tiny import plant, saved, tiny_model
 from transformers import AutoModelForCausalLM
 
 import superweight as sw
 from superweight.edit import EDIT_MANIFEST, Edit, save_edited
 from superweight.models import gguf_file
-
-
-def _save(lm, d, **kw):
-    lm.model.save_pretrained(d, **kw)
-    lm.tokenizer.save_pretrained(d)
-    return d
 
 
 def _params(path) -> dict[str, torch.Tensor]:
@@ -41,7 +35,7 @@ def _only_differences(a: dict, b: dict) -> dict[str, list[tuple]]:
 def test_sharded_llama_zero_and_scale_change_only_those_weights(tmp_path):
     lm = tiny_model("llama")
     plant(lm, sw.Coord(1, 5, 7), 50)
-    src = _save(lm, tmp_path / "src", max_shard_size="100KB")
+    src = saved(lm, tmp_path / "src", max_shard_size="100KB")
     before = {f.name: f.read_bytes() for f in src.iterdir()}
     streamed = sw.load(str(src), stream=True)
     edits = [Edit(sw.Coord(1, 5, 7)), Edit(sw.Coord(2, 3, 4), 2.5)]
@@ -77,7 +71,7 @@ def test_stored_layouts_are_followed(tmp_path, family, coord, param, index):
     from safetensors import safe_open
 
     lm = tiny_model(family)
-    src = _save(lm, tmp_path / "src")
+    src = saved(lm, tmp_path / "src")
     streamed = sw.load(str(src), stream=True)
     value = streamed.adapter.value(coord)
     rep = save_edited(streamed, [Edit(coord, -1.0)], tmp_path / "out")
@@ -94,7 +88,7 @@ def test_stored_layouts_are_followed(tmp_path, family, coord, param, index):
 def test_bf16_checkpoint_stores_the_rounded_value(tmp_path):
     lm = tiny_model("qwen2")
     lm.model.to(torch.bfloat16)
-    src = _save(lm, tmp_path / "src")
+    src = saved(lm, tmp_path / "src")
     streamed = sw.load(str(src), stream=True)
     rep = save_edited(streamed, [Edit(sw.Coord(0, 1, 2), 1 / 3)], tmp_path / "out")
     c = rep.changes[0]
@@ -176,7 +170,7 @@ def test_write_copy_keeps_keys_tensors_and_alignment(tmp_path):
 
 @pytest.fixture
 def tiny_dir(tmp_path):
-    return _save(tiny_model("llama"), tmp_path / "src")
+    return saved(tiny_model("llama"), tmp_path / "src")
 
 
 @pytest.mark.parametrize("args,message", [
@@ -261,7 +255,7 @@ def test_a_scale_that_overflows_is_refused_before_any_work(tmp_path, capsys, dty
         lm = tiny_model("llama")
         plant(lm, sw.Coord(1, 5, 7), 400)
         lm.model.to(dtype)
-        src, coord, tensor, kind = _save(lm, tmp_path / "src"), "1:5:7", "model.layers.1.mlp.down_proj.weight", \
+        src, coord, tensor, kind = saved(lm, tmp_path / "src"), "1:5:7", "model.layers.1.mlp.down_proj.weight", \
             str(dtype).removeprefix("torch.")
     before = _tree(tmp_path)
     capsys.readouterr()
@@ -284,7 +278,7 @@ def test_weight_files_the_index_does_not_list_are_not_copied(tmp_path, capsys):
 
     from superweight.cli import main
 
-    src = _save(tiny_model("llama"), tmp_path / "src", max_shard_size="300KB")
+    src = saved(tiny_model("llama"), tmp_path / "src", max_shard_size="300KB")
     assert (src / "model.safetensors.index.json").is_file()
     shards = sorted(p.name for p in src.glob("model-*.safetensors"))
     shutil.copyfile(src / shards[0], src / "consolidated.safetensors")
@@ -315,7 +309,7 @@ def test_re_editing_keeps_the_history(tmp_path):
     assert [[c["coord"] for c in h["changes"]] for h in meta["history"]] == [["1:3:5:2"]]
     manifest = json.loads((tmp_path / "e2" / EDIT_MANIFEST).read_text())
     assert [[c["coord"] for c in h["changes"]] for h in manifest["history"]] == [["1:3:5:2"]]
-    src = _save(tiny_model("llama"), tmp_path / "src")
+    src = saved(tiny_model("llama"), tmp_path / "src")
     assert main(["edit", str(src), "--zero", "1:1:1", "--out", str(tmp_path / "s1")]) == 0
     assert main(["edit", str(tmp_path / "s1"), "--zero", "1:2:2", "--out", str(tmp_path / "s2")]) == 0
     manifest = json.loads((tmp_path / "s2" / EDIT_MANIFEST).read_text())
@@ -363,7 +357,7 @@ def test_qwen_gguf_k_quant_blocks_are_edited_in_place_where_they_can_be(tmp_path
 def test_the_api_overwrites_only_its_own_edits(tmp_path):
     """``save_edited(..., overwrite=True)`` replaces an earlier edit, never a folder of the user's."""
     lm = tiny_model("llama")
-    src = _save(lm, tmp_path / "src")
+    src = saved(lm, tmp_path / "src")
     streamed = sw.load(str(src), stream=True)
     theirs = tmp_path / "theirs"
     theirs.mkdir()

@@ -59,6 +59,13 @@ def tiny_model(model_type: str, seed: int = 0):
     return sw.LoadedModel.wrap(model.eval(), byte_tokenizer(), name=f"tiny-{model_type}")
 
 
+def saved(lm: sw.LoadedModel, d, **kw):
+    """The model and its tokenizer written to the folder ``d`` (``save_pretrained``'s ``kw``); ``d``."""
+    lm.model.save_pretrained(d, **kw)
+    lm.tokenizer.save_pretrained(d)
+    return d
+
+
 def graded(result) -> list[sw.Coord]:
     """Coordinates graded super or strong."""
     return result.coords + result.strong_coords

@@ -138,7 +138,7 @@ def _passes(eff: Effect, te: TextEffect, cfg: DetectConfig, safety: float = UNIO
     """Whether ``eff`` stays ``safety`` x ``min_control_ratio`` above a union of controls
     that moved real text by ``te``, in every condition where it could matter."""
     return all(eff.text.kl[c] >= safety * cfg.min_control_ratio * max(te.kl[c], cfg.kl_floor)
-               for c in eff.text.kl if eff.text.kl[c] >= cfg.strong_kl)
+               for c in _conditions(eff, cfg))
 
 
 def _conditions(eff: Effect, cfg: DetectConfig) -> tuple[str, ...]:
@@ -218,7 +218,7 @@ class Judge:
         queue = {k: [[c for c in eff.controls if c.kind == "neighbours"]] for k, eff in effects.items()}
         for k, eff in effects.items():
             rest = [c for c in eff.controls if c.kind != "neighbours"]
-            cond_kl = [eff.text.kl[c] for c in eff.text.kl if eff.text.kl[c] >= cfg.strong_kl]
+            cond_kl = [eff.text.kl[c] for c in _conditions(eff, cfg)]
             if len(rest) > 1 and min(cond_kl) >= UNION_KL:
                 union = Control("+".join(c.kind for c in rest), tuple(x for c in rest for x in c.coords), of=rest)
                 eff.controls.append(union)

@@ -7,7 +7,7 @@ import os
 import golden
 import pytest
 import torch
-from tiny import plant, tiny_model
+from tiny import plant, saved, tiny_model
 from transformers import AutoModelForCausalLM
 
 import superweight as sw
@@ -28,9 +28,7 @@ def test_saved_checkpoint_loads_with_transformers_and_matches(tmp_path):
     lm = tiny_model("llama")
     coord = sw.Coord(1, 5, 7)
     plant(lm, coord, 50)
-    src = tmp_path / "src"
-    lm.model.save_pretrained(src, max_shard_size="100KB")  # sharded, with an index
-    lm.tokenizer.save_pretrained(src)
+    src = saved(lm, tmp_path / "src", max_shard_size="100KB")  # sharded, with an index
     src_bytes = {f.name: f.read_bytes() for f in src.iterdir()}
     streamed = sw.load(str(src), stream=True)
     cfg = QuantConfig(bits=4, layout="group", size=16, keep_fraction=0.01)
@@ -67,9 +65,7 @@ def test_a_per_expert_checkpoint_is_quantized_streamed_in_its_own_layout(tmp_pat
     lm = tiny_model("mixtral")
     coord = sw.Coord(1, 5, 7, expert=2)
     plant(lm, coord, 50)
-    src = tmp_path / "src"
-    lm.model.save_pretrained(src)
-    lm.tokenizer.save_pretrained(src)
+    src = saved(lm, tmp_path / "src")
     streamed = sw.load(str(src), stream=True)
     cfg = QuantConfig(bits=4, layout="group", size=16)
     out = tmp_path / "q"
@@ -94,9 +90,7 @@ def test_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
     import superweight.quant.export as export
 
     lm = tiny_model("llama")
-    src = tmp_path / "src"
-    lm.model.save_pretrained(src)
-    lm.tokenizer.save_pretrained(src)
+    src = saved(lm, tmp_path / "src")
     streamed = sw.load(str(src))
 
     def full(*a, **k):
@@ -114,8 +108,7 @@ def test_the_streamed_loop_leaves_a_core_to_the_io_threads(tmp_path, monkeypatch
 
     assert [export.compute_threads(n) for n in (1, 2, 16)] == [1, 1, 15]
     lm = tiny_model("llama")
-    lm.model.save_pretrained(tmp_path / "src")
-    lm.tokenizer.save_pretrained(tmp_path / "src")
+    saved(lm, tmp_path / "src")
     seen = []
     quantize_param = export.quantize_param
     monkeypatch.setattr(export, "quantize_param", lambda *a, **k: (seen.append(torch.get_num_threads()), quantize_param(*a, **k))[1])
@@ -133,8 +126,7 @@ def test_the_streamed_loop_leaves_a_core_to_the_io_threads(tmp_path, monkeypatch
 def test_quantize_cli_writes_a_checkpoint(tmp_path, cli, error_line):
     lm = tiny_model("qwen2")
     plant(lm, sw.Coord(2, 11, 13), 400)
-    lm.model.save_pretrained(tmp_path / "m")
-    lm.tokenizer.save_pretrained(tmp_path / "m")
+    saved(lm, tmp_path / "m")
     out = tmp_path / "q"
     proc = cli("quantize", str(tmp_path / "m"), "--bits", "3", "--block-size", "whole", "--clip", "z:auto",
                "--keep-outliers", "0.001", "--act-ratio", "0", "--out", str(out), "--json", "-")
@@ -167,8 +159,7 @@ def test_quantize_cli_writes_a_checkpoint(tmp_path, cli, error_line):
 @pytest.mark.slow
 def test_quantize_bad_input_is_one_line_and_writes_nothing(tmp_path, args, msg, cli_here, error_line):
     lm = tiny_model("llama")
-    lm.model.save_pretrained(tmp_path / "m")
-    lm.tokenizer.save_pretrained(tmp_path / "m")
+    saved(lm, tmp_path / "m")
     out = tmp_path / "q"
     extra = [] if "--coords" in args else ["--no-keep-super"]
     error_line(cli_here("quantize", str(tmp_path / "m"), "--out", str(out), *extra, *args), msg)
@@ -179,9 +170,7 @@ def test_the_api_overwrites_only_its_own_outputs(tmp_path):
     """``save_quantized(..., overwrite=True)`` replaces an earlier quantize output, never a
     folder of the user's (the CLI's rule, now the API's too)."""
     lm = tiny_model("llama")
-    src = tmp_path / "src"
-    lm.model.save_pretrained(src)
-    lm.tokenizer.save_pretrained(src)
+    src = saved(lm, tmp_path / "src")
     streamed = sw.load(str(src), stream=True)
     cfg = QuantConfig(bits=4, layout="group", size=16)
     theirs = tmp_path / "theirs"
