@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 GPL3 = Path("/usr/share/common-licenses/GPL-3")
 REAL = {"smol", "smol_whole", "smol_gguf", "smol_result", "qwen", "qwen_result"}
+GROUPS = {"qwen": {"qwen", "qwen_result"}, "smol": {"smol_result", "smol_whole"}}
 
 
 def pytest_configure(config):
@@ -23,6 +24,10 @@ def pytest_configure(config):
 
     if "SUPERWEIGHT_VERDICT_CACHE" not in os.environ:
         os.environ["SUPERWEIGHT_VERDICT_CACHE"] = tempfile.mkdtemp(prefix="superweight-verdicts-")
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one thread each
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("SUPERWEIGHT_TEST_THREADS", "1")))
 
 
 def pytest_collection_modifyitems(items):
@@ -32,6 +37,10 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if REAL & set(item.fixturenames):
             item.add_marker(pytest.mark.real)
+        for group, names in GROUPS.items():  # under xdist (--dist loadgroup): one worker loads each
+            if names & set(item.fixturenames):
+                item.add_marker(pytest.mark.xdist_group(group))
+                break
         if item.get_closest_marker("real"):
             item.add_marker(pytest.mark.slow)
 

@@ -380,11 +380,9 @@ def _verify_gguf(reader, path: Path, want: dict[str, list[tuple[int, float]]], r
     """Read the written file with ``gguf``'s reader: the same keys (plus ours) and tensors,
     every tensor byte-equal to the source except the edited ones, whose values differ from
     the source's exactly at the named elements. Returns the stored new values."""
-    from gguf import GGUFReader
-
     from superweight.models import gguf_file
 
-    new = GGUFReader(str(path))
+    new = gguf_file.reader(path)
     fail = f"verification of {path.name} failed"
     if [t.name for t in new.tensors] != [t.name for t in reader.tensors]:
         raise ModelLoadError(f"{fail}: its tensors differ from the source's")

@@ -1,6 +1,7 @@
 """The loader (models/load.py): what it is handed, and how it says what is wrong, in one line."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from tiny import tiny_model
@@ -92,3 +93,57 @@ def test_a_damaged_gguf_header_is_named_as_such(tmp_path, cli_here, error_line, 
         error_line(proc, f"cannot read GGUF file {bad}: its header is damaged or truncated")
         assert "JSON" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.gguf", "cache", "good.gguf"]
+
+
+def _same_reading(a, b) -> None:
+    assert list(a.fields) == list(b.fields)
+    for k, fa in a.fields.items():
+        fb = b.fields[k]
+        assert (fa.types, fa.data, fa.offset) == (fb.types, fb.data, fb.offset), k
+        assert len(fa.parts) == len(fb.parts), k
+        assert all(x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y) for x, y in zip(fa.parts, fb.parts)), k
+        assert fa.contents() == fb.contents(), k
+    assert [(t.name, t.tensor_type, t.data.shape, t.data_offset) for t in a.tensors] == \
+           [(t.name, t.tensor_type, t.data.shape, t.data_offset) for t in b.tensors]
+    assert all(np.array_equal(x.data, y.data) for x, y in zip(a.tensors, b.tensors))
+
+
+def test_our_gguf_reader_reads_what_the_stock_reader_reads(tmp_path):
+    """``gguf_file.reader`` (fast metadata) against ``gguf.GGUFReader``: every field, part,
+    type and tensor the same, on the real SmolLM2 file (49k-word vocabulary and merges) and
+    on a file with empty and numeric arrays, a string array and a float scalar."""
+    import gguf
+
+    from superweight.models import gguf_file, pypi
+
+    real = pypi.smollm2_path()
+    _same_reading(gguf_file.reader(real), gguf.GGUFReader(str(real)))
+    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
+    w.add_array("t.empty", [])
+    w.add_array("t.ints", [3, 1, 4])
+    w.add_array("t.words", ["a", "", "ünï"])
+    w.add_float32("t.x", 0.5)
+    w.add_tensor("w", np.arange(6, dtype=np.float32).reshape(2, 3))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    _same_reading(gguf_file.reader(tmp_path / "m.gguf"), gguf.GGUFReader(str(tmp_path / "m.gguf")))
+
+
+def test_transformers_reads_gguf_through_our_reader_only_inside_the_block():
+    """``faster_gguf``: our reader and one name map per architecture inside; gguf's own after,
+    also when the block raises."""
+    import gguf
+
+    from superweight.models.gguf_file import faster_gguf
+
+    stock, maps = gguf.GGUFReader, gguf.get_tensor_name_map
+    with pytest.raises(RuntimeError):
+        with faster_gguf():
+            assert issubclass(gguf.GGUFReader, stock) and gguf.GGUFReader is not stock
+            arch = gguf.MODEL_ARCH.LLAMA
+            assert gguf.get_tensor_name_map(arch, 2) is gguf.get_tensor_name_map(arch, 2)
+            raise RuntimeError
+    assert gguf.GGUFReader is stock and gguf.get_tensor_name_map is maps
+    assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is not gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)

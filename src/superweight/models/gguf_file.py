@@ -14,6 +14,7 @@ holds every value exactly (F16 where it can, else F32), and the change is record
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,72 @@ FLOAT_TYPES = ("F32", "F16", "BF16", "F64")
 # at most 65536 settings are tried: a weight's code (4 to 8 bits), and where the rest of its
 # sub-block is zero, the sub-block's scale too (Q6_K: 6 + 8 bits)
 MAX_CODE_BITS = 16
+
+
+_READER = None
+
+
+def _reader_class():
+    """``gguf.GGUFReader`` with its metadata parsed about 5x faster (see ``reader``)."""
+    global _READER
+    if _READER is not None:
+        return _READER
+    from gguf import GGUFReader, GGUFValueType
+
+    class Reader(GGUFReader):
+        def _get(self, offset, dtype, count=1, override_order=None):
+            plain = self.__dict__.get("_plain")
+            if plain is None:
+                plain = self._plain = self.data.view(np.ndarray)
+            dt = np.dtype(dtype)
+            arr = plain[offset: offset + dt.itemsize * int(count)].view(dt)[:int(count)]
+            return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
+
+        def _get_field_parts(self, orig_offs, raw_type):
+            if raw_type != GGUFValueType.ARRAY:
+                return super()._get_field_parts(orig_offs, raw_type)
+            raw_itype, alen = self._get(orig_offs, np.uint32), self._get(orig_offs + 4, np.uint64)
+            if raw_itype[0] != GGUFValueType.STRING or alen[0] == 0:
+                return super()._get_field_parts(orig_offs, raw_type)
+            u64, plain = np.dtype(np.uint64).newbyteorder(self.byte_order), self._plain
+            parts, offs = [raw_itype, alen], orig_offs + 12
+            for _ in range(int(alen[0])):  # each: its uint64 length, then its bytes
+                slen = plain[offs:offs + 8].view(u64)
+                parts += (slen, plain[offs + 8: offs + 8 + int(slen[0])])
+                offs += 8 + int(slen[0])
+            return offs - orig_offs, parts, list(range(3, len(parts), 2)), [GGUFValueType.ARRAY, GGUFValueType.STRING]
+
+    _READER = Reader
+    return Reader
+
+
+def reader(path: str | Path):
+    """``gguf.GGUFReader`` on ``path``, its metadata parsed about 5x faster (Qwen2.5's 152k-word
+    vocabulary and merges: 10.5 s with the stock reader, 2.1 s here, on 2 cores). The stock
+    reader slices its ``np.memmap`` once per value, and every memmap slice costs a subclass
+    finalization; this one slices a plain ndarray view of the same map, and reads an array
+    of strings in one loop. Fields and tensors are the same arrays, views of the file
+    (``tests/models/test_load.py`` compares them with the stock reader's)."""
+    return _reader_class()(str(path))
+
+
+@contextmanager
+def faster_gguf():
+    """transformers' own GGUF reading (config, tokenizer, weights, the name map), with our
+    reader in place of ``gguf.GGUFReader`` and each ``gguf.get_tensor_name_map`` built once:
+    transformers builds that map again for every module of the model (397 times on SmolLM2,
+    9 s of a 30 s streamed load). transformers imports both from ``gguf`` when it calls
+    them, so they are swapped in the ``gguf`` module for the block, and put back after."""
+    import functools
+
+    import gguf
+
+    saved = gguf.GGUFReader, gguf.get_tensor_name_map
+    gguf.GGUFReader, gguf.get_tensor_name_map = _reader_class(), functools.lru_cache(maxsize=None)(saved[1])
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = saved
 
 
 def element_shape(t) -> tuple[int, ...]:

@@ -272,6 +272,17 @@ def _library_bars_quiet():
     return contextlib.redirect_stderr(io.StringIO()) if os.environ.get("TQDM_DISABLE") else contextlib.nullcontext()
 
 
+def _gguf_reading(gguf: Path | None):
+    """``gguf_file.faster_gguf`` when transformers will read this GGUF file, else nothing."""
+    import contextlib
+
+    if gguf is None:
+        return contextlib.nullcontext
+    from superweight.models.gguf_file import faster_gguf
+
+    return faster_gguf
+
+
 def gguf_to_hf_dir(path: Path, log=None) -> Path:
     """Convert a GGUF file to a cached HF directory (float32) once; return its path. The
     conversion holds the lock on its target (a second run waits for it, then uses its
@@ -291,8 +302,10 @@ def gguf_to_hf_dir(path: Path, log=None) -> Path:
         from safetensors.torch import save_model
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from superweight.models.gguf_file import faster_gguf
+
         try:
-            with _library_bars_quiet():
+            with _library_bars_quiet(), faster_gguf():
                 tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
                 model, info = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                                    dtype=torch.float32, output_loading_info=True)
@@ -430,14 +443,16 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
         # config and tokenizer as the one-time conversion saved them (same content hash): reading
         # them from the GGUF parses its metadata twice more (13 s each for a 152k vocabulary)
         where, source_arg = {}, str(converted)
+    reading = _gguf_reading(gguf)  # transformers parses the GGUF's metadata for config and tokenizer
     try:
-        config = AutoConfig.from_pretrained(source_arg, trust_remote_code=trust_remote_code, **where)
+        with reading():
+            config = AutoConfig.from_pretrained(source_arg, trust_remote_code=trust_remote_code, **where)
     except Exception as e:  # noqa: BLE001
         if gguf is not None:  # transformers falls back to reading it as JSON, and says so: ask gguf why
             try:
-                from gguf import GGUFReader
+                from superweight.models.gguf_file import reader
 
-                GGUFReader(str(gguf))
+                reader(gguf)
             except Exception as why:  # noqa: BLE001 - the reader raises several types
                 raise header_error(gguf, why) from e
         raise ModelLoadError(f"cannot load the config of {ref}: {first_line(e)}") from e
@@ -455,7 +470,8 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
     if isinstance(source, Path) and source.is_dir():
         _check_weights(source)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source_arg, trust_remote_code=trust_remote_code, **where)
+        with reading():
+            tokenizer = AutoTokenizer.from_pretrained(source_arg, trust_remote_code=trust_remote_code, **where)
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"cannot load the tokenizer of {ref or 'the default model'}: {_tokenizer_error(e)}") from e
     try:

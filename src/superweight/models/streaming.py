@@ -291,16 +291,17 @@ class GGUFCheckpoint:
     own, so this reads exactly what transformers' GGUF loader would."""
 
     def __init__(self, path: Path, model: torch.nn.Module, config):
-        from gguf import GGUFReader
         from transformers.modeling_gguf_pytorch_utils import (
             TENSOR_PROCESSORS,
             TensorProcessor,
             get_gguf_hf_weights_map,
         )
 
+        from superweight.models.gguf_file import faster_gguf, reader
+
         self.dir = Path(path)
         try:
-            self.reader = GGUFReader(str(path))
+            self.reader = reader(path)
         except Exception as e:  # noqa: BLE001 - the reader raises several types on a bad file
             from superweight.models.gguf_file import header_error
 
@@ -314,7 +315,8 @@ class GGUFCheckpoint:
             # conversion fuses again; not mirrored here
             raise ModelLoadError(f"{path.name}: per-layer GGUF reading does not handle {arch} experts; "
                                  "load it whole (--no-stream)")
-        self.key_map = get_gguf_hf_weights_map(model, self.processor)  # gguf name -> model name
+        with faster_gguf():  # its name map built once, not once per module
+            self.key_map = get_gguf_hf_weights_map(model, self.processor)  # gguf name -> model name
         # model name -> the GGUF tensors it is built from: one, or for fused MoE experts
         # (Qwen2/3-MoE, MiniMax-M2) the stacked gate and up tensors that make gate_up_proj;
         # the expert entries of the name map lack the ".weight" the file's names carry
@@ -341,6 +343,7 @@ class GGUFCheckpoint:
             _unmap(mm, off, n)
 
     def read_iter(self, names: list[str], view: bool = False):
+        import numpy as np
         from gguf import dequantize
 
         for n in names:
@@ -351,8 +354,10 @@ class GGUFCheckpoint:
             for t in self.where[n]:
                 r = self.processor.process(weights=dequantize(t.data, t.tensor_type), name=t.name,
                                            tensor_key_mapping=self.key_map, parsed_parameters=parsed)
-                if r.name is not None:
-                    out = torch.from_numpy(r.weights.copy())
+                if r.name is not None:  # a fresh array is taken as it is; a view of the file is copied
+                    w = r.weights
+                    fresh = type(w) is np.ndarray and w.flags.writeable and w.flags.c_contiguous  # the map is read-only
+                    out = torch.from_numpy(w if fresh else np.array(w, copy=True, order="C"))
             if n in parsed["tensors"]:
                 out = parsed["tensors"][n]
             if out is None:
