@@ -27,8 +27,10 @@ $(TEST_STAMP): $(STAMP)
 detect: $(STAMP)
 	$(BIN)/superweight detect
 
+# two workers (CI has two cores), one torch thread each, whole files per worker: a file's
+# real model is loaded once, and the longest file (Qwen2.5-Coder's) starts first (tests/conftest.py)
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_detect.py

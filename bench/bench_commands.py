@@ -8,8 +8,9 @@ untimed warm-up of each first (page cache, the GGUF conversion cache, the verdic
 Outputs go to a temporary folder, removed after. The commands are those the change touched
 (issues 23 and 24): the verdict cache's second command (the CLI's start and dispatch), a
 full detection, a quantize (the outputs transaction, its locks and their record), an edit
-of the GGUF file, an audit of a re-quantized copy, a report, and the second real model's
-detection (``--only`` picks commands by their label).
+of the GGUF file, an audit of a re-quantized copy and of the edited GGUF (read from the file,
+as an audit reads a quantized copy), an edit of the second real model's GGUF, a report, and
+the second real model's detection (``--only`` picks commands by their label).
 """
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ def commands(tmp: Path) -> list[tuple[str, list[str]]]:
         ("quantize --bits 4 (super weights from the cache)", ["quantize", "--bits", "4", "--out", q, "--overwrite"]),
         ("edit --zero 11:507:1229 (GGUF)", ["edit", "--zero", "11:507:1229", "--out", str(tmp / "e"), "--overwrite"]),
         ("audit default vs its 4-bit copy (--coords)", ["audit", "smollm2", q, "--coords", "11:507:1229"]),
+        ("audit default vs its edited GGUF (read from the file)",
+         ["audit", "smollm2", str(tmp / "e" / "SmolLM2-135M-Instruct.Q4_1.gguf"), "--coords", "11:507:1229"]),
+        ("edit qwen2.5-coder-0.5b --zero 5:62:956 (GGUF)",
+         ["edit", "qwen2.5-coder-0.5b", "--zero", "5:62:956", "--out", str(tmp / "eq"), "--overwrite"]),
         ("report (verdict cached)", ["report", "--out", str(tmp / "r.html")]),
         ("detect qwen2.5-coder-0.5b --recompute", ["detect", "qwen2.5-coder-0.5b", "--recompute", "--json", os.devnull]),
     ]

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 GPL3 = Path("/usr/share/common-licenses/GPL-3")
 REAL = {"smol", "smol_whole", "smol_gguf", "smol_result", "qwen", "qwen_result"}
-GROUPS = {"qwen": {"qwen", "qwen_result"}, "smol": {"smol_result", "smol_whole"}}
+QWEN = {"qwen", "qwen_result"}
 
 
 def pytest_configure(config):
@@ -33,16 +33,17 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(items):
     """``real``: the test reads a real model's weights (through these fixtures, or marked by
     hand); ``slow``: real, or it starts the command in a fresh process. ``pytest -m "not
-    slow"`` is the quick loop (tiny models, in process); CI runs everything."""
+    slow"`` is the quick loop (tiny models, in process); CI runs everything.
+
+    The second real model's tests go first: ``make test`` runs two workers, each given
+    whole files (``--dist loadfile``), so one worker starts on the longest file (Qwen's
+    detection, then its checks) while the other takes the rest."""
     for item in items:
         if REAL & set(item.fixturenames):
             item.add_marker(pytest.mark.real)
-        for group, names in GROUPS.items():  # under xdist (--dist loadgroup): one worker loads each
-            if names & set(item.fixturenames):
-                item.add_marker(pytest.mark.xdist_group(group))
-                break
         if item.get_closest_marker("real"):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: not QWEN & set(item.fixturenames))  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")

