@@ -325,13 +325,16 @@ def test_smollm2_gguf_edit_loads_in_transformers_with_only_the_super_weight_chan
     differs from the original."""
     from gguf import GGUFReader
 
+    from superweight.models.gguf_file import faster_gguf
+
     coord = sw.Coord(11, 507, 1229)
     rep = save_edited(smol_gguf, [Edit(coord)], tmp_path / "out")
     assert rep.retyped == {"blk.11.ffn_down.weight": ("Q4_1", "F32")}
     path = tmp_path / "out" / rep.files[0]
     meta = json.loads(GGUFReader(str(path)).fields["superweight.edit"].contents())
     assert meta["changes"][0]["coord"] == str(coord)
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    with faster_gguf():  # transformers' loader, its name map built once (9 s less; the reader: test_load.py)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     got = model.state_dict()
     down = got["model.layers.11.mlp.down_proj.weight"]
     orig = smol_gguf.adapter.read("model.layers.11.mlp.down_proj.weight")

