@@ -9,7 +9,7 @@ Outputs go to a temporary folder, removed after. The commands are those the chan
 (issues 23 and 24): the verdict cache's second command (the CLI's start and dispatch), a
 full detection, a quantize (the outputs transaction, its locks and their record), an edit
 of the GGUF file, an audit of a re-quantized copy and of the edited GGUF (read from the file,
-as an audit reads a quantized copy), an edit of the second real model's GGUF, a report, and
+as an audit reads a quantized copy), an edit of the second real model's GGUF, a report, a short ablation with lm-eval's tasks, and
 the second real model's detection (``--only`` picks commands by their label).
 """
 from __future__ import annotations
@@ -39,6 +39,9 @@ def commands(tmp: Path) -> list[tuple[str, list[str]]]:
         ("edit qwen2.5-coder-0.5b --zero 5:62:956 (GGUF)",
          ["edit", "qwen2.5-coder-0.5b", "--zero", "5:62:956", "--out", str(tmp / "eq"), "--overwrite"]),
         ("report (verdict cached)", ["report", "--out", str(tmp / "r.html")]),
+        ("ablate --tasks piqa lambada_openai --limit 8 (lm-eval, in memory)",
+         ["ablate", "--coords", "11:507:1229", "--tasks", "piqa", "lambada_openai", "--limit", "8", "--texts", "gpl3",
+          "--seqlen", "512", "--max-windows", "1", "--stopword-prompts", "8", "--out", str(tmp / "a")]),
         ("detect qwen2.5-coder-0.5b --recompute", ["detect", "qwen2.5-coder-0.5b", "--recompute", "--json", os.devnull]),
     ]
 
