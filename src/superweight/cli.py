@@ -489,7 +489,16 @@ def cmd_quantize(args, console):
                        MANIFEST)
 
     return Job(declare=lambda outs: {"out": outs.directory(args.out, "--out", overwrite=args.overwrite, marker=MANIFEST)},
-               work=work, to_json=lambda r: {"model": r[0].name, "out": args.out, **r[1].to_dict()}, show=show)
+               work=work, to_json=lambda r: {"model": r[0].name, "out": args.out, **r[1].to_dict(), **_acted(r[2])},
+               show=show)
+
+
+def _acted(t) -> dict:
+    """``acted_on`` (the weights held out, and where they came from) and, when detection ran
+    for them, ``verdict`` (computed now, or from the cache), as verify, audit and report say."""
+    if t is None:
+        return {"acted_on": {"coords": [], "from": "none (--no-keep-super)"}}
+    return {"acted_on": t.to_dict(), **({"verdict": t.provenance.to_dict()} if t.provenance else {})}
 
 
 def cmd_edit(args, console):

@@ -133,7 +133,9 @@ def test_quantize_cli_writes_a_checkpoint(tmp_path, cli, error_line):
     assert proc.returncode == 0, proc.stderr
     rep = json.loads(proc.stdout)
     assert rep["super_weights_held"] == ["2:11:13"]  # detected, then held out
-    golden.check("quantize-cli-tiny-qwen2", {k: v for k, v in rep.items() if k not in ("model", "out")})
+    assert rep["acted_on"] == {"coords": ["2:11:13"], "from": "detected super weights"}
+    assert rep["verdict"]["source"] in ("computed", "cache")  # detection ran for them
+    golden.check("quantize-cli-tiny-qwen2", {k: v for k, v in rep.items() if k not in ("model", "out", "acted_on", "verdict")})
     assert rep["config"]["layout"] == "block" and rep["config"]["size"] is None
     assert 3.0 < rep["bits_per_weight"] < 3.2
     assert (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file()
@@ -164,6 +166,19 @@ def test_quantize_bad_input_is_one_line_and_writes_nothing(tmp_path, args, msg, 
     extra = [] if "--coords" in args else ["--no-keep-super"]
     error_line(cli_here("quantize", str(tmp_path / "m"), "--out", str(out), *extra, *args), msg)
     assert sorted(f.name for f in tmp_path.iterdir()) == ["m"]
+
+
+@pytest.mark.parametrize("how,want", [(["--coords", "1:5:7"], {"coords": ["1:5:7"], "from": "given"}),
+                                      (["--no-keep-super"], {"coords": [], "from": "none (--no-keep-super)"})])
+def test_quantize_json_names_the_weights_it_held_and_their_source(tmp_path, cli_here, how, want):
+    """``acted_on`` in quantize's JSON, as verify, audit and report write it; no ``verdict``
+    when no detection ran."""
+    saved(tiny_model("llama"), tmp_path / "m")
+    proc = cli_here("quantize", str(tmp_path / "m"), "--bits", "4", "--out", str(tmp_path / "q"), *how, "--json", "-")
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads(proc.stdout)
+    assert rep["acted_on"] == want and "verdict" not in rep
+    assert rep["super_weights_held"] == want["coords"]
 
 
 def test_the_api_overwrites_only_its_own_outputs(tmp_path):
