@@ -558,3 +558,11 @@ def test_no_output_lands_inside_a_hub_models_cache_folder(tmp_path, monkeypatch,
             with pytest.raises(sw.UsageError, match="is inside the model being read"):
                 outs.file(str(given), "--json") if given.parent.exists() else outs.directory(str(given), "--out")
         assert outs.file(str(tmp_path / "ok.json"), "--json") is not None
+
+
+def test_percentages_read_as_percentages():
+    """A zeroed weight's error is "100%", not "1e+02%" (as the audit table first showed it)."""
+    from superweight.output.console import fmt_pct
+
+    assert [fmt_pct(x) for x in (1.0, 0.153, 12.34, 0.053, 0.000123, 0.0, None, float("nan"))] == \
+        ["100%", "15%", "1234%", "5.3%", "0.012%", "0%", "-", "-"]

@@ -17,7 +17,12 @@ def fmt_g(x: float | None, digits: int = 4) -> str:
 
 
 def fmt_pct(x: float | None) -> str:
-    return "-" if x is None or not math.isfinite(x) else f"{100 * x:.2g}%"
+    """A fraction as a percentage, two significant digits below 10%, whole percents above
+    (1.0 -> "100%", not "1e+02%")."""
+    if x is None or not math.isfinite(x):
+        return "-"
+    v = 100 * x
+    return f"{v:.0f}%" if abs(v) >= 10 else f"{v:.2g}%"
 
 
 def _short(param: str, coord) -> str:
