@@ -494,8 +494,8 @@ def cmd_quantize(args, console):
 
 
 def _acted(t) -> dict:
-    """``acted_on`` (the weights held out, and where they came from) and, when detection ran
-    for them, ``verdict`` (computed now, or from the cache), as verify, audit and report say."""
+    """``acted_on`` (the weights acted on, and where they came from) and, when detection ran
+    for them, ``verdict`` (computed now, or from the cache): quantize's and audit's JSON."""
     if t is None:
         return {"acted_on": {"coords": [], "from": "none (--no-keep-super)"}}
     return {"acted_on": t.to_dict(), **({"verdict": t.provenance.to_dict()} if t.provenance else {})}
@@ -545,8 +545,7 @@ def cmd_audit(args, console):
         print_lines(console, r[1].describe(), *([f"findings: {r[1].provenance.describe()}"] if r[1].provenance else []))
 
     return Job(work=work, show=show, sources=model_sources(args.original) + model_sources(args.quantized),
-               to_json=lambda r: {**r[0].to_dict(), "acted_on": r[1].to_dict(),
-                                  **({"verdict": r[1].provenance.to_dict()} if r[1].provenance else {})})
+               to_json=lambda r: {**r[0].to_dict(), **_acted(r[1])})
 
 
 def cmd_report(args, console):

@@ -10,6 +10,7 @@ unless asked for; transformers reads ``.bin`` checkpoints with ``weights_only=Tr
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -266,21 +267,9 @@ def _library_bars_quiet():
     """transformers' GGUF conversion draws its own tqdm bar, which no setting of its turns
     off; with ``TQDM_DISABLE`` set (the command line sets it unless --debug) its stderr is
     held back for the conversion. Errors still raise."""
-    import contextlib
     import io
 
     return contextlib.redirect_stderr(io.StringIO()) if os.environ.get("TQDM_DISABLE") else contextlib.nullcontext()
-
-
-def _gguf_reading(gguf: Path | None):
-    """``gguf_file.faster_gguf`` when transformers will read this GGUF file, else nothing."""
-    import contextlib
-
-    if gguf is None:
-        return contextlib.nullcontext
-    from superweight.models.gguf_file import faster_gguf
-
-    return faster_gguf
 
 
 def gguf_to_hf_dir(path: Path, log=None) -> Path:
@@ -443,7 +432,10 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
         # config and tokenizer as the one-time conversion saved them (same content hash): reading
         # them from the GGUF parses its metadata twice more (13 s each for a 152k vocabulary)
         where, source_arg = {}, str(converted)
-    reading = _gguf_reading(gguf)  # transformers parses the GGUF's metadata for config and tokenizer
+    from superweight.models.gguf_file import faster_gguf
+
+    # transformers parses a GGUF file's metadata for its config and tokenizer
+    reading = faster_gguf if gguf is not None else contextlib.nullcontext
     try:
         with reading():
             config = AutoConfig.from_pretrained(source_arg, trust_remote_code=trust_remote_code, **where)
