@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -33,6 +34,9 @@ def test_detect_default_model_json_contract(cli, smol_result):
     for key in ("module", "value", "input_activation", "output_activation"):
         assert key in found
     assert found["grade"] == "super" and found["effect"]["matters_in"] == ["bos", "mid"]
+    for cond, v in found["effect"]["text"].items():  # each effect with its interval over windows
+        assert v["spread"]["windows"] == out["text"]["first"] and v["spread"]["ppl_ratio"][0] <= v["ppl_ratio"]
+    assert re.search(r"x[\d.]+ \[[\d.]+-[\d.]+\], KL [\d.]+ \[", proc.stderr)  # the console shows it too
     assert {c["kind"] for c in found["effect"]["controls"]} >= {"largest", "random", "neighbours"}
     assert all("reason" in r for r in out["rejected"])
     assert out["super_activation"]["channel"] == 507
@@ -85,7 +89,8 @@ def test_local_directory_with_planted_weight(tmp_path, cli):
     lm.tokenizer.save_pretrained(tmp_path / "m")
     proc = cli("detect", str(tmp_path / "m"), "--json", "-")
     assert proc.returncode == 0, proc.stderr
-    (found,) = json.loads(proc.stdout)["super_weights"]
+    out = json.loads(proc.stdout)
+    (found,) = out["super_weights"] + out["strong"]  # a random model's perplexity: super or strong (detection.md)
     assert (found["layer"], found["row"], found["col"]) == (2, 11, 13)
 
 
@@ -187,7 +192,8 @@ def test_bin_checkpoint_is_loaded_with_weights_only(tmp_path, cli_here, error_li
     torch.save(lm.model.state_dict(), good / "pytorch_model.bin")
     loaded = sw.load(str(good))
     assert loaded.adapter.streamer is None  # .bin is loaded whole
-    assert sw.detect(loaded).coords == [sw.Coord(1, 5, 7)]
+    found = sw.detect(loaded)
+    assert found.coords + found.strong_coords == [sw.Coord(1, 5, 7)]
     # a pickle that is not plain tensors is refused, not executed
     bad = tmp_path / "bad"
     lm.model.config.save_pretrained(bad)
@@ -219,7 +225,7 @@ def test_missing_default_package_says_how_to_install(monkeypatch):
 def test_text_too_short_for_one_window_is_one_line(tmp_path, cli_here, error_line):
     short = tmp_path / "short.txt"
     short.write_text("Only a few words here.\n\nAnd a second short passage.")
-    error_line(cli_here("detect", "--text", str(short)), "too short for one window of 512 tokens")
+    error_line(cli_here("detect", "--text", str(short)), "too short for one window of 128 tokens")
 
 
 @pytest.mark.parametrize("args,msg", [

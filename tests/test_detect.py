@@ -50,8 +50,8 @@ def test_controls_stay_out_of_the_candidates_row_and_column_and_are_reproducible
 
 
 def effect(kl: dict, ppl: dict, controls: dict) -> Effect:
-    e = Effect(kl=1.0, ppl=2.0, ppl_intact=1.0, text=TextEffect(ppl, kl))
-    e.controls = [Control(k, (sw.Coord(0, 0, i),), TextEffect({c: 1.0 for c in kl}, v)) for i, (k, v) in
+    e = Effect(kl=1.0, ppl=2.0, ppl_intact=1.0, text=TextEffect.single(ppl, kl))
+    e.controls = [Control(k, (sw.Coord(0, 0, i),), TextEffect.single({c: 1.0 for c in kl}, v)) for i, (k, v) in
                   enumerate(controls.items())]
     return e
 

@@ -43,7 +43,11 @@ def test_detects_planted_super_weight(model_type):
     assert entry.get("expert") == expert
     assert set(entry["effect"]["text"]) == {"bos", "mid"}
     assert len(d["layers"]) == lm.adapter.num_layers
-    assert d["text"]["windows"] == {"bos": 1, "mid": 1} and d["text"]["window"] == 128  # the tiny context
+    assert d["text"]["window"] == 128 and d["text"]["first"] == 4  # the tiny context; four windows first ...
+    assert d["text"]["windows"]["bos"] in (4, 8, 16) and d["text"]["budget"] == 16  # ... doubled while open
+    for cond, v in entry["effect"]["text"].items():  # the interval over the windows it was measured on
+        assert v["spread"]["windows"] == d["text"]["windows"][cond] or v["spread"]["windows"] in (4, 8)
+        assert v["spread"]["kl"][0] <= v["kl"] <= v["spread"]["kl"][1]
     golden.check(f"detect-tiny-{model_type}", d)
 
 

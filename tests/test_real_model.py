@@ -55,7 +55,11 @@ def test_the_super_weight_is_graded_super_on_real_text_in_both_conditions(smol_r
     for cond in ("bos", "mid"):
         assert f.effect.text.ppl_ratio[cond] >= cfg.super_ppl_ratio
         assert f.effect.margin[cond] >= cfg.min_control_ratio
-    assert smol_result.text["window"] == 512 and smol_result.text["start_token"] == "<|endoftext|>"
+        iv = f.effect.text.interval(cond)  # decided at the first look: super at both ends of the interval
+        assert iv["windows"] == cfg.windows and iv["ppl_ratio"][0] >= cfg.super_ppl_ratio
+        assert iv["kl"][0] >= cfg.min_control_ratio * max(c.text.interval(cond)["kl"][1] for c in f.effect.controls
+                                                          if c.text is not None)
+    assert smol_result.text["window"] == 128 and smol_result.text["start_token"] == "<|endoftext|>"
     on = {(m["where"], m["token"]): m for m in smol_result.massive if m["channel"] == 507}
     for where in ("prompt", "bos", "mid"):  # the first token everywhere, written by the super weight
         m = on[(where, 0)]
@@ -85,3 +89,14 @@ def test_index_agrees_and_verify_confirms(smol, smol_result):
     assert [v.is_super_weight for v in verdicts] == [True, False, False]
     assert [v.grade for v in verdicts] == ["super", "rejected", "rejected"]
     assert verdicts[0].spike and verdicts[1].spike and not verdicts[2].spike
+
+
+def test_a_weight_whose_neighbours_matter_is_graded_with_them(smol_result):
+    """9:507:200 alone moves real text less than zeroing its row and column neighbours
+    does (its old reason: "only 3x its control"); zeroed together with them it is a
+    specific effect, reported as the candidate with ``jointly_with`` (docs/detection.md, step 7)."""
+    (f,) = [f for f in smol_result.strong if f.coord == sw.Coord(9, 507, 200)]
+    assert f.jointly_with and all(c.layer == 9 and (c.row == 507 or c.col == 200) for c in f.jointly_with)
+    assert set(f.effect.matters_in) >= {"bos"} and f.effect.margin["bos"] >= smol_result.config.min_control_ratio
+    assert sw.Coord(9, 507, 200) not in [r.coord for r in smol_result.rejected]
+

@@ -118,9 +118,9 @@ def test_controls_are_measured_only_where_their_weight_could_matter(qwen_result)
     cfg = qwen_result.config
     seen = set()
     for f in qwen_result.strong + qwen_result.super_weights:
-        where = {c for c, v in f.effect.text.kl.items() if v >= cfg.strong_kl}
+        where = {c for c in f.effect.text.kls if f.effect.text.interval(c)["kl"][1] >= cfg.strong_kl}  # could matter
         measured = [c for c in f.effect.controls if c.text is not None]
         assert measured and all(set(c.text.kl) == where for c in measured), f.coord
         assert set(f.effect.margin) == where
         seen.add(tuple(sorted(where)))
-    assert seen == {("bos",), ("mid",)}
+    assert ("mid",) in seen and any(len(w) < 2 for w in seen)  # some controls skipped a condition

@@ -13,6 +13,11 @@ from superweight.targets import ACCEPTS, SOURCES, which_weights
 
 SW = sw.Coord(1, 5, 7)
 
+# A random tiny model's perplexity says little: zeroing the planted weight costs it x1.7 to
+# x4.3 mid-text over 16 windows of 32 tokens, so "wrecks it" is set at x1.5 here to make
+# the planted weight a super weight (docs/detection.md, "Tiny models").
+TINY_SUPER = sw.DetectConfig(window=32, super_ppl_ratio=1.5)
+
 
 @pytest.fixture(scope="module")
 def lm():
@@ -55,7 +60,7 @@ def test_detection_runs_once_through_the_verdict_cache(lm, monkeypatch):
 
     monkeypatch.setattr(verdicts, "detect_once", counted)
     said = []
-    t = which_weights(lm, None, ACCEPTS["report"], sw.DetectConfig(window=32), on_verdict=said.append)
+    t = which_weights(lm, None, ACCEPTS["report"], TINY_SUPER, on_verdict=said.append)
     assert (t.coords, t.source, t.label) == ([SW], "detected", "detected super weights")
     assert len(calls) == 1 and len(said) == 1 and t.provenance is said[0]
     assert t.to_dict() == {"coords": ["1:5:7"], "from": "detected super weights"}

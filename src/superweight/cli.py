@@ -46,13 +46,20 @@ def _recompute(p: argparse.ArgumentParser) -> None:
                    help="prove the verdict again instead of reusing the cached one (see superweight/verdicts.py)")
 
 
-def _proof_args(p: argparse.ArgumentParser) -> None:
+def _proof_args(p: argparse.ArgumentParser, budget: bool = True) -> None:
     p.add_argument("--text", default="lambada", metavar="SRC",
                    help="real text the proof zeroes weights on: lambada (default, offline), gpl3, boolq, wikitext2 or c4 "
                         "(online), or a text file")
-    p.add_argument("--window", type=int, default=512, help="tokens per real-text window (default 512, capped at the context)")
-    p.add_argument("--windows", type=int, default=1,
-                   help="windows per condition (starting with the model's start token, and mid-text; default 1)")
+    p.add_argument("--window", type=int, default=128, help="tokens per real-text window (default 128, capped at the context)")
+    p.add_argument("--windows", type=int, default=4,
+                   help="windows per condition at the proof's first look (starting with the model's start token, "
+                        "and mid-text; default 4)")
+    if budget:
+        p.add_argument("--max-windows", type=int, default=16,
+                       help="windows per condition at most: a grade whose interval over windows is still open gets "
+                            "twice as many, up to this (default 16; --max-windows N --windows N: a fixed N)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="which passages the windows come from: 0 in the text's order (default), else shuffled by this seed")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -193,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     _proof_args(u)
     r = sub.add_parser("report", help="one self-contained HTML page: findings, super activation, ablation, quantization")
     _common(r)
-    _proof_args(r)
+    _proof_args(r, budget=False)  # its --max-windows is the perplexity's
     r.add_argument("--out", default="superweight-report.html", help="the HTML file (default ./superweight-report.html)")
     r.add_argument("--coords", nargs="+", metavar="L:R:C",
                    help="weights to ablate and hold out (default: the super weights found, else the index's, else the strong ones)")
@@ -223,7 +230,9 @@ def detect_config(args, prompts: bool = True):
     from superweight.results import DetectConfig
 
     given = getattr(args, "prompt", None) if prompts else None
-    extra = {k: getattr(args, k) for k in ("text", "window", "windows") if getattr(args, k, None) is not None}
+    extra = {k: getattr(args, k) for k in ("text", "window", "windows", "seed") if getattr(args, k, None) is not None}
+    if getattr(args, "cmd", None) in ("detect", "verify", "audit") and getattr(args, "max_windows", None) is not None:
+        extra["max_windows"] = args.max_windows  # report's --max-windows is its perplexity's, not the proof's
     return DetectConfig(**({"prompts": tuple(given)} if given is not None else {}), **extra)
 
 

@@ -91,37 +91,86 @@ def controls_for(lm: LoadedModel, coords: list[Coord], avoid: set[Coord], n_rand
     return [Control("largest", tuple(largest)), Control("random", tuple(rand)), Control("neighbours", tuple(near))]
 
 
+def _bounds(eff: Effect, cfg: DetectConfig, end: int) -> tuple[str, dict, list[str]]:
+    """(grade, margin per condition, conditions where it matters) with every number at one
+    end of its interval over windows: ``end`` 0 the point values (means over windows), -1
+    the pessimistic end (the candidate's lower bound against its controls' upper bounds),
+    +1 the optimistic end. Conditions without a measured control are not graded."""
+    margin, matters, wreck = {}, [], []
+    for c in eff.text.kls:
+        ctls = [k.text for k in eff.controls if k.text is not None and c in k.text.kls]
+        if not ctls:
+            continue
+        if end == 0:
+            kl, ppl, ctl = eff.text.kl[c], eff.text.ppl_ratio[c], max(t.kl[c] for t in ctls)
+        else:
+            iv = eff.text.interval(c, cfg.confidence)
+            kl, ppl = iv["kl"][end > 0], iv["ppl_ratio"][end > 0]
+            ctl = max(t.interval(c, cfg.confidence)["kl"][end < 0] for t in ctls)
+        margin[c] = kl / max(ctl, cfg.kl_floor)
+        if kl >= cfg.strong_kl and margin[c] >= cfg.min_control_ratio:
+            matters.append(c)
+            if ppl >= cfg.super_ppl_ratio:
+                wreck.append(c)
+    return ("super" if wreck else "strong" if matters else "rejected"), margin, matters
+
+
+def decided(eff: Effect, cfg: DetectConfig) -> bool:
+    """Whether more windows could not change the grade: at both ends of every interval it is
+    the same (a candidate below ``strong_kl`` even at its upper bound is decided too)."""
+    if eff.text is None:
+        return True
+    return _bounds(eff, cfg, -1)[0] == _bounds(eff, cfg, +1)[0]
+
+
 def grade(eff: Effect, cfg: DetectConfig) -> tuple[str, str | None]:
-    """(grade, reason): ``super``, ``strong`` or ``rejected`` with the reason; see docs/detection.md."""
+    """(grade, reason): ``super``, ``strong``, ``uncertain`` or ``rejected`` with the reason;
+    see docs/detection.md. The grade is the one that holds at both ends of every interval
+    over windows. Where the ends differ: ``uncertain`` when it is open whether the weight
+    matters at all (rejected at one end, graded at the other); ``strong`` with the reason
+    "super not shown: ..." when it surely matters but its perplexity interval straddles
+    ``super_ppl_ratio``."""
     if eff.text is None:
         return "rejected", (
             f"screened out on the probe sentences: zeroing it moves them by {eff.kl:.3g} nats"
             + (f", its control {eff.control_kl:.2g}" if eff.control_kl is not None else "")
             + f" (needs >= {cfg.screen_kl:g} and >= {cfg.screen_margin:g}x the control)")
-    margin, matters, wreck = {}, [], []
-    for c in eff.text.kl:
-        ctl = eff.control_kl_text(c)
-        if ctl is None:
-            continue
-        margin[c] = eff.text.kl[c] / max(ctl, cfg.kl_floor)
-        if eff.text.kl[c] >= cfg.strong_kl and margin[c] >= cfg.min_control_ratio:
-            matters.append(c)
-            if eff.text.ppl_ratio[c] >= cfg.super_ppl_ratio:
-                wreck.append(c)
+    g, margin, matters = _bounds(eff, cfg, 0)
     eff.margin = margin or None
     eff.matters_in = matters
-    if wreck:
-        return "super", None
-    if matters:
-        return "strong", None
+    low, high = _bounds(eff, cfg, -1)[0], _bounds(eff, cfg, +1)[0]
+    if low == "rejected" and high != "rejected":  # does it matter at all? the windows cannot tell
+        return "uncertain", f"{low} or {high}: " + "; ".join(_straddles(eff, cfg))
+    if low != high:  # it matters for sure; that it wrecks the model is not shown at both ends
+        return low, f"{high} not shown: " + "; ".join(_straddles(eff, cfg))
+    if g != "rejected":
+        return g, None
     c = eff.text.worst()
     ctl = eff.control_kl_text(c)
     if eff.text.kl[c] < cfg.strong_kl:
         why = f"{eff.text.kl[c]:.3g} nats (< {cfg.strong_kl:g})"
     else:
         which = "strongest control's" if all(k.text is not None for k in eff.controls) else "strongest measured control's"
-        why = f"{eff.text.kl[c]:.3g} nats, only {margin[c]:.3g}x the {which} {ctl:.2g} (< {cfg.min_control_ratio:g}x)"
+        why = (f"{eff.text.kl[c]:.3g} nats, only {margin[c]:.3g}x the {which} {ctl:.2g} (< {cfg.min_control_ratio:g}x)"
+               if c in margin else f"{eff.text.kl[c]:.3g} nats, no control measured there")
     return "rejected", f"on real text ({c}) zeroing it moves predictions by {why}; perplexity x{eff.text.ppl_ratio[c]:.3g}"
+
+
+def _straddles(eff: Effect, cfg: DetectConfig) -> list[str]:
+    """Each threshold that an interval over windows straddles, in words."""
+    out = []
+    lo, hi = _bounds(eff, cfg, -1)[1], _bounds(eff, cfg, +1)[1]
+    for c in eff.text.kls:
+        iv = eff.text.interval(c, cfg.confidence)
+        n = f"{iv['windows']} windows"
+        (klo, khi), (plo, phi) = iv["kl"], iv["ppl_ratio"]
+        if klo < cfg.strong_kl <= khi:
+            out.append(f"{c}: KL {klo:.3g}-{khi:.3g} nats over {n} straddles {cfg.strong_kl:g}")
+        if c in lo and lo[c] < cfg.min_control_ratio <= hi[c] and khi >= cfg.strong_kl:
+            out.append(f"{c}: {lo[c]:.3g}-{hi[c]:.3g}x its strongest control straddles {cfg.min_control_ratio:g}x")
+        if plo < cfg.super_ppl_ratio <= phi and khi >= cfg.strong_kl:
+            out.append(f"{c}: perplexity x{plo:.3g}-{phi:.3g} over {n} straddles x{cfg.super_ppl_ratio:g}")
+    return out or ["the interval over windows straddles a threshold"]
 
 
 UNION_KL = 0.1  # nats: a candidate this strong in every condition it could matter in gets its controls zeroed together
@@ -142,17 +191,20 @@ def _passes(eff: Effect, te: TextEffect, cfg: DetectConfig, safety: float = UNIO
 
 
 def _conditions(eff: Effect, cfg: DetectConfig) -> tuple[str, ...]:
-    """The conditions where ``eff`` moves real text by ``strong_kl`` or more: the only ones
-    where a control can decide its grade, so the only ones its controls are measured in."""
-    return tuple(c for c in eff.text.kl if eff.text.kl[c] >= cfg.strong_kl)
+    """The conditions where ``eff`` could move real text by ``strong_kl`` or more (the upper
+    end of its interval over windows): the only ones where a control can decide its grade,
+    so the only ones its controls are measured in."""
+    return tuple(c for c in eff.text.kls if eff.text.interval(c, cfg.confidence)["kl"][1] >= cfg.strong_kl)
 
 
 def _settled(eff: Effect, cfg: DetectConfig) -> bool:
-    """Rejected whatever the controls not yet measured show: in every condition the
-    candidate is below ``strong_kl`` or under ``min_control_ratio`` x a measured control."""
-    for c in eff.text.kl:
-        ctl = eff.control_kl_text(c)
-        if eff.text.kl[c] >= cfg.strong_kl and (ctl is None or eff.text.kl[c] >= cfg.min_control_ratio * max(ctl, cfg.kl_floor)):
+    """Rejected whatever the controls not yet measured show, even at the optimistic end of
+    every interval: in every condition the candidate is below ``strong_kl`` or under
+    ``min_control_ratio`` x a measured control."""
+    for c in eff.text.kls:
+        khi = eff.text.interval(c, cfg.confidence)["kl"][1]
+        ctls = [k.text.interval(c, cfg.confidence)["kl"][0] for k in eff.controls if k.text is not None and c in k.text.kls]
+        if khi >= cfg.strong_kl and (not ctls or khi >= cfg.min_control_ratio * max(max(ctls), cfg.kl_floor)):
             return False
     return True
 
@@ -163,80 +215,97 @@ def screened(eff: Effect, cfg: DetectConfig) -> bool:
 
 
 class Judge:
-    """The real-text proof of a detection: windows and intact baselines built on first use."""
+    """The real-text proof of a detection: windows and intact baselines built on first use,
+    then sequential (docs/detection.md, step 5): every candidate and control is measured
+    on the first ``windows`` windows of each condition, and only those whose grade the
+    interval over windows leaves open get more, doubling up to ``max_windows``."""
 
     def __init__(self, lm: LoadedModel, cfg: DetectConfig, log):
         from superweight.paper.data import read_text
 
         self.lm, self.cfg, self.log, self._rt = lm, cfg, log, None
         log(f"reading {cfg.text} for the real-text proof")  # before any pass: a bad --text fails at once
-        self.windows = make_windows(lm.tokenizer, read_text(cfg.text), cfg.window, cfg.windows, lm.device,
-                                    cfg.text, context_of(lm.model), lm.model.get_input_embeddings().num_embeddings)
+        self.windows = make_windows(lm.tokenizer, read_text(cfg.text), cfg.window, cfg.max_windows, lm.device,
+                                    cfg.text, context_of(lm.model), lm.model.get_input_embeddings().num_embeddings,
+                                    cfg.seed)
+        self._queue: dict[int, list] = {}  # id(effect) -> its control sets, stage by stage
 
     def on_text(self, findings: list[Finding]) -> tuple[dict | None, list[dict]]:
-        """What the real text showed, once proven: its windows and intact perplexities, and its
-        massive activations (where the attention sink forms), made by ``findings``."""
+        """What the real text showed, once proven: its windows (those measured) and intact
+        perplexities, and its massive activations (where the attention sink forms), made by
+        ``findings``."""
         if self._rt is None:
             return None, []
         rt = self._rt
-        return ({**rt.windows.to_dict(), "ppl_intact": {c: rt.base[c].ppl for c in CONDITIONS}},
+        used = max(s["w"].count + rt._lo(k) for k, s in enumerate(rt._stages))
+        return ({**rt.windows.rows(0, used).to_dict(), "budget": rt.windows.count, "first": rt.stops[0],
+                 "ppl_intact": {c: rt.ppl(c) for c in CONDITIONS}},
                 [m for c in CONDITIONS for m in massive_channels(self.lm, rt.hidden[c], findings, c)])
 
     def prove(self, items: list[tuple[list[Coord], Effect]], avoid: set[Coord],
               screen: bool = True) -> list[tuple[str, str | None]]:
         """Grade each (coordinates zeroed together, its probe effect): screen (unless
         ``screen`` is False: coordinates a user asks about), zero on real text, and for those
-        with an effect above ``strong_kl`` measure the controls."""
+        that could move it by ``strong_kl`` measure the controls; then, while a grade is
+        open at the two ends of its intervals, the same on twice as many windows."""
         cfg = self.cfg
         todo = [k for k, (_, eff) in enumerate(items) if not screen or screened(eff, cfg)]
         if todo and self._rt is None:  # the intact baselines, on first use
             self.log("the intact model on real text")
-            self._rt = RealText(self.lm, self.windows)
+            self._rt = RealText(self.lm, self.windows, cfg.windows)
             if not all(math.isfinite(b.nll) for b in self._rt.base.values()):
                 refuse_nonfinite(self.lm, "the perplexity on real text")
-        if todo:
-            self.log(f"zeroing {len(todo)} candidate(s) on real text")
-            for k, te in zip(todo, self._rt.measure([tuple(items[k][0]) for k in todo])):
+        for n in (self._rt.stops if todo else ()):
+            if not todo:
+                break
+            self.log(f"zeroing {len(todo)} candidate(s) on real text ({n} window(s) per condition)")
+            for k, te in zip(todo, self._rt.measure([tuple(items[k][0]) for k in todo], windows=n,
+                                                    have=[items[k][1].text for k in todo])):
                 items[k][1].text = te
-        live = [k for k in todo if max(items[k][1].text.kl.values()) >= cfg.strong_kl]
-        ctl = {k: controls_for(self.lm, items[k][0], avoid, cfg.random_controls) for k in live}
-        for k in live:
-            items[k][1].controls = list(ctl[k])
-        self._controls({k: items[k][1] for k in live})
+            for k in todo:
+                eff = items[k][1]
+                if not eff.controls and _conditions(eff, cfg):
+                    eff.controls = list(controls_for(self.lm, items[k][0], avoid, cfg.random_controls))
+            self._controls({k: items[k][1] for k in todo if items[k][1].controls}, n)
+            todo = [k for k in todo if not decided(items[k][1], cfg)]
         return [grade(eff, cfg) for _, eff in items]
 
-    def _controls(self, effects: dict) -> None:
-        """Measure the candidates' control sets on real text, in stages, only as far as a
-        grade depends on them (docs/detection.md, step 6): first each one's ``neighbours``
-        (the set most often close to a candidate), then, for a candidate not yet rejected,
-        ``largest`` and ``random``: zeroed together as one set when the candidate moves
-        real text by at least ``UNION_KL`` in every condition where it could matter, and
-        split into the two only when that union is not ``UNION_SAFETY`` x
+    def _controls(self, effects: dict, n: int) -> None:
+        """Measure the candidates' control sets on their first ``n`` windows, in stages, only
+        as far as a grade depends on them (docs/detection.md, step 6): first each one's
+        ``neighbours`` (the set most often close to a candidate), then, for a candidate not
+        yet rejected, ``largest`` and ``random``: zeroed together as one set when the
+        candidate moves real text by at least ``UNION_KL`` in every condition where it could
+        matter, and split into the two only when that union is not ``UNION_SAFETY`` x
         ``min_control_ratio`` below it. A candidate that its measured controls already
-        reject is not measured further."""
+        reject is not measured further. A set measured on fewer windows is extended."""
         cfg = self.cfg
-        queue = {k: [[c for c in eff.controls if c.kind == "neighbours"]] for k, eff in effects.items()}
-        for k, eff in effects.items():
+        for eff in effects.values():
+            if id(eff) in self._queue:
+                continue
             rest = [c for c in eff.controls if c.kind != "neighbours"]
-            cond_kl = [eff.text.kl[c] for c in _conditions(eff, cfg)]
-            if len(rest) > 1 and min(cond_kl) >= UNION_KL:
+            queue = [[c for c in eff.controls if c.kind == "neighbours"]]
+            if len(rest) > 1 and min(eff.text.kl[c] for c in _conditions(eff, cfg)) >= UNION_KL:
                 union = Control("+".join(c.kind for c in rest), tuple(x for c in rest for x in c.coords), of=rest)
                 eff.controls.append(union)
-                queue[k].append([union])
+                queue.append([union])
             else:
-                queue[k].append(rest)
+                queue.append(rest)
+            self._queue[id(eff)] = queue
         stage = 0
         while True:
-            batch = [(k, c) for k, q in queue.items() if len(q) > stage and not _settled(effects[k], cfg)
-                     for c in q[stage]]
+            batch = [(k, c) for k, eff in effects.items() if len(self._queue[id(eff)]) > stage
+                     and not _settled(eff, cfg) for c in self._queue[id(eff)][stage]]
             if not batch:
                 break
-            self.log(f"zeroing {len(batch)} control set(s) on real text")
             where = [_conditions(effects[k], cfg) for k, _ in batch]  # a control can change a grade only there
-            for (k, c), te in zip(batch, self._rt.measure([c.coords for _, c in batch], where)):
+            self.log(f"zeroing {len(batch)} control set(s) on real text")
+            for (k, c), te in zip(batch, self._rt.measure([c.coords for _, c in batch], where, n,
+                                                          [c.text for _, c in batch])):
                 c.text = te
-                if c.of and not _passes(effects[k], te, cfg):  # the union is too close: measure its parts
-                    queue[k].append(list(c.of))
+                queue = self._queue[id(effects[k])]
+                if c.of and not _passes(effects[k], te, cfg) and list(c.of) not in queue:
+                    queue.append(list(c.of))  # the union is too close: measure its parts
             stage += 1
 
 
@@ -312,16 +381,19 @@ def detect(lm: LoadedModel, cfg: DetectConfig | None = None, log: Callable[[str]
     found += probed
     joint = _prove_jointly(lm, probe, judge, found, examined, cfg, log)
     found = [f for f in found if f.coord not in {j.coord for j in joint}] + joint  # the joint finding replaces it
-    by_grade = {g: sorted((f for f in found if f.grade == g), key=_order) for g in ("super", "strong")}
+    joint = _with_neighbours(lm, probe, judge, found, examined, cfg, log)
+    found = [f for f in found if f.coord not in {j.coord for j in joint}] + joint
+    by_grade = {g: sorted((f for f in found if f.grade == g), key=_order) for g in ("super", "strong", "uncertain")}
     rejected = [f for f in found if f.grade == "rejected" and f.reason]
     graded = by_grade["super"] + by_grade["strong"]
-    text, massive = judge.on_text(graded + rejected)
+    text, massive = judge.on_text(graded + by_grade["uncertain"] + rejected)
     return DetectResult(
         model=lm.name, architecture=lm.adapter.model_type, num_layers=lm.adapter.num_layers,
         prompts=list(cfg.prompts), super_weights=by_grade["super"], rejected=rejected, layers=first,
         super_activation=super_activation(residual, graded), rounds=rnd,
         probe_ppl=probe.ppl(), config=cfg, strong=by_grade["strong"], text=text,
-        massive=massive_channels(lm, hidden, graded + rejected, "prompt") + massive,
+        massive=massive_channels(lm, hidden, graded + by_grade["uncertain"] + rejected, "prompt") + massive,
+        uncertain=by_grade["uncertain"],
     )
 
 
@@ -333,11 +405,11 @@ def _prove_jointly(lm, probe, judge: Judge, found: list[Finding], examined: set[
                    log) -> list[Finding]:
     """Weights that share a row or a column in one matrix can stand in for each other, so
     that zeroing any one alone does little (Phi-3-mini has three per column). Each such
-    group of candidates that were probed and rejected alone is zeroed together and graded
-    like one candidate; a group that grades ``super`` or ``strong`` is reported whole, each
-    member with ``jointly_with`` naming the others (copies of the rejected findings, which
-    the caller replaces with them)."""
-    pool = [f for f in found if f.effect is not None and f.grade == "rejected"]
+    group of candidates that were probed and not graded alone (rejected, or uncertain) is
+    zeroed together and graded like one candidate; a group that grades is reported whole,
+    each member with ``jointly_with`` naming the others (copies of the findings, which the
+    caller replaces with them)."""
+    pool = [f for f in found if f.effect is not None and f.grade in ("rejected", "uncertain")]
     groups: dict = {}
     for f in pool:
         c = f.coord
@@ -350,20 +422,49 @@ def _prove_jointly(lm, probe, judge: Judge, found: list[Finding], examined: set[
         if len(members) < 2:
             continue
         used |= {f.coord for f in members}
-        todo.append((key, members))
+        todo.append((members, [f.coord for f in members]))
+    if todo:
+        log(f"screening {len(todo)} group(s) of weights sharing a row or column together")
+    return _prove_groups(lm, probe, judge, todo, examined)
+
+
+def _with_neighbours(lm, probe, judge: Judge, found: list[Finding], examined: set[Coord], cfg: DetectConfig,
+                     log) -> list[Finding]:
+    """A candidate not graded alone because its own row and column neighbours (its
+    ``neighbours`` control) move real text by ``strong_kl`` or more is zeroed together with
+    them and graded like one candidate; a group that grades is reported as the candidate
+    with ``jointly_with`` naming those neighbours (SmolLM2's 2:507:90: its row neighbour
+    moves text too). Only candidates whose grade the neighbours decided are taken."""
+    todo = []
+    for f in found:
+        if f.grade not in ("rejected", "uncertain") or f.jointly_with or f.effect is None or f.effect.text is None:
+            continue
+        near = next((c for c in f.effect.controls if c.kind == "neighbours" and c.text is not None), None)
+        if near is None or not any(v >= cfg.strong_kl for v in near.text.kl.values()):
+            continue
+        if any(f.effect.control_kl_text(c) != near.text.kl.get(c) for c in near.text.kl):
+            continue  # another control is as close: the neighbours are not what decided it
+        todo.append(([f], [f.coord, *near.coords]))
+    if todo:
+        log(f"screening {len(todo)} weight(s) together with the neighbours that move real text too")
+    return _prove_groups(lm, probe, judge, todo, examined | {c for _, coords in todo for c in coords})
+
+
+def _prove_groups(lm, probe, judge: Judge, todo: list[tuple[list[Finding], list[Coord]]],
+                  examined: set[Coord]) -> list[Finding]:
+    """Screen and prove each (findings, coordinates zeroed together); for each group that is
+    not rejected, a copy of each finding with the group's effect, grade and ``jointly_with``."""
     if not todo:
         return []
-    edits = [[f.coord for f in members] for _, members in todo]
-    log(f"screening {len(todo)} group(s) of weights sharing a row or column together")
+    edits = [coords for _, coords in todo]
     effects, _ = screen(lm, probe, edits, [largest_controls(lm, coords, examined) for coords in edits],
-                        control_above=cfg.screen_kl)
+                        control_above=judge.cfg.screen_kl)
     proven = []
-    for (key, members), coords, eff, (g, reason) in zip(todo, edits, effects,
-                                                       judge.prove(list(zip(edits, effects)), examined)):
+    for (members, coords), eff, (g, reason) in zip(todo, effects, judge.prove(list(zip(edits, effects)), examined)):
         if g == "rejected":
             continue
         for f in members:
-            proven.append(Finding(**{**f.__dict__, "effect": eff, "reason": None, "grade": g,
+            proven.append(Finding(**{**f.__dict__, "effect": eff, "reason": reason, "grade": g,
                                      "jointly_with": [c for c in coords if c != f.coord]}))
     return proven
 

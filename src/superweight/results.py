@@ -16,7 +16,7 @@ from superweight.probe.measures import DEFAULT_PROMPT, PROBE_SENTENCES
 from superweight.probe.realtext import TextEffect
 
 
-GRADES = ("super", "strong", "rejected")
+GRADES = ("super", "strong", "uncertain", "rejected")
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,11 @@ class DetectConfig:
     screen_margin: float = 3.0
     # proof on real text (``text``: lambada, gpl3, wikitext2, c4 or a file)
     text: str = "lambada"
-    window: int = 512  # tokens per window, capped at the model's context
-    windows: int = 1  # windows per condition (bos, mid)
+    window: int = 128  # tokens per window, capped at the model's context
+    windows: int = 4  # windows per condition (bos, mid) at the first look ...
+    max_windows: int = 16  # ... doubled while a grade's interval is open, up to this many
+    seed: int = 0  # which passages: 0 in the text's order, else shuffled by this seed
+    confidence: float = 0.95  # two-sided level of the bootstrap interval over windows
     strong_kl: float = 0.02  # strong: mean KL on real text >= this in some condition ...
     min_control_ratio: float = 10.0  # ... and >= this x the strongest control's (floored at kl_floor)
     super_ppl_ratio: float = 3.0  # super: also perplexity x >= this in some condition
@@ -48,10 +51,16 @@ class DetectConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise UsageError(f"{flag(name)} must be a finite number >= 0, not {v!r}")
-        for name in ("max_rounds", "max_candidates", "window", "windows"):
+        for name in ("max_rounds", "max_candidates", "window", "windows", "max_windows"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise UsageError(f"{flag(name)} must be a positive integer, not {v!r}")
+        if self.max_windows < self.windows:
+            raise UsageError(f"--max-windows ({self.max_windows}) must be at least --windows ({self.windows})")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise UsageError(f"--seed must be an integer >= 0, not {self.seed!r}")
+        if not 0 < self.confidence < 1:
+            raise UsageError(f"--confidence must be between 0 and 1, not {self.confidence!r}")
         if self.window < 16:
             raise UsageError(f"--window: real-text windows must be at least 16 tokens, not {self.window}")
         if any(not isinstance(p, str) or not p.strip() for p in self.prompts) or not self.prompts:
@@ -127,7 +136,7 @@ class Finding:
     effect: Effect | None = None
     reason: str | None = None
     jointly_with: list[Coord] | None = None  # proven only together with these (same row or column)
-    grade: str = "rejected"  # super, strong or rejected (see GRADES)
+    grade: str = "rejected"  # super, strong, uncertain or rejected (see GRADES)
 
     @classmethod
     def of(cls, r: SiteRecord, param: str, rnd: int, prompt: int) -> "Finding":
@@ -172,6 +181,7 @@ class DetectResult:
     strong: list[Finding] = field(default_factory=list)  # grade strong
     text: dict | None = None  # the real-text windows and the intact perplexity per condition
     massive: list[dict] = field(default_factory=list)  # massive residual channels and what makes them
+    uncertain: list[Finding] = field(default_factory=list)  # grade uncertain: an interval straddles a threshold
 
     def _repr_html_(self) -> str:
         """In Jupyter: the findings table and the detection figure (output/html.py)."""
@@ -211,6 +221,7 @@ class DetectResult:
             "prompts": self.prompts,
             "super_weights": [f.to_dict() for f in self.super_weights],
             "strong": [f.to_dict() for f in self.strong],
+            "uncertain": [f.to_dict() for f in self.uncertain],
             "rejected": [f.to_dict() for f in self.rejected],
             "super_activation": self.super_activation,
             "massive_channels": self.massive,

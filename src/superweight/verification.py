@@ -57,8 +57,8 @@ def verify(lm: LoadedModel, coords: list[Coord], cfg: DetectConfig | None = None
     for c, site, eff, (g, reason) in zip(coords, sites, effects, grades):
         r = records.get((c.layer, c.expert))
         spike = r is not None and (r.output_channel, r.col) == (c.row, c.col)
-        if g != "rejected" and g != "super":
-            reason = f"strong, not super: perplexity x{max(eff.text.ppl_ratio.values()):.3g} (< {cfg.super_ppl_ratio:g})"
+        if g == "strong":
+            reason = reason or f"strong, not super: perplexity x{max(eff.text.ppl_ratio.values()):.3g} (< {cfg.super_ppl_ratio:g})"
         verdicts.append(Verdict(c, site.param_name, lm.adapter.value(c), eff, g == "super", reason, spike, g))
     return verdicts
 

@@ -16,6 +16,11 @@ from superweight.overview import HOLDS, LAYOUTS, ReportConfig, build_report
 VOID = {"meta", "br", "img", "input", "link", "hr", "col", "area", "base", "source", "wbr", "path", "use", "rect",
         "circle", "line", "polyline", "polygon", "ellipse", "stop"}
 
+# A random tiny model's perplexity says little: zeroing the planted weight costs it x1.7 to
+# x4.3 mid-text over 16 windows of 32 tokens, so "wrecks it" is set at x1.5 here to make
+# the planted weight a super weight (docs/detection.md, "Tiny models").
+TINY_SUPER = sw.DetectConfig(window=32, super_ppl_ratio=1.5)
+
 
 class Page(HTMLParser):
     """Checks nesting and collects what a self-contained page must not have."""
@@ -66,11 +71,11 @@ def planted():
 @pytest.fixture(scope="module")
 def tiny_report(planted):
     cfg = ReportConfig(seqlen=64, max_windows=1, stopword_prompts=4)
-    return build_report(planted, cfg, sw.DetectConfig(window=32), command="superweight report tiny")
+    return build_report(planted, cfg, TINY_SUPER, command="superweight report tiny")
 
 
 def test_repr_html_shows_the_findings_and_a_figure(planted):
-    result = sw.detect(planted, sw.DetectConfig(window=32))
+    result = sw.detect(planted, TINY_SUPER)
     frag = result._repr_html_()
     page = parse(frag)
     text = "".join(page.text)
@@ -111,7 +116,7 @@ def test_report_page_has_every_section_and_its_numbers(tiny_report):
 def test_no_super_weight_still_gives_a_page(tmp_path):
     lm = tiny_model("qwen2", seed=3)
     rep = build_report(lm, ReportConfig(seqlen=64, max_windows=1, stopword_prompts=0, quant=False, ablate=False),
-                       sw.DetectConfig(window=32))
+                       TINY_SUPER)
     html = render_report(rep)
     parse(html)
     if not rep.result.super_weights and not rep.result.strong:

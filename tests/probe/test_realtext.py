@@ -23,7 +23,8 @@ def test_bos_windows_start_with_the_start_token_and_mid_windows_do_not(lm):
     assert w.start is not None and (w.ids["bos"][:, 0] == bos_id).all()
     assert not (w.ids["mid"][:, 0] == bos_id).any()
     assert w.ids["bos"].shape == w.ids["mid"].shape == (1, 32) and bool(w.mask["bos"].all())
-    assert w.to_dict() == {"source": "prose", "window": 32, "start_token": w.start, "windows": {"bos": 1, "mid": 1}}
+    assert w.to_dict() == {"source": "prose", "window": 32, "start_token": w.start, "seed": 0,
+                           "windows": {"bos": 1, "mid": 1}}
     # the bos window begins at a passage (after its blank line); the mid window inside one
     text = lm.tokenizer.decode(w.ids["bos"][0, 1:])
     assert text.lstrip("\n").startswith("Passage ")
@@ -69,3 +70,37 @@ def test_an_edit_is_measured_only_in_the_conditions_asked_for(lm):
     assert part[0].kl["bos"] == pytest.approx(both[0].kl["bos"], rel=1e-5)
     for c in CONDITIONS:
         assert part[1].kl[c] == pytest.approx(both[1].kl[c], rel=1e-5, abs=1e-9)
+
+
+def test_a_seed_draws_other_passages_and_zero_keeps_the_texts_order(lm):
+    prose = "\n\n".join(f"Passage {i} tells of river {i} that runs to the sea past the town of Ely. " * 3
+                         for i in range(60))
+    first = make_windows(lm.tokenizer, prose, 32, 4, "cpu", "prose")
+    again = make_windows(lm.tokenizer, prose, 32, 4, "cpu", "prose", seed=0)
+    other = make_windows(lm.tokenizer, prose, 32, 4, "cpu", "prose", seed=1)
+    assert torch.equal(first.ids["bos"], again.ids["bos"]) and first.count == other.count == 4
+    assert lm.tokenizer.decode(first.ids["bos"][0, 1:]).lstrip("\n").startswith("Passage 0 ")
+    assert not torch.equal(first.ids["bos"], other.ids["bos"]) and other.to_dict()["seed"] == 1
+    assert torch.equal(first.rows(1, 3).ids["mid"], first.ids["mid"][1:3])
+
+
+def test_more_windows_extend_an_edit_without_measuring_the_first_again(lm):
+    """RealText computes a stage of windows on first use; an edit measured on the first
+    four and then asked for eight runs only the next four, and equals measuring all eight."""
+    from superweight.probe import passes
+
+    w = make_windows(lm.tokenizer, PROSE * 3, 32, 8, "cpu", "prose", vocab_size=lm.model.config.vocab_size)
+    rt = RealText(lm, w, first=4)
+    assert rt.stops == [4, 8]
+    edit = [(sw.Coord(1, 5, 7),)]
+    (four,) = rt.measure(edit)
+    assert four.windows("bos") == 4
+    passes.reset_stats()
+    (eight,) = rt.measure(edit, windows=8, have=[four])
+    # the next four windows of each condition only: their intact baseline (on first use), then the edit
+    assert passes.reset_stats()["head_tokens"] == 2 * (2 * 4 * 32)
+    (whole,) = RealText(lm, w).measure(edit)
+    for c in CONDITIONS:
+        assert eight.windows(c) == 8 and eight.kls[c][:4] == four.kls[c]
+        assert eight.kl[c] == pytest.approx(whole.kl[c], rel=1e-4)
+

@@ -132,9 +132,10 @@ def test_quantize_cli_writes_a_checkpoint(tmp_path, cli, error_line):
                "--keep-outliers", "0.001", "--act-ratio", "0", "--out", str(out), "--json", "-")
     assert proc.returncode == 0, proc.stderr
     rep = json.loads(proc.stdout)
-    assert rep["super_weights_held"] == ["2:11:13"]  # detected, then held out
-    assert rep["acted_on"] == {"coords": ["2:11:13"], "from": "detected super weights"}
-    assert rep["verdict"]["source"] in ("computed", "cache")  # detection ran for them
+    # detection ran; on a random model the planted weight is graded strong, not super (its
+    # perplexity says little: docs/detection.md), and quantize holds out super weights only
+    assert rep["verdict"]["source"] in ("computed", "cache")
+    assert rep["super_weights_held"] == [] and rep["acted_on"]["coords"] == []
     golden.check("quantize-cli-tiny-qwen2", {k: v for k, v in rep.items() if k not in ("model", "out", "acted_on", "verdict")})
     assert rep["config"]["layout"] == "block" and rep["config"]["size"] is None
     assert 3.0 < rep["bits_per_weight"] < 3.2

@@ -31,13 +31,22 @@ def _short(param: str, coord) -> str:
     return tail if coord.expert is None else f"{tail}[{coord.expert}]"
 
 
+def fmt_spread(e, cond: str) -> str:
+    """A real-text effect with its interval over windows: ``x1.78 [1.2-2.5], KL 0.46 [0.2-0.71] (8 windows)``."""
+    iv = e.text.interval(cond)
+    (plo, phi), (klo, khi) = iv["ppl_ratio"], iv["kl"]
+    return (f"x{e.text.ppl_ratio[cond]:.3g} [{plo:.2g}-{phi:.2g}], KL {e.text.kl[cond]:.3g} [{klo:.2g}-{khi:.2g}]"
+            f" ({iv['windows']} window{'s' if iv['windows'] != 1 else ''})")
+
+
 def _text(e, cond: str) -> str:
-    """Real-text effect in one condition: perplexity ratio, KL, and the control margin."""
-    if e is None or e.text is None:
+    """Real-text effect in one condition: perplexity ratio and KL with their intervals over
+    windows, and the control margin."""
+    if e is None or e.text is None or cond not in e.text.kls:
         return "-"
     ctl = e.control_kl_text(cond)
     margin = e.margin.get(cond) if e.margin else None
-    return (f"ppl x{e.text.ppl_ratio[cond]:.3g}, KL {e.text.kl[cond]:.3g}"
+    return (fmt_spread(e, cond)
             + (f" (ctl {ctl:.2g}, {margin:.0f}x)" if ctl is not None and margin is not None else ""))
 
 
@@ -47,10 +56,12 @@ def print_detect(console, result, agreement, index_id, verbose: bool = False) ->
     if result.text:
         tx = result.text
         console.print(escape(
-            f"real text: {tx['source']}, {tx['windows']['bos']} + {tx['windows']['mid']} window(s) of {tx['window']} tokens; "
+            f"real text: {tx['source']}" + (f" (seed {tx['seed']})" if tx.get("seed") else "")
+            + f", windows of {tx['window']} tokens, {tx.get('first', tx['windows']['bos'])} per condition first, "
+            f"{tx['windows']['bos']} used of {tx.get('budget', tx['windows']['bos'])} at most; "
             f"bos = starting with {tx['start_token']} (perplexity {tx['ppl_intact']['bos']:.4g}), "
-            f"mid = starting mid-text ({tx['ppl_intact']['mid']:.4g})"))
-    graded = result.super_weights + result.strong
+            f"mid = starting mid-text ({tx['ppl_intact']['mid']:.4g}); [lo-hi]: 95% bootstrap interval over windows"))
+    graded = result.super_weights + result.strong + result.uncertain
     if graded:
         t = Table(title="graded weights (row = output channel, col = input channel; zeroed alone on real text, "
                         "next to the strongest control)", title_justify="left")
@@ -62,6 +73,9 @@ def print_detect(console, result, agreement, index_id, verbose: bool = False) ->
                  str(f.coord.row), str(f.coord.col), fmt_g(f.value), fmt_g(f.output_activation), str(f.token),
                  _text(e, "bos"), _text(e, "mid"), ", ".join(e.matters_in) if e else "-")
         console.print(t)
+    for f in graded:
+        if f.reason:  # uncertain, or super not shown at both ends of an interval
+            console.print(escape(f"{f.grade} {f.coord}: {f.reason}"))
     if not result.super_weights:
         console.print("no super weight found: no single weight's removal wrecks the model on real text"
                       + (f" ({len(result.strong)} strong weight(s) above)" if result.strong else ""))

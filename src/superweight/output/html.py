@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 
 from superweight.output import plot
-from superweight.output.console import fmt_g as g, fmt_pct
+from superweight.output.console import fmt_g as g, fmt_pct, fmt_spread
 
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1100px;padding:0 16px 40px;
@@ -22,7 +22,7 @@ table{border-collapse:collapse;font-size:.86em;margin:.4em 0}th,td{border:1px so
 white-space:nowrap}th{background:#f4f4f6}td.l,th.l{text-align:left}
 code{font-family:ui-monospace,Menlo,monospace;background:#f4f4f6;padding:1px 4px;border-radius:3px}
 code.coord{user-select:all}button.copy{font-size:.75em;margin-left:4px;cursor:pointer}
-.super{color:#b00020;font-weight:600}.strong{color:#b35900;font-weight:600}.rejected{color:#777}
+.super{color:#b00020;font-weight:600}.strong{color:#b35900;font-weight:600}.rejected{color:#777}.uncertain{color:#5a4fcf;font-weight:600}
 svg{max-width:100%;height:auto}figure{margin:.6em 0}figcaption{font-size:.85em;color:#555}
 .note{font-size:.88em;color:#444}details{margin:.5em 0}
 """
@@ -59,18 +59,18 @@ def figure(svg: str, caption: str) -> str:
 
 def _effect(f, cond: str) -> str:
     eff = f.effect
-    if eff is None or eff.text is None:
+    if eff is None or eff.text is None or cond not in eff.text.kls:
         return "-"
     ctl = eff.control_kl_text(cond)
     margin = eff.margin.get(cond) if eff.margin else None
-    s = f"ppl x{eff.text.ppl_ratio[cond]:.3g}, KL {eff.text.kl[cond]:.3g}"
+    s = "ppl " + fmt_spread(eff, cond)
     if ctl is not None and margin is not None:
         s += f" (control {ctl:.2g}, {margin:.0f}x)"
     return e(s)
 
 
 def findings_table(result) -> str:
-    graded = result.super_weights + result.strong
+    graded = result.super_weights + result.strong + result.uncertain
     if not graded:
         return '<p class="note">No super or strong weight: no single weight\'s removal moves real text more than its controls.</p>'
     rows = []

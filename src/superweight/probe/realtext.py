@@ -24,7 +24,8 @@ vocabulary-sized tensor per position, between passes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, field
 
 import torch
 
@@ -33,6 +34,7 @@ from superweight.probe.passes import Chunked, Group, run, stack
 
 CONDITIONS = ("bos", "mid")
 TOP_K = 256
+CONFIDENCE = 0.95  # the two-sided level of a verdict's interval over windows (``spread``)
 
 
 def start_token(tokenizer, vocab_size: int | None = None) -> tuple[int, str] | None:
@@ -68,44 +70,76 @@ class Windows:
     window: int
     start: str | None  # the start token's text (bos condition)
     source: str
+    seed: int = 0  # 0: passages in the text's order; else shuffled by this seed
 
     @property
     def tokens(self) -> int:
         return sum(int(m.sum()) for m in self.mask.values())
 
+    @property
+    def count(self) -> int:
+        """Windows per condition."""
+        return int(self.ids[CONDITIONS[0]].shape[0])
+
+    def rows(self, lo: int, hi: int) -> "Windows":
+        """Windows ``lo`` to ``hi - 1`` of each condition."""
+        return Windows({c: v[lo:hi] for c, v in self.ids.items()}, {c: v[lo:hi] for c, v in self.mask.items()},
+                       self.window, self.start, self.source, self.seed)
+
     def to_dict(self) -> dict:
-        return {"source": self.source, "window": self.window, "start_token": self.start,
+        return {"source": self.source, "window": self.window, "start_token": self.start, "seed": self.seed,
                 "windows": {c: int(self.ids[c].shape[0]) for c in self.ids}}
 
 
 def make_windows(tokenizer, text: str, window: int, count: int, device, source: str = "text",
-                 context: int | None = None, vocab_size: int | None = None) -> Windows:
+                 context: int | None = None, vocab_size: int | None = None, seed: int = 0) -> Windows:
     """``count`` windows of each condition (fewer if the text is short; at least one, else a
-    UsageError naming the shortfall). Passages are the text's blank-line-separated blocks."""
+    UsageError naming the shortfall). Passages are the text's blank-line-separated blocks,
+    taken in the text's order (``seed`` 0) or shuffled by ``seed``: another draw of text."""
     if context:
         window = min(window, context)
     if window < 16:
         raise UsageError(f"real-text windows must be at least 16 tokens, not {window}")
     start = start_token(tokenizer, vocab_size)
     passages = [p.strip() for p in text.split("\n\n") if p.strip()]
+    if seed:
+        random.Random(seed).shuffle(passages)
+    gap = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
     stream: list[int] = []
     starts: list[int] = []  # token offset where each passage begins
-    need = count * 2 * window
-    gap = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
-    for p in passages:
-        stream += gap
-        starts.append(len(stream))
-        stream += tokenizer(p, add_special_tokens=False)["input_ids"]
-        if len(stream) >= need + window:
+    read, need = 0, count * 3 * window  # tokens read before a first try; twice as many while windows fall short
+    while True:
+        while read < len(passages) and len(stream) < need:
+            stream += gap
+            starts.append(len(stream))
+            stream += tokenizer(passages[read], add_special_tokens=False)["input_ids"]
+            read += 1
+        bos_rows, mid_rows = _cut(stream, starts, len(gap), window, count, start)
+        if len(bos_rows) == count or read == len(passages):
             break
+        need *= 2
+    if not bos_rows:
+        raise UsageError(f"{source} has {len(stream):,} tokens: too short for one window of {window} tokens "
+                         f"in each condition (needs about {2 * window + window // 3:,})")
+    ids, mask = {}, {}
+    for cond, rows in (("bos", bos_rows), ("mid", mid_rows)):
+        i, m = stack(rows)
+        ids[cond], mask[cond] = i.to(device), m.to(device)
+    return Windows(ids, mask, window, start[1] if start else None, source, seed)
+
+
+def _cut(stream: list[int], starts: list[int], gap: int, window: int, count: int, start) -> tuple[list, list]:
+    """Up to ``count`` (bos, mid) window pairs from a token stream: each bos window at a
+    passage's beginning (every other one with the blank line before it), its mid window a
+    third of a window past its end, inside the text; the next pair after that."""
     bos_rows, mid_rows = [], []
     pos = 0
     for k in range(count):
-        b = next((s for s in starts if s >= pos + len(gap)), None)  # a passage's beginning
+        b = next((s for s in starts if s >= pos + gap), None)  # a passage's beginning
         if b is None:
             break
         if k % 2 == 0:
-            b -= len(gap)  # the blank line before it
+            b -= gap  # the blank line before it
         first = stream[b: b + window - (1 if start else 0)]
         m = b + window + window // 3  # past the bos window, inside a passage
         mid = stream[m: m + window]
@@ -114,14 +148,7 @@ def make_windows(tokenizer, text: str, window: int, count: int, device, source: 
         bos_rows.append(torch.tensor(([start[0]] if start else []) + first))
         mid_rows.append(torch.tensor(mid))
         pos = m + window
-    if not bos_rows:
-        raise UsageError(f"{source} has {len(stream):,} tokens: too short for one window of {window} tokens "
-                         f"in each condition (needs about {2 * window + window // 3:,})")
-    ids, mask = {}, {}
-    for cond, rows in (("bos", bos_rows), ("mid", mid_rows)):
-        i, m = stack(rows)
-        ids[cond], mask[cond] = i.to(device), m.to(device)
-    return Windows(ids, mask, window, start[1] if start else None, source)
+    return bos_rows, mid_rows
 
 
 @dataclass
@@ -134,6 +161,8 @@ class Baseline:
     top: torch.Tensor  # [M, K] token ids of the intact model's top-K at each predicting position
     top_p: torch.Tensor  # [M, K] their probabilities
     rest: torch.Tensor  # [M] 1 - sum(top_p)
+    window: torch.Tensor  # [M] the window (batch row) of each predicting position
+    window_nll: torch.Tensor  # [n] mean NLL per window
 
     @property
     def ppl(self) -> float:
@@ -146,10 +175,16 @@ class Baseline:
 
     @property
     def comparing(self) -> "Chunked":
-        """A ``passes.Chunked`` reducer giving (perplexity ratio edited / intact, mean
+        """A ``passes.Chunked`` reducer giving, per window, (mean NLL edited - intact, mean
         KL(intact || edited) in nats), a chunk of positions at a time. Reads only the
         [M, K] entries it needs, never a copy of the [N, V] log-probabilities."""
         return _Compare(self)
+
+
+def _per_window(values: torch.Tensor, window: torch.Tensor, n: int) -> torch.Tensor:
+    """[M] values -> [n] their mean within each window."""
+    total = torch.zeros(n, dtype=torch.float64).index_add_(0, window, values.double())
+    return total / torch.bincount(window, minlength=n).clamp_min(1)
 
 
 class _BaselineOf(Chunked):
@@ -159,24 +194,28 @@ class _BaselineOf(Chunked):
         nxt = mask.clone()
         nxt[:, 0] = False
         self.targets = ids[nxt]  # [M]
+        self.window = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(mask)[has_next & mask]
+        self.n = ids.shape[0]
         self.at_target = torch.full_like(self.rows, -1, dtype=torch.long)
         self.at_target[self.rows] = self.targets
 
     def start(self):
-        self.nll, self.top, self.top_lp = 0.0, [], []
+        self.nll, self.top, self.top_lp = [], [], []
         return self
 
     def add(self, lp, at):
         sel = self.rows[at: at + lp.shape[0]].nonzero().flatten()
-        self.nll += float(-lp[sel, self.at_target[at + sel]].sum())
+        self.nll.append(-lp[sel, self.at_target[at + sel]].double())
         top_lp, top = lp.topk(min(TOP_K, lp.shape[-1]), dim=-1)  # then the rows: no copy of lp[sel]
         self.top.append(top[sel])
         self.top_lp.append(top_lp[sel])
 
     def result(self) -> Baseline:
         top_p = torch.cat(self.top_lp).exp()
-        return Baseline(self.nll / max(int(self.rows.sum()), 1), self.rows, self.targets, torch.cat(self.top), top_p,
-                        (1 - top_p.sum(-1)).clamp_min(0))
+        nll = torch.cat(self.nll).cpu()
+        window = self.window.cpu()
+        return Baseline(float(nll.sum()) / max(int(self.rows.sum()), 1), self.rows, self.targets, torch.cat(self.top),
+                        top_p, (1 - top_p.sum(-1)).clamp_min(0), window, _per_window(nll, window, self.n))
 
 
 class _Compare(Chunked):
@@ -185,72 +224,165 @@ class _Compare(Chunked):
         self.m_of = torch.cumsum(base.rows.long(), 0) - 1  # [N]: each predicting position's index among the M
 
     def start(self):
-        self.nll, self.kl = 0.0, 0.0
+        self.nll, self.kl = [], []
         return self
 
     def add(self, lp, at):
         b = self.b
         sel = b.rows[at: at + lp.shape[0]].nonzero().flatten()
         m = self.m_of[at + sel]
-        self.nll += float(-lp[sel, b.targets[m]].sum())
+        self.nll.append(-lp[sel, b.targets[m]].double())
         q = lp[sel[:, None], b.top[m]].exp()
         q_rest = (1 - q.sum(-1)).clamp_min(1e-12)
         top_p, rest = b.top_p[m], b.rest[m]
         p = top_p.clamp_min(1e-12)
         kl = (top_p * (p.log() - q.clamp_min(1e-30).log())).sum(-1)
         kl = kl + torch.where(rest > 0, rest * (rest.clamp_min(1e-12).log() - q_rest.log()), 0.0)
-        self.kl += float(kl.sum())
+        self.kl.append(kl.double())
 
-    def result(self) -> tuple[float, float]:
-        n = max(int(self.b.rows.sum()), 1)
-        return math.exp(self.nll / n - self.b.nll), max(0.0, self.kl / n)
+    def result(self) -> tuple[list[float], list[float]]:
+        b, n = self.b, int(self.b.window_nll.shape[0])
+        nll = _per_window(torch.cat(self.nll).cpu(), b.window, n) - b.window_nll
+        kl = _per_window(torch.cat(self.kl).cpu(), b.window, n).clamp_min(0)
+        return nll.tolist(), kl.tolist()
+
+
+def spread(values: list[float], confidence: float = CONFIDENCE, resamples: int = 2000) -> tuple[float, float]:
+    """The percentile bootstrap interval of the mean of ``values`` (one per window) at
+    ``confidence``, widened to hold the mean itself; one value: (it, it). Deterministic: the
+    resampling generator is seeded, so a verdict and its interval repeat exactly."""
+    x = torch.tensor(values, dtype=torch.float64)
+    mean = float(x.mean())
+    if len(values) < 2:
+        return mean, mean
+    g = torch.Generator().manual_seed(0)
+    means = x[torch.randint(len(values), (resamples, len(values)), generator=g)].mean(1)
+    a = (1 - confidence) / 2
+    lo, hi = torch.quantile(means, torch.tensor([a, 1 - a], dtype=torch.float64)).tolist()
+    return min(lo, mean), max(hi, mean)
 
 
 @dataclass
 class TextEffect:
-    """What one edit does on real text, per condition."""
+    """What one edit does on real text, per condition, window by window: the mean NLL
+    change (edited - intact) and the mean KL(intact || edited) of each window. The point
+    values are their means over the windows (all windows have the same length):
+    ``ppl_ratio`` = exp(mean NLL change), ``kl`` = mean KL; ``interval`` is their spread."""
 
-    ppl_ratio: dict[str, float]
-    kl: dict[str, float]
+    nll: dict[str, list[float]]  # condition -> per window: mean NLL edited - intact (nats)
+    kls: dict[str, list[float]]  # condition -> per window: mean KL(intact || edited) (nats)
+
+    @classmethod
+    def single(cls, ppl_ratio: dict[str, float], kl: dict[str, float]) -> "TextEffect":
+        """One window per condition with these values (tests, and results from before windows were kept)."""
+        return cls({c: [math.log(v)] for c, v in ppl_ratio.items()}, {c: [v] for c, v in kl.items()})
+
+    @property
+    def ppl_ratio(self) -> dict[str, float]:
+        return {c: math.exp(sum(v) / len(v)) for c, v in self.nll.items()}
+
+    @property
+    def kl(self) -> dict[str, float]:
+        return {c: sum(v) / len(v) for c, v in self.kls.items()}
+
+    def windows(self, cond: str) -> int:
+        return len(self.kls.get(cond, ()))
+
+    def interval(self, cond: str, confidence: float = CONFIDENCE) -> dict:
+        """{"windows": n, "ppl_ratio": [lo, hi], "kl": [lo, hi]}: the bootstrap interval over
+        windows (``spread``) of the perplexity ratio and the KL in ``cond``."""
+        lo, hi = spread(self.nll[cond], confidence)
+        klo, khi = spread(self.kls[cond], confidence)
+        return {"windows": len(self.kls[cond]), "ppl_ratio": [math.exp(lo), math.exp(hi)], "kl": [max(klo, 0.0), khi]}
+
+    def extended(self, more: "TextEffect") -> "TextEffect":
+        """These windows, then ``more``'s (the next windows, possibly in other conditions)."""
+        conds = list(self.kls) + [c for c in more.kls if c not in self.kls]
+        return TextEffect({c: self.nll.get(c, []) + more.nll.get(c, []) for c in conds},
+                          {c: self.kls.get(c, []) + more.kls.get(c, []) for c in conds})
 
     def worst(self) -> str:
         """The condition where the edit matters most (by KL)."""
-        return max(self.kl, key=lambda c: self.kl[c])
+        kl = self.kl
+        return max(kl, key=lambda c: kl[c])
 
     def to_dict(self) -> dict:
-        return {c: {"ppl_ratio": self.ppl_ratio[c], "kl": self.kl[c]} for c in self.kl}
+        ppl, kl = self.ppl_ratio, self.kl
+        return {c: {"ppl_ratio": ppl[c], "kl": kl[c], "spread": self.interval(c)} for c in self.kls}
 
 
 class RealText:
-    """Intact baselines on ``Windows``; ``measure`` answers edits in batched passes."""
+    """Intact baselines on ``Windows``, computed a stage of windows at a time as the proof
+    asks for more; ``measure`` answers edits in batched passes."""
 
-    def __init__(self, lm, windows: Windows):
+    def __init__(self, lm, windows: Windows, first: int | None = None):
         self.lm, self.windows = lm, windows
-        groups = [Group(windows.ids[c], windows.mask[c], residual=True, keep=True) for c in CONDITIONS]
-        answers = run(lm, groups, per_group=[Baseline.building(windows.ids[c], windows.mask[c]) for c in CONDITIONS])
-        self.base: dict[str, Baseline] = {c: a.value for c, a in zip(CONDITIONS, answers)}
-        # the intact residual stream on each condition's first window: embeddings, then each layer [T, H]
-        self.hidden: dict[str, list] = {c: a.hidden for c, a in zip(CONDITIONS, answers)}
-        # every decoder layer's intact output on the windows: an edit at layer L starts there
-        self.resume = {c: a.resume for c, a in zip(CONDITIONS, answers)}
+        n, first = windows.count, min(first or windows.count, windows.count)
+        self.stops = []  # windows per condition after each stage: first, then doubling up to all
+        while not self.stops or self.stops[-1] < n:
+            self.stops.append(min(n, first if not self.stops else 2 * self.stops[-1]))
+        self._stages: list[dict] = []  # per stage: {"base", "resume"} per condition
+        self.hidden: dict[str, list] = {}  # the intact residual stream on each condition's first window
+        self._stage(0)
 
-    def ppl(self, cond: str) -> float:
-        return self.base[cond].ppl
+    @property
+    def base(self) -> dict[str, Baseline]:
+        """The first stage's intact baselines (its windows: ``stops[0]`` per condition)."""
+        return self._stages[0]["base"]
 
-    def measure(self, edits: list[tuple], conditions: list[tuple] | None = None) -> list[TextEffect]:
-        """What zeroing each edit (a tuple of coordinates zeroed together) does, in batched
+    def ppl(self, cond: str, windows: int | None = None) -> float:
+        """The intact perplexity on the first ``windows`` windows (default: those measured)."""
+        stages = [s for k, s in enumerate(self._stages) if windows is None or self._lo(k) < windows]
+        nll = torch.cat([s["base"][cond].window_nll for s in stages])
+        return math.exp(float(nll.mean()))
+
+    def _lo(self, k: int) -> int:
+        return 0 if k == 0 else self.stops[k - 1]
+
+    def _stage(self, k: int) -> dict:
+        """The intact baselines and layer outputs of stage ``k``'s windows, computed on first use."""
+        while len(self._stages) <= k:
+            j = len(self._stages)
+            w = self.windows.rows(self._lo(j), self.stops[j])
+            groups = [Group(w.ids[c], w.mask[c], residual=j == 0, keep=True) for c in CONDITIONS]
+            answers = run(self.lm, groups, per_group=[Baseline.building(w.ids[c], w.mask[c]) for c in CONDITIONS])
+            self._stages.append({"w": w, "base": {c: a.value for c, a in zip(CONDITIONS, answers)},
+                                 # every decoder layer's intact output on the windows: an edit at layer L starts there
+                                 "resume": {c: a.resume for c, a in zip(CONDITIONS, answers)}})
+            if j == 0:  # embeddings, then each layer [T, H]
+                self.hidden = {c: a.hidden for c, a in zip(CONDITIONS, answers)}
+        return self._stages[k]
+
+    def measure(self, edits: list[tuple], conditions: list[tuple] | None = None, windows: int | None = None,
+                have: list[TextEffect | None] | None = None) -> list[TextEffect]:
+        """What zeroing each edit (a tuple of coordinates zeroed together) does on the first
+        ``windows`` windows of each condition (default: the first stage's), in batched
         passes: each row starts at its first edited layer. ``conditions``: per edit, the
-        conditions to measure it in (default both); its TextEffect holds only those."""
+        conditions to measure it in (default both); ``have``: per edit, what is already
+        measured (those windows are not run again; the result extends it)."""
         if not edits:
             return []
         conds = [tuple(cs) for cs in conditions] if conditions is not None else [CONDITIONS] * len(edits)
-        w = self.windows
-        pairs = [(zero, c) for zero, cs in zip(edits, conds) for c in cs]
-        answers = iter(run(self.lm, [Group(w.ids[c], w.mask[c], zero=tuple(zero), resume=self.resume[c])
-                                     for zero, c in pairs],
-                           per_group=[self.base[c].comparing for _, c in pairs]))
+        have = list(have) if have is not None else [None] * len(edits)
+        upto = self.stops[0] if windows is None else windows
+        todo = []  # (edit index, condition, stage)
+        for i, cs in enumerate(conds):
+            for c in cs:
+                done = have[i].windows(c) if have[i] is not None else 0
+                todo += [(i, c, k) for k in range(len(self.stops)) if self._lo(k) >= done and self.stops[k] <= upto]
+        groups, reducers = [], []
+        for i, c, k in todo:
+            st = self._stage(k)
+            groups.append(Group(st["w"].ids[c], st["w"].mask[c], zero=tuple(edits[i]), resume=st["resume"][c]))
+            reducers.append(st["base"][c].comparing)
+        answers = run(self.lm, groups, per_group=reducers) if groups else []
+        nll = [{c: [] for c in cs} for cs in conds]
+        kls = [{c: [] for c in cs} for cs in conds]
+        for (i, c, _), a in zip(todo, answers):
+            nll[i][c] += a.value[0]
+            kls[i][c] += a.value[1]
         out = []
-        for cs in conds:
-            vals = {c: next(answers).value for c in cs}  # (perplexity ratio, KL)
-            out.append(TextEffect({c: v[0] for c, v in vals.items()}, {c: v[1] for c, v in vals.items()}))
+        for i in range(len(edits)):
+            new = TextEffect({c: v for c, v in nll[i].items() if v}, {c: v for c, v in kls[i].items() if v})
+            out.append(new if have[i] is None else have[i].extended(new))
         return out

