@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--baseline", required=True, help="the baseline checkout's src folder")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--qwen", action="store_true", help="also Qwen2.5-Coder-0.5B (once each; minutes)")
+    ap.add_argument("--no-warm", action="store_true", help="skip the warm-up runs (caches already warm)")
     args = ap.parse_args()
     exe = shutil.which("superweight") or str(Path(sys.executable).parent / "superweight")
     base_env = {**os.environ, "PYTHONPATH": args.baseline}
@@ -69,7 +70,8 @@ def main() -> None:
                 "this checkout `detect --recompute`": ([exe, "detect", name, "--recompute", "--json", os.devnull], None)}
         got: dict[str, list] = {k: [] for k in rows}
         for k, (cmd, env) in rows.items():
-            run_once(cmd, env)  # warm-up
+            if not args.no_warm:
+                run_once(cmd, env)  # warm-up
         for _ in range(repeat):
             for k, (cmd, env) in rows.items():
                 got[k].append(run_once(cmd, env))

@@ -124,3 +124,20 @@ def test_controls_are_measured_only_where_their_weight_could_matter(qwen_result)
         assert set(f.effect.margin) == where
         seen.add(tuple(sorted(where)))
     assert ("mid",) in seen and any(len(w) < 2 for w in seen)  # some controls skipped a condition
+
+
+def test_the_console_names_a_massive_activation_no_super_weight_makes(qwen_result):
+    """No super weight: the channel line says "largest massive activation", not "super
+    activation"; each graded effect is printed with its interval over windows."""
+    import re
+
+    from rich.console import Console
+
+    from superweight.output.console import print_detect
+
+    con = Console(record=True, width=200)
+    print_detect(con, qwen_result, None, None)
+    text = con.export_text()
+    assert "largest massive activation (no super weight makes it): residual channel 62" in text
+    assert "super activation:" not in text
+    assert re.search(r"x[\d.]+ \[[\d.]+-[\d.]+\], KL", text)

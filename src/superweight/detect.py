@@ -237,8 +237,7 @@ class Judge:
         if self._rt is None:
             return None, []
         rt = self._rt
-        used = max(s["w"].count + rt._lo(k) for k, s in enumerate(rt._stages))
-        return ({**rt.windows.rows(0, used).to_dict(), "budget": rt.windows.count, "first": rt.stops[0],
+        return ({**rt.windows.rows(0, rt.measured).to_dict(), "budget": rt.windows.count, "first": rt.stops[0],
                  "ppl_intact": {c: rt.ppl(c) for c in CONDITIONS}},
                 [m for c in CONDITIONS for m in massive_channels(self.lm, rt.hidden[c], findings, c)])
 

@@ -81,7 +81,8 @@ def print_detect(console, result, agreement, index_id, verbose: bool = False) ->
                       + (f" ({len(result.strong)} strong weight(s) above)" if result.strong else ""))
     if result.super_activation:
         sa = result.super_activation
-        console.print(f"super activation: residual channel {sa['channel']}, max |h| {max(sa['max_per_layer']):.4g}")
+        what = "super activation" if result.super_weights else "largest massive activation (no super weight makes it)"
+        console.print(f"{what}: residual channel {sa['channel']}, max |h| {max(sa['max_per_layer']):.4g}")
     for m in result.massive:
         console.print(escape(f"massive activation ({m['where']}) channel {m['channel']}, token {m['token']}: from layer "
                              f"{m['begins']}, peak {m['peak']:.4g} after layer {m['peak_layer']}: {m['explanation']}"))

@@ -23,7 +23,8 @@ def fig_detect(result):
     sa = result.super_activation
     if sa:
         ax.plot(range(len(sa["max_per_layer"])), sa["max_per_layer"], "-", lw=2, alpha=0.6,
-                label=f"residual channel {sa['channel']} max |h| (super activation)")
+                label=f"residual channel {sa['channel']} max |h| "
+                      + ("(super activation)" if result.super_weights else "(massive activation)"))
     for f in result.super_weights + result.strong:
         color, tag = ("red", "SW") if f.grade == "super" else ("darkorange", "strong")
         ax.axvline(f.coord.layer, color=color, ls=":", lw=1)
