@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -280,7 +280,7 @@ class TextEffect:
 
     @classmethod
     def single(cls, ppl_ratio: dict[str, float], kl: dict[str, float]) -> "TextEffect":
-        """One window per condition with these values (tests, and results from before windows were kept)."""
+        """One window per condition with these values (a hand-made effect, as in tests)."""
         return cls({c: [math.log(v)] for c, v in ppl_ratio.items()}, {c: [v] for c, v in kl.items()})
 
     @property
