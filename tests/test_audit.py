@@ -117,6 +117,10 @@ def test_smollm2_gguf_requantized_to_q8_0(smol, smol_gguf, tmp_path):
     assert f.block_error > f.typical_block_error  # its block's scale is set by it
     for c in ("bos", "mid"):
         assert a.ppl["quantized"][c] == pytest.approx(a.ppl["original"][c], rel=0.05)
+    assert f.verdict() == "kept"
+    words = a.conclusion()
+    assert words[0].startswith("11:507:1229 (super) kept: value within ") and "super activation " in words[0]
+    assert words[-1].startswith("conclusion: ") and "keeps all 1 weight(s)" in words[-1]
 
 
 def test_smollm2_edited_copy_audits_to_the_weight_it_lost(smol, tmp_path):
@@ -135,6 +139,11 @@ def test_smollm2_edited_copy_audits_to_the_weight_it_lost(smol, tmp_path):
         assert a.ppl["quantized"][c] > 2 * a.ppl["original"][c]
         assert a.ppl["restored"][c] == pytest.approx(a.ppl["original"][c], rel=1e-5)
         assert a.recovered(c) == pytest.approx(1.0, abs=1e-4)
+    assert f.verdict() == "lost"
+    first, last = a.conclusion()
+    assert first.startswith("11:507:1229 (super) lost: value 5.876 -> 0, super activation down ")
+    assert f"superweight quantize {smol.name} --coords 11:507:1229 --out " in first
+    assert last.startswith("conclusion: ") and "loses or damages 1 of 1" in last
 
 
 # -- issue 24: refused before any work, in one line ------------------------------------------
@@ -218,3 +227,10 @@ def test_non_finite_weights_are_named_in_one_line(tiny_pair, tmp_path, capsys, v
         _one_line(capsys, main(args), want)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]
     assert (tmp_path / "bad" / "model.safetensors").read_bytes() == source
+
+
+def test_percentages_are_never_minus_zero_nor_exponents():
+    from superweight.numbers import fmt_pct
+
+    assert [fmt_pct(x) for x in (-1e-9, -0.004, 1.0, 0.9996, 1e-7, 0, None)] == \
+        [">-0.01%", "-0.4%", "100%", "100%", "<0.01%", "0%", "-"]

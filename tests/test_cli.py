@@ -249,3 +249,14 @@ def test_the_cli_turns_on_huge_pages_for_torch_unless_told_not_to(preset, want, 
         monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", preset)
     assert main(["index"]) == 0
     assert os.environ["THP_MEM_ALLOC_ENABLE"] == want
+
+
+def test_version_prints_the_package_version_without_loading_torch():
+    import subprocess
+    import sys
+
+    from superweight.version import VERSION
+
+    code = "import sys; from superweight.cli import main\ntry: main(['--version'])\nexcept SystemExit as e: assert e.code == 0\nassert 'torch' not in sys.modules"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.strip() == f"superweight {VERSION}", p.stderr

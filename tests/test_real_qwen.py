@@ -141,3 +141,33 @@ def test_the_console_names_a_massive_activation_no_super_weight_makes(qwen_resul
     assert "largest massive activation (no super weight makes it): residual channel 62" in text
     assert "super activation:" not in text
     assert re.search(r"x[\d.]+ \[[\d.]+-[\d.]+\], KL", text)
+
+
+def test_a_qwen_pack_is_one_vllm_serves_and_loads_by_its_rules(tmp_path, capsys):
+    """A 4-bit pack in groups of 128 (layer 0's matrices packed, the rest dense, to keep it
+    short): Qwen's widths (896, 4864, 128) fit Marlin, so the command says vLLM serves it,
+    and the names follow vLLM's Qwen2 loader (quant/engines.py); compressed-tensors' own
+    config class parses its quantization_config."""
+    import json
+
+    from compressed_tensors.quantization import QuantizationConfig
+
+    from superweight.cli import main
+    from superweight.quant.engines import vllm_names
+    from superweight.quant.export import MANIFEST
+
+    out = tmp_path / "q4"
+    assert main(["quantize", "qwen2.5-coder-0.5b", "--coords", "5:62:956", "--bits", "4", "--group-size", "128",
+                 "--format", "compressed-tensors", "--include", "model.layers.0.*", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "served by: transformers, vLLM, SGLang" in text and "warning" not in text
+    assert json.loads((out / MANIFEST).read_text())["engines"] == {"serve": ["transformers", "vLLM", "SGLang"],
+                                                                     "not": {}}
+    assert vllm_names(out) == []
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["Qwen2ForCausalLM"]
+    qc = QuantizationConfig.model_validate({k: v for k, v in config["quantization_config"].items()
+                                            if k != "quant_method"})
+    (scheme,) = qc.config_groups.values()
+    assert scheme.weights.num_bits == 4 and scheme.weights.group_size == 128 and scheme.weights.symmetric
+    assert "lm_head" in qc.ignore and (out / "generation_config.json").is_file()

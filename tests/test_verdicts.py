@@ -141,3 +141,31 @@ def test_a_second_command_says_the_verdict_came_from_the_cache(planted_dir, cach
     assert "verdict from the cache" in d.stderr
     r = cli_here("detect", str(planted_dir), "--recompute", "--json", "-")
     assert json.loads(r.stdout)["verdict"]["source"] == "computed"
+
+
+def test_a_cached_verdict_is_answered_without_loading_the_model(planted_dir, cache, cli_here, tmp_path):
+    """The second ``detect`` reads the verdict from the checkpoint's fingerprint: no torch, no
+    model; a copy of the checkpoint is the same entry, shown under the copy's own path."""
+    import shutil
+    import subprocess
+    import sys
+
+    first = cli_here("detect", str(planted_dir), "--window", "32", "--json", "-")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["verdict"]["source"] == "computed"
+    copy = tmp_path / "copy"
+    shutil.copytree(planted_dir, copy)
+    code = ("import json, sys, io, contextlib; from superweight.cli import main; out = io.StringIO()\n"
+            "with contextlib.redirect_stdout(out): code = main(['detect', sys.argv[1], '--window', '32', '--json', '-'])\n"
+            "print(json.dumps({'code': code, 'torch': 'torch' in sys.modules, 'transformers': 'transformers' in sys.modules,"
+            " 'out': json.loads(out.getvalue())}))")
+    for where in (planted_dir, copy):
+        p = subprocess.run([sys.executable, "-c", code, str(where)], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        got = json.loads(p.stdout)
+        assert got["code"] == 0 and not got["torch"] and not got["transformers"]
+        assert got["out"]["verdict"]["source"] == "cache" and got["out"]["model"] == str(where)
+        same = {k: v for k, v in json.loads(first.stdout).items() if k not in ("model", "verdict")}
+        assert {k: v for k, v in got["out"].items() if k not in ("model", "verdict")} == same
+    again = cli_here("detect", str(copy), "--window", "32", "--recompute", "--json", "-")
+    assert json.loads(again.stdout)["verdict"]["source"] == "computed"

@@ -62,6 +62,14 @@ class Block:
     size: int | None  # weights per block along the flattened [out, in] matrix; None: not blockwise
 
 
+# A finding is kept when its value is within 1% and its super activation within 10% of the
+# original's; lost when its value is off by more than half, or the super activation falls by
+# more than half (the paper's collapse: zeroing SmolLM2's super weight takes it down 90%+);
+# damaged in between.
+KEPT = {"value": 0.01, "activation": 0.10}
+LOST = {"value": 0.5, "activation": 0.5}
+
+
 @dataclass
 class FindingAudit:
     coord: Coord
@@ -78,11 +86,26 @@ class FindingAudit:
     def rel_error(self) -> float:
         return abs(self.quantized - self.original) / abs(self.original) if self.original else math.inf
 
+    @property
+    def activation_change(self) -> float | None:
+        """Relative change of the super activation (its channel's peak) in the quantized copy."""
+        o, q = self.peak.get("original"), self.peak.get("quantized")
+        return (q - o) / o if o and q is not None and math.isfinite(q) else None
+
+    def verdict(self) -> str:
+        """``kept``, ``damaged`` or ``lost`` (``KEPT`` and ``LOST`` hold the rule)."""
+        e, a = self.rel_error, self.activation_change
+        if not math.isfinite(e) or e > LOST["value"] or a is not None and a < -LOST["activation"]:
+            return "lost"
+        if e <= KEPT["value"] and (a is None or abs(a) <= KEPT["activation"]):
+            return "kept"
+        return "damaged"
+
     def to_dict(self) -> dict:
         return {"coord": str(self.coord), "grade": self.grade, "original": self.original, "quantized": self.quantized,
                 "rel_error": _finite(self.rel_error), "block": {"kind": self.block.kind, "size": self.block.size},
                 "block_error": self.block_error, "typical_block_error": self.typical_block_error,
-                "channel": self.coord.row, "peak": self.peak}
+                "channel": self.coord.row, "peak": self.peak, "verdict": self.verdict()}
 
 
 @dataclass
@@ -99,10 +122,41 @@ class AuditResult:
         o, q, r = (math.log(self.ppl[k][cond]) for k in ("original", "quantized", "restored"))
         return None if abs(q - o) < 1e-9 else (q - r) / (q - o)
 
+    def conclusion(self) -> list[str]:
+        """The audit in words: one sentence per finding, then the whole copy's."""
+        lines = [_sentence(f, self.original, self.quantized) for f in self.findings]
+        if not self.findings:
+            return ["no super or strong weight in the original: nothing to audit but perplexity"]
+        bad = [f for f in self.findings if f.verdict() != "kept"]
+        lines.append(f"conclusion: {self.quantized} keeps all {len(self.findings)} weight(s) audited" if not bad else
+                     f"conclusion: {self.quantized} loses or damages {len(bad)} of {len(self.findings)} weight(s) "
+                     f"audited ({', '.join(str(f.coord) for f in bad)}): requantize with them held out")
+        return lines
+
     def to_dict(self) -> dict:
-        return {"original": self.original, "quantized": self.quantized,
+        return {"original": self.original, "quantized": self.quantized, "conclusion": self.conclusion(),
                 "findings": [f.to_dict() for f in self.findings], "perplexity": self.ppl,
                 "recovered": {c: self.recovered(c) for c in CONDITIONS}, "text": self.text, "prompt": self.prompt}
+
+
+def _num(x: float) -> str:
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}"
+
+
+def _sentence(f: FindingAudit, original: str, quantized: str) -> str:
+    """``kept: value within 0.1%, super activation 24,060 -> 23,900`` and the like."""
+    from superweight.numbers import fmt_pct
+
+    v = f.verdict()
+    value = ("value exact" if f.rel_error == 0 else f"value within {fmt_pct(f.rel_error)}"
+             if f.rel_error <= KEPT["value"] else f"value {_num(f.original)} -> {_num(f.quantized)}")
+    a, o, q = f.activation_change, f.peak.get("original"), f.peak.get("quantized")
+    act = "" if a is None else (f", super activation {_num(o)} -> {_num(q)}" if abs(a) <= KEPT["activation"] else
+                                f", super activation {'down' if a < 0 else 'up'} {fmt_pct(abs(a))} "
+                                f"({_num(o)} -> {_num(q)})")
+    fix = "" if v == "kept" else (f": requantize with it held out, e.g. `superweight quantize {original} "
+                                  f"--coords {f.coord} --out {str(quantized).rstrip('/')}-held/`")
+    return f"{f.coord} ({f.grade}) {v}: {value}{act}{fix}"
 
 
 def _finite(x: float) -> float | None:

@@ -43,7 +43,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _recompute(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recompute", action="store_true",
-                   help="prove the verdict again instead of reusing the cached one (see superweight/verdicts.py)")
+                   help="prove the verdict again instead of reusing the cached one (cached in $SUPERWEIGHT_VERDICT_CACHE, "
+                        "else ~/.cache/superweight/verdicts; delete the folder to clear it; SUPERWEIGHT_VERDICTS=off "
+                        "turns it off)")
 
 
 def _proof_args(p: argparse.ArgumentParser, budget: bool = True) -> None:
@@ -118,13 +120,21 @@ def _quant_args(p: argparse.ArgumentParser) -> None:
                    help="precision scales and zero points are stored at (default float16; compressed-tensors: "
                         "the model's dtype, which transformers dequantizes at)")
     p.add_argument("--format", default="dequantized", choices=["dequantized", "compressed-tensors"],
-                   help="dequantized (default): full-precision weights holding the quantized values, any engine loads "
-                        "them; compressed-tensors: int codes packed with group scales and integer zero points "
-                        "(vLLM, transformers), the super weights' matrices left unquantized")
+                   help="dequantized (default): full-precision weights holding the quantized values (transformers, "
+                        "vLLM, SGLang load them); compressed-tensors: int codes packed with group scales and integer "
+                        "zero points, the super weights' matrices left unquantized (transformers loads it; vLLM and "
+                        "SGLang serve only 4- and 8-bit packs in groups of 32, 64 or 128 whose widths Marlin takes: "
+                        "the command says which engines serve what it wrote)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="superweight", description="Find and prove the super weights of causal LMs.")
+    from superweight.version import VERSION
+
+    ap = _Parser(prog="superweight", description="Find and prove the super weights of causal LMs.",
+                 epilog="Verdicts are proven once per checkpoint and cached in $SUPERWEIGHT_VERDICT_CACHE, else "
+                        "$SUPERWEIGHT_CACHE/verdicts (default ~/.cache/superweight/verdicts); delete that folder to "
+                        "clear it, --recompute to prove one again.")
+    ap.add_argument("--version", action="version", version=f"superweight {VERSION}")
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     d = sub.add_parser("detect", help="find the super weights of a model and prove each by ablation")
     _common(d)
@@ -327,7 +337,7 @@ def run(args, console, job: Job) -> int:
             return 0
         with status_line(console, console.is_terminal) as log:
             result = job.work(outs, staged, log)
-        obj = job.to_json(result)
+        obj = job.to_json(result) if js or getattr(args, "json", None) == "-" else None
         job.files(result, staged)
         if js:
             write_json(obj, js)
@@ -381,8 +391,20 @@ def cmd_detect(args, console):
     from superweight.verdicts import detection
 
     cfg = detect_config(args)
-    return Job(declare=lambda outs: {"plot": outs.file(args.plot, "--plot")},
-               work=lambda outs, staged, log: detection(_load(args, log, outs), cfg, log, args.recompute),
+
+    def work(outs, staged, log):
+        if not args.recompute:  # a cached verdict is answered from the checkpoint's fingerprint, unloaded
+            from superweight.models.source import dtype_name, resolve
+            from superweight.verdicts import cached_detection
+
+            source = resolve(args.model, args.index_id, log)
+            hit = cached_detection(source, cfg, dtype_name(args.dtype, args.device), args.device)
+            if hit is not None:
+                outs.reading(source.path or source.ref)
+                return hit
+        return detection(_load(args, log, outs), cfg, log, args.recompute)
+
+    return Job(declare=lambda outs: {"plot": outs.file(args.plot, "--plot")}, work=work,
                files=lambda d, staged: staged["plot"] and _plot_detect(d.result, staged["plot"]),
                show=lambda console, d: (print_detect(console, d.result, d.agreement, d.result.model, args.verbose),
                                         print_lines(console, d.provenance.describe())))
@@ -610,13 +632,11 @@ def _quiet_libraries(debug: bool) -> None:
 
     for name in ("lm_eval", "lm-eval", "datasets", "evaluate"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    try:
+    if "transformers" in sys.modules:  # else the variables above rule it when it is imported (not at all from the cache)
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-    except Exception:  # noqa: BLE001
-        pass
 
 
 # PyTorch's CPU allocator backs large tensors (2 MB and up) with transparent huge pages when
@@ -639,11 +659,11 @@ def _main(argv: list[str] | None) -> int:
     debug = getattr(args, "debug", False)
     _quiet_libraries(debug)
     to_stderr = getattr(args, "json", None) == "-"  # human output goes to stderr when JSON goes to stdout
-    console = Console(stderr=to_stderr, highlight=False)
+    console = Console(stderr=to_stderr, highlight=False, emoji=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(stderr=to_stderr, highlight=False, width=160)  # logs and pipes: do not wrap at 80
+        console = Console(stderr=to_stderr, highlight=False, emoji=False, width=160)  # logs and pipes: do not wrap at 80
     try:
-        if getattr(args, "device", None) is not None:
+        if getattr(args, "device", None) not in (None, "cpu"):  # cpu needs no check (nor torch)
             from superweight.models.load import check_device
 
             check_device(args.device)

@@ -107,7 +107,10 @@ class EditResult:
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
+        from superweight.quant.engines import DENSE, GGUF
+
         return {"tool": _tool(), "source": self.source, "format": self.format,
+                "engines": {"serve": list(GGUF if self.format == "gguf" else DENSE), "not": {}},
                 "files": self.files, "changes": [c.to_dict() for c in self.changes],
                 "retyped": [{"tensor": k, "from": a, "to": b,
                              "why": f"{a} cannot hold the new value without changing other weights of its block"}

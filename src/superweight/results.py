@@ -11,9 +11,8 @@ from dataclasses import asdict, dataclass, field
 
 from superweight.coords import Coord
 from superweight.errors import UsageError, flag
-from superweight.probe.hooks import SiteRecord
-from superweight.probe.measures import DEFAULT_PROMPT, PROBE_SENTENCES
-from superweight.probe.realtext import TextEffect
+from superweight.probe.prompts import DEFAULT_PROMPT, PROBE_SENTENCES
+from superweight.probe.records import SiteRecord, TextEffect
 
 
 GRADES = ("super", "strong", "uncertain", "rejected")

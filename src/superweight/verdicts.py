@@ -2,10 +2,11 @@
 
 A verdict (a ``DetectResult``, or a ``VerifyResult`` for given coordinates) is decided by
 the checkpoint's bytes, the detection config (prompts, thresholds, the text's name, window,
-windows), the text's bytes, the dtype and device type it ran at, the versions of torch and
-transformers, and the package version and the digest of its source files (a changed
-checkout proves again).
-The entry's key is the SHA-256 of those; it lives in ``$SUPERWEIGHT_CACHE/verdicts/KEY.json``:
+windows, seed), the text's source file, the dtype and device type it runs at, the versions
+of torch and transformers, and the package version and the digest of its source files (a
+changed checkout proves again).
+The entry's key is the SHA-256 of those; it lives in ``$SUPERWEIGHT_VERDICT_CACHE`` when set,
+else ``$SUPERWEIGHT_CACHE/verdicts`` (default ``~/.cache/superweight/verdicts``), as KEY.json:
 
     {"key": {...what decided it...}, "computed_at": "...", "seconds": 27.2,
      "payload": {...every field of the result...}, "mac": "..."}
@@ -17,15 +18,23 @@ format or version differs, or that does not parse into a result, is recomputed, 
 trusted; the run says why. Writes are atomic (temp file, rename) under the entry's lock;
 a second run on the same checkpoint waits for the first one's proof, then reads it.
 
-Checkpoint identity: a GGUF or other single file, by the SHA-256 of its bytes; a
-directory, by the SHA-256 of each file at its top (weights, config, tokenizer; hashes are
-remembered against each file's inode, size and times, so they are computed once); a hub
-id, through its snapshot in the local hub cache. A model without files behind it
-(``LoadedModel.wrap``) is never cached. ``SUPERWEIGHT_VERDICTS=off`` turns the cache off.
+Every part of the key is known before the model is loaded (``key_for``: the library
+versions are read from their files, not imported), so ``superweight detect`` answers a
+cached verdict from the resolved reference alone (``peek``), without torch, in about a
+tenth of a second; only a miss loads the model.
+
+Checkpoint identity (``models/source.py``): a GGUF or other single file, by the SHA-256 of
+its bytes (not its converted cache); a directory, by the SHA-256 of every file a loader
+reads from it (each file at its top, hidden ones included, and every shard an index names,
+wherever it lies; hashes are remembered against each file's inode, size and times, so they
+are computed once); a hub id, through its snapshot in the local hub cache. A model without
+files behind it (``LoadedModel.wrap``) is never cached. ``SUPERWEIGHT_VERDICTS=off`` turns
+the cache off; deleting the folder clears it.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import hmac
 import json
@@ -40,8 +49,7 @@ from typing import Callable
 
 from superweight.version import VERSION
 
-FORMAT = 1
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+FORMAT = 2
 
 
 @dataclass
@@ -79,63 +87,65 @@ def cache_dir() -> Path:
 
 # --- checkpoint identity ----------------------------------------------------------------
 
-def _dir_fingerprint(d: Path) -> str | None:
-    """Every regular file at the top of the directory (weights, config, tokenizer), not
-    hidden ones, not documentation."""
-    from superweight.models.load import content_hash
-
-    files = sorted(p for p in d.iterdir() if not p.name.startswith(".") and p.suffix.lower() not in (".md", ".rst")
-                   and p.is_file())
-    if not any(p.suffix in WEIGHT_SUFFIXES for p in files):
-        return None
-    h = hashlib.sha256()
-    for p in files:
-        h.update(f"{p.name}\0{content_hash(p)}\n".encode())
-    return h.hexdigest()
-
-
 def checkpoint_fingerprint(lm) -> str | None:
-    """The SHA-256 that names the checkpoint's content, or None (nothing on disk to name)."""
-    from superweight.models.load import content_hash
+    """The SHA-256 that names the checkpoint's content, or None (nothing on disk to name):
+    that of what the user's reference resolved to (``models/source.py``: a GGUF file's bytes,
+    not its converted cache), else of the model's source."""
+    from superweight.models.source import Source
 
+    if getattr(lm, "origin", None) is not None:
+        return lm.origin.fingerprint()
     src = lm.source
     if src is None:
         return None
-    if isinstance(src, str) and not Path(src).exists():
-        try:  # a hub id: its snapshot in the local hub cache
-            from huggingface_hub import snapshot_download
-
-            src = snapshot_download(src, local_files_only=True)
-        except Exception:  # noqa: BLE001 - not in the local cache: nothing to name
-            return None
     p = Path(src)
-    if p.is_file():
-        return content_hash(p)
-    if p.is_dir():
-        return _dir_fingerprint(p)
-    return None
+    local = isinstance(src, Path) or p.exists()
+    return Source(None if local else str(src), str(src), p if local else None).fingerprint()
 
 
-def _text_hash(name: str) -> str:
-    from superweight.paper.data import read_text
+def _libraries() -> dict:
+    """The versions of the libraries a verdict depends on, read without importing them
+    (importing torch and transformers takes seconds; a cached verdict takes a tenth of one)."""
+    return {"torch": _version_of("torch", "version.py"), "transformers": _version_of("transformers", "__init__.py")}
 
-    return hashlib.sha256(read_text(name).encode()).hexdigest()
+
+def _version_of(package: str, file: str) -> str | None:
+    """``package.__version__`` from the line that sets it in its source (``torch/version.py``,
+    ``transformers/__init__.py``), else from its installed metadata; None when not installed."""
+    import importlib.util
+    import re
+
+    try:
+        spec = importlib.util.find_spec(package)
+        text = (Path(spec.origin).parent / file).read_text()
+        return re.search(r"^__version__\s*(?::\s*str\s*)?=\s*['\"]([^'\"]+)['\"]", text, re.M).group(1)
+    except Exception:  # noqa: BLE001 - not laid out as expected: ask the installed metadata
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return None
+
+
+def key_for(fingerprint: str, cfg, dtype: str, device: str, kind: str = "detect", extra: dict | None = None) -> dict:
+    """What decides a verdict, as a dict: the checkpoint's fingerprint, the config, the text,
+    the dtype and device type it runs at (``float32``, ``cpu``), the code and libraries."""
+    from superweight.paper.data import text_identity
+
+    conf = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+    return {"format": FORMAT, "version": VERSION, "code": code_digest(), "kind": kind, "libraries": _libraries(),
+            "checkpoint": fingerprint, "config": conf, "text": text_identity(cfg.text), "dtype": dtype,
+            "device": str(device).split(":")[0], **(extra or {})}
 
 
 def verdict_key(lm, cfg, kind: str = "detect", extra: dict | None = None) -> dict | None:
-    """What decides a verdict, as a dict (None when the checkpoint cannot be named)."""
+    """``key_for`` a loaded model (None when the checkpoint cannot be named)."""
     fp = checkpoint_fingerprint(lm)
     if fp is None:
         return None
-    import torch
-    import transformers
-
     p = next(lm.model.parameters())
-    conf = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
-    return {"format": FORMAT, "version": VERSION, "code": code_digest(), "kind": kind,
-            "libraries": {"torch": torch.__version__, "transformers": transformers.__version__}, "checkpoint": fp, "config": conf,
-            "text_sha256": _text_hash(cfg.text), "dtype": str(p.dtype).removeprefix("torch."),
-            "device": lm.device.type, **(extra or {})}
+    return key_for(fp, cfg, str(p.dtype).removeprefix("torch."), lm.device.type, kind, extra)
 
 
 def code_digest() -> str:
@@ -160,13 +170,20 @@ def _digest(obj) -> str:
 
 # --- the entry's MAC --------------------------------------------------------------------
 
+def _known_secret(where: Path) -> bytes | None:
+    """The cache's secret when it has one (None: not made yet, or unreadable)."""
+    try:
+        return bytes.fromhex((where / ".secret").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def _secret(where: Path) -> bytes | None:
     """The cache's secret (32 random bytes, made on first use, readable by its owner only)."""
     f = where / ".secret"
-    try:
-        return bytes.fromhex(f.read_text().strip())
-    except (OSError, ValueError):
-        pass
+    known = _known_secret(where)
+    if known is not None:
+        return known
     try:
         where.mkdir(parents=True, exist_ok=True)
         fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -203,9 +220,8 @@ def _decode(tp, v, ns: dict):
         inner = [a for a in args if a is not type(None)]
         return _decode(inner[0], v, ns)
     if dataclasses.is_dataclass(tp):
-        mod = __import__(tp.__module__, fromlist=["_"])
-        hints = typing.get_type_hints(tp, vars(mod))
-        return tp(**{f.name: _decode(hints[f.name], v[f.name], vars(mod)) for f in dataclasses.fields(tp) if f.name in v})
+        ns, hints = _hints(tp)
+        return tp(**{f.name: _decode(hints[f.name], v[f.name], ns) for f in dataclasses.fields(tp) if f.name in v})
     if origin is list:
         return [_decode(args[0], x, ns) for x in v]
     if origin is tuple:
@@ -213,6 +229,13 @@ def _decode(tp, v, ns: dict):
     if origin is dict and args:
         return {k: _decode(args[1], x, ns) for k, x in v.items()}
     return v
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(tp) -> tuple[dict, dict]:
+    """A dataclass's module namespace and its fields' types, resolved once."""
+    mod = __import__(tp.__module__, fromlist=["_"])
+    return vars(mod), typing.get_type_hints(tp, vars(mod))
 
 
 def from_state(cls, state: dict):
@@ -304,6 +327,31 @@ def cached(lm, cfg, compute: Callable[[], object], cls, kind: str = "detect", ex
         lock.__exit__(None, None, None)
 
 
+def peek(source, cfg, dtype: str | None, device: str, cls, kind: str = "detect",
+         extra: dict | None = None) -> tuple[object, Provenance] | None:
+    """The trusted cached verdict for a model that is resolved (``models.source.Source``)
+    but not loaded, or None: no entry, or one that is not trusted (the loading path then
+    says why and proves it again). Read without the entry's lock: entries land by rename, so
+    a reader sees a whole one or none. ``dtype``: the name it would be loaded at
+    (``source.dtype_name``)."""
+    if _off() or dtype is None:
+        return None
+    fp = source.fingerprint()
+    if fp is None:
+        return None
+    key = key_for(fp, cfg, dtype, device, kind, extra)
+    where = cache_dir()
+    secret = _known_secret(where)
+    path = where / f"{_digest(key)}.json"
+    if secret is None or not path.is_file():
+        return None
+    got = _read(path, key, secret, cls)
+    if isinstance(got, str):
+        return None
+    result, body = got
+    return result, Provenance("cache", body["computed_at"], body["seconds"], _digest(key))
+
+
 def detect_once(lm, cfg=None, log=None, recompute: bool = False):
     """``detect.detect`` through the cache: (DetectResult, Provenance)."""
     from superweight.detect import detect
@@ -321,8 +369,10 @@ def verify_once(lm, coords, cfg=None, log=None, recompute: bool = False):
     cfg = cfg or DetectConfig()
     for c in coords:
         lm.adapter.site(c)  # range checks before any hashing
-    return cached(lm, cfg, lambda: verify_report(lm, coords, cfg, log), VerifyResult, "verify",
-                  {"coords": [str(c) for c in coords]}, recompute=recompute, log=log)
+    rep, prov = cached(lm, cfg, lambda: verify_report(lm, coords, cfg, log), VerifyResult, "verify",
+                       {"coords": [str(c) for c in coords]}, recompute=recompute, log=log)
+    rep.model = lm.name  # the model read now, not the copy that proved it
+    return rep, prov
 
 
 @dataclass
@@ -343,5 +393,20 @@ def detection(lm, cfg=None, log=None, recompute: bool = False) -> Detection:
     from superweight.index import compare, known
 
     result, prov = detect_once(lm, cfg, log=log, recompute=recompute)
+    result.model = lm.name  # a verdict from the cache names the model read now, not the copy that proved it
     entry = known(lm.index_id)
+    return Detection(result, prov, compare(result.coords, entry) if entry else None)
+
+
+def cached_detection(source, cfg, dtype: str | None, device: str) -> Detection | None:
+    """``detection`` answered from the cache without loading the model (``peek``), or None."""
+    from superweight.index import compare, known
+    from superweight.results import DetectConfig, DetectResult
+
+    got = peek(source, cfg or DetectConfig(), dtype, device, DetectResult)
+    if got is None:
+        return None
+    result, prov = got
+    result.model = source.name
+    entry = known(source.index_id)
     return Detection(result, prov, compare(result.coords, entry) if entry else None)

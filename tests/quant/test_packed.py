@@ -158,6 +158,12 @@ def test_packed_real_smollm2_loads_with_the_simulations_perplexity(smol_whole, t
     size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
     assert size < 0.45 * 4 * sum(p.numel() for p in smol_whole.model.parameters())  # well under float32
     assert 4.5 < manifest["bits_per_weight"] < 5.0  # 4 + 32 / 64 (no zero points), and the one float32 matrix
+    # vLLM's Marlin kernels need input widths divisible by 128: SmolLM2's 576 is not
+    assert manifest["engines"]["serve"] == ["transformers"]
+    assert manifest["engines"]["not"]["vLLM"] == "input widths 576 (Marlin needs multiples of 128)"
+    from superweight.quant.engines import vllm_names
+
+    assert vllm_names(out) == []  # its names would still load
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
@@ -185,3 +191,30 @@ def test_an_asymmetric_pack_is_asked_for_and_prints_its_loading_line(saved, caps
     with pytest.raises(Exception), warnings.catch_warnings():  # noqa: B017 - whatever transformers raises
         warnings.simplefilter("ignore")
         AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_engine_rules_follow_vllms_wna16_and_marlin_limits():
+    from superweight.quant.engines import describe, for_pack, vllm_refusals
+
+    qwen = {"mlp.down_proj": (896, 4864), "mlp.up_proj": (4864, 896), "self_attn.k_proj": (128, 896)}
+    assert vllm_refusals(4, 128, True, qwen) == [] and vllm_refusals(8, 64, True, qwen) == []
+    assert vllm_refusals(4, 128, False, qwen) == []
+    assert vllm_refusals(3, 128, True, qwen) == ["3-bit codes (its WNA16 kernels take 4 and 8 bits)"]
+    assert "zero points at 4 bits only" in vllm_refusals(8, 128, False, qwen)[0]
+    assert vllm_refusals(4, 256, True, qwen) == ["group size 256 (Marlin takes 32, 64, 128)"]
+    assert vllm_refusals(4, 64, True, {"a": (576, 576)}) == ["input widths 576 (Marlin needs multiples of 128)"]
+    assert vllm_refusals(4, 64, True, {"a": (96, 128)}) == ["output widths 96 (Marlin needs multiples of 64)"]
+    e = for_pack(3, 128, True, qwen)
+    assert e["serve"] == ["transformers"] and describe(e)[1].startswith("warning: vLLM and SGLang cannot serve")
+    assert for_pack(4, 128, False, qwen)["serve"][0].startswith("transformers (CompressedTensorsConfig")
+
+
+def test_a_3_bit_pack_says_vllm_cannot_serve_it(saved, capsys):
+    _, tmp = saved
+    out = tmp / "q3"
+    assert main(["quantize", str(tmp / "m"), "--coords", "1:5:7", "--bits", "3", "--group-size", "32",
+                 "--format", "compressed-tensors", "--out", f"{out}/"]) == 0
+    text = capsys.readouterr().out
+    assert "warning: vLLM and SGLang cannot serve this pack: 3-bit codes" in text
+    assert f"written to {out}/ in" in text and "//" not in text.replace("://", "")
+    assert json.loads((out / MANIFEST).read_text())["engines"]["serve"] == ["transformers"]

@@ -70,6 +70,7 @@ def test_streamed_quantize_writes_a_checkpoint_transformers_loads(smol, tmp_path
     assert manifest["super_weights_held"] == [str(SW)] and len(manifest["tensors"]) == 210
     golden.check("quantize-manifest-smollm2-q8", manifest)
     assert rep.bits_per_weight == pytest.approx(8 + 32 / 128, abs=0.05)
+    _serves_as_an_hf_checkpoint(out, manifest)
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     assert float(model.model.layers[11].mlp.down_proj.weight[507, 1229]) == smol.adapter.value(SW)
     assert ppl(model) == pytest.approx(ppl_fp, rel=0.02)  # 8-bit groups: nearly lossless
@@ -82,6 +83,21 @@ def test_quantize_straight_from_the_gguf_file(smol_gguf, tmp_path, ppl, ppl_fp):
     save_quantized(smol_gguf, QuantConfig(bits=8, layout="group", size=64), out, keep=[SW],
                    include=["*.mlp.*"], max_shard_bytes=200_000_000)
     assert len(list(out.glob("model-*.safetensors"))) >= 2
+    _serves_as_an_hf_checkpoint(out, json.loads((out / MANIFEST).read_text()))
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     assert float(model.model.layers[11].mlp.down_proj.weight[507, 1229]) == pytest.approx(5.8757, abs=1e-4)
     assert ppl(model) == pytest.approx(ppl_fp, rel=0.02)
+
+
+def _serves_as_an_hf_checkpoint(out, manifest):
+    """What vLLM's loader and an HF checkpoint of the family need (quant/engines.py): the
+    names vLLM maps (a tied embedding as embed_tokens), a config naming its architecture and
+    carrying no stale quantization_config, a generation config."""
+    from superweight.quant.engines import vllm_names
+
+    assert vllm_names(out) == []
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and config["tie_word_embeddings"] is True
+    assert "quantization_config" not in config
+    assert (out / "generation_config.json").is_file()
+    assert manifest["engines"] == {"serve": ["transformers", "vLLM", "SGLang"], "not": {}}

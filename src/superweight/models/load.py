@@ -11,7 +11,6 @@ unless asked for; transformers reads ``.bin`` checkpoints with ``weights_only=Tr
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -22,12 +21,12 @@ import torch
 
 from superweight.models.adapters import Adapter, family_for
 from superweight.errors import ModelLoadError, SuperweightError, UnsupportedModelError, UsageError, first_line
-from superweight.models.pypi import DEFAULT_FILE, DEFAULT_ID, DEFAULT_PACKAGE, resolve  # noqa: F401 - the default's names, kept here too
+from superweight.models.pypi import DEFAULT_FILE, DEFAULT_ID, DEFAULT_PACKAGE  # noqa: F401 - the default's names, kept here too
+from superweight.models.source import DTYPE_NAMES, Source, content_hash, dtype_name, looks_like_path, resolve  # noqa: F401 - content_hash: named here too
 from superweight.models.gguf_file import header_error
 from superweight.paths import cache_root
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DTYPES = {k: getattr(torch, v) for k, v in DTYPE_NAMES.items()}
 
 
 @dataclass
@@ -38,6 +37,7 @@ class LoadedModel:
     name: str  # what the user asked for
     index_id: str | None = None  # hub id to look up in the index, when known
     source: Path | str | None = None  # the local checkpoint directory (GGUF: its converted cache) or hub id
+    origin: Source | None = None  # what the user's reference resolved to (GGUF: the file itself)
 
     @classmethod
     def wrap(cls, model, tokenizer, name: str | None = None, index_id: str | None = None) -> "LoadedModel":
@@ -87,50 +87,13 @@ def default_model_path() -> Path:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    """``source.dtype_name``'s torch dtype, or a clear error for a name --dtype does not take."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype in (None, "auto"):
-        # float32 on CPU: exact, and CPU half-precision matmuls are slow; bfloat16 on accelerators
-        return torch.float32 if str(device).startswith("cpu") else torch.bfloat16
-    try:
-        return DTYPES[dtype]
-    except KeyError:
-        raise UsageError(f"unknown dtype {dtype!r}; choose from auto, {', '.join(DTYPES)}") from None
-
-
-def _looks_like_path(ref: str) -> bool:
-    """A hub id is ``name`` or ``org/name``; anything else that does not exist is a missing path."""
-    return ref.startswith((".", "/", "~")) or ref.count("/") > 1 or os.sep != "/" and os.sep in ref \
-        or ref.lower().endswith((".gguf", ".safetensors", ".bin", ".json"))
-
-
-def _is_gguf(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(4) == b"GGUF"
-
-
-def _special(path: Path) -> str | None:
-    """What ``path`` is when it exists but is neither a regular file nor a directory (links
-    followed): opening a FIFO blocks until a writer comes, and no signal but SIGKILL ends it."""
-    import stat
-
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return None
-    for test, what in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return what
-    return None
-
-
-def _refuse_special(directory: Path) -> None:
-    """Every file a model directory offers to be read must be a regular file: checked before any is opened."""
-    for p in sorted(directory.iterdir()):
-        what = _special(p)
-        if what and not p.name.startswith("."):
-            raise ModelLoadError(f"{p} is {what}, not a regular file; refusing to read it")
+    name = dtype_name(dtype, device)
+    if name is None:
+        raise UsageError(f"unknown dtype {dtype!r}; choose from auto, {', '.join(DTYPES)}")
+    return getattr(torch, name)
 
 
 def _fits_on(directory: Path, device: str) -> bool:
@@ -210,38 +173,12 @@ def _check_weights(directory: Path) -> None:
         del keys
 
 
-def content_hash(path: Path) -> str:
-    """SHA-256 of a file's bytes, remembered in the cache against (inode, size, mtime, ctime)."""
-    st = path.stat()
-    stamp = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
-    memo = cache_root() / "gguf" / "hashes.json"
-    try:
-        known = json.loads(memo.read_text())
-    except (OSError, ValueError):
-        known = {}
-    key = str(path.resolve())
-    if isinstance(known, dict) and isinstance(known.get(key), dict) and known[key].get("stamp") == stamp:
-        return known[key]["sha256"]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
-    digest = h.hexdigest()
-    known = known if isinstance(known, dict) else {}
-    known[key] = {"stamp": stamp, "sha256": digest}
-    try:
-        from superweight.output.atomic import atomic_path
-
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(memo) as tmp:
-            tmp.write_text(json.dumps(known, indent=1))
-    except OSError:
-        pass  # a read-only cache only costs hashing again next time
-    return digest
+CONVERTED = 2  # the layout of a converted GGUF's folder: 2 = tensor by tensor, an HF config (2026-12-04)
 
 
-def _gguf_cache_dir(path: Path) -> Path:
-    return cache_root() / "gguf" / f"{path.stem}-{content_hash(path)[:16]}"
+def _gguf_cache_dir(path: Path, version: int = CONVERTED) -> Path:
+    suffix = f"-v{version}" if version > 1 else ""
+    return cache_root() / "gguf" / f"{path.stem}-{content_hash(path)[:16]}{suffix}"
 
 
 def _converted(target: Path) -> bool:
@@ -273,9 +210,10 @@ def _library_bars_quiet():
 
 
 def gguf_to_hf_dir(path: Path, log=None) -> Path:
-    """Convert a GGUF file to a cached HF directory (float32) once; return its path. The
-    conversion holds the lock on its target (a second run waits for it, then uses its
-    result), is staged in a temporary, and clears what a killed conversion left."""
+    """Convert a GGUF file to a cached HF directory (float32) once, one tensor at a time
+    (``convert.convert_gguf``); return its path. The conversion holds the lock on its target
+    (a second run waits for it, then uses its result), is staged in a temporary, and clears
+    what a killed conversion left."""
     from superweight.output.atomic import locked, publish_dir, temp_dir
 
     target = _gguf_cache_dir(path)
@@ -288,30 +226,24 @@ def gguf_to_hf_dir(path: Path, log=None) -> Path:
             return target
         if log:
             log(f"first use of {path.name}: converting GGUF to a cached float32 checkpoint (once)")
-        from safetensors.torch import save_model
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from superweight.models.convert import convert_gguf
 
-        from superweight.models.gguf_file import faster_gguf
-
-        try:
-            with _library_bars_quiet(), faster_gguf():
-                tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-                model, info = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                                   dtype=torch.float32, output_loading_info=True)
-        except Exception as e:  # noqa: BLE001
-            raise header_error(path, e) from e
-        _check_causal(model.config)
-        if info.get("missing_keys"):
-            raise _lacks(str(path), sorted(info["missing_keys"]))
         tmp = temp_dir(target, lock)
         try:
-            save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt", "source": str(path)})
-            model.config.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
+            try:
+                with _library_bars_quiet():
+                    lacks = convert_gguf(path, tmp, check=_check_causal)
+            except SuperweightError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                raise header_error(path, e) from e
+            if lacks:
+                raise _lacks(str(path), [lacks])
             publish_dir(tmp, target, overwrite=True, lock=lock)  # over an incomplete directory of an older version
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(_gguf_cache_dir(path, 1), ignore_errors=True)  # the same file converted by an older version
     return target
 
 
@@ -382,34 +314,12 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
 
     torch_dtype = resolve_dtype(dtype, device)
     check_device(device)
-    name = ref
-    if ref is not None and os.path.islink(os.path.expanduser(ref)) and not Path(ref).expanduser().exists():
-        raise ModelLoadError(f"{ref} is a broken symbolic link (to {os.readlink(os.path.expanduser(ref))})")
+    origin = resolve(ref, index_id, log)
+    path, name, index_id = origin.path, origin.name, origin.index_id
     gguf = None  # a GGUF file read layer by layer, without conversion
-    short = resolve(ref or "smollm2", log) if ref is None or not Path(ref).expanduser().exists() else None
-    if short is not None:
-        path, name, known_id = short
-        index_id = index_id or known_id
-    else:
-        path = Path(ref).expanduser()
-        what = _special(path)
-        if what:
-            raise ModelLoadError(f"{ref} is {what}, not a regular file; pass a .gguf file, a model directory or a hub id")
-        if path.is_file():
-            if not _is_gguf(path):
-                raise ModelLoadError(f"{ref} is not a GGUF file; pass a .gguf file, a model directory or a hub id")
-        elif path.is_dir():
-            _refuse_special(path)
-            if not (path / "config.json").is_file():
-                raise ModelLoadError(f"{ref} has no config.json: not a Hugging Face model directory")
-        elif _looks_like_path(ref):
-            raise ModelLoadError(f"no such file or directory: {ref}")
-        else:
-            path = None
     hub = {}
     if path is None:
         source = ref  # hub id: from the hub cache, else downloaded (offline first, see _hub_options)
-        index_id = index_id or ref
     elif path.is_dir():
         source = path
     elif stream or (stream is None and not _conversion_fits(path)):
@@ -493,7 +403,7 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
     adapter.streamer = streamer
     if streamer is not None and hasattr(log, "layer"):
         streamer.progress = log.layer  # the CLI shows a bar over layers
-    return LoadedModel(model, tokenizer, adapter, str(name), index_id, source)
+    return LoadedModel(model, tokenizer, adapter, str(name), index_id, source, origin)
 
 
 def local_checkpoint(ref: str | None, log=None) -> str | None:
@@ -502,7 +412,7 @@ def local_checkpoint(ref: str | None, log=None) -> str | None:
     offline first as ``load`` does; weights in formats other than safetensors are skipped)."""
     from superweight.models.pypi import is_short_name
 
-    if ref is None or Path(ref).expanduser().exists() or is_short_name(ref) or _looks_like_path(ref):
+    if ref is None or Path(ref).expanduser().exists() or is_short_name(ref) or looks_like_path(ref):
         return ref
     from huggingface_hub import snapshot_download
 

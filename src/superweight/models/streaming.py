@@ -344,7 +344,6 @@ class GGUFCheckpoint:
 
     def read_iter(self, names: list[str], view: bool = False):
         import numpy as np
-        from gguf import dequantize
 
         for n in names:
             # as transformers' load_gguf_checkpoint: the processor either gives the tensor
@@ -352,7 +351,7 @@ class GGUFCheckpoint:
             parsed = {"config": self.cfg, "tensors": {}}
             out = None
             for t in self.where[n]:
-                r = self.processor.process(weights=dequantize(t.data, t.tensor_type), name=t.name,
+                r = self.processor.process(weights=dequantized(t), name=t.name,
                                            tensor_key_mapping=self.key_map, parsed_parameters=parsed)
                 if r.name is not None:  # a fresh array is taken as it is; a view of the file is copied
                     w = r.weights
@@ -392,6 +391,27 @@ class GGUFCheckpoint:
 
     def read_many(self, names: list[str]) -> dict[str, torch.Tensor]:
         return dict(self.read_iter(names))
+
+
+SLAB = 64 << 20  # bytes of float32 output the GGUF dequantizer makes at a time
+
+
+def dequantized(t):
+    """A GGUF tensor's values (float32, numpy), dequantized a slab of rows at a time into one
+    array, so that the dequantizer's temporaries (several times its output) stay a slab's
+    size: a 150k-word embedding then costs its float32 size once, not three times."""
+    import numpy as np
+    from gguf import dequantize
+
+    data = t.data
+    if data.ndim < 2 or data.shape[0] < 2 or 4 * data.size < SLAB:  # small, or bytes of a 1-D tensor
+        return dequantize(data, t.tensor_type)
+    first = dequantize(data[:1], t.tensor_type)
+    out = np.empty((data.shape[0], *first.shape[1:]), dtype=first.dtype)
+    step = max(1, SLAB // max(1, first.nbytes))
+    for i in range(0, data.shape[0], step):
+        out[i:i + step] = dequantize(data[i:i + step], t.tensor_type)
+    return out
 
 
 def _numel(shape) -> int:

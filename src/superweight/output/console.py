@@ -2,27 +2,17 @@
 from __future__ import annotations
 
 import math
+import time
 from contextlib import contextmanager
 
 from rich.markup import escape
 from rich.table import Table
 
+from superweight.numbers import fmt_g, fmt_pct  # noqa: F401 - the output's number formats, named here too
+
 
 def _add(t: Table, *cells) -> None:
     t.add_row(*(escape(str(c)) for c in cells))
-
-
-def fmt_g(x: float | None, digits: int = 4) -> str:
-    return "-" if x is None or not math.isfinite(x) else f"{x:.{digits}g}"
-
-
-def fmt_pct(x: float | None) -> str:
-    """A fraction as a percentage, two significant digits below 10%, whole percents above
-    (1.0 -> "100%", not "1e+02%")."""
-    if x is None or not math.isfinite(x):
-        return "-"
-    v = 100 * x
-    return f"{v:.0f}%" if abs(v) >= 10 else f"{v:.2g}%"
 
 
 def _short(param: str, coord) -> str:
@@ -147,7 +137,22 @@ def print_edit(console, report, out: str) -> None:
         console.print(escape(f"not copied (weights in other formats, or not listed by the checkpoint's index; "
                              f"the manifest lists them): {', '.join(report.not_copied)}"))
     console.print(escape(f"verified: every other weight is the source's, byte for byte or value for value; "
-                         f"written to {out}/ (manifest: {out}/superweight-edit.json)"))
+                         f"written to {_slash(out)} (manifest: {_slash(out)}superweight-edit.json)"))
+    from superweight.quant.engines import DENSE, GGUF
+
+    console.print(escape(f"served by: {', '.join(GGUF if report.format == 'gguf' else DENSE)}"))
+
+
+AUDIT_LEGEND = (
+    "legend: original / quantized: the weight's value in each copy; rel. error: |quantized - original| / |original|; "
+    "block: the quantization block that holds it; rest of block / median block: relative RMS error of the other "
+    "weights of its block, and of the matrix's median block; super act.: max |h| of its row's channel after its "
+    "layer on the prompt, in the original, the quantized copy, and the quantized copy with the findings restored",
+    "perplexity: bos = windows from the start token, mid = mid-text; loss recovered: the share of the quantization's "
+    "log-perplexity loss that restoring the findings' original values removes ('-': no loss to recover)",
+    "verdict: kept = value within 1% and super activation within 10%; lost = value off by more than half or super "
+    "activation down more than half; damaged = in between",
+)
 
 
 def print_audit(console, result) -> None:
@@ -160,8 +165,6 @@ def print_audit(console, result) -> None:
              fmt_pct(f.block_error), fmt_pct(f.typical_block_error), fmt_g(f.peak.get("original")), fmt_g(f.peak.get("quantized")),
              fmt_g(f.peak.get("restored")))
     console.print(t)
-    if not result.findings:
-        console.print("no super or strong weight in the original: nothing to audit but perplexity")
     tx = result.text
     p = Table(title=f"perplexity on {tx['source']} ({tx['windows']['bos']} window(s) of {tx['window']} tokens "
                     f"per condition; bos = from the start token, mid = mid-text)", title_justify="left")
@@ -170,19 +173,29 @@ def print_audit(console, result) -> None:
     for c in ("bos", "mid"):
         r = result.recovered(c)
         _add(p, c, fmt_g(result.ppl["original"][c]), fmt_g(result.ppl["quantized"][c]), fmt_g(result.ppl["restored"][c]),
-             "-" if r is None else f"{100 * r:.0f}%")
+             fmt_pct(r))
     console.print(p)
+    print_lines(console, *AUDIT_LEGEND, "", *result.conclusion())
 
 
 
 def print_lines(console, *lines: str) -> None:
-    """Plain lines, printed as they are (no rich markup read into them)."""
+    """Plain lines, printed as they are (no rich markup read into them, no line breaks added:
+    a terminal wraps them, a log keeps each whole)."""
     for line in lines:
-        console.print(line, markup=False)
+        console.print(line, markup=False, soft_wrap=True)
+
+
+def _slash(out) -> str:
+    """A folder as printed: its path with one trailing slash (``q3/`` given as ``q3/`` too)."""
+    return f"{str(out).rstrip('/') or '/'}/".replace("//", "/")
 
 
 def print_quantize(console, report, out: str, fmt: str, held: str, loading: str | None, manifest: str) -> None:
+    from superweight.quant.engines import describe
+
     cfg = report.config
+    where = _slash(out)
     print_lines(console, cfg.describe(),
                 f"quantized {len(report.tensors)} tensors ({report.numel:,} weights) in {report.seconds:.1f} s: "
                 f"{report.bits_per_weight:.3f} effective bits per weight, {report.held:,} held out exactly",
@@ -190,15 +203,18 @@ def print_quantize(console, report, out: str, fmt: str, held: str, loading: str 
     if fmt == "compressed-tensors":
         dense = [t.name for t in report.tensors if t.blocks == 0]
         print_lines(console, f"left unquantized (the format has no sparse hold-out): {', '.join(dense) or 'none'}",
-                    f"written to {out}/ in compressed-tensors' pack-quantized format "
-                    f"({'symmetric' if cfg.symmetric else 'asymmetric, --no-sym'}); manifest: {out}/{manifest}")
+                    f"written to {where} in compressed-tensors' pack-quantized format "
+                    f"({'symmetric' if cfg.symmetric else 'asymmetric, --no-sym'}); manifest: {where}{manifest}")
+    else:
+        print_lines(console, f"written to {where} (dequantized floats; manifest: {where}{manifest})")
+    if report.engines:
+        print_lines(console, *describe(report.engines))
+    if fmt == "compressed-tensors":
         console.print(f"load it with: {loading}", markup=False, soft_wrap=True)
-        return
-    print_lines(console, f"written to {out}/ (load it with transformers; manifest: {out}/{manifest})")
 
 
 def print_ablate(console, result, out: str) -> None:
-    console.print(f"super weights: {', '.join(str(c) for c in result.super_weights)}; written to {out}/")
+    console.print(f"super weights: {', '.join(str(c) for c in result.super_weights)}; written to {_slash(out)}")
     print_lines(console, result.markdown())
     for sft in result.stopwords[:8]:
         print_lines(console, f"  {sft.token!r}: {sft.before:.4f} -> {sft.after:.4f} (x{sft.ratio:.2f})")
@@ -208,32 +224,117 @@ def print_scale(console, result, out: str) -> None:
     for f, r in zip(result.factors, result.results):
         acc = f"mean acc {100 * r.mean_accuracy:.2f}; " if r.mean_accuracy is not None else ""
         print_lines(console, f"x{f:g}: {acc}" + ", ".join(f"ppl {t} {v:.2f}" for t, v in r.perplexity.items()))
-    console.print(f"written to {out}/")
+    console.print(f"written to {_slash(out)}")
 
 
 def print_compare(console, result, out: str) -> None:
-    print_lines(console, result.markdown(), f"written to {out}/")
+    print_lines(console, result.markdown(), f"written to {_slash(out)}")
 
 
-class _Log:
-    """Status line: the current step, and a bar over layers while a streamed model reads them."""
+class Progress:
+    """How far a command is: ``log(msg)`` starts a step, ``step(done, total)`` (batched passes)
+    or ``layer(i, n)`` (a streamed model's layers) says how far the step is. ``show(text)``
+    draws it: on a terminal, a live status line with a bar, the percent and the time left in
+    the step; off a terminal (logs, CI, nohup), ``Lines`` prints a line per step that lasts,
+    and at most one progress line every ``every`` seconds."""
 
-    def __init__(self, status):
-        self.status, self.msg = status, ""
+    def __init__(self):
+        self.t0 = self.since = time.monotonic()
+        self.msg, self.frac, self.by_step, self.runs = "", None, False, [0, 0, 0, 0]
 
     def __call__(self, msg: str) -> None:
-        self.msg = msg
-        self.status.update(msg)
+        self.msg, self.frac, self.by_step, self.since = msg, None, False, time.monotonic()
+        self.runs = [0, 0, 0, 0]  # groups done and in all of the step's finished runs; the current run's
+        self.show(msg)
+
+    def step(self, done: int, total: int) -> None:
+        """A run of passes reports its groups: a step may hold several runs, counted together."""
+        self.by_step = True
+        base_done, base_total, last_done, last_total = self.runs
+        if done <= last_done or total != last_total:  # another run in the same step
+            base_done, base_total = base_done + last_total, base_total + last_total
+        self.runs = [base_done, base_total, done, total]
+        self._at((base_done + done) / max(base_total + total, 1))
 
     def layer(self, i: int, n: int) -> None:
-        done = round(20 * i / n)
-        self.status.update(f"{self.msg}  [{'#' * done}{'.' * (20 - done)}] layer {i}/{n}")
+        if not self.by_step:  # the step's own count, when it has one, says more than one pass's layers
+            self._at(i / max(n, 1))
+
+    def _at(self, frac: float) -> None:
+        self.frac = frac
+        self.show(f"{self.msg}  {self.where()}")
+
+    def where(self) -> str:
+        """``[######..............] 30%, about 12 s left``: the step's share done, and the time
+        it will take at its pace so far."""
+        done = round(20 * self.frac)
+        spent = time.monotonic() - self.since
+        left = spent * (1 - self.frac) / self.frac if self.frac > 0 else None
+        eta = "" if left is None or self.frac >= 1 else f", about {_duration(left)} left"
+        return f"[{'#' * done}{'.' * (20 - done)}] {100 * self.frac:.0f}%{eta}"
+
+    def show(self, text: str) -> None:  # pragma: no cover - replaced below
+        pass
+
+
+def _duration(s: float) -> str:
+    return f"{s:.0f} s" if s < 90 else f"{s / 60:.0f} min"
+
+
+class _Live(Progress):
+    """On a terminal: rich's status line."""
+
+    def __init__(self, status):
+        super().__init__()
+        self.status = status
+
+    def show(self, text: str) -> None:
+        self.status.update(text)
+
+
+class Lines(Progress):
+    """Off a terminal: ``superweight: [  41 s] zeroing 14 candidate(s) on real text  [####.....] 40%,
+    about 12 s left`` on ``stream``, a line when a step has lasted ``first`` seconds (a quick
+    step, or an error in the first seconds, prints nothing) and then at most every ``every``."""
+
+    def __init__(self, stream, first: float = 2.0, every: float = 5.0):
+        super().__init__()
+        self.stream, self.first, self.every = stream, first, every
+        self.last = -1e9
+        self.pending: str | None = None
+
+    def __call__(self, msg: str) -> None:
+        self._flush()  # the step that ends, if it lasted and was not said yet
+        super().__call__(msg)
+
+    def show(self, text: str) -> None:
+        now = time.monotonic()
+        self.pending = text
+        if now - self.since >= self.first and now - self.last >= self.every:
+            self._flush()
+
+    def _flush(self) -> None:
+        now = time.monotonic()
+        if self.pending is not None and now - self.since >= self.first:
+            print(f"superweight: [{now - self.t0:5.0f} s] {self.pending}", file=self.stream, flush=True)
+            self.last = now
+        self.pending = None
 
 
 @contextmanager
-def status_line(console, enabled: bool):
+def status_line(console, enabled: bool, stream=None):
+    """The command's ``log`` (a ``Progress``), whose batched passes report into it too: a
+    live line on a terminal (``enabled``), else progress lines on ``stream`` (stderr)."""
+    import sys
+
+    from superweight.probe.progress import reporting
+
     if not enabled:
-        yield lambda msg: None
+        log = Lines(stream or sys.stderr)
+        with reporting(log.step):
+            yield log
         return
     with console.status("starting") as st:
-        yield _Log(st)
+        log = _Live(st)
+        with reporting(log.step):
+            yield log

@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 
 from superweight.output import plot
-from superweight.output.console import fmt_g as g, fmt_pct, fmt_spread
+from superweight.output.console import AUDIT_LEGEND, fmt_g as g, fmt_pct, fmt_spread
 
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1100px;padding:0 16px 40px;
@@ -173,9 +173,11 @@ def audit_section(a) -> str:
     prow = []
     for c in ("bos", "mid"):
         r = a.recovered(c)
-        prow.append([c, g(a.ppl["original"][c]), g(a.ppl["quantized"][c]), g(a.ppl["restored"][c]),
-                     "-" if r is None else f"{100 * r:.0f}%"])
-    return (f"<p>{e(a.quantized)} against {e(a.original)}.</p>" + table(head, rows, left={0, 1, 5}, raw=True)
+        prow.append([c, g(a.ppl["original"][c]), g(a.ppl["quantized"][c]), g(a.ppl["restored"][c]), fmt_pct(r)])
+    words = "".join(f"<li>{e(line)}</li>" for line in a.conclusion())
+    return (f"<p>{e(a.quantized)} against {e(a.original)}.</p><ul>{words}</ul>"
+            + table(head, rows, left={0, 1, 5}, raw=True)
+            + f'<p class="note">{"<br>".join(e(x) for x in AUDIT_LEGEND)}</p>'
             + f'<p class="note">Perplexity on {e(a.text["source"])}, {a.text["windows"]["bos"]} window(s) of '
               f'{a.text["window"]} tokens per condition (bos: from the start token; mid: mid-text).</p>'
             + table(["condition", "original", "quantized", "quantized, findings restored", "loss recovered"], prow,

@@ -58,9 +58,9 @@ def model_sources(ref: str | None) -> list[Path]:
     added once loaded, by ``Outputs.reading``.)"""
     if ref is None:
         try:
-            from superweight.models.load import default_model_path
+            from superweight.models.pypi import smollm2_path
 
-            return [default_model_path()]
+            return [smollm2_path()]
         except Exception:  # noqa: BLE001 - not installed: the load says so, in its own words
             return []
     p = Path(ref).expanduser()

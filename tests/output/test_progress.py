@@ -1,0 +1,34 @@
+"""Progress a person can follow: off a terminal, lines with the step, percent and time left."""
+from __future__ import annotations
+
+import io
+import time
+
+from superweight.output.console import Lines
+from superweight.probe.progress import progress_of, reporting
+
+
+def test_off_a_terminal_a_lasting_step_prints_its_percent_and_time_left():
+    out = io.StringIO()
+    log = Lines(out, first=0.0, every=0.0)
+    with reporting(log.step):
+        log("zeroing 3 candidate(s) on real text")
+        time.sleep(0.01)
+        progress_of()(1, 4)  # what passes.run reports after each batched pass
+        progress_of()(4, 4)
+        progress_of()(2, 4)  # a second run in the same step: counted with the first
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("superweight: [") and lines[0].endswith("] zeroing 3 candidate(s) on real text")
+    assert "25%, about " in lines[1] and lines[1].endswith(" left")
+    assert "] 100%" in lines[2]
+    assert "] 75%" in lines[3]  # 6 of 8 groups
+
+
+def test_a_quick_step_or_an_early_error_prints_nothing():
+    out = io.StringIO()
+    log = Lines(out)  # lines only once a step has lasted 2 s
+    log("loading model")
+    log.layer(3, 30)
+    log("scanning")
+    assert out.getvalue() == ""
+    assert progress_of()(1, 2) is None  # no reporter outside ``reporting``: nothing happens
