@@ -8,7 +8,8 @@
 #    (super weights, strong weights, grades) or exit 1;
 # 2. the synthetic Llama-2-7B (bf16 safetensors, bench/bench_stream.py's recipe) streamed
 #    to the GPU: detect (--recompute: the proof, not the cache) and 4-bit quantize, wall
-#    time and peak RSS each, and whether detect found the planted super weight.
+#    time and peak RSS each, and whether detect found the planted super weight;
+# 3. vLLM loading and generating from our exports, when vllm is installed there.
 # Needs: a CUDA build of torch in .venv (the Makefile installs the CPU build; on the GPU
 # machine: .venv/bin/pip install torch --index-url of the CUDA wheels the machine has).
 set -euo pipefail
@@ -65,5 +66,22 @@ want = tuple(b.sw_coord("7b"))
 got = [(f["layer"], f["row"], f["col"]) for f in r["super_weights"] + r["strong"]]
 print("7b planted", want, "found" if want[:3] in got else "NOT found", got)
 EOF
-column -t "$OUT_DIR/times.tsv"
 rm -rf "$OUT_DIR/7b-q4" "$CK"
+
+# 3. vLLM loads and generates from our exports (when vllm is installed on the machine): the
+#    dequantized SmolLM2 (tied embeddings) and a 4-bit group-128 compressed-tensors pack of
+#    Qwen2.5-Coder-0.5B (widths Marlin takes); quant/engines.py's rules say both load.
+if "$PY" -c "import vllm" 2>/dev/null; then
+  "$SW" quantize --bits 8 --group-size 128 --out "$OUT_DIR/smol-q8" --overwrite > /dev/null
+  "$SW" quantize qwen2.5-coder-0.5b --coords 5:62:956 --bits 4 --group-size 128 --format compressed-tensors \
+    --out "$OUT_DIR/qwen-ct4" --overwrite > /dev/null
+  for ck in smol-q8 qwen-ct4; do
+    timed "vllm-$ck" "$PY" -c "import sys; from vllm import LLM, SamplingParams; \
+llm = LLM(sys.argv[1], dtype='bfloat16', gpu_memory_utilization=0.3, enforce_eager=True); \
+out = llm.generate(['Paris is the capital of'], SamplingParams(max_tokens=8, temperature=0)); \
+print(sys.argv[1], repr(out[0].outputs[0].text))" "$OUT_DIR/$ck" | tee -a "$OUT_DIR/vllm.txt"
+  done
+else
+  echo "vllm is not installed here: step 3 (vLLM load and generate) skipped" | tee "$OUT_DIR/vllm.txt"
+fi
+column -t "$OUT_DIR/times.tsv"

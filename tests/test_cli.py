@@ -112,7 +112,9 @@ def test_not_a_gguf_file(tmp_path, cli_here, error_line):
 
 @pytest.mark.slow
 def test_truncated_gguf(tmp_path, error_line):
-    src = sw.model.default_model_path()
+    from superweight.models.load import default_model_path
+
+    src = default_model_path()
     f = tmp_path / "cut.gguf"
     f.write_bytes(src.read_bytes()[: 2_000_000])
     env_cache = tmp_path / "cache"

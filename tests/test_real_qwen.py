@@ -58,7 +58,9 @@ def intact(ppl):
 def test_qwen_is_assembled_from_pypi_and_loads(qwen):
     assert qwen.adapter.model_type == "qwen2" and qwen.adapter.num_layers == 24
     assert qwen.index_id == "Qwen/Qwen2.5-Coder-0.5B-Instruct"
-    path = sw.model.cache_root() / "pypi" / "qwen2.5-coder-0.5b-instruct.gguf"
+    from superweight.paths import cache_root
+
+    path = cache_root() / "pypi" / "qwen2.5-coder-0.5b-instruct.gguf"
     assert path.read_bytes()[:4] == b"GGUF" and path.stat().st_size == 491_400_064
 
 

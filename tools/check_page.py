@@ -5,7 +5,8 @@ screenshot, and fail on what they would see broken.
 
 Fails (exit 1, one line per problem) on: a console error or warning from the page's
 script, an image that did not load, any request the page makes (it must be
-self-contained), a page wider than the window, or a page without figures. Needs
+self-contained), a page wider than the window, a table wider than its box (columns a
+reader would not see), or a page without figures. Needs
 Debian's ``chromium`` and ``chromium-driver`` and ``pip install selenium``; not run in
 CI (the page's structure is unit-tested there, tests/output/test_html.py).
 """
@@ -44,6 +45,14 @@ def main() -> int:
         inner, scroll = driver.execute_script("return [window.innerWidth, document.documentElement.scrollWidth]")
         if scroll > inner:
             problems.append(f"the page is {scroll} px wide in a {inner} px window")
+        # every table must fit the box it sits in: a box that scrolls hides columns from a
+        # reader who does not scroll it, and from every screenshot and print
+        cut = driver.execute_script(
+            "return Array.from(document.querySelectorAll('table')).map((t, i) => "
+            "[i, t.scrollWidth, (t.closest('.box') || t.parentElement).clientWidth, "
+            "(t.querySelector('th') || {}).textContent || '']).filter(x => x[1] > x[2] + 1)")
+        problems += [f"table {i + 1} (first column {head!r}) is {w} px wide in a {box} px box: columns are hidden"
+                     for i, w, box, head in cut]
         figures = driver.execute_script("return document.querySelectorAll('figure svg, figure img').length")
         if not figures:
             problems.append("the page has no figure")

@@ -32,3 +32,30 @@ def test_a_quick_step_or_an_early_error_prints_nothing():
     log("scanning")
     assert out.getvalue() == ""
     assert progress_of()(1, 2) is None  # no reporter outside ``reporting``: nothing happens
+
+
+def test_detect_off_a_terminal_prints_its_steps_with_percent_to_stderr(tmp_path, monkeypatch):
+    """The command itself, its output sent to a file: stderr follows the proof step by step
+    (SUPERWEIGHT_PROGRESS=all: every update, unthrottled), stdout keeps only the JSON."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tiny import plant, tiny_model
+
+    import superweight as sw
+
+    lm = tiny_model("llama")
+    plant(lm, sw.Coord(1, 5, 7), 400)
+    lm.model.save_pretrained(tmp_path / "m")
+    lm.tokenizer.save_pretrained(tmp_path / "m")
+    env = {**os.environ, "SUPERWEIGHT_PROGRESS": "all", "SUPERWEIGHT_VERDICTS": "off"}
+    p = subprocess.run([sys.executable, "-m", "superweight.cli", "detect", str(tmp_path / "m"), "--window", "32",
+                        "--json", "-"], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["model"] == str(tmp_path / "m")
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("superweight: [")]
+    assert any("round 1: scanning" in ln for ln in lines)
+    assert any("zeroing" in ln and "%" in ln for ln in lines), p.stderr
+    assert any("left" in ln for ln in lines) and any("100%" in ln for ln in lines)

@@ -67,7 +67,7 @@ def convert_gguf(path: Path, dest: Path, check=None) -> str | None:
     ``check(config)`` refuses what is not a supported causal LM. Returns None, or the name of
     a parameter the file lacks (which the caller refuses: transformers would make it up)."""
     from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from superweight.models.gguf_file import faster_gguf
     from superweight.models.streaming import GGUFCheckpoint
@@ -92,11 +92,26 @@ def convert_gguf(path: Path, dest: Path, check=None) -> str | None:
             ckpt.release(ckpt.spans(name))  # the file's pages it was read from leave this process
 
     write_safetensors(dest / "model.safetensors", tensors(), spec, {"format": "pt", "source": str(path)})
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config  # the GGUF's: these weights are plain floats
-    config.architectures = [type(model).__name__]
-    config.dtype = "float32"
-    config.save_pretrained(dest)
-    GenerationConfig.from_model_config(config).save_pretrained(dest)
+    save_config(config, type(model).__name__, dest, dtype="float32")
     tok.save_pretrained(dest)
     return None
+
+
+def save_config(config, architecture: str, dest: Path, dtype: str | None = None, generation=None) -> None:
+    """``config.json`` and ``generation_config.json`` as an HF checkpoint of the family has
+    them: ``architectures`` named, no GGUF ``quantization_config`` (the weights written are
+    floats; a compressed-tensors one is written by its format). The config is copied, not
+    changed."""
+    import copy
+
+    from transformers import GenerationConfig
+
+    config = copy.deepcopy(config)
+    qc = getattr(config, "quantization_config", None)
+    if qc is not None and (qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)) == "gguf":
+        del config.quantization_config  # the GGUF's: these weights are plain floats
+    config.architectures = [architecture]
+    if dtype is not None:
+        config.dtype = dtype
+    config.save_pretrained(dest)
+    (generation or GenerationConfig.from_model_config(config)).save_pretrained(dest)

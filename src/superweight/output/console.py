@@ -324,13 +324,17 @@ class Lines(Progress):
 @contextmanager
 def status_line(console, enabled: bool, stream=None):
     """The command's ``log`` (a ``Progress``), whose batched passes report into it too: a
-    live line on a terminal (``enabled``), else progress lines on ``stream`` (stderr)."""
+    live line on a terminal (``enabled``), else progress lines on ``stream`` (stderr):
+    ``SUPERWEIGHT_PROGRESS=off`` prints none, ``all`` every update unthrottled."""
+    import os
     import sys
 
     from superweight.probe.progress import reporting
 
     if not enabled:
-        log = Lines(stream or sys.stderr)
+        mode = os.environ.get("SUPERWEIGHT_PROGRESS", "").lower()
+        log = Lines(stream or sys.stderr, *((1e18, 1e18) if mode in ("off", "0", "no") else
+                                            (0.0, 0.0) if mode == "all" else ()))
         with reporting(log.step):
             yield log
         return

@@ -283,8 +283,14 @@ def write_quantized(lm: LoadedModel, cfg: QuantConfig, tmp: Path, keep=(), inclu
         report.seconds = time.perf_counter() - t0
         if safetensors:
             _copy_side_files(ckpt.dir, tmp)
+            if not (tmp / "generation_config.json").is_file():  # engines read it for the sampling defaults
+                from transformers import GenerationConfig
+
+                GenerationConfig.from_model_config(lm.model.config).save_pretrained(tmp)
         else:
-            lm.model.config.save_pretrained(tmp)
+            from superweight.models.convert import save_config
+
+            save_config(lm.model.config, type(lm.model).__name__, tmp, generation=getattr(lm.model, "generation_config", None))
             lm.tokenizer.save_pretrained(tmp)
         if pack:
             quantized_modules = {n.removesuffix(".weight") for n in names if n not in kept}
