@@ -262,3 +262,22 @@ def test_version_prints_the_package_version_without_loading_torch():
     code = "import sys; from superweight.cli import main\ntry: main(['--version'])\nexcept SystemExit as e: assert e.code == 0\nassert 'torch' not in sys.modules"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and p.stdout.strip() == f"superweight {VERSION}", p.stderr
+
+
+def test_help_groups_the_commands_and_gives_each_two_examples(capsys):
+    from superweight.cli import EXAMPLES, GROUPS, build_parser
+
+    top = build_parser().format_help()
+    for group, names in GROUPS.items():
+        assert f"\n{group}:\n" in top and all(f"\n  {n} " in top for n in names)
+    assert sorted(n for names in GROUPS.values() for n in names) == sorted(EXAMPLES)
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "cmd")
+    for name, p in sub.choices.items():
+        text = p.format_help()
+        examples = text.split("examples:\n", 1)[1].splitlines()
+        assert len(examples) == 2 and all(x.startswith(f"  superweight {name}") for x in examples), name
+    q = sub.choices["quantize"].format_help()
+    for heading in ("how the weights are quantized:", "what is held out exactly:", "what is written:"):
+        assert heading in q
+    assert "smollm2, qwen2.5-coder-0.5b" in sub.choices["detect"].format_help()

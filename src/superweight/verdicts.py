@@ -39,7 +39,7 @@ import hashlib
 import hmac
 import json
 import os
-import secrets
+import sys
 import time
 import types
 import typing
@@ -77,12 +77,10 @@ class Provenance:
 
 
 def cache_dir() -> Path:
-    """``$SUPERWEIGHT_VERDICT_CACHE`` when set (the test suite starts each session with an
-    empty one), else ``$SUPERWEIGHT_CACHE/verdicts``."""
-    from superweight.paths import cache_root
+    """``$SUPERWEIGHT_VERDICT_CACHE`` when set, else ``$SUPERWEIGHT_CACHE/verdicts``."""
+    from superweight.signing import verdict_dir
 
-    own = os.environ.get("SUPERWEIGHT_VERDICT_CACHE")
-    return Path(own) if own else cache_root() / "verdicts"
+    return verdict_dir()
 
 
 # --- checkpoint identity ----------------------------------------------------------------
@@ -171,36 +169,21 @@ def _digest(obj) -> str:
 # --- the entry's MAC --------------------------------------------------------------------
 
 def _known_secret(where: Path) -> bytes | None:
-    """The cache's secret when it has one (None: not made yet, or unreadable)."""
-    try:
-        return bytes.fromhex((where / ".secret").read_text().strip())
-    except (OSError, ValueError):
-        return None
+    from superweight.signing import known_secret
+
+    return known_secret(where)
 
 
 def _secret(where: Path) -> bytes | None:
-    """The cache's secret (32 random bytes, made on first use, readable by its owner only)."""
-    f = where / ".secret"
-    known = _known_secret(where)
-    if known is not None:
-        return known
-    try:
-        where.mkdir(parents=True, exist_ok=True)
-        fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as h:
-            h.write(secrets.token_hex(32))
-    except FileExistsError:
-        pass  # another run made it first
-    except OSError:
-        return None
-    try:
-        return bytes.fromhex(f.read_text().strip())
-    except (OSError, ValueError):
-        return None
+    from superweight.signing import secret
+
+    return secret(where)
 
 
-def _mac(secret: bytes, body: dict) -> str:
-    return hmac.new(secret, json.dumps(body, sort_keys=True).encode(), hashlib.sha256).hexdigest()
+def _mac(key: bytes, body: dict) -> str:
+    from superweight.signing import mac
+
+    return mac(key, body)
 
 
 # --- results to JSON and back ------------------------------------------------------------
@@ -268,11 +251,10 @@ def _read(path: Path, key: dict, secret: bytes, cls) -> tuple[object, dict] | st
 
 
 def _write(path: Path, key: dict, secret: bytes, result, seconds: float, computed_at: str) -> None:
-    from superweight.output.atomic import atomic_path
+    from superweight.signing import write_private
 
     body = {"key": key, "computed_at": computed_at, "seconds": round(seconds, 3), "payload": to_state(result)}
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps({**body, "mac": _mac(secret, body)}))
+    write_private(path, json.dumps({**body, "mac": _mac(secret, body)}))  # a link planted there is replaced
 
 
 def cached(lm, cfg, compute: Callable[[], object], cls, kind: str = "detect", extra: dict | None = None,
@@ -300,8 +282,13 @@ def cached(lm, cfg, compute: Callable[[], object], cls, kind: str = "detect", ex
     path = where / f"{name}.json"
     from superweight.output.atomic import locked
 
+    def waiting(pid):
+        who = f" (pid {pid})" if pid else ""
+        print(f"superweight: waiting for the run{who} proving this model; its verdict is read when it ends",
+              file=sys.stderr, flush=True)
+
     try:
-        lock = locked(path, wait=True)
+        lock = locked(path, wait=True, on_wait=waiting)
         lock.__enter__()
     except OSError:
         return run(f"{where} is not writable")

@@ -27,13 +27,16 @@ class Page(HTMLParser):
 
     def __init__(self):
         super().__init__()
-        self.stack, self.errors, self.tags, self.external, self.text = [], [], {}, [], []
+        self.stack, self.errors, self.tags, self.external, self.text, self.links = [], [], {}, [], [], []
 
     def handle_starttag(self, tag, attrs):
         self.tags[tag] = self.tags.get(tag, 0) + 1
         for k, v in attrs:
-            if k in ("src", "href", "xlink:href") and v and not v.startswith(("#", "data:")):
+            fetched = k in ("src", "xlink:href") or k == "href" and tag != "a"  # a link is followed only by a reader
+            if fetched and v and not v.startswith(("#", "data:")):
                 self.external.append(v)
+            if tag == "a" and k == "href":
+                self.links.append(v)
         if tag not in VOID:
             self.stack.append(tag)
 
@@ -111,6 +114,13 @@ def test_report_page_has_every_section_and_its_numbers(tiny_report):
     d = rep.to_dict()
     json.dumps(d, allow_nan=False)
     assert d["acted_on"] == {"coords": ["1:5:7"], "from": "detected super weights"}
+    # how to read it: the paper, what a super weight is, and every term a table uses
+    assert page.links == ["https://arxiv.org/abs/2411.07191"]
+    for term in ("What a super weight is", "Controls and KL", "bos and mid", "prune non-SW", "restore SA",
+                 "Why the baseline perplexities differ"):
+        assert term in text, term
+    # a caption under every table, and no path of this machine in the footer
+    assert html.count("<table>") == html.count('<p class="cap">') and html.count("<table>") >= 5
 
 
 def test_no_super_weight_still_gives_a_page(tmp_path):
@@ -122,6 +132,13 @@ def test_no_super_weight_still_gives_a_page(tmp_path):
     if not rep.result.super_weights and not rep.result.strong:
         assert "No super or strong weight" in html and rep.coords == []
     assert "Skipped (--no-quant)" in html
+
+
+def test_the_footer_names_the_command_without_this_machines_paths():
+    from superweight.output.html import shareable
+
+    got = shareable("superweight report /home/me/ckpt --out /home/me/pages/p.html --audit ./q4/ --max-windows 2")
+    assert got == "superweight report ckpt --out p.html --audit q4/ --max-windows 2"
 
 
 def test_cli_report_writes_the_page_and_json(planted, tmp_path, capsys):

@@ -566,3 +566,55 @@ def test_percentages_read_as_percentages():
 
     assert [fmt_pct(x) for x in (1.0, 0.153, 12.34, 0.053, 0.000123, 0.0, None, float("nan"))] == \
         ["100%", "15%", "1234%", "5.3%", "0.012%", "0%", "-", "-"]
+
+
+def test_an_output_in_the_hub_cache_layout_may_not_name_a_blob_of_the_model(tiny_dir, tmp_path, capsys):
+    """Issue 32: a model whose files are links into ../../blobs (the hub cache's layout); an
+    output naming a blob, or a folder holding the blobs, is the model being read."""
+    repo = tmp_path / "models--org--tiny"
+    (repo / "blobs").mkdir(parents=True)
+    snap = repo / "snapshots" / "abc"
+    snap.mkdir(parents=True)
+    for f in tiny_dir.iterdir():
+        blob = repo / "blobs" / f"b-{f.name}"
+        blob.write_bytes(f.read_bytes())
+        (snap / f.name).symlink_to(Path("../../blobs") / blob.name)
+    config_blob = repo / "blobs" / "b-config.json"
+    before = config_blob.read_bytes()
+    one_line(capsys, main(["detect", str(snap), "--json", str(config_blob)]), "is the model being read")
+    one_line(capsys, main(["edit", str(snap), "--zero", "1:5:7", "--out", str(repo / "blobs"), "--overwrite"]),
+             "the model being read")
+    assert config_blob.read_bytes() == before
+
+
+def test_no_output_lands_in_the_verdict_cache(tiny_dir, tmp_path, capsys):
+    from superweight.signing import verdict_dir
+
+    inside = verdict_dir() / "mine.json"
+    one_line(capsys, main(["detect", str(tiny_dir), "--json", str(inside)]), "inside superweight's verdict cache")
+    assert not inside.exists()
+
+
+def test_overwrite_replaces_only_a_folder_of_our_own_files_there_from_the_start(tiny_dir, tmp_path, capsys,
+                                                                                 monkeypatch):
+    out = tmp_path / "q"
+    assert quantize(tiny_dir, out) == 0
+    (out / "notes.txt").write_text("the user's, added later")
+    one_line(capsys, quantize(tiny_dir, out, "--overwrite"), "holds files superweight did not write there (notes.txt)")
+    assert (out / "notes.txt").read_text() == "the user's, added later"
+    # a folder that appears while the run works, with our manifest in it: not replaced either
+    import superweight.quant.export as export
+
+    other = tmp_path / "r"
+    real = export.write_quantized
+
+    def meanwhile(*a, **k):
+        report = real(*a, **k)
+        other.mkdir()
+        (other / MANIFEST).write_text(json.dumps({"written": [MANIFEST]}))
+        (other / "thesis.tex").write_text("years of work")
+        return report
+
+    monkeypatch.setattr(export, "write_quantized", meanwhile)
+    one_line(capsys, quantize(tiny_dir, other, "--overwrite"), "appeared while this run was working")
+    assert listing(other) == [MANIFEST, "thesis.tex"]

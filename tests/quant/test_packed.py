@@ -185,8 +185,11 @@ def test_an_asymmetric_pack_is_asked_for_and_prints_its_loading_line(saved, caps
     assert main(["quantize", str(tmp / "m"), "--coords", "1:5:7", "--group-size", "32", "--no-sym",
                  "--format", "compressed-tensors", "--out", str(out)]) == 0
     line = capsys.readouterr().out.splitlines()[-1]
-    assert line == (f"load it with: AutoModelForCausalLM.from_pretrained({str(out)!r}, "
+    assert line == ("load it with: from transformers import AutoModelForCausalLM, CompressedTensorsConfig; "
+                    f"AutoModelForCausalLM.from_pretrained({str(out)!r}, "
                     "quantization_config=CompressedTensorsConfig(dequantize=True))")
+    code = line.removeprefix("load it with: ")
+    assert exec(code, {}) is None  # the printed line runs as it is: its import included
     assert load_packed(out, symmetric=False) is not None
     with pytest.raises(Exception), warnings.catch_warnings():  # noqa: B017 - whatever transformers raises
         warnings.simplefilter("ignore")
@@ -218,3 +221,18 @@ def test_a_3_bit_pack_says_vllm_cannot_serve_it(saved, capsys):
     assert "warning: vLLM and SGLang cannot serve this pack: 3-bit codes" in text
     assert f"written to {out}/ in" in text and "//" not in text.replace("://", "")
     assert json.loads((out / MANIFEST).read_text())["engines"]["serve"] == ["transformers"]
+
+
+def test_a_group_size_that_does_not_divide_is_refused_before_detection(saved, capsys, monkeypatch):
+    import superweight.verdicts as verdicts
+
+    def banned(*a, **k):
+        raise AssertionError("detection ran before the refusal")
+
+    monkeypatch.setattr(verdicts, "detect_once", banned)
+    _, tmp = saved
+    assert main(["quantize", str(tmp / "m"), "--format", "compressed-tensors", "--group-size", "48",
+                 "--out", str(tmp / "q")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "group size 48 does not divide its input width" in err[0]
+    assert not (tmp / "q").exists()

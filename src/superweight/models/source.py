@@ -126,7 +126,11 @@ def resolve(ref: str | None, index_id: str | None = None, log=None) -> Source:
 
 def content_hash(path: Path) -> str:
     """SHA-256 of a file's bytes, remembered in the cache against (device, inode, size, mtime,
-    ctime), which no tool can set back, so a file is read for hashing once, not at every load."""
+    ctime), which no tool can set back, so a file is read for hashing once, not at every load.
+    Each remembered hash is signed with the cache's secret (``signing.py``): one edited by
+    hand, or with no signature, is not trusted, and the file is hashed again."""
+    from superweight.signing import secret, verifies
+
     st = path.stat()
     stamp = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
     memo = cache_root() / "gguf" / "hashes.json"
@@ -135,21 +139,24 @@ def content_hash(path: Path) -> str:
     except (OSError, ValueError):
         known = {}
     key = str(path.resolve())
-    if isinstance(known, dict) and isinstance(known.get(key), dict) and known[key].get("stamp") == stamp:
-        return known[key]["sha256"]
+    sk = secret()
+    entry = known.get(key) if isinstance(known, dict) else None
+    if sk is not None and isinstance(entry, dict) and entry.get("stamp") == stamp and \
+            verifies(sk, [key, stamp, entry.get("sha256")], entry.get("mac")):
+        return entry["sha256"]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 24):
             h.update(chunk)
     digest = h.hexdigest()
-    known = known if isinstance(known, dict) else {}
-    known[key] = {"stamp": stamp, "sha256": digest}
-    try:
-        from superweight.output.atomic import atomic_path
+    if sk is None:
+        return digest  # no secret to sign with: nothing remembered
+    from superweight.signing import mac, write_private
 
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(memo) as tmp:
-            tmp.write_text(json.dumps(known, indent=1))
+    known = known if isinstance(known, dict) else {}
+    known[key] = {"stamp": stamp, "sha256": digest, "mac": mac(sk, [key, stamp, digest])}
+    try:
+        write_private(memo, json.dumps(known, indent=1))
     except OSError:
         pass  # a read-only cache only costs hashing again next time
     return digest

@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -69,26 +70,37 @@ def lock_dir() -> Path:
     return d
 
 
+_HELD: dict[str, int] = {}  # lock file -> the thread of this process that holds it
+
+
 class Lock:
     """An exclusive lock on a destination path, held until ``release``: refused at once when
     another process holds it, or, with ``wait``, taken when that process lets go. Its file
     records the temporaries staged under it (``record``); ``left`` holds those a killed
     holder recorded and never removed."""
 
-    def __init__(self, dest: Path, wait: bool = False):
+    def __init__(self, dest: Path, wait: bool = False, on_wait=None):
         self.dest = dest
         key = hashlib.sha256(str(dest).encode()).hexdigest()[:24]
         self.path = lock_dir() / f"{key}.lock"
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 pid = os.pread(fd, 32, 0).decode(errors="replace").split("\n")[0].strip()
-                os.close(fd)
                 who = f" (pid {pid})" if pid.isdigit() else ""
-                raise UsageError(f"{dest} is being written by another superweight run{who}; "
-                                 "wait for it to finish or choose another output") from None
+                mine = _HELD.get(str(self.path)) == threading.get_ident()
+                if not wait or mine:
+                    os.close(fd)
+                    if mine and wait:  # this thread holds it already: waiting would be for ourselves, forever
+                        raise UsageError(f"{dest} is this run's own output (one of its outputs names it); "
+                                         "choose another path") from None
+                    raise UsageError(f"{dest} is being written by another superweight run{who}; "
+                                     "wait for it to finish or choose another output") from None
+                if on_wait is not None:
+                    on_wait(int(pid) if pid.isdigit() else None)
+                fcntl.flock(fd, fcntl.LOCK_EX)
             try:  # a holder that finished removes the file: lock the one that is there now
                 if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
                     break
@@ -96,6 +108,7 @@ class Lock:
                 pass
             os.close(fd)
         self.fd = fd
+        _HELD[str(self.path)] = threading.get_ident()
         self.left = self._recorded()
         self.staged: list[Path] = []
         self._rewrite()
@@ -125,6 +138,7 @@ class Lock:
     def release(self) -> None:
         if self.fd is None:
             return
+        _HELD.pop(str(self.path), None)
         if not any(os.path.lexists(p) for p in self.left + self.staged):
             try:  # nothing left to clear: the lock file goes too (they do not pile up)
                 os.unlink(self.path)
@@ -157,10 +171,11 @@ def clear_leftovers(lock: Lock) -> list[Path]:
 
 
 @contextmanager
-def locked(dest: str | Path, wait: bool = False) -> Iterator[Lock]:
-    """Hold the lock on ``dest`` (refused if another run holds it, or waited for) and clear
-    what a killed holder of it left."""
-    lk = Lock(real(dest), wait)
+def locked(dest: str | Path, wait: bool = False, on_wait=None) -> Iterator[Lock]:
+    """Hold the lock on ``dest`` (refused if another run holds it, or waited for, after
+    ``on_wait(pid of the holder)``) and clear what a killed holder of it left. A lock this
+    process holds already is refused, never waited for."""
+    lk = Lock(real(dest), wait, on_wait)
     try:
         clear_leftovers(lk)
         yield lk
@@ -210,14 +225,27 @@ def replaceable(dest: Path, marker: str | None, what: str) -> None:
     if marker and any(dest.iterdir()) and not (dest / marker).is_file():
         raise UsageError(f"{what} is not a superweight output (it has no {marker}); "
                          "refusing to replace it, even with --overwrite")
+    if marker and (dest / marker).is_file():
+        try:
+            ours = set(json.loads((dest / marker).read_text()).get("written", []))
+        except (OSError, ValueError, AttributeError):
+            ours = set()
+        foreign = sorted(p.name for p in dest.iterdir() if p.name not in ours | {marker})
+        if foreign:
+            more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+            raise UsageError(f"{what} holds files superweight did not write there ({', '.join(foreign[:3])}{more}); "
+                             "refusing to replace it, even with --overwrite")
 
 
-def publish_dir(tmp: Path, dest: Path, overwrite: bool, lock: Lock | None = None, marker: str | None = None) -> None:
-    """Move a finished temporary directory into place. Something at ``dest`` now (made during
-    the run, say) is replaced only with ``overwrite``, and only if it is ours (``replaceable``)."""
-    if dest.exists() and not overwrite:
+def publish_dir(tmp: Path, dest: Path, overwrite: bool, lock: Lock | None = None, marker: str | None = None,
+                existed: bool = True) -> None:
+    """Move a finished temporary directory into place. Something at ``dest`` now is replaced
+    only with ``overwrite``, only if it was there when the run began (``existed``: a folder
+    that appeared during the run is never replaced), and only if it is ours (``replaceable``,
+    asked now, at the swap)."""
+    if dest.exists() and (not overwrite or not existed):
         raise UsageError(f"{dest} appeared while this run was working; nothing was replaced "
-                         "(choose another output or pass --overwrite)")
+                         "(choose another output" + (" or pass --overwrite)" if not overwrite else ")"))
     replaceable(dest, marker, str(dest))
     umask = _umask()
     os.chmod(tmp, 0o777 & ~umask)
@@ -279,6 +307,7 @@ def atomic_dir(dest: str | Path, overwrite: bool = False, marker: str | None = N
     if dest.exists() and not overwrite:
         raise UsageError(f"{dest} exists; choose another --out or pass --overwrite")
     replaceable(dest, marker, str(dest))
+    existed = dest.exists()
     with locked(dest) as lk:
         tmp = temp_dir(dest, lk)
         try:
@@ -288,7 +317,7 @@ def atomic_dir(dest: str | Path, overwrite: bool = False, marker: str | None = N
                 if full_disk(e, tmp):
                     raise no_space(dest) from e
                 raise
-            publish_dir(tmp, dest, overwrite, lk, marker)
+            publish_dir(tmp, dest, overwrite, lk, marker, existed)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -19,7 +19,9 @@ color:#1d1d1f;line-height:1.45}
 h1{font-size:1.5em;margin:.8em 0 .2em}h2{font-size:1.2em;margin:1.6em 0 .4em;border-bottom:1px solid #ddd}
 .sub{color:#555;margin:0 0 1em}.box{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:.86em;margin:.4em 0}th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;
-white-space:nowrap}th{background:#f4f4f6}td.l,th.l{text-align:left}
+white-space:nowrap}th{background:#f4f4f6;white-space:normal;vertical-align:bottom}td.l,th.l{text-align:left}
+td.w{white-space:normal;min-width:8em;max-width:24em}p.cap{font-size:.85em;color:#555;margin:.1em 0 1em}
+dl.read dt{font-weight:600;margin-top:.5em}dl.read dd{margin:0 0 0 1.2em}
 code{font-family:ui-monospace,Menlo,monospace;background:#f4f4f6;padding:1px 4px;border-radius:3px}
 code.coord{user-select:all}button.copy{font-size:.75em;margin-left:4px;cursor:pointer}
 .super{color:#b00020;font-weight:600}.strong{color:#b35900;font-weight:600}.rejected{color:#777}.uncertain{color:#5a4fcf;font-weight:600}
@@ -42,15 +44,20 @@ def coord_cell(c) -> str:
     return f'<code class="coord">{e(c)}</code><button class="copy" data-copy="{e(c)}" title="copy">copy</button>'
 
 
-def table(head: list[str], rows: list[list[str]], left: set[int] = frozenset(), raw: bool = False) -> str:
-    """A table in a horizontally scrolling box; cells are escaped unless ``raw``."""
+def table(head: list[str], rows: list[list[str]], left: set[int] = frozenset(), raw: bool = False,
+          wrap: set[int] = frozenset(), caption: str = "") -> str:
+    """A table in its own box, with a caption under it; cells are escaped unless ``raw``.
+    Columns of prose (``wrap``) and every header wrap, so the table fits the page's column
+    (``tools/check_page.py`` fails a table wider than its box); a box scrolls only as a last
+    resort, at widths under the page's."""
     th = "".join(f'<th class="l">{e(h)}</th>' if i in left else f"<th>{e(h)}</th>" for i, h in enumerate(head))
     body = []
     for r in rows:
-        cells = "".join(f'<td class="l">{c if raw else e(c)}</td>' if i in left else f"<td>{c if raw else e(c)}</td>"
-                        for i, c in enumerate(r))
+        cells = "".join(f'<td class="{"l" if i in left else ""}{" w" if i in wrap else ""}">{c if raw else e(c)}</td>'
+                        for i, c in enumerate(r)).replace(' class=""', "")
         body.append(f"<tr>{cells}</tr>")
-    return f'<div class="box"><table><thead><tr>{th}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+    cap = f'<p class="cap">{e(caption)}</p>' if caption else ""
+    return f'<div class="box"><table><thead><tr>{th}</tr></thead><tbody>{"".join(body)}</tbody></table></div>{cap}'
 
 
 def figure(svg: str, caption: str) -> str:
@@ -81,7 +88,11 @@ def findings_table(result) -> str:
                      _effect(f, "bos"), _effect(f, "mid"), e(", ".join(f.effect.matters_in) if f.effect else "-")])
     head = ["grade", "L:R:C", "module", "value", "output act.", "token", "bos (from the start token)", "mid (mid-text)",
             "matters in"]
-    return table(head, rows, left={0, 1, 2, 6, 7, 8}, raw=True)
+    return table(head, rows, left={0, 1, 2, 6, 7, 8}, raw=True, wrap={6, 7, 8},
+                 caption="Each graded weight: its value, the output activation it makes, the token it fires on, and "
+                         "what zeroing it alone does on real text in each condition (perplexity ratio and KL with "
+                         "their 95% intervals over windows, the strongest control's KL and the finding's margin over "
+                         "it). The grade is decided in the condition named under 'matters in'.")
 
 
 def detect_fragment(result, agreement=None) -> str:
@@ -112,7 +123,9 @@ def _spikes(result) -> str:
     rows = [[str(r.layer) + ("" if r.expert is None else f" e{r.expert}"), g(r.max_input), str(r.input_channel),
              g(r.max_output), str(r.output_channel), str(r.output_token)] for r in result.layers]
     return ("<details><summary>per-layer spikes (round 1)</summary>"
-            + table(["layer", "max |X|", "in channel", "max |Y|", "out channel", "token"], rows) + "</details>")
+            + table(["layer", "max |X|", "in channel", "max |Y|", "out channel", "token"], rows,
+                    caption="The largest input |X| and output |Y| of each layer's down projection on the prompt, "
+                            "their channels, and the token position of the output spike.") + "</details>")
 
 
 def _rejected(result) -> str:
@@ -120,7 +133,9 @@ def _rejected(result) -> str:
         return ""
     rows = [[coord_cell(f.coord), g(f.value), g(f.output_activation), e(f.reason or "")] for f in result.rejected]
     return (f"<details><summary>examined and rejected ({len(result.rejected)})</summary>"
-            + table(["L:R:C", "value", "output act.", "reason"], rows, left={0, 3}, raw=True) + "</details>")
+            + table(["L:R:C", "value", "output act.", "reason"], rows, left={0, 3}, raw=True, wrap={3},
+                    caption="Spikes examined and not graded, with the reason: most are ordinary large weights "
+                            "whose removal moves real text no more than their controls.") + "</details>")
 
 
 def _massive(result) -> str:
@@ -128,7 +143,9 @@ def _massive(result) -> str:
         return ""
     rows = [[m["where"], str(m["channel"]), str(m["token"]), str(m["begins"]), g(m["peak"]), str(m["peak_layer"]),
              m["explanation"]] for m in result.massive]
-    return table(["where", "channel", "token", "from layer", "peak", "peak after layer", "made by"], rows, left={0, 6})
+    return table(["where", "channel", "token", "from layer", "peak", "peak after layer", "made by"], rows, left={0, 6},
+                 wrap={6}, caption="Massive activations in the residual stream: the channel, the token, the layer "
+                                   "they begin at and peak after, and what makes them.")
 
 
 def _ablation(rep) -> str:
@@ -140,7 +157,10 @@ def _ablation(rep) -> str:
             for c in a.conditions]
     out = [f'<p class="note">The paper\'s Table 1 without the zero-shot tasks: perplexity over {rep.config.max_windows} '
            f"window(s) of {rep.config.seqlen} tokens, and the peak of residual channel {a.channel}.</p>",
-           table(["condition"] + [f"perplexity, {t}" for t in texts] + [f"channel {a.channel} peak"], rows, left={0}),
+           table(["condition"] + [f"perplexity, {t}" for t in texts] + [f"channel {a.channel} peak"], rows, left={0},
+                 caption="Perplexity with the weights removed (prune SW), with the super activation put back "
+                         "(restore SA), and with the largest other weights removed instead (prune non-SW), against "
+                         "the original; and the super activation's peak in each."),
            figure(plot.svg(plot.fig_activations(a)), "the super activation's channel after each layer, per condition")]
     if a.stopwords:
         out.append(figure(plot.svg(plot.fig_stopwords(a)),
@@ -159,7 +179,9 @@ def _quant(rep) -> str:
             f'weights acted on ({e(held)}), or those and the weight columns of input channels whose peak is 10x the '
             f"median channel's or more (superweight's own hold-out). Perplexity on {e(rep.config.text)}, {rep.config.max_windows} window(s) of {rep.config.seqlen} tokens; "
             f"unquantized {g(rep.quant_ref)}.</p>"
-            + table(["layout", "bits", "held out", "bits/weight", "perplexity", "vs unquantized"], rows, left={0, 2})
+            + table(["layout", "bits", "held out", "bits/weight", "perplexity", "vs unquantized"], rows, left={0, 2},
+                    caption="Perplexity after round-to-nearest quantization at each layout and width, with and "
+                            "without the hold-out, and its ratio to the unquantized model's.")
             + figure(plot.svg(plot.fig_quant(points, rep.quant_ref, rep.config.text)),
                      "RTN perplexity with and without the hold-out"))
 
@@ -176,12 +198,71 @@ def audit_section(a) -> str:
         prow.append([c, g(a.ppl["original"][c]), g(a.ppl["quantized"][c]), g(a.ppl["restored"][c]), fmt_pct(r)])
     words = "".join(f"<li>{e(line)}</li>" for line in a.conclusion())
     return (f"<p>{e(a.quantized)} against {e(a.original)}.</p><ul>{words}</ul>"
-            + table(head, rows, left={0, 1, 5}, raw=True)
-            + f'<p class="note">{"<br>".join(e(x) for x in AUDIT_LEGEND)}</p>'
+            + table(head, rows, left={0, 1, 5}, raw=True, caption=AUDIT_LEGEND[0].removeprefix("legend: "))
+            + f'<p class="note">{"<br>".join(e(x) for x in AUDIT_LEGEND[2:])}</p>'
             + f'<p class="note">Perplexity on {e(a.text["source"])}, {a.text["windows"]["bos"]} window(s) of '
               f'{a.text["window"]} tokens per condition (bos: from the start token; mid: mid-text).</p>'
             + table(["condition", "original", "quantized", "quantized, findings restored", "loss recovered"], prow,
-                    left={0}))
+                    left={0}, caption=AUDIT_LEGEND[1]))
+
+
+HOW_TO_READ = [
+    ("What a super weight is",
+     "A super weight is one scalar in an MLP down projection whose removal wrecks the model: zeroing it alone can "
+     "multiply perplexity many times over while zeroing thousands of the next-largest weights costs almost nothing. "
+     "It works through a super activation, a huge value it writes into one residual channel on the first token, "
+     "which then rides through the rest of the network (Yu et al. 2024, "
+     '<a href="https://arxiv.org/abs/2411.07191">The Super Weight in Large Language Models</a>).'),
+    ("Coordinates",
+     "L:R:C is layer L's down projection, row R (the output channel, the residual channel it writes) and column C "
+     "(the input channel), in the stored weight's terms."),
+    ("Grades",
+     "super: zeroing the weight alone multiplies real-text perplexity at least 3x and moves the next-token "
+     "distribution far more than its controls; strong: it moves real text clearly (KL at least the strong "
+     "threshold) and well beyond its controls, but not 3x; uncertain: the ends of its interval fall on two sides "
+     "of a threshold even after the most windows; rejected: examined and not graded (the reason says why). "
+     "jointly: the weight matters together with the weights named, not alone."),
+    ("Controls and KL",
+     "Each finding is zeroed on real text next to controls: ordinary weights of the same matrix (its row, its "
+     "column, and weights of similar size) zeroed the same way. KL is the mean KL divergence, in nats, from the "
+     "intact model's next-token distribution to the edited one's; 'control 0.005, 300x' means the strongest control "
+     "moved it 0.005 and the finding 300 times as much. x7.6 is the perplexity ratio, edited over intact."),
+    ("bos and mid",
+     "bos windows start with the model's start token (or document separator), mid windows start in the middle of "
+     "running text. A weight can matter in one and not the other: a super activation is built on the first token, "
+     "so its weight usually matters most from the start token."),
+    ("Intervals",
+     "[lo-hi] is the 95% bootstrap interval of the mean over the windows read (the count is in parentheses): "
+     "the proof reads more windows only where an interval still straddles a threshold."),
+    ("The ablation's conditions",
+     "original: the model as it is; prune SW: the super weights zeroed; prune SW, restore SA: zeroed, with the "
+     "super activation put back where it is made; prune non-SW: the paper's control, the largest weights of every "
+     "matrix zeroed (its top fraction by magnitude), the super weights kept."),
+    ("Why the baseline perplexities differ",
+     "Each section measures on its own text and windows: the findings on the proof's 128-token windows (bos and "
+     "mid), the short ablation on longer windows of GPL-3 and LAMBADA, the RTN sweep on its text and window, and "
+     "the probe perplexity on six short sentences. Compare numbers within a table, not across tables."),
+]
+
+
+def how_to_read() -> str:
+    """What the page's words and numbers mean, for a reader who has not read the paper."""
+    items = "".join(f"<dt>{e(t)}</dt><dd>{d}</dd>" for t, d in HOW_TO_READ)
+    return f'<details open><summary>How to read this page</summary><dl class="read">{items}</dl></details>'
+
+
+def shareable(command: str) -> str:
+    """The command line as a reader can use it: paths on this machine (the model's folder, the
+    page, a JSON or audit file) become their last component."""
+    import os
+    import shlex
+
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return ""
+    return " ".join(shlex.quote(os.path.basename(w.rstrip("/")) + ("/" if w.endswith("/") else "")
+                                if ("/" in w and not w.startswith("-") and os.sep in w) else w) for w in words)
 
 
 def render_report(rep) -> str:
@@ -211,6 +292,7 @@ def render_report(rep) -> str:
     sections.append(("3- and 4-bit RTN, with and without the hold-out", _quant(rep)))
     if rep.audit is not None:
         sections.append(("Audit of a quantized copy", audit_section(rep.audit)))
+    sections.insert(0, ("How to read this page", how_to_read()))
     body = "".join(f"<h2>{e(t)}</h2>{s}" for t, s in sections)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -221,6 +303,6 @@ def render_report(rep) -> str:
                f'<code class="coord">{e(" ".join(str(c) for c in rep.coords))}</code></p>' if rep.coords else "")
             + body
             + f'<p class="note">superweight {e(__version__)}, {e(rep.created)}'
-            + (f"; <code>{e(rep.command)}</code>" if rep.command else "")
+            + (f"; <code>{e(shareable(rep.command))}</code>" if rep.command else "")
             + (f"; {e(rep.provenance.describe())}" if getattr(rep, "provenance", None) else "") + "</p>"
             f"<script>{SCRIPT}</script></body></html>\n")

@@ -38,6 +38,7 @@ class Target:
     overwrite: bool = False
     marker: str | None = None  # the file that makes an existing directory one of ours
     lock: Lock | None = None
+    existed: bool = False  # whether it was there when the run began (one that appears later is never replaced)
 
 
 def _writable(directory: Path) -> bool:
@@ -50,6 +51,22 @@ def _writable(directory: Path) -> bool:
     os.close(fd)
     os.unlink(probe)
     return True
+
+
+def _with_real_files(paths, most: int = 20000) -> list[Path]:
+    """Each path's real path and, for a folder, the real path of every file in it: in the
+    hub's cache layout a model's files are links into ``../../blobs/``, and an output naming
+    a blob would replace the model's weights though it lies outside the model's folder."""
+    out = []
+    for p in paths:
+        out.append(real(p))
+        if os.path.isdir(p):
+            for root, _dirs, files in os.walk(p):
+                for f in files:
+                    if len(out) > most:
+                        return out
+                    out.append(real(os.path.join(root, f)))
+    return out
 
 
 def model_sources(ref: str | None) -> list[Path]:
@@ -89,7 +106,7 @@ class Outputs:
     """Declare outputs (checked and locked at once), write to each ``tmp``, land on exit."""
 
     def __init__(self, sources=()):
-        self.sources = [real(s) for s in sources]
+        self.sources = _with_real_files(sources)
         self.targets: list[Target] = []
         self.locks: list[Lock] = []
 
@@ -155,6 +172,11 @@ class Outputs:
         self._not_source(flag, given, dest, holds)
 
     def _not_source(self, flag: str, given: str, dest: Path, holds: bool) -> None:
+        from superweight.signing import verdict_dir
+
+        cache = real(verdict_dir())
+        if dest == cache or cache in dest.parents or holds and dest in cache.parents:
+            raise UsageError(f"{flag} {given} is inside superweight's verdict cache ({cache}); choose another output")
         for s in self.sources:
             if dest == s:
                 raise UsageError(f"{flag} {given} is the model being read; choose another output")
@@ -169,7 +191,7 @@ class Outputs:
         self.locks.append(lock)
         clear_leftovers(lock)  # what a killed run to this destination recorded, nothing else
         tmp = temp_file(dest, lock) if kind == "file" else temp_dir(dest, lock)
-        self.targets.append(Target(flag, given, dest, tmp, kind, overwrite, marker, lock))
+        self.targets.append(Target(flag, given, dest, tmp, kind, overwrite, marker, lock, dest.exists()))
         return tmp
 
     def reading(self, *paths) -> None:
@@ -179,16 +201,16 @@ class Outputs:
             if isinstance(p, str) and not os.path.lexists(p):
                 p = _hub_folder(p)
             if isinstance(p, (str, Path)) and os.path.lexists(p):
-                self.sources.append(real(p))
+                self.sources += _with_real_files([p])
         for t in self.targets:
             self._not_source(t.flag, t.given, t.dest, t.kind != "file")
 
     # -- landing ------------------------------------------------------------------------
     def commit(self) -> None:
         for t in self.targets:  # every check before the first rename, on what is there now
-            if t.kind == "dir" and t.dest.exists() and not t.overwrite:
+            if t.kind == "dir" and t.dest.exists() and (not t.overwrite or not t.existed):
                 raise UsageError(f"{t.flag} {t.given} appeared while this run was working; nothing was written "
-                                 "(choose another output or pass --overwrite)")
+                                 "(choose another output" + (" or pass --overwrite)" if not t.overwrite else ")"))
             if t.kind == "dir" and t.dest.exists():
                 try:
                     replaceable(t.dest, t.marker, f"{t.flag} {t.given}")
@@ -200,7 +222,7 @@ class Outputs:
             if t.kind == "file":
                 publish_file(t.tmp, t.dest)
             elif t.kind == "dir" or not t.dest.exists():
-                publish_dir(t.tmp, t.dest, t.overwrite, t.lock, t.marker)
+                publish_dir(t.tmp, t.dest, t.overwrite, t.lock, t.marker, t.existed)
             else:
                 for f in sorted(t.tmp.iterdir()):
                     publish_file(f, t.dest / f.name)

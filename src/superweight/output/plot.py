@@ -151,8 +151,15 @@ def fig_activations(result):
     """Figure 4: the super-activation channel's max |h| after each layer, per condition."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4), dpi=120)
-    for c in result.conditions:
-        ax.plot(range(len(c.activation)), c.activation, "o-", ms=3, label=c.name)
+    styles = iter([("s", "--"), ("^", ":"), ("v", "-.")])
+    for i, c in enumerate(result.conditions):
+        if c.name == "original":  # a wide pale band under the others: visible where another line lies on it
+            ax.plot(range(len(c.activation)), c.activation, "-", lw=6, alpha=0.35, color="0.25", zorder=1,
+                    label=c.name)
+        else:
+            marker, ls = next(styles, ("o", "-"))
+            ax.plot(range(len(c.activation)), c.activation, marker=marker, ls=ls, ms=3.5, lw=1.3, zorder=2 + i,
+                    label=c.name)
     ax.set_yscale("log")
     ax.set_xlabel("layer")
     ax.set_ylabel(f"max |h| on channel {result.channel}")

@@ -224,6 +224,20 @@ def _stream(lm, cfg, report, writer, items, chosen_set, shapes, kept, cols, pack
             writer.add(k, t)
 
 
+def check_format(lm: LoadedModel, cfg: QuantConfig, include=(), exclude=(), format: str = "dequantized") -> None:
+    """What ``write_quantized`` would refuse about the format, before any model work (the
+    detection of the weights to hold out takes half a minute): a compressed-tensors config it
+    cannot store, or a matrix whose width its groups do not divide."""
+    from superweight.quant import packed
+
+    if format != "compressed-tensors":
+        return
+    chosen = quantizable(lm, include, exclude)
+    packed.check(cfg.with_model_dtype(chosen[0][1].dtype if chosen else torch.float32))
+    for n, p in chosen:
+        packed.fits(n.removesuffix(".weight"), tuple(p.shape), cfg)
+
+
 def write_quantized(lm: LoadedModel, cfg: QuantConfig, tmp: Path, keep=(), include=(), exclude=(),
                     max_shard_bytes: int = 2 << 30, log=None, format: str = "dequantized") -> QuantResult:
     """``save_quantized``'s work, into the existing empty directory ``tmp`` (a staging directory)."""
@@ -307,5 +321,6 @@ def write_quantized(lm: LoadedModel, cfg: QuantConfig, tmp: Path, keep=(), inclu
     manifest = {"tool": f"superweight {__version__}", "source": lm.name, "format": format, **report.to_dict()}
     if pack:
         manifest["unquantized_matrices"] = sorted(n for n in names if n in kept)
+    manifest["written"] = sorted({p.name for p in tmp.iterdir()} | {MANIFEST})  # what --overwrite may replace
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return report

@@ -132,5 +132,6 @@ def loading_line(out: str, symmetric: bool) -> str:
     (transformers allocates the zero points unpacked, the library packs them; see above)."""
     if symmetric:
         return f"AutoModelForCausalLM.from_pretrained({str(out)!r})"
-    return (f"AutoModelForCausalLM.from_pretrained({str(out)!r}, "
+    return ("from transformers import AutoModelForCausalLM, CompressedTensorsConfig; "
+            f"AutoModelForCausalLM.from_pretrained({str(out)!r}, "
             "quantization_config=CompressedTensorsConfig(dequantize=True))")
