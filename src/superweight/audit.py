@@ -149,7 +149,7 @@ def _sentence(f: FindingAudit, original: str, quantized: str) -> str:
     from superweight.numbers import fmt_pct
 
     v = f.verdict()
-    value = ("value exact" if f.rel_error == 0 else f"value within {fmt_pct(f.rel_error)}"
+    value = ("value exact" if f.rel_error == 0 else f"value within {fmt_pct(max(f.rel_error, 1e-4))}"
              if f.rel_error <= KEPT["value"] else f"value {_num(f.original)} -> {_num(f.quantized)}")
     a, o, q = f.activation_change, f.peak.get("original"), f.peak.get("quantized")
     act = "" if a is None else (f", super activation {_num(o)} -> {_num(q)}" if abs(a) <= KEPT["activation"] else
