@@ -281,3 +281,6 @@ def test_help_groups_the_commands_and_gives_each_two_examples(capsys):
     for heading in ("how the weights are quantized:", "what is held out exactly:", "what is written:"):
         assert heading in q
     assert "smollm2, qwen2.5-coder-0.5b" in sub.choices["detect"].format_help()
+    # where the verdict cache lives and how to clear it (issue 32): the top help and --recompute's
+    assert "$SUPERWEIGHT_VERDICT_CACHE" in top and "delete that folder" in top
+    assert "SUPERWEIGHT_VERDICT_CACHE" in sub.choices["detect"].format_help()
