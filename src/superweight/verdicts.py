@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import hmac
 import json
 import os
 import sys
@@ -47,6 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from superweight.signing import known_secret, mac, verifies, write_private
+from superweight.signing import secret as make_secret
 from superweight.version import VERSION
 
 FORMAT = 2
@@ -168,24 +169,6 @@ def _digest(obj) -> str:
 
 # --- the entry's MAC --------------------------------------------------------------------
 
-def _known_secret(where: Path) -> bytes | None:
-    from superweight.signing import known_secret
-
-    return known_secret(where)
-
-
-def _secret(where: Path) -> bytes | None:
-    from superweight.signing import secret
-
-    return secret(where)
-
-
-def _mac(key: bytes, body: dict) -> str:
-    from superweight.signing import mac
-
-    return mac(key, body)
-
-
 # --- results to JSON and back ------------------------------------------------------------
 
 def to_state(obj):
@@ -237,10 +220,10 @@ def _read(path: Path, key: dict, secret: bytes, cls) -> tuple[object, dict] | st
     try:
         entry = json.loads(path.read_text())
         body = {k: entry[k] for k in ("key", "computed_at", "seconds", "payload")}
-        mac = entry["mac"]
+        signature = entry["mac"]
     except (OSError, ValueError, KeyError, TypeError):
         return "a damaged cache entry"
-    if not hmac.compare_digest(str(mac), _mac(secret, body)):
+    if not verifies(secret, body, signature):
         return "a cache entry that does not verify (damaged, edited or foreign)"
     if body["key"] != key:
         return "a cache entry for something else"
@@ -251,10 +234,8 @@ def _read(path: Path, key: dict, secret: bytes, cls) -> tuple[object, dict] | st
 
 
 def _write(path: Path, key: dict, secret: bytes, result, seconds: float, computed_at: str) -> None:
-    from superweight.signing import write_private
-
     body = {"key": key, "computed_at": computed_at, "seconds": round(seconds, 3), "payload": to_state(result)}
-    write_private(path, json.dumps({**body, "mac": _mac(secret, body)}))  # a link planted there is replaced
+    write_private(path, json.dumps({**body, "mac": mac(secret, body)}))  # a link planted there is replaced
 
 
 def cached(lm, cfg, compute: Callable[[], object], cls, kind: str = "detect", extra: dict | None = None,
@@ -275,7 +256,7 @@ def cached(lm, cfg, compute: Callable[[], object], cls, kind: str = "detect", ex
     if key is None:
         return run("the model has no checkpoint on disk to name it by")
     where = cache_dir()
-    secret = _secret(where)
+    secret = make_secret(where)
     if secret is None:
         return run(f"{where} is not writable")
     name = _digest(key)
@@ -328,7 +309,7 @@ def peek(source, cfg, dtype: str | None, device: str, cls, kind: str = "detect",
         return None
     key = key_for(fp, cfg, dtype, device, kind, extra)
     where = cache_dir()
-    secret = _known_secret(where)
+    secret = known_secret(where)
     path = where / f"{_digest(key)}.json"
     if secret is None or not path.is_file():
         return None

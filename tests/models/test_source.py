@@ -44,7 +44,7 @@ def test_documentation_and_unlisted_subfolders_do_not_change_it(tmp_path):
 def test_references_resolve_without_loading(tmp_path):
     d = _model_dir(tmp_path)
     s = resolve(str(d))
-    assert s.path == d and s.name == str(d) and not s.gguf and s.index_id is None
+    assert s.path == d and s.name == str(d) and s.index_id is None
     hub = resolve("org/name")
     assert hub.path is None and hub.index_id == "org/name"
     assert resolve(str(d), index_id="org/base").index_id == "org/base"

@@ -46,10 +46,6 @@ class Source:
     path: Path | None
     index_id: str | None = None
 
-    @property
-    def gguf(self) -> bool:
-        return self.path is not None and self.path.is_file()
-
     def fingerprint(self) -> str | None:
         """The SHA-256 that names the checkpoint's content, or None (nothing local to name):
         a GGUF file's bytes; a directory's files (``dir_fingerprint``); a hub id's snapshot
