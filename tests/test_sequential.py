@@ -17,11 +17,14 @@ DECISIVE = sw.Coord(1, 5, 7)  # moves every window by ~1.5 nats
 LATE = sw.Coord(1, 6, 8)  # one window of the first four near zero: decided on eight
 STRADDLES = sw.Coord(1, 9, 9)  # half its windows at 0, half at 0.04 nats: mean 0.02, the threshold
 QUIET = sw.Coord(0, 3, 3)  # below strong_kl everywhere
-EXAMINED = {DECISIVE, LATE, STRADDLES, QUIET}  # no control is one of them (detect: every examined spike)
+ONE_SIDED = sw.Coord(1, 2, 2)  # bos like QUIET (decided: it does not matter there); mid like LATE (open)
+EXAMINED = {DECISIVE, LATE, STRADDLES, QUIET, ONE_SIDED}  # no control is one of them (detect: every examined spike)
 
 
-def per_window(coords: tuple, k: int) -> float:
-    """The KL of window ``k`` when ``coords`` are zeroed: a candidate's own, else a control's."""
+def per_window(coords: tuple, k: int, cond: str = "bos") -> float:
+    """The KL of window ``k`` of ``cond`` when ``coords`` are zeroed: a candidate's own, else a control's."""
+    if coords == (ONE_SIDED,):
+        return per_window((QUIET,) if cond == "bos" else (LATE,), k)
     if coords == (DECISIVE,):
         return 1.5 + 0.1 * (k % 3)
     if coords == (LATE,):
@@ -40,15 +43,17 @@ class FakeText:
 
     def __init__(self):
         self.asked: dict[tuple, list[int]] = {}
+        self.conds: dict[tuple, list[tuple]] = {}  # the conditions each call measured
 
     def measure(self, edits, conditions=None, windows=None, have=None):
         conds = conditions or [CONDITIONS] * len(edits)
         out = []
         for e, cs, h in zip(edits, conds, have or [None] * len(edits)):
             self.asked.setdefault(tuple(e), []).append(windows)
+            self.conds.setdefault(tuple(e), []).append(tuple(cs))
             done = {c: (h.windows(c) if h is not None else 0) for c in cs}
             new = TextEffect({c: [0.0] * (windows - done[c]) for c in cs if windows > done[c]},
-                             {c: [per_window(tuple(e), k) for k in range(done[c], windows)] for c in cs if windows > done[c]})
+                             {c: [per_window(tuple(e), k, c) for k in range(done[c], windows)] for c in cs if windows > done[c]})
             out.append(new if h is None else h.extended(new))
         return out
 
@@ -81,6 +86,22 @@ def test_a_decisive_grade_stops_after_the_first_windows_and_an_open_one_gets_mor
     assert all(late.text.windows(c) == 8 for c in CONDITIONS)
     assert all(k.text is None or k.text.windows("bos") == 8 for k in late.controls)  # its controls follow it
     assert all(k.text is None or k.text.windows("bos") == 4 for k in items[0][1].controls)
+
+
+def test_a_condition_decided_on_its_own_gets_no_more_windows(lm):
+    """Below strong_kl in bos even at the top of its interval, open mid-text: only the mid
+    windows (and the controls' mid windows) are added; bos stays at the first look."""
+    cfg = DetectConfig()
+    j = judge(lm, cfg)
+    items = [([ONE_SIDED], probe_effect())]
+    (g, _), = j.prove(items, EXAMINED)
+    assert g == "strong"
+    assert j._rt.asked[(ONE_SIDED,)] == [4, 8]
+    assert j._rt.conds[(ONE_SIDED,)] == [CONDITIONS, ("mid",)]
+    eff = items[0][1]
+    assert eff.text.windows("bos") == 4 and eff.text.windows("mid") == 8
+    measured = [k for k in eff.controls if k.text is not None]  # where it cannot matter (bos): never run
+    assert measured and all(k.text.windows("bos") == 0 and k.text.windows("mid") == 8 for k in measured)
 
 
 def test_a_grade_whose_interval_straddles_a_threshold_is_uncertain_with_the_reason(lm):

@@ -96,6 +96,13 @@ def _bounds(eff: Effect, cfg: DetectConfig, end: int) -> tuple[str, dict, list[s
     end of its interval over windows: ``end`` 0 the point values (means over windows), -1
     the pessimistic end (the candidate's lower bound against its controls' upper bounds),
     +1 the optimistic end. Conditions without a measured control are not graded."""
+    g, margin, matters, _ = _states(eff, cfg, end)
+    return g, margin, matters
+
+
+def _states(eff: Effect, cfg: DetectConfig, end: int) -> tuple[str, dict, list[str], dict]:
+    """``_bounds`` and, per condition, what it shows there at that end: ``wreck``,
+    ``matters`` or ``none``."""
     margin, matters, wreck = {}, [], []
     for c in eff.text.kls:
         ctls = [k.text for k in eff.controls if k.text is not None and c in k.text.kls]
@@ -112,7 +119,16 @@ def _bounds(eff: Effect, cfg: DetectConfig, end: int) -> tuple[str, dict, list[s
             matters.append(c)
             if ppl >= cfg.super_ppl_ratio:
                 wreck.append(c)
-    return ("super" if wreck else "strong" if matters else "rejected"), margin, matters
+    state = {c: "wreck" if c in wreck else "matters" if c in matters else "none" for c in eff.text.kls}
+    return ("super" if wreck else "strong" if matters else "rejected"), margin, matters, state
+
+
+def _open(eff: Effect, cfg: DetectConfig) -> tuple[str, ...]:
+    """The conditions whose part in the grade differs at the two ends of the intervals:
+    the only ones where more windows can change it (a condition that shows the same at both
+    ends is decided on its own, and its windows stop there)."""
+    lo, hi = _states(eff, cfg, -1)[3], _states(eff, cfg, +1)[3]
+    return tuple(c for c in eff.text.kls if lo[c] != hi[c]) or tuple(eff.text.kls)
 
 
 def decided(eff: Effect, cfg: DetectConfig) -> bool:
@@ -187,7 +203,7 @@ def _passes(eff: Effect, te: TextEffect, cfg: DetectConfig, safety: float = UNIO
     """Whether ``eff`` stays ``safety`` x ``min_control_ratio`` above a union of controls
     that moved real text by ``te``, in every condition where it could matter."""
     return all(eff.text.kl[c] >= safety * cfg.min_control_ratio * max(te.kl[c], cfg.kl_floor)
-               for c in _conditions(eff, cfg))
+               for c in _conditions(eff, cfg) if c in te.kl)
 
 
 def _conditions(eff: Effect, cfg: DetectConfig) -> tuple[str, ...]:
@@ -254,22 +270,24 @@ class Judge:
             self._rt = RealText(self.lm, self.windows, cfg.windows)
             if not all(math.isfinite(b.nll) for b in self._rt.base.values()):
                 refuse_nonfinite(self.lm, "the perplexity on real text")
+        where = {k: CONDITIONS for k in todo}  # the conditions each candidate is measured in at this look
         for n in (self._rt.stops if todo else ()):
             if not todo:
                 break
             self.log(f"zeroing {len(todo)} candidate(s) on real text ({n} window(s) per condition)")
-            for k, te in zip(todo, self._rt.measure([tuple(items[k][0]) for k in todo], windows=n,
-                                                    have=[items[k][1].text for k in todo])):
+            for k, te in zip(todo, self._rt.measure([tuple(items[k][0]) for k in todo], [where[k] for k in todo],
+                                                    windows=n, have=[items[k][1].text for k in todo])):
                 items[k][1].text = te
             for k in todo:
                 eff = items[k][1]
                 if not eff.controls and _conditions(eff, cfg):
                     eff.controls = list(controls_for(self.lm, items[k][0], avoid, cfg.random_controls))
-            self._controls({k: items[k][1] for k in todo if items[k][1].controls}, n)
+            self._controls({k: items[k][1] for k in todo if items[k][1].controls}, n, where)
             todo = [k for k in todo if not decided(items[k][1], cfg)]
+            where = {k: _open(items[k][1], cfg) for k in todo}  # a decided condition gets no more windows
         return [grade(eff, cfg) for _, eff in items]
 
-    def _controls(self, effects: dict, n: int) -> None:
+    def _controls(self, effects: dict, n: int, where: dict) -> None:
         """Measure the candidates' control sets on their first ``n`` windows, in stages, only
         as far as a grade depends on them (docs/detection.md, step 6): first each one's
         ``neighbours`` (the set most often close to a candidate), then, for a candidate not
@@ -277,7 +295,8 @@ class Judge:
         candidate moves real text by at least ``UNION_KL`` in every condition where it could
         matter, and split into the two only when that union is not ``UNION_SAFETY`` x
         ``min_control_ratio`` below it. A candidate that its measured controls already
-        reject is not measured further. A set measured on fewer windows is extended."""
+        reject is not measured further. A set measured on fewer windows is extended, in the
+        conditions ``where`` names for its candidate (those still open) only."""
         cfg = self.cfg
         for eff in effects.values():
             if id(eff) in self._queue:
@@ -297,9 +316,13 @@ class Judge:
                      and not _settled(eff, cfg) for c in self._queue[id(eff)][stage]]
             if not batch:
                 break
-            where = [_conditions(effects[k], cfg) for k, _ in batch]  # a control can change a grade only there
+            # a control can change a grade only where its candidate could matter, and is still open
+            conds = [tuple(c for c in _conditions(effects[k], cfg) if c in where[k]) for k, _ in batch]
+            batch, conds = [b for b, cs in zip(batch, conds) if cs], [cs for cs in conds if cs]
+            if not batch:
+                break
             self.log(f"zeroing {len(batch)} control set(s) on real text")
-            for (k, c), te in zip(batch, self._rt.measure([c.coords for _, c in batch], where, n,
+            for (k, c), te in zip(batch, self._rt.measure([c.coords for _, c in batch], conds, n,
                                                           [c.text for _, c in batch])):
                 c.text = te
                 queue = self._queue[id(effects[k])]
