@@ -8,7 +8,7 @@ import sys
 
 import torch
 import superweight as sw
-from superweight.paper.data import read_text
+from superweight.texts import read_text
 from superweight.probe.realtext import make_windows, context_of
 from superweight.coords import Coord
 lm = sw.load(sys.argv[1] if len(sys.argv) > 1 else "qwen2.5-coder-0.5b")

@@ -33,7 +33,7 @@ import torch
 from safetensors import safe_open
 
 import superweight as sw
-from superweight.paper.data import read_text
+from superweight.texts import read_text
 from superweight.probe.measures import perplexity
 from superweight.quant.apply import quantized, quantizable
 from superweight.quant.export import MANIFEST, save_quantized

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 import superweight as sw
-from superweight.paper.data import read_text
+from superweight.texts import read_text
 from superweight.probe.realtext import make_windows
 from superweight.quant.w8a8 import w8a8
 

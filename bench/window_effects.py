@@ -11,7 +11,7 @@ import sys
 import torch
 
 import superweight as sw
-from superweight.paper.data import read_text
+from superweight.texts import read_text
 from superweight.probe.realtext import make_windows, context_of
 from superweight.coords import Coord
 torch.set_num_threads(2)

@@ -55,7 +55,8 @@ def test_detect_table_and_json_file(tmp_path, capsys):
     dest = tmp_path / "out.json"
     png = tmp_path / "spikes.png"
     assert main(["detect", "--prompt", "Summer is hot. Winter is", "--prompt", "Paris is a city.", "--json", str(dest), "-v",
-                 "--plot", str(png), "--window", "128"]) == 0  # short windows: this tests the output, not the proof
+                 "--plot", str(png), "--window", "128", "--windows", "2", "--max-windows", "2"]) == 0
+    # a short proof (one look at two windows): this tests the output, not the proof
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = capsys.readouterr().out
     assert "507" in text and "1229" in text and "per-layer spikes" in text and "agrees" in text
@@ -112,9 +113,9 @@ def test_not_a_gguf_file(tmp_path, cli_here, error_line):
 
 @pytest.mark.slow
 def test_truncated_gguf(tmp_path, error_line):
-    from superweight.models.load import default_model_path
+    from superweight.models.pypi import smollm2_path
 
-    src = default_model_path()
+    src = smollm2_path()
     f = tmp_path / "cut.gguf"
     f.write_bytes(src.read_bytes()[: 2_000_000])
     env_cache = tmp_path / "cache"

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import superweight as sw
-from superweight.paper import data
+from superweight import texts
 from superweight.probe.realtext import start_token
 
 WINDOW = 512
@@ -24,7 +24,7 @@ WINDOW = 512
 def windows(qwen):
     """Our own windows: the start token then a blank line and a passage; and mid-passage text."""
     tok = qwen.tokenizer
-    passages = data.lambada_text().split("\n\n")[200:260]  # other passages than detect's
+    passages = texts.lambada_text().split("\n\n")[200:260]  # other passages than detect's
     ids = tok("\n\n".join(passages), add_special_tokens=False)["input_ids"]
     start, _ = start_token(tok)
     gap = tok("\n\n", add_special_tokens=False)["input_ids"]

@@ -162,3 +162,21 @@ def test_a_bad_budget_is_one_line(kw, msg):
     with pytest.raises(sw.UsageError, match=msg.replace("(", r"\(").replace(")", r"\)")):
         DetectConfig(**kw)
 
+
+
+def test_verify_of_several_weights_runs_the_intact_pass_once(lm, monkeypatch):
+    """``verify --coords A B``: each weight alone, then both together, on one set-up (the
+    judge's windows and baselines, and one intact pass over the probe sentences)."""
+    import importlib
+
+    from superweight.verification import verify_report
+
+    detect_module = importlib.import_module("superweight.detect")  # sw.detect is the function
+
+    calls = []
+    real = detect_module.intact
+    monkeypatch.setattr(detect_module, "intact", lambda *a, **k: calls.append(k) or real(*a, **k))
+    cfg = DetectConfig(windows=2, max_windows=2, window=32)
+    rep = verify_report(lm, [DECISIVE, sw.Coord(1, 5, 8)], cfg)
+    assert len(calls) == 1 and calls[0]["scan"]  # the scan (spike or not) and the probe, once
+    assert len(rep.verdicts) == 2 and rep.together is not None

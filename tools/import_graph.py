@@ -7,7 +7,7 @@ Every ``import`` of a superweight module counts, at module level or inside a fun
 deferred import is still a dependency). The package is layered, lowest first (``LAYERS``):
 
 0. leaves: errors, paths, version, coords, output.atomic (writes files whole; imports only leaves)
-1. reading models and data: models/*, index, paper.data
+1. reading models and data: models/*, index, texts
 2. measuring: probe/*
 3. detecting and proving: results, residual, detect, verification, verdicts, targets
 4. what the commands do with it: quant/*, paper/*, audit, edit, overview
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / "superweight"
 LAYERS = [
     ("superweight.errors", "superweight.paths", "superweight.version", "superweight.coords", "superweight.output.atomic",
      "superweight.numbers", "superweight.signing", "superweight.wheels"),
-    ("superweight.models", "superweight.index", "superweight.paper.data"),
+    ("superweight.models", "superweight.index", "superweight.texts"),
     ("superweight.probe",),
     ("superweight.results", "superweight.residual", "superweight.detect", "superweight.verification",
      "superweight.verdicts", "superweight.targets"),

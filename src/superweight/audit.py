@@ -280,7 +280,7 @@ def audit(original: LoadedModel, quantized: LoadedModel, findings: list[tuple[Co
           cfg: AuditConfig | None = None, log=None) -> AuditResult:
     """Compare ``quantized`` with ``original`` at ``findings`` ((coordinate, grade) pairs)."""
     from superweight.probe.measures import DEFAULT_PROMPT, encode_prompts
-    from superweight.paper.data import read_text
+    from superweight.texts import read_text
     from superweight.probe.interventions import edited
     from superweight.probe.realtext import context_of, make_windows
 

@@ -89,6 +89,7 @@ def _measure_args(p: argparse.ArgumentParser) -> None:
 
 def _quant_args(q: argparse.ArgumentParser) -> None:
     """quantize's options, under headings: how, what is held out, what is written."""
+    from superweight.quant.formats import FORMATS  # names only: no torch
     p = q.add_argument_group("how the weights are quantized")
     p.add_argument("--bits", type=int, default=4, help="2 to 8 (default 4)")
     size = p.add_mutually_exclusive_group()
@@ -127,7 +128,7 @@ def _quant_args(q: argparse.ArgumentParser) -> None:
     p.add_argument("--scale-dtype", default=None, choices=["float16", "bfloat16", "float32"],
                    help="precision scales and zero points are stored at (default float16; compressed-tensors: "
                         "the model's dtype, which transformers dequantizes at)")
-    p.add_argument("--format", default="dequantized", choices=["dequantized", "compressed-tensors"],
+    p.add_argument("--format", default="dequantized", choices=list(FORMATS),
                    help="dequantized (default): full-precision weights holding the quantized values (transformers, "
                         "vLLM, SGLang load them); compressed-tensors: int codes packed with group scales and integer "
                         "zero points, the super weights' matrices left unquantized (transformers loads it; vLLM and "
@@ -318,10 +319,9 @@ def quant_config(args):
                                  clip=Clip.parse(args.clip), keep_fraction=args.keep_outliers, keep_scope=args.keep_scope,
                                  hold=args.hold, scale_dtype=args.scale_dtype, act_ratio=args.act_ratio,
                                  act_max_cols=args.act_max_cols)
-    if args.format == "compressed-tensors":
-        from superweight.quant.packed import check
+    from superweight.quant.formats import get
 
-        check(cfg)
+    get(args.format).check(cfg)
     return cfg
 
 
@@ -399,20 +399,24 @@ def run(args, console, job: Job) -> int:
     return 0
 
 
-def _load(args, log, outs: Outputs, in_memory: bool = False, ref: Any = "model", as_stored: bool = False):
-    """Load the command's model (``in_memory``: whole unless --stream says otherwise; lm-eval
-    and the quantizers measure a model in memory), or with ``as_stored`` a quantized copy
-    as stored (on CPU, a GGUF file's own blocks). Outputs onto what it reads are refused."""
+def _load(args, log, outs: Outputs, in_memory: bool = False, ref: Any = "model", as_stored: bool = False,
+          what: str = "model"):
+    """The one loader of every command: the model named by ``args.<ref>`` (``in_memory``:
+    whole unless --stream says otherwise; lm-eval and the quantizers measure a model in
+    memory), or with ``as_stored`` a copy as stored on disk (on CPU, a GGUF file's own
+    blocks: what ``edit`` changes and ``audit`` measures). Outputs onto what it reads are
+    refused. ``what``: the model in the progress line."""
     from superweight.models.load import load, local_checkpoint
 
-    log("loading the quantized model" if as_stored else "loading model")
+    log(f"loading {what}")
     path = getattr(args, ref) if ref in vars(args) else ref
+    dtype, device = getattr(args, "dtype", "auto"), getattr(args, "device", "cpu")
     if as_stored:
-        lm = load(local_checkpoint(path, log), dtype=args.dtype, device=args.device, log=log,
-                  trust_remote_code=args.trust_remote_code, stream=True if args.device == "cpu" else None)
+        lm = load(local_checkpoint(path, log), dtype=dtype, device=device, log=log,
+                  trust_remote_code=args.trust_remote_code, stream=True if device == "cpu" else None)
     else:
-        stream = False if in_memory and args.stream is None else getattr(args, "stream", None)
-        lm = load(path, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
+        stream = False if in_memory and getattr(args, "stream", None) is None else getattr(args, "stream", None)
+        lm = load(path, dtype=dtype, device=device, trust_remote_code=args.trust_remote_code,
                   index_id=getattr(args, "index_id", None), stream=stream, log=log)
     outs.reading(lm.source)
     return lm
@@ -469,6 +473,7 @@ def _plot_detect(result, path) -> None:
 
 
 def cmd_verify(args, console):
+    from superweight.targets import Acted
     from superweight.output.console import print_lines, print_verify
     from superweight.verdicts import verify_once
 
@@ -480,11 +485,11 @@ def cmd_verify(args, console):
         if not t.coords:
             raise UsageError(f"{lm.name} is not in the index: give coordinates with --coords L:R:C")
         rep, prov = verify_once(lm, t.coords, cfg, log, recompute=args.recompute)
-        return rep, prov, t
+        return Acted(rep, t, verdict=prov)
 
-    return Job(work=work, to_json=lambda r: {**r[0].to_dict(), "verdict": r[1].to_dict(), "acted_on": r[2].to_dict()},
-               show=lambda console, r: (print_verify(console, r[0].model, r[0].verdicts, r[0].together),
-                                        print_lines(console, r[2].describe(), r[1].describe())))
+    return Job(work=work, to_json=lambda r: r.to_dict(),
+               show=lambda console, r: (print_verify(console, r.result.model, r.result.verdicts, r.result.together),
+                                        print_lines(console, r.targets.describe(), r.verdict.describe())))
 
 
 def _results_job(args, console, work, files, show) -> Job:
@@ -518,7 +523,7 @@ def cmd_ablate(args, console):
 def cmd_scale(args, console):
     from superweight.output.console import print_scale
     from superweight.output.plot import plot_scale
-    from superweight.paper.ablate import ScaleResult, check_factors, scale_sweep
+    from superweight.paper.ablate import check_factors, scale
 
     cfg = ablate_config(args)
     check_factors(args.factors)
@@ -527,8 +532,8 @@ def cmd_scale(args, console):
         write_json(result.to_dict(), out / "scale.json")
         plot_scale(result.model, result.factors, result.results, out / "scale.png")
 
-    return _results_job(args, console, lambda lm, coords, log: ScaleResult(
-        lm.name, coords, args.factors, scale_sweep(lm, coords, args.factors, cfg, log=log)), files, print_scale)
+    return _results_job(args, console, lambda lm, coords, log: scale(lm, coords, args.factors, cfg, log=log),
+                        files, print_scale)
 
 
 def cmd_quant_compare(args, console):
@@ -550,9 +555,10 @@ def cmd_quant_compare(args, console):
 
 
 def cmd_quantize(args, console):
+    from superweight.targets import Acted
     from superweight.output.console import print_quantize
     from superweight.quant.export import MANIFEST, check_format, write_quantized
-    from superweight.quant.packed import loading_line
+    from superweight.quant.formats import get
 
     cfg, shard = quant_config(args), _bytes(args.max_shard_size)
 
@@ -563,40 +569,28 @@ def cmd_quantize(args, console):
         log("quantizing")
         rep = write_quantized(lm, cfg, staged["out"], keep=t.coords if t else [], include=args.include,
                               exclude=args.exclude, max_shard_bytes=shard, log=log, format=args.format)
-        return lm, rep, t
+        return Acted(rep, t, head={"model": lm.name, "out": args.out})
 
     def show(console, r):
-        lm, rep, t = r
+        rep, t = r.result, r.targets
         held = (f"{', '.join(map(str, t.coords))} (from: {t.label})" if t.coords else "none found") if t \
             else "none (--no-keep-super)"
-        print_quantize(console, rep, args.out, args.format, held, loading_line(args.out, rep.config.symmetric),
-                       MANIFEST)
+        fmt = get(args.format)
+        print_quantize(console, rep, args.out, fmt, held, fmt.loading(args.out, rep.config), MANIFEST)
 
     return Job(declare=lambda outs: {"out": outs.directory(args.out, "--out", overwrite=args.overwrite, marker=MANIFEST)},
-               work=work, to_json=lambda r: {"model": r[0].name, "out": args.out, **r[1].to_dict(), **_acted(r[2])},
-               show=show)
-
-
-def _acted(t) -> dict:
-    """``acted_on`` (the weights acted on, and where they came from) and, when detection ran
-    for them, ``verdict`` (computed now, or from the cache): quantize's and audit's JSON."""
-    if t is None:
-        return {"acted_on": {"coords": [], "from": "none (--no-keep-super)"}}
-    return {"acted_on": t.to_dict(), **({"verdict": t.provenance.to_dict()} if t.provenance else {})}
+               work=work, to_json=lambda r: r.to_dict(), show=show)
 
 
 def cmd_edit(args, console):
     from superweight.coords import Coord
     from superweight.edit import EDIT_MANIFEST, Edit, check_edits, edit_checkpoint
-    from superweight.models.load import load, local_checkpoint
     from superweight.output.console import print_edit
 
     edits = [Edit(Coord.parse(c)) for c in args.zero] + [Edit.parse_scale(s) for s in args.scale]
     check_edits(edits)
     def work(outs, staged, log):
-        log("loading model")
-        lm = load(local_checkpoint(args.model, log), stream=True, trust_remote_code=args.trust_remote_code, log=log)
-        outs.reading(lm.source)
+        lm = _load(args, log, outs, as_stored=True)
         return edit_checkpoint(lm, edits, staged["out"], args.note, log)
 
     return Job(declare=lambda outs: {"out": outs.directory(args.out, "--out", overwrite=args.overwrite,
@@ -606,8 +600,8 @@ def cmd_edit(args, console):
 
 
 def cmd_audit(args, console):
+    from superweight.targets import Acted
     from superweight.audit import AuditConfig, audit, check_pair
-    from superweight.models.load import load
     from superweight.output.console import print_audit, print_lines
 
     _coords(args)
@@ -615,21 +609,19 @@ def cmd_audit(args, console):
     detect_config(args, prompts=False)
 
     def work(outs, staged, log):
-        log("loading the original")
-        original = load(args.original, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
-                        log=log)
-        quantized = _load(args, log, outs, ref=args.quantized, as_stored=True)
-        outs.reading(original.source)
+        original = _load(args, log, outs, ref="original", what="the original")
+        quantized = _load(args, log, outs, ref="quantized", as_stored=True, what="the quantized model")
         check_pair(original, quantized)  # before any work: the same model, a readable manifest
         t = _weights(args, original, log, "audit", say=False)  # said after the table, as "findings: ..."
-        return audit(original, quantized, list(zip(t.coords, t.grades)), cfg, log), t
+        return Acted(audit(original, quantized, list(zip(t.coords, t.grades)), cfg, log), t)
 
     def show(console, r):
-        print_audit(console, r[0])
-        print_lines(console, r[1].describe(), *([f"findings: {r[1].provenance.describe()}"] if r[1].provenance else []))
+        t = r.targets
+        print_audit(console, r.result)
+        print_lines(console, t.describe(), *([f"findings: {t.provenance.describe()}"] if t.provenance else []))
 
     return Job(work=work, show=show, sources=model_sources(args.original) + model_sources(args.quantized),
-               to_json=lambda r: {**r[0].to_dict(), **_acted(r[1])})
+               to_json=lambda r: r.to_dict())
 
 
 def cmd_report(args, console):

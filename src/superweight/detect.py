@@ -237,7 +237,7 @@ class Judge:
     interval over windows leaves open get more, doubling up to ``max_windows``."""
 
     def __init__(self, lm: LoadedModel, cfg: DetectConfig, log):
-        from superweight.paper.data import read_text
+        from superweight.texts import read_text
 
         self.lm, self.cfg, self.log, self._rt = lm, cfg, log, None
         log(f"reading {cfg.text} for the real-text proof")  # before any pass: a bad --text fails at once
@@ -245,6 +245,16 @@ class Judge:
                                     cfg.text, context_of(lm.model), lm.model.get_input_embeddings().num_embeddings,
                                     cfg.seed)
         self._queue: dict[int, list] = {}  # id(effect) -> its control sets, stage by stage
+        self._intact = None  # (Probe, scan Answer or None): the intact probe pass, once per run
+
+    def intact(self, scan: bool = False, residual: bool = False, prompts: tuple | None = None):
+        """``intact`` (the module's) once per run: the intact model on the probe sentences and,
+        with ``scan``, the scan of the prompts; a later call reuses it (``verify`` and
+        ``verify --coords A B``'s joint check share one pass)."""
+        have, scan = self._intact, scan or residual  # the residual stream comes with the scan
+        if have is None or (scan and have[1] is None) or (residual and not have[1].residual):
+            self._intact = intact(self.lm, self.cfg, scan=scan, residual=residual, prompts=prompts)
+        return self._intact
 
     def on_text(self, findings: list[Finding]) -> tuple[dict | None, list[dict]]:
         """What the real text showed, once proven: its windows (those measured) and intact
@@ -253,8 +263,7 @@ class Judge:
         if self._rt is None:
             return None, []
         rt = self._rt
-        return ({**rt.windows.rows(0, rt.measured).to_dict(), "budget": rt.windows.count, "first": rt.stops[0],
-                 "ppl_intact": {c: rt.ppl(c) for c in CONDITIONS}},
+        return (rt.summary(),
                 [m for c in CONDITIONS for m in massive_channels(self.lm, rt.hidden[c], findings, c)])
 
     def prove(self, items: list[tuple[list[Coord], Effect]], avoid: set[Coord],
@@ -268,7 +277,7 @@ class Judge:
         if todo and self._rt is None:  # the intact baselines, on first use
             self.log("the intact model on real text")
             self._rt = RealText(self.lm, self.windows, cfg.windows)
-            if not all(math.isfinite(b.nll) for b in self._rt.base.values()):
+            if not self._rt.finite:
                 refuse_nonfinite(self.lm, "the perplexity on real text")
         where = {k: CONDITIONS for k in todo}  # the conditions each candidate is measured in at this look
         for n in (self._rt.stops if todo else ()):
@@ -342,14 +351,14 @@ def detect(lm: LoadedModel, cfg: DetectConfig | None = None, log: Callable[[str]
     cfg = cfg or DetectConfig()
     log = log or (lambda _msg: None)
     prompts, pmask = stack(encode_prompts(lm, cfg.prompts))
-    judge = Judge(lm, cfg, log)
+    judge = Judge(lm, cfg, log)  # the proof's set-up: windows, the intact passes, the baselines
     found: list[Finding] = []
     probed: list[Finding] = []  # screened on the probe sentences, to be proven on real text
     examined: set[Coord] = set()
     removed: list[Coord] = []  # every single-weight candidate: zeroed for the next scans
     site_max: dict[tuple, float] = {}  # (layer, expert) -> largest |Y| examined there
     log(f"round 1: scanning {len(lm.adapter.sites)} down projections")
-    probe, scanned = intact(lm, cfg, scan=True, residual=True, prompts=(prompts, pmask))
+    probe, scanned = judge.intact(scan=True, residual=True, prompts=(prompts, pmask))
     residual = scanned.residual  # intact model, first prompt: per layer (max |h| per channel, token)
     hidden = scanned.hidden  # the same, whole: embeddings, then after each layer [T, H]
     first = per_layer(scanned.records)

@@ -94,7 +94,7 @@ def quant_sweep(lm: LoadedModel, coords: list[Coord], cfg: ReportConfig, log,
     """RTN at each bit width and layout, holding out each of ``HOLDS``. ``ref``: the
     unquantized perplexity on the same windows when it is known (the ablation's
     ``original``), else measured here."""
-    from superweight.paper.data import read_text
+    from superweight.texts import read_text
     from superweight.probe.measures import perplexity
     from superweight.quant.apply import quantized
     from superweight.quant.rtn import QuantConfig

@@ -64,7 +64,7 @@ class DetectConfig:
             raise UsageError(f"--window: real-text windows must be at least 16 tokens, not {self.window}")
         if any(not isinstance(p, str) or not p.strip() for p in self.prompts) or not self.prompts:
             raise UsageError("empty prompt: give some text with --prompt")
-        from superweight.paper.data import check_source
+        from superweight.texts import check_source
 
         check_source(self.text)
 

@@ -59,6 +59,28 @@ class Targets:
         return {"coords": [str(c) for c in self.coords], "from": self.label}
 
 
+@dataclass
+class Acted:
+    """A command's result next to the weights it acted on: what ``verify``, ``quantize`` and
+    ``audit`` hand the command line. Its JSON is the result's, then ``acted_on`` (the
+    weights and where they came from) and, when detection ran for them, ``verdict`` (where
+    the verdict came from: computed now, or the cache)."""
+
+    result: object
+    targets: Targets | None  # None: the command was told to act on no weights (--no-keep-super)
+    verdict: object | None = None  # the run's own Provenance (verify's), else the targets'
+    head: dict = field(default_factory=dict)  # keys the JSON starts with (quantize: model, out)
+
+    def to_dict(self) -> dict:
+        d = {**self.head, **self.result.to_dict()}
+        t = self.targets
+        d["acted_on"] = t.to_dict() if t is not None else {"coords": [], "from": "none (--no-keep-super)"}
+        prov = self.verdict or (t.provenance if t is not None else None)
+        if prov is not None:
+            d["verdict"] = prov.to_dict()
+        return d
+
+
 def which_weights(lm: LoadedModel, given: list[Coord] | None = None, accept: tuple[str, ...] = ("given", "detected"),
                   cfg=None, *, result=None, log: Callable[[str], None] | None = None, recompute: bool = False,
                   on_verdict: Callable | None = None) -> Targets:

@@ -130,7 +130,7 @@ def _version_of(package: str, file: str) -> str | None:
 def key_for(fingerprint: str, cfg, dtype: str, device: str, kind: str = "detect", extra: dict | None = None) -> dict:
     """What decides a verdict, as a dict: the checkpoint's fingerprint, the config, the text,
     the dtype and device type it runs at (``float32``, ``cpu``), the code and libraries."""
-    from superweight.paper.data import text_identity
+    from superweight.texts import text_identity
 
     conf = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
     return {"format": FORMAT, "version": VERSION, "code": code_digest(), "kind": kind, "libraries": _libraries(),

@@ -21,7 +21,6 @@ import torch
 
 from superweight.models.adapters import Adapter, family_for
 from superweight.errors import ModelLoadError, SuperweightError, UnsupportedModelError, UsageError, first_line
-from superweight.models.pypi import DEFAULT_FILE, DEFAULT_ID, DEFAULT_PACKAGE  # noqa: F401 - the default's names, kept here too
 from superweight.models.source import DTYPE_NAMES, Source, content_hash, dtype_name, looks_like_path, resolve  # noqa: F401 - content_hash: named here too
 from superweight.models.gguf_file import header_error
 from superweight.paths import cache_root
@@ -78,12 +77,6 @@ def check_device(device: str) -> None:
     count = getattr(backend, "device_count", lambda: 1)()
     if d.index is not None and d.index >= count:
         raise UsageError(f"--device {device}: this machine has {count} {d.type} device(s), numbered from 0")
-
-
-def default_model_path() -> Path:
-    from superweight.models.pypi import smollm2_path
-
-    return smollm2_path()
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:

@@ -191,7 +191,8 @@ def _slash(out) -> str:
     return f"{str(out).rstrip('/') or '/'}/".replace("//", "/")
 
 
-def print_quantize(console, report, out: str, fmt: str, held: str, loading: str | None, manifest: str) -> None:
+def print_quantize(console, report, out: str, fmt, held: str, loading: str | None, manifest: str) -> None:
+    """``fmt``: the output's ``formats.Format``; ``loading``: its loading line, if it needs one."""
     from superweight.quant.engines import describe
 
     cfg = report.config
@@ -200,16 +201,10 @@ def print_quantize(console, report, out: str, fmt: str, held: str, loading: str 
                 f"quantized {len(report.tensors)} tensors ({report.numel:,} weights) in {report.seconds:.1f} s: "
                 f"{report.bits_per_weight:.3f} effective bits per weight, {report.held:,} held out exactly",
                 f"super weights held out: {held}")
-    if fmt == "compressed-tensors":
-        dense = [t.name for t in report.tensors if t.blocks == 0]
-        print_lines(console, f"left unquantized (the format has no sparse hold-out): {', '.join(dense) or 'none'}",
-                    f"written to {where} in compressed-tensors' pack-quantized format "
-                    f"({'symmetric' if cfg.symmetric else 'asymmetric, --no-sym'}); manifest: {where}{manifest}")
-    else:
-        print_lines(console, f"written to {where} (dequantized floats; manifest: {where}{manifest})")
+    print_lines(console, *fmt.written(where, manifest, cfg, report))
     if report.engines:
         print_lines(console, *describe(report.engines))
-    if fmt == "compressed-tensors":
+    if loading:
         console.print(f"load it with: {loading}", markup=False, soft_wrap=True)
 
 

@@ -20,8 +20,8 @@ from typing import Callable
 
 import torch
 
-from superweight.paper import data, stopwords, zeroshot
-from superweight.paper.data import read_text  # noqa: F401 - re-exported for callers
+from superweight.paper import stopwords, zeroshot
+from superweight.texts import lambada, read_text  # noqa: F401 - read_text: re-exported for callers
 from superweight.coords import Coord
 from superweight.probe.measures import perplexity
 from superweight.errors import UsageError, flag
@@ -63,7 +63,7 @@ class AblateConfig:
             raise UsageError(f"--prune-fraction must be in (0, 1), not {f!r}")
         if not self.texts:
             raise UsageError("no perplexity text given")
-        from superweight.paper.data import check_source
+        from superweight.texts import check_source
 
         for t in self.texts:
             check_source(t, "--texts")
@@ -201,7 +201,7 @@ def ablate(lm: LoadedModel, coords: list[Coord], cfg: AblateConfig | None = None
     if cfg.stopword_prompts:
         if log:
             log(f"stopword shift over {cfg.stopword_prompts} LAMBADA prompts")
-        contexts = [i["context"] for i in data.lambada(cfg.stopword_prompts)]
+        contexts = [i["context"] for i in lambada(cfg.stopword_prompts)]
         shift = stopwords.shift(lm, contexts, conds["prune SW"], top=12)
     return AblateResult(lm.name, list(coords), channel, results, shift, cfg)
 
@@ -226,6 +226,12 @@ class ScaleResult:
     def to_dict(self) -> dict:
         return {"model": self.model, "super_weights": [c.to_dict() for c in self.super_weights],
                 "factors": self.factors, "results": [r.to_dict() for r in self.results]}
+
+
+def scale(lm: LoadedModel, coords: list[Coord], factors: list[float], cfg: AblateConfig | None = None,
+          log=None) -> ScaleResult:
+    """``superweight scale``: ``scale_sweep`` with what it was run on."""
+    return ScaleResult(lm.name, list(coords), list(factors), scale_sweep(lm, coords, factors, cfg, log))
 
 
 def scale_sweep(lm: LoadedModel, coords: list[Coord], factors: list[float], cfg: AblateConfig | None = None,

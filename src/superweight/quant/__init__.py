@@ -6,13 +6,12 @@ weights in memory (``apply``), written as a checkpoint (``export``), simulated W
 are here as they were."""
 __all__ = ["MSE_GRID", "PCT_GRID", "SCALE_DTYPES", "Z_GRID", "Clip", "QuantConfig", "QuantizedTensor", "quantize_tensor"]
 
-from superweight.quant.rtn import (
-    MSE_GRID,
-    PCT_GRID,
-    SCALE_DTYPES,
-    Z_GRID,
-    Clip,
-    QuantConfig,
-    QuantizedTensor,
-    quantize_tensor,
-)
+
+def __getattr__(name: str):
+    """The names above, imported from ``rtn`` on first use (PEP 562): the package itself
+    imports no torch, so the command line can list the formats (``formats.py``) without it."""
+    if name in __all__:
+        from superweight.quant import rtn
+
+        return getattr(rtn, name)
+    raise AttributeError(f"module 'superweight.quant' has no attribute {name!r}")

@@ -6,9 +6,10 @@ to its own precision), the source's config, generation config and tokenizer file
 ``superweight-quant.json``: the method, the configuration, the held-out weights and the
 effective bits per weight, overall and per tensor.
 
-``format="compressed-tensors"`` writes the chosen weights packed instead (``packed.py``: int
-codes in int32, a scale and zero point per group, ``quantization_config`` in config.json);
-the matrices holding the super weights stay unquantized and are listed in its ``ignore``.
+``format`` names the output format (``formats.py``: what each accepts, writes and adds);
+``"compressed-tensors"`` writes the chosen weights packed instead (``packed.py``: int codes in
+int32, a scale and zero point per group, ``quantization_config`` in config.json), the
+matrices holding the super weights unquantized and listed in its ``ignore``.
 
 From a local safetensors checkpoint (a GGUF file's converted cache included) the work is
 tensor by tensor: each tensor is read, quantized if chosen, and written into shards of at
@@ -37,7 +38,7 @@ from superweight.errors import ModelLoadError
 from superweight.models.load import LoadedModel
 from superweight.quant.rtn import QuantConfig
 from superweight.quant.apply import QuantResult, kept_by_param, progress, held_columns, quantize_, quantize_param, quantizable
-from superweight.quant.packed import FORMATS
+from superweight.quant import formats
 
 MANIFEST = "superweight-quant.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5")
@@ -192,12 +193,11 @@ def _unique_state(model) -> dict[str, torch.Tensor]:
     return out
 
 
-def _stream(lm, cfg, report, writer, items, chosen_set, shapes, kept, cols, pack: bool, convert: bool, dtype) -> None:
+def _stream(lm, cfg, fmt, report, writer, items, chosen_set, shapes, kept, cols, convert: bool, dtype) -> None:
     """The streamed write: each group's tensors under the model's names, the chosen ones
-    quantized (or packed), all written back under the names save_pretrained gives them."""
+    quantized (or stored in ``fmt``'s own layout), all written back under the names
+    save_pretrained gives them."""
     from transformers.core_model_loading import revert_weight_conversion
-
-    from superweight.quant import packed
 
     for _, tensors in items:
         out = {}
@@ -207,18 +207,19 @@ def _stream(lm, cfg, report, writer, items, chosen_set, shapes, kept, cols, pack
             if k in chosen_set:
                 if tuple(t.shape) != shapes[k]:
                     raise ModelLoadError(f"{k} has shape {tuple(t.shape)} in the checkpoint, the config implies {shapes[k]}")
-                if pack and k in kept:
+                if fmt.holds_out == "matrices" and k in kept:
                     report.add_dense(k, t)  # the format's hold-out: the whole matrix as it is
-                elif pack:
-                    stored, q = packed.pack(k.removesuffix(".weight"), t, cfg)
-                    report.add(k, t.shape, q)
-                    for name, v in stored.items():
-                        writer.add(name, v)
-                    continue
                 else:
-                    new, q = quantize_param(t, cfg, kept.get(k, []), lm.adapter.storage(t), cols.get(k, []))
+                    def quantize(w, k=k):
+                        return quantize_param(w, cfg, kept.get(k, []), lm.adapter.storage(w), cols.get(k, []))
+
+                    stored, q = fmt.write(k, t, cfg, quantize) or quantize(t)
                     report.add(k, t.shape, q)
-                    t = new
+                    if fmt.packs:
+                        for name, v in stored.items():
+                            writer.add(name, v)
+                        continue
+                    t = stored
             out[k] = t
         for k, t in revert_weight_conversion(lm.model, out).items():
             writer.add(k, t)
@@ -228,41 +229,34 @@ def check_format(lm: LoadedModel, cfg: QuantConfig, include=(), exclude=(), form
     """What ``write_quantized`` would refuse about the format, before any model work (the
     detection of the weights to hold out takes half a minute): a compressed-tensors config it
     cannot store, or a matrix whose width its groups do not divide."""
-    from superweight.quant import packed
-
-    if format != "compressed-tensors":
-        return
+    fmt = formats.get(format)
     chosen = quantizable(lm, include, exclude)
-    packed.check(cfg.with_model_dtype(chosen[0][1].dtype if chosen else torch.float32))
+    fmt.check(cfg.with_model_dtype(chosen[0][1].dtype if chosen else torch.float32))
     for n, p in chosen:
-        packed.fits(n.removesuffix(".weight"), tuple(p.shape), cfg)
+        fmt.fits(n, tuple(p.shape), cfg)
 
 
 def write_quantized(lm: LoadedModel, cfg: QuantConfig, tmp: Path, keep=(), include=(), exclude=(),
                     max_shard_bytes: int = 2 << 30, log=None, format: str = "dequantized") -> QuantResult:
     """``save_quantized``'s work, into the existing empty directory ``tmp`` (a staging directory)."""
-    from superweight.quant import packed
-
-    if format not in FORMATS:
-        raise ModelLoadError(f"unknown format {format!r}: {', '.join(FORMATS)}")
-    pack = format == "compressed-tensors"
+    fmt = formats.get(format)
     chosen = quantizable(lm, include, exclude)
     cfg = cfg.with_model_dtype(chosen[0][1].dtype if chosen else torch.float32)
-    if pack:
-        packed.check(cfg)
+    fmt.check(cfg)
     cfg.check()
     tmp = Path(tmp)
     names = [n for n, _ in chosen]
     shapes = {n: tuple(p.shape) for n, p in chosen}
     kept = kept_by_param(lm, keep)
-    if pack:  # every matrix that will be packed must fit the format, before anything is written
-        for n in names:
-            if n not in kept:
-                packed.fits(n.removesuffix(".weight"), shapes[n], cfg)
+    # the matrices the format quantizes (one that holds out whole matrices leaves the kept ones
+    # as they are); each must fit it, before anything is written
+    quantized = [n for n in names if n not in kept or fmt.holds_out != "matrices"]
+    for n in quantized:
+        fmt.fits(n, shapes[n], cfg)
     ckpt = _source_checkpoint(lm, names)
     if ckpt is None and any(p.is_meta for _, p in chosen):
         raise ModelLoadError("cannot quantize a streamed model whose checkpoint names differ from the model's")
-    if ckpt is None and not pack:
+    if ckpt is None and not fmt.packs:
         report = quantize_(lm, cfg, keep, include, exclude, log)
         lm.model.save_pretrained(tmp, max_shard_size=max_shard_bytes)
         lm.tokenizer.save_pretrained(tmp)
@@ -286,8 +280,8 @@ def write_quantized(lm: LoadedModel, cfg: QuantConfig, tmp: Path, keep=(), inclu
         torch.set_num_threads(compute_threads(threads))
         try:
             items = progress(prefetched(groups, read), log, "quantizing", total=len(groups))
-            _stream(lm, cfg, report, writer, items, chosen_set,
-                    shapes, kept, cols, pack, convert=ckpt is not None and not safetensors, dtype=dtype)
+            _stream(lm, cfg, fmt, report, writer, items, chosen_set,
+                    shapes, kept, cols, convert=ckpt is not None and not safetensors, dtype=dtype)
         except BaseException:
             writer.abort()
             raise
@@ -306,20 +300,10 @@ def write_quantized(lm: LoadedModel, cfg: QuantConfig, tmp: Path, keep=(), inclu
 
             save_config(lm.model.config, type(lm.model).__name__, tmp, generation=getattr(lm.model, "generation_config", None))
             lm.tokenizer.save_pretrained(tmp)
-        if pack:
-            quantized_modules = {n.removesuffix(".weight") for n in names if n not in kept}
-            linear = [m for m, mod in lm.model.named_modules() if isinstance(mod, torch.nn.Linear)]
-            config = json.loads((tmp / "config.json").read_text())
-            config["quantization_config"] = packed.quantization_config(
-                cfg, [m for m in linear if m not in quantized_modules])
-            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    from superweight.quant import engines
-
-    packed_shapes = {n.removesuffix(".weight"): shapes[n] for n in names if n not in kept}
-    report.engines = engines.for_pack(cfg.bits, cfg.size, cfg.symmetric, packed_shapes) if pack \
-        else engines.for_dense()
+        fmt.finish(tmp, lm, cfg, {n.removesuffix(".weight") for n in quantized})
+    report.engines = fmt.engines(cfg, {n.removesuffix(".weight"): shapes[n] for n in quantized})
     manifest = {"tool": f"superweight {__version__}", "source": lm.name, "format": format, **report.to_dict()}
-    if pack:
+    if fmt.holds_out == "matrices":
         manifest["unquantized_matrices"] = sorted(n for n in names if n in kept)
     manifest["written"] = sorted({p.name for p in tmp.iterdir()} | {MANIFEST})  # what --overwrite may replace
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

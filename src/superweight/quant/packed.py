@@ -34,9 +34,9 @@ from __future__ import annotations
 import torch
 
 from superweight.errors import UsageError
-from superweight.quant.rtn import SCALE_DTYPES, QuantConfig, QuantizedTensor, quantize_codes
+from superweight.quant.formats import Format
+from superweight.quant.rtn import MODEL_DTYPE, SCALE_DTYPES, QuantConfig, QuantizedTensor, quantize_codes
 
-FORMATS = ("dequantized", "compressed-tensors")
 TENSORS = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape")
 
 
@@ -135,3 +135,48 @@ def loading_line(out: str, symmetric: bool) -> str:
     return ("from transformers import AutoModelForCausalLM, CompressedTensorsConfig; "
             f"AutoModelForCausalLM.from_pretrained({str(out)!r}, "
             "quantization_config=CompressedTensorsConfig(dequantize=True))")
+
+
+class CompressedTensors(Format):
+    """``--format compressed-tensors`` (``formats.Format``): the chosen weights packed, the
+    super weights' matrices left unquantized and named in the config's ``ignore``."""
+
+    name = "compressed-tensors"
+    packs = True
+    holds_out = "matrices"
+
+    def defaults(self) -> dict:
+        # symmetric: the pack plain from_pretrained loads as it is; integer zero points when
+        # asymmetric (the format's convention); no sparse hold-out; scales at the model's dtype
+        return {"symmetric": True, "act_ratio": 0.0, "scale_dtype": MODEL_DTYPE, "zero": "int"}
+
+    def check(self, cfg) -> None:
+        check(cfg)
+
+    def fits(self, name: str, shape: tuple[int, ...], cfg) -> None:
+        fits(name.removesuffix(".weight"), shape, cfg)
+
+    def write(self, name: str, w, cfg, quantize):
+        return pack(name.removesuffix(".weight"), w, cfg)
+
+    def finish(self, out, lm, cfg, quantized_modules: set[str]) -> None:
+        import json
+
+        linear = [m for m, mod in lm.model.named_modules() if isinstance(mod, torch.nn.Linear)]
+        config = json.loads((out / "config.json").read_text())
+        config["quantization_config"] = quantization_config(cfg, [m for m in linear if m not in quantized_modules])
+        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+    def engines(self, cfg, shapes: dict[str, tuple[int, int]]) -> dict:
+        from superweight.quant.engines import for_pack
+
+        return for_pack(cfg.bits, cfg.size, cfg.symmetric, shapes)
+
+    def loading(self, out: str, cfg) -> str | None:
+        return loading_line(out, cfg.symmetric)
+
+    def written(self, where: str, manifest: str, cfg, report) -> list[str]:
+        dense = [t.name for t in report.tensors if t.blocks == 0]
+        return [f"left unquantized (the format has no sparse hold-out): {', '.join(dense) or 'none'}",
+                f"written to {where} in compressed-tensors' pack-quantized format "
+                f"({'symmetric' if cfg.symmetric else 'asymmetric, --no-sym'}); manifest: {where}{manifest}"]

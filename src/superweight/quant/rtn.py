@@ -140,11 +140,11 @@ class QuantConfig:
         asymmetric (the format's convention), ``act_ratio`` 0 (it stores no sparse weights),
         scales at the model's dtype (``MODEL_DTYPE``, resolved by ``with_model_dtype``:
         transformers dequantizes at the scale's dtype, so that keeps it exact)."""
-        pack = fmt == "compressed-tensors"
-        return cls(symmetric=pack if symmetric is None else symmetric,
-                   act_ratio=(0.0 if pack else 10.0) if act_ratio is None else act_ratio,
-                   scale_dtype=scale_dtype or (MODEL_DTYPE if pack else "float16"),
-                   zero="int" if pack else "float", **kw)
+        from superweight.quant.formats import get
+
+        given = {k: v for k, v in (("symmetric", symmetric), ("act_ratio", act_ratio), ("scale_dtype", scale_dtype))
+                 if v is not None}
+        return cls(**{**get(fmt).defaults(), **given, **kw})
 
     def with_model_dtype(self, dtype: torch.dtype) -> "QuantConfig":
         """``MODEL_DTYPE`` scales resolved to ``dtype`` (float16 when that is no float type of ours)."""

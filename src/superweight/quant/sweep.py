@@ -330,7 +330,7 @@ class CompareConfig:
         for b in self.bits:
             if not 2 <= b <= 8:
                 raise UsageError(f"--bits must be from 2 to 8, not {b}")
-        from superweight.paper.data import check_source
+        from superweight.texts import check_source
 
         for t in self.texts:
             check_source(t, "--texts")
@@ -348,7 +348,7 @@ class CompareConfig:
 def quant_compare(lm: LoadedModel, coords: list[Coord], cfg: CompareConfig, log=None) -> SweepResult:
     """``quant-compare``: every planned point against full precision (``sweep``), and the
     paper's W8A8 table unless ``cfg.w8a8`` is off, as one result."""
-    from superweight.paper.data import read_text
+    from superweight.texts import read_text
 
     texts = {t: read_text(t) for t in cfg.texts}
     if cfg.tasks:
