@@ -68,14 +68,17 @@ def test_detect_table_and_json_file(tmp_path, capsys):
 @pytest.mark.real
 @pytest.mark.slow
 def test_verify_and_index_commands(capsys):
-    assert main(["verify", "--coords", "11:507:1229", "28:507:678", "--window", "128", "--json", "-"]) == 0
+    # a short proof (one look at two windows of 64 tokens): this tests the command, the grades
+    # of the default proof are test_real_model.py's (11:100:100: an ordinary weight)
+    short = ["--window", "64", "--windows", "2", "--max-windows", "2"]
+    assert main(["verify", "--coords", "11:507:1229", "11:100:100", *short, "--json", "-"]) == 0
     out = capsys.readouterr()
     got = json.loads(out.out)
     assert [(v["layer"], v["row"], v["col"], v["grade"]) for v in got["verdicts"]] == [
-        (11, 507, 1229, "super"), (28, 507, 678, "rejected")]
-    assert got["acted_on"] == {"coords": ["11:507:1229", "28:507:678"], "from": "given"}
+        (11, 507, 1229, "super"), (11, 100, 100, "rejected")]
+    assert got["acted_on"] == {"coords": ["11:507:1229", "11:100:100"], "from": "given"}
     assert got["together"] is not None and "all 2 zeroed together" in out.err
-    assert main(["verify", "--window", "128"]) == 0  # default: the index entry of the default model
+    assert main(["verify", *short]) == 0  # default: the index entry of the default model
     assert "11:507:1229" in capsys.readouterr().out
     assert main(["index", "--json", "-"]) == 0
     entries = json.loads(capsys.readouterr().out)

@@ -69,7 +69,7 @@ def test_interventions_compose_and_unwind_on_error():
 
 @pytest.fixture(scope="module")
 def gpl3_ppl(smol, gpl3_text):
-    return lambda: perplexity(smol.model, smol.tokenizer, gpl3_text, seqlen=512, max_windows=2)
+    return lambda: perplexity(smol.model, smol.tokenizer, gpl3_text, seqlen=512, max_windows=1)
 
 
 def test_restoring_the_super_activation_undoes_the_damage_on_smollm2(smol, gpl3_ppl):
