@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-ablate", dest="ablate", action="store_false", help="skip the short ablation")
     r.add_argument("--no-quant", dest="quant", action="store_false", help="skip the RTN sweep")
     r.add_argument("--seqlen", type=int, default=512, help="perplexity window of the ablation and the sweep (default 512)")
-    r.add_argument("--max-windows", type=int, default=2, help="windows per perplexity (default 2)")
+    r.add_argument("--max-windows", type=int, default=1, help="windows per perplexity (default 1: a one-minute page)")
     r.add_argument("--stopword-prompts", type=int, default=50, help="LAMBADA prompts for the stopword shift (default 50; 0: skip)")
     i = _command(sub, "index", "list the known super weights shipped with the package")
     i.add_argument("--json", metavar="PATH", help="write the index as JSON to PATH ('-' for stdout)")
