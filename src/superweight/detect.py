@@ -410,10 +410,15 @@ def detect(lm: LoadedModel, cfg: DetectConfig | None = None, log: Callable[[str]
     for f, (g, reason) in zip(probed, judge.prove([([f.coord], f.effect) for f in probed], examined)):
         f.grade, f.reason = g, reason
     found += probed
-    joint = _prove_jointly(lm, probe, judge, found, examined, cfg, log)
-    found = [f for f in found if f.coord not in {j.coord for j in joint}] + joint  # the joint finding replaces it
-    joint = _with_neighbours(lm, probe, judge, found, examined, cfg, log)
-    found = [f for f in found if f.coord not in {j.coord for j in joint}] + joint
+    # then groups: weights sharing a row or column, and weights with the neighbours that
+    # decided their grade; a group's finding replaces the single one
+    for collect, what in ((shared_lines, "group(s) of weights sharing a row or column together"),
+                          (with_neighbours, "weight(s) together with the neighbours that move real text too")):
+        todo = collect(found, cfg)
+        if todo:
+            log(f"screening {len(todo)} {what}")
+        joint = _prove_groups(lm, probe, judge, todo, examined | {c for _, coords in todo for c in coords})
+        found = [f for f in found if f.coord not in {j.coord for j in joint}] + joint
     by_grade = {g: sorted((f for f in found if f.grade == g), key=_order) for g in ("super", "strong", "uncertain")}
     rejected = [f for f in found if f.grade == "rejected" and f.reason]
     graded = by_grade["super"] + by_grade["strong"]
@@ -432,14 +437,12 @@ def _order(f: Finding):
     return (f.coord.layer, f.coord.expert or 0, f.coord.row, f.coord.col)
 
 
-def _prove_jointly(lm, probe, judge: Judge, found: list[Finding], examined: set[Coord], cfg: DetectConfig,
-                   log) -> list[Finding]:
+def shared_lines(found: list[Finding], cfg: DetectConfig) -> list[tuple[list[Finding], list[Coord]]]:
     """Weights that share a row or a column in one matrix can stand in for each other, so
     that zeroing any one alone does little (Phi-3-mini has three per column). Each such
-    group of candidates that were probed and not graded alone (rejected, or uncertain) is
-    zeroed together and graded like one candidate; a group that grades is reported whole,
-    each member with ``jointly_with`` naming the others (copies of the findings, which the
-    caller replaces with them)."""
+    group of candidates that were probed and not graded alone (rejected, or uncertain), as
+    (its findings, the coordinates to zero together): proven like one candidate, a group
+    that grades is reported whole, each member with ``jointly_with`` naming the others."""
     pool = [f for f in found if f.effect is not None and f.grade in ("rejected", "uncertain")]
     groups: dict = {}
     for f in pool:
@@ -454,18 +457,15 @@ def _prove_jointly(lm, probe, judge: Judge, found: list[Finding], examined: set[
             continue
         used |= {f.coord for f in members}
         todo.append((members, [f.coord for f in members]))
-    if todo:
-        log(f"screening {len(todo)} group(s) of weights sharing a row or column together")
-    return _prove_groups(lm, probe, judge, todo, examined)
+    return todo
 
 
-def _with_neighbours(lm, probe, judge: Judge, found: list[Finding], examined: set[Coord], cfg: DetectConfig,
-                     log) -> list[Finding]:
+def with_neighbours(found: list[Finding], cfg: DetectConfig) -> list[tuple[list[Finding], list[Coord]]]:
     """A candidate not graded alone because its own row and column neighbours (its
-    ``neighbours`` control) move real text by ``strong_kl`` or more is zeroed together with
-    them and graded like one candidate; a group that grades is reported as the candidate
-    with ``jointly_with`` naming those neighbours (SmolLM2's 2:507:90: its row neighbour
-    moves text too). Only candidates whose grade the neighbours decided are taken."""
+    ``neighbours`` control) move real text by ``strong_kl`` or more, as ([it], it and those
+    neighbours): proven like one candidate, a group that grades is reported as the
+    candidate with ``jointly_with`` naming the neighbours (SmolLM2's 9:507:200). Only
+    candidates whose grade the neighbours decided are taken."""
     todo = []
     for f in found:
         if f.grade not in ("rejected", "uncertain") or f.jointly_with or f.effect is None or f.effect.text is None:
@@ -476,9 +476,7 @@ def _with_neighbours(lm, probe, judge: Judge, found: list[Finding], examined: se
         if any(f.effect.control_kl_text(c) != near.text.kl.get(c) for c in near.text.kl):
             continue  # another control is as close: the neighbours are not what decided it
         todo.append(([f], [f.coord, *near.coords]))
-    if todo:
-        log(f"screening {len(todo)} weight(s) together with the neighbours that move real text too")
-    return _prove_groups(lm, probe, judge, todo, examined | {c for _, coords in todo for c in coords})
+    return todo
 
 
 def _prove_groups(lm, probe, judge: Judge, todo: list[tuple[list[Finding], list[Coord]]],
