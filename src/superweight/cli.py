@@ -575,8 +575,7 @@ def cmd_quantize(args, console):
         rep, t = r.result, r.targets
         held = (f"{', '.join(map(str, t.coords))} (from: {t.label})" if t.coords else "none found") if t \
             else "none (--no-keep-super)"
-        fmt = get(args.format)
-        print_quantize(console, rep, args.out, fmt, held, fmt.loading(args.out, rep.config), MANIFEST)
+        print_quantize(console, rep, args.out, get(args.format), held, MANIFEST)
 
     return Job(declare=lambda outs: {"out": outs.directory(args.out, "--out", overwrite=args.overwrite, marker=MANIFEST)},
                work=work, to_json=lambda r: r.to_dict(), show=show)

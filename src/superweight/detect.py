@@ -91,18 +91,12 @@ def controls_for(lm: LoadedModel, coords: list[Coord], avoid: set[Coord], n_rand
     return [Control("largest", tuple(largest)), Control("random", tuple(rand)), Control("neighbours", tuple(near))]
 
 
-def _bounds(eff: Effect, cfg: DetectConfig, end: int) -> tuple[str, dict, list[str]]:
-    """(grade, margin per condition, conditions where it matters) with every number at one
-    end of its interval over windows: ``end`` 0 the point values (means over windows), -1
-    the pessimistic end (the candidate's lower bound against its controls' upper bounds),
-    +1 the optimistic end. Conditions without a measured control are not graded."""
-    g, margin, matters, _ = _states(eff, cfg, end)
-    return g, margin, matters
-
-
-def _states(eff: Effect, cfg: DetectConfig, end: int) -> tuple[str, dict, list[str], dict]:
-    """``_bounds`` and, per condition, what it shows there at that end: ``wreck``,
-    ``matters`` or ``none``."""
+def _bounds(eff: Effect, cfg: DetectConfig, end: int) -> tuple[str, dict, list[str], dict]:
+    """(grade, margin per condition, conditions where it matters, what each condition shows:
+    ``wreck``, ``matters`` or ``none``) with every number at one end of its interval over
+    windows: ``end`` 0 the point values (means over windows), -1 the pessimistic end (the
+    candidate's lower bound against its controls' upper bounds), +1 the optimistic end.
+    Conditions without a measured control are not graded."""
     margin, matters, wreck = {}, [], []
     for c in eff.text.kls:
         ctls = [k.text for k in eff.controls if k.text is not None and c in k.text.kls]
@@ -127,7 +121,7 @@ def _open(eff: Effect, cfg: DetectConfig) -> tuple[str, ...]:
     """The conditions whose part in the grade differs at the two ends of the intervals:
     the only ones where more windows can change it (a condition that shows the same at both
     ends is decided on its own, and its windows stop there)."""
-    lo, hi = _states(eff, cfg, -1)[3], _states(eff, cfg, +1)[3]
+    lo, hi = _bounds(eff, cfg, -1)[3], _bounds(eff, cfg, +1)[3]
     return tuple(c for c in eff.text.kls if lo[c] != hi[c]) or tuple(eff.text.kls)
 
 
@@ -151,7 +145,7 @@ def grade(eff: Effect, cfg: DetectConfig) -> tuple[str, str | None]:
             f"screened out on the probe sentences: zeroing it moves them by {eff.kl:.3g} nats"
             + (f", its control {eff.control_kl:.2g}" if eff.control_kl is not None else "")
             + f" (needs >= {cfg.screen_kl:g} and >= {cfg.screen_margin:g}x the control)")
-    g, margin, matters = _bounds(eff, cfg, 0)
+    g, margin, matters, _ = _bounds(eff, cfg, 0)
     eff.margin = margin or None
     eff.matters_in = matters
     low, high = _bounds(eff, cfg, -1)[0], _bounds(eff, cfg, +1)[0]

@@ -191,8 +191,8 @@ def _slash(out) -> str:
     return f"{str(out).rstrip('/') or '/'}/".replace("//", "/")
 
 
-def print_quantize(console, report, out: str, fmt, held: str, loading: str | None, manifest: str) -> None:
-    """``fmt``: the output's ``formats.Format``; ``loading``: its loading line, if it needs one."""
+def print_quantize(console, report, out: str, fmt, held: str, manifest: str) -> None:
+    """``fmt``: the output's ``formats.Format`` (its lines, and its loading line if it needs one)."""
     from superweight.quant.engines import describe
 
     cfg = report.config
@@ -204,6 +204,7 @@ def print_quantize(console, report, out: str, fmt, held: str, loading: str | Non
     print_lines(console, *fmt.written(where, manifest, cfg, report))
     if report.engines:
         print_lines(console, *describe(report.engines))
+    loading = fmt.loading(out, cfg)
     if loading:
         console.print(f"load it with: {loading}", markup=False, soft_wrap=True)
 

@@ -262,6 +262,7 @@ class RealText:
         self.stops = []  # windows per condition after each stage: first, then doubling up to all
         while not self.stops or self.stops[-1] < n:
             self.stops.append(min(n, first if not self.stops else 2 * self.stops[-1]))
+        self.starts = [0] + self.stops[:-1]  # the first window of each stage
         self._stages: list[dict] = []  # per stage: {"base", "resume"} per condition
         self.hidden: dict[str, list] = {}  # the intact residual stream on each condition's first window
         self._stage(0)
@@ -287,7 +288,7 @@ class RealText:
         """The intact baselines and layer outputs of stage ``k``'s windows, computed on first use."""
         while len(self._stages) <= k:
             j = len(self._stages)
-            w = self.windows.rows(self.stops[j - 1] if j else 0, self.stops[j])
+            w = self.windows.rows(self.starts[j], self.stops[j])
             groups = [Group(w.ids[c], w.mask[c], residual=j == 0, keep=True) for c in CONDITIONS]
             answers = run(self.lm, groups, per_group=[Baseline.building(w.ids[c], w.mask[c]) for c in CONDITIONS])
             self._stages.append({"w": w, "base": {c: a.value for c, a in zip(CONDITIONS, answers)},
@@ -313,8 +314,7 @@ class RealText:
         for i, cs in enumerate(conds):
             for c in cs:
                 done = have[i].windows(c) if have[i] is not None else 0
-                todo += [(i, c, k) for k, hi in enumerate(self.stops) if (self.stops[k - 1] if k else 0) >= done
-                         and hi <= upto]
+                todo += [(i, c, k) for k, (lo, hi) in enumerate(zip(self.starts, self.stops)) if lo >= done and hi <= upto]
         groups, reducers = [], []
         for i, c, k in todo:
             st = self._stage(k)

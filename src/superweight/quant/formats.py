@@ -64,7 +64,7 @@ class Format:
 
     def written(self, where: str, manifest: str, cfg, report) -> list[str]:
         """The console's lines about what was written."""
-        return [f"written to {where} (dequantized floats; manifest: {where}{manifest})"]
+        return [f"written to {where} ({self.name}; manifest: {where}{manifest})"]
 
 
 class Dequantized(Format):
@@ -75,6 +75,9 @@ class Dequantized(Format):
 
     def defaults(self) -> dict:
         return {"symmetric": False, "act_ratio": 10.0, "scale_dtype": "float16", "zero": "float"}
+
+    def written(self, where: str, manifest: str, cfg, report) -> list[str]:
+        return [f"written to {where} (dequantized floats; manifest: {where}{manifest})"]
 
 
 def get(name: str) -> Format:
