@@ -8,7 +8,8 @@ import pytest
 from tiny import planted_llama
 
 import superweight as sw
-from superweight.detect import control_for, controls_for, grade, per_layer, spikes
+from superweight.detect import per_layer, spikes
+from superweight.proof import controls_for, grade, largest_controls
 from superweight.probe.hooks import SiteRecord
 from superweight.probe.realtext import TextEffect
 from superweight.results import Control, DetectConfig, Effect
@@ -35,7 +36,7 @@ def planted():
 
 def test_controls_stay_out_of_the_candidates_row_and_column_and_are_reproducible(planted):
     c = sw.Coord(1, 5, 7)
-    largest = control_for(planted, c, set())
+    (largest,) = largest_controls(planted, [c])
     assert largest.layer == 1 and largest.row != 5 and largest.col != 7
     w = planted.adapter.weight(planted.adapter.site(c)).abs()
     w[5, :] = -1

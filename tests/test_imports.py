@@ -18,3 +18,17 @@ def test_the_import_graph_has_no_circle_and_few_imports_back_up():
     assert argparse_users == []
     assert "superweight.detect" not in edges["superweight.audit"]  # audit takes types, not the algorithm
     assert "superweight.detect" not in edges["superweight.output.html"]
+    # the proof's set-up is shared: verify and audit build a Judge, neither runs the algorithm
+    assert "superweight.detect" not in edges["superweight.proof"]
+    assert "superweight.detect" not in edges["superweight.verification"]
+
+
+def test_one_detect_call_makes_few_stops():
+    """Issue 33: the walk of ``lm`` through ``detect`` (tools/follow_detect.py) is at most 15
+    stops in at most 5 files: the algorithm, its proof, and the probing engine below them."""
+    import follow_detect
+
+    stops, files = follow_detect.follow()
+    assert len(stops) <= 15 and len(files) <= 5, stops
+    where = {s.split(":")[0] for s in stops}
+    assert where <= {"detect.py", "proof.py", "probe/passes.py", "probe/realtext.py", "residual.py"}, where

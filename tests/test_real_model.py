@@ -5,7 +5,7 @@ import golden
 import pytest
 
 import superweight as sw
-from superweight.detect import control_for
+from superweight.proof import largest_controls
 from superweight.probe.measures import perplexity
 
 SW = sw.Coord(11, 507, 1229)
@@ -74,7 +74,7 @@ def test_zeroing_the_super_weight_wrecks_perplexity(ppl, ppl_intact):
 def test_zeroing_ordinary_weights_of_the_same_matrix_barely_matters(smol, ppl, ppl_intact):
     w = smol.adapter.weight(smol.adapter.site(SW))
     # the detector's control (largest |w| outside the super weight's row and column) and a typical weight
-    strong = control_for(smol, SW, {SW})
+    (strong,) = largest_controls(smol, [SW])
     typical = sw.Coord(11, 100, 100)
     assert abs(float(w[strong.row, strong.col])) > abs(float(w[SW.row, SW.col])) * 0.3
     for c in (strong, typical):

@@ -9,7 +9,7 @@ import pytest
 from tiny import planted_llama
 
 import superweight as sw
-from superweight.detect import Judge, decided, grade
+from superweight.proof import Judge, decided, grade
 from superweight.probe.realtext import CONDITIONS, TextEffect, spread
 from superweight.results import Control, DetectConfig, Effect
 
@@ -167,16 +167,14 @@ def test_a_bad_budget_is_one_line(kw, msg):
 def test_verify_of_several_weights_runs_the_intact_pass_once(lm, monkeypatch):
     """``verify --coords A B``: each weight alone, then both together, on one set-up (the
     judge's windows and baselines, and one intact pass over the probe sentences)."""
-    import importlib
-
+    from superweight import proof
     from superweight.verification import verify_report
 
-    detect_module = importlib.import_module("superweight.detect")  # sw.detect is the function
-
-    calls = []
-    real = detect_module.intact
-    monkeypatch.setattr(detect_module, "intact", lambda *a, **k: calls.append(k) or real(*a, **k))
+    calls = []  # each pass's groups
+    real = proof.passes.run
+    monkeypatch.setattr(proof.passes, "run", lambda lm, groups, **k: calls.append(groups) or real(lm, groups, **k))
     cfg = DetectConfig(windows=2, max_windows=2, window=32)
     rep = verify_report(lm, [DECISIVE, sw.Coord(1, 5, 8)], cfg)
-    assert len(calls) == 1 and calls[0]["scan"]  # the scan (spike or not) and the probe, once
+    intact = [g for g in calls if not any(x.zero for x in g)]  # the screens zero weights; the intact pass does not
+    assert len(intact) == 1 and any(x.scan for x in intact[0])  # the probe and the scan (spike or not), once
     assert len(rep.verdicts) == 2 and rep.together is not None

@@ -162,7 +162,7 @@ def weaken(lm: sw.LoadedModel, coord: sw.Coord, target_kl: float = 0.5) -> float
     distributions by about ``target_kl`` nats (a weak but specific weight, as on real
     models that are not wrecked by one scalar): logits scale with the head, and KL with
     them. Bisection on the scale; returns the KL reached."""
-    from superweight.detect import intact, largest_controls, screen
+    from superweight.proof import Judge
     from superweight.results import DetectConfig
 
     head = lm.model.get_output_embeddings().weight
@@ -172,8 +172,7 @@ def weaken(lm: sw.LoadedModel, coord: sw.Coord, target_kl: float = 0.5) -> float
         mid = (lo + hi) / 2
         with torch.no_grad():
             head.copy_(orig * mid)
-        probe, _ = intact(lm, DetectConfig())
-        kl = screen(lm, probe, [(coord,)], [largest_controls(lm, [coord])])[0][0].kl
+        kl = Judge(lm, DetectConfig()).screen([(coord,)])[0][0].kl  # a new intact pass: the head changed
         if abs(kl - target_kl) < 0.05:
             break
         lo, hi = (mid, hi) if kl < target_kl else (lo, mid)

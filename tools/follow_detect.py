@@ -2,8 +2,8 @@
 
     python tools/follow_detect.py [--all]
 
-A stop is a function of ours that the model ``lm`` is handed to (an argument named ``lm``,
-or ``self`` holding it as ``.lm``), entered for the first time during ``detect.detect`` on
+A stop is a function of ours that the model ``lm`` is handed to (an argument that is
+``lm`` or holds it as ``.lm``: ``self``, a ``judge``), entered for the first time during ``detect.detect`` on
 a tiny model: the places a reader follows ``lm`` through. Comprehensions are part of the
 function they are written in, and the probing engine is one stop: ``passes.run`` and the
 helpers of ``probe/passes.py`` it descends through (issue 23: "the engine's part is a
@@ -40,8 +40,9 @@ def follow(show_all: bool = False):
             return
         if not show_all and code.co_filename.endswith("probe/passes.py") and code.co_name != "run":
             return
-        loc = frame.f_locals
-        holds = loc.get("lm") is lm or getattr(loc.get("self"), "lm", None) is lm
+        # at the call, the locals are the arguments: one that is lm or holds it as .lm (lm's
+        # own methods, ``self`` being lm, are not a hand-off)
+        holds = any(v is lm and k != "self" or getattr(v, "lm", None) is lm for k, v in frame.f_locals.items())
         if holds or show_all:
             seen.add(key)
             files.add(code.co_filename)

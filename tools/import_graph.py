@@ -28,7 +28,7 @@ LAYERS = [
      "superweight.numbers", "superweight.signing", "superweight.wheels"),
     ("superweight.models", "superweight.index", "superweight.texts"),
     ("superweight.probe",),
-    ("superweight.results", "superweight.residual", "superweight.detect", "superweight.verification",
+    ("superweight.results", "superweight.residual", "superweight.proof", "superweight.detect", "superweight.verification",
      "superweight.verdicts", "superweight.targets"),
     ("superweight.quant", "superweight.paper", "superweight.audit", "superweight.edit", "superweight.overview"),
     ("superweight.output",),

@@ -262,14 +262,14 @@ def block_errors(orig: torch.Tensor, quant: torch.Tensor, size: int | None, flat
     return own, float(per.median())
 
 
-def measure(lm: LoadedModel, prompt: torch.Tensor, windows) -> tuple[list, dict[str, float]]:
-    """One pass: the residual stream's per-channel max |h| after each layer on the prompt,
-    and perplexity on each condition's windows."""
+def measure(lm: LoadedModel, prompt: tuple[torch.Tensor, torch.Tensor], windows) -> tuple[list, dict[str, float]]:
+    """One pass: the residual stream's per-channel max |h| after each layer on the prompt
+    ((ids, mask) [1, T]), and perplexity on each condition's windows."""
     from superweight.probe.passes import Group, run
     from superweight.probe.realtext import Baseline
 
     dev = lm.device
-    groups = [Group(prompt.to(dev), torch.ones_like(prompt, dtype=torch.bool).to(dev), residual=True)]
+    groups = [Group(prompt[0].to(dev), prompt[1].to(dev), residual=True)]
     groups += [Group(windows.ids[c].to(dev), windows.mask[c].to(dev)) for c in CONDITIONS]
     reducers = [lambda lp: None] + [Baseline.building(windows.ids[c].to(dev), windows.mask[c].to(dev)) for c in CONDITIONS]
     answers = run(lm, groups, per_group=reducers)
@@ -279,10 +279,10 @@ def measure(lm: LoadedModel, prompt: torch.Tensor, windows) -> tuple[list, dict[
 def audit(original: LoadedModel, quantized: LoadedModel, findings: list[tuple[Coord, str]],
           cfg: AuditConfig | None = None, log=None) -> AuditResult:
     """Compare ``quantized`` with ``original`` at ``findings`` ((coordinate, grade) pairs)."""
-    from superweight.probe.measures import DEFAULT_PROMPT, encode_prompts
-    from superweight.texts import read_text
+    from superweight.proof import Judge
     from superweight.probe.interventions import edited
-    from superweight.probe.realtext import context_of, make_windows
+    from superweight.probe.measures import DEFAULT_PROMPT
+    from superweight.results import DetectConfig
 
     cfg = cfg or AuditConfig()
     log = log or (lambda msg: None)
@@ -290,10 +290,10 @@ def audit(original: LoadedModel, quantized: LoadedModel, findings: list[tuple[Co
     coords = [c for c, _ in findings]
     for c in coords:
         original.adapter.site(c)  # range checks first
-    prompt = encode_prompts(original, [cfg.prompt or DEFAULT_PROMPT])[0]
-    log(f"reading {cfg.text}")
-    windows = make_windows(original.tokenizer, read_text(cfg.text), cfg.window, cfg.windows, "cpu",
-                           cfg.text, context_of(original.model), original.model.get_input_embeddings().num_embeddings)
+    # detect's set-up (the prompt encoded, the windows cut), with the audit's text, window and count
+    judge = Judge(original, DetectConfig(prompts=(cfg.prompt or DEFAULT_PROMPT,), text=cfg.text, window=cfg.window,
+                                         windows=cfg.windows, max_windows=cfg.windows), log)
+    prompt, windows = judge.prompts, judge.windows
     log("comparing the findings' weights and blocks")
     out: list[FindingAudit] = []
     for c, grade in findings:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from superweight.coords import Coord
-from superweight.detect import Judge, largest_controls, screen
+from superweight.proof import Judge
 from superweight.errors import UsageError
 from superweight.models.load import LoadedModel
 from superweight.results import DetectConfig, Effect
@@ -48,10 +48,9 @@ def verify(lm: LoadedModel, coords: list[Coord], cfg: DetectConfig | None = None
         raise UsageError("no coordinates to verify")
     sites = [lm.adapter.site(c) for c in coords]  # range checks before any work
     judge = judge or Judge(lm, cfg, log)  # reads the text: a bad --text fails before any pass
-    probe, scanned = judge.intact(scan=True)
-    records = scanned.records
+    records = judge.intact(scan=True)[1].records
     log(f"ablating {len(coords)} coordinate(s) on the probe sentences")
-    effects, _ = screen(lm, probe, [(c,) for c in coords], [largest_controls(lm, [c], set(coords)) for c in coords])
+    effects, _ = judge.screen([(c,) for c in coords], set(coords))
     grades = judge.prove([([c], e) for c, e in zip(coords, effects)], set(coords), screen=False)
     verdicts = []
     for c, site, eff, (g, reason) in zip(coords, sites, effects, grades):
@@ -71,9 +70,8 @@ def verify_together(lm: LoadedModel, coords: list[Coord], cfg: DetectConfig | No
     cfg = cfg or DetectConfig()
     for c in coords:
         lm.adapter.site(c)
-    judge = judge or Judge(lm, cfg, log or (lambda _m: None))
-    probe, _ = judge.intact()  # verify's, when it ran: one intact pass per run
-    (eff,), _ = screen(lm, probe, [tuple(coords)], [largest_controls(lm, list(coords))])
+    judge = judge or Judge(lm, cfg, log)
+    (eff,), _ = judge.screen([tuple(coords)])  # on verify's intact pass, when it ran: one per run
     (g, reason), = judge.prove([(list(coords), eff)], set(coords), screen=False)
     return eff, reason if g == "super" else (reason or f"{g}, not super")
 

@@ -7,14 +7,14 @@ import pytest
 import torch
 from tiny import tiny_model
 
-from superweight.detect import intact
+from superweight.proof import Judge
 from superweight.results import DetectConfig
 from superweight.probe.measures import perplexity, real_log_probs, stack
 
 
 def test_kl_is_zero_for_the_intact_model_and_grows_with_a_change():
     lm = tiny_model("llama")
-    probe, _ = intact(lm, DetectConfig())
+    probe, _ = Judge(lm, DetectConfig()).intact()
     with torch.no_grad():
         lp = real_log_probs(lm.model(input_ids=probe.input_ids, attention_mask=probe.mask.long()).logits, probe.mask)
     assert probe.kl(lp) == pytest.approx(0.0, abs=1e-5)

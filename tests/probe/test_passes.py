@@ -9,9 +9,15 @@ from tiny import plant, tiny_model
 
 import superweight as sw
 from superweight.probe import passes
-from superweight.probe.measures import Probe, real_log_probs
+from superweight.probe import tokens
+from superweight.probe.measures import PROBE_SENTENCES, real_log_probs
 from superweight.probe.hooks import summarize, watch
 from superweight.probe.passes import Group, stack
+
+
+def probe_batch(lm):
+    """The probe sentences as the proof encodes them: a right-padded batch (ids, mask)."""
+    return stack(tokens.sentences(lm.tokenizer, PROBE_SENTENCES))
 
 
 def log_probs(model, ids, mask):
@@ -63,8 +69,8 @@ def test_batched_groups_equal_separate_passes(model_type, expert):
     lm = tiny_model(model_type)
     a, b = sw.Coord(1, 5, 7, expert), sw.Coord(2, 9, 3, expert)
     plant(lm, a, 400.0 if expert is None else 2000.0)
-    ids, mask = Probe.encode(lm.model, lm.tokenizer)
-    prompts, pmask = stack([lm.tokenizer(p, return_tensors="pt")["input_ids"] for p in ("Apple Inc. is big.", "Hi")])
+    ids, mask = probe_batch(lm)
+    prompts, pmask = stack(tokens.prompts(lm.tokenizer, ("Apple Inc. is big.", "Hi")))
     groups = [
         Group(ids, mask),
         Group(ids, mask, zero=(a,)),
@@ -96,7 +102,7 @@ def test_batched_groups_equal_separate_passes(model_type, expert):
 
 def test_token_budget_splits_passes_without_changing_answers(monkeypatch):
     lm = tiny_model("llama")
-    ids, mask = Probe.encode(lm.model, lm.tokenizer)
+    ids, mask = probe_batch(lm)
     groups = [Group(ids, mask, zero=(sw.Coord(i % 4, i, i),)) for i in range(5)]
     calls = []
     real = passes._batched
@@ -130,7 +136,7 @@ def test_the_head_runs_a_chunk_at_a_time_with_the_same_answers(model_type, monke
     """The head apart from the body (its own forward, soft-capping included), a few
     positions at a time: log-probs as a plain forward gives them, whole or chunked."""
     lm = tiny_model(model_type)
-    ids, mask = Probe.encode(lm.model, lm.tokenizer)
+    ids, mask = probe_batch(lm)
     monkeypatch.setattr(passes, "HEAD_CHUNK", 5)
     assert passes._head_apart(lm)
     whole, summed = passes.run(lm, [Group(ids, mask), Group(ids, mask)], per_group=[None, _Sum()])
@@ -150,7 +156,7 @@ def test_edited_rows_resume_from_the_intact_layer_outputs(model_type):
     expert = 1 if lm.adapter.has_experts else None
     late = sw.Coord(lm.adapter.num_layers - 1, 5, 7, expert)
     plant(lm, late, 400.0)
-    ids, mask = Probe.encode(lm.model, lm.tokenizer)
+    ids, mask = probe_batch(lm)
     (intact,) = passes.run(lm, [Group(ids, mask, keep=True)])
     assert intact.resume is not None and len(intact.resume.outputs) == lm.adapter.num_layers
     ran = []

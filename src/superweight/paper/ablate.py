@@ -24,6 +24,7 @@ from superweight.paper import stopwords, zeroshot
 from superweight.texts import lambada, read_text  # noqa: F401 - read_text: re-exported for callers
 from superweight.coords import Coord
 from superweight.probe.measures import perplexity
+from superweight.probe.tokens import tokens
 from superweight.errors import UsageError, flag
 from superweight.probe.interventions import activation_restored, outliers_pruned, scaled, zeroed
 from superweight.models.load import LoadedModel
@@ -127,7 +128,7 @@ def check_config(lm: LoadedModel, cfg: AblateConfig, texts: dict[str, str]) -> A
     ctx = getattr(lm.model.config, "max_position_embeddings", None) or cfg.seqlen
     seqlen = min(cfg.seqlen, ctx)
     for t, text in texts.items():
-        n = len(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+        n = len(tokens(lm.tokenizer, text))
         if n < seqlen:
             raise UsageError(f"text source {t!r} has {n} tokens, fewer than one window of {seqlen}")
     from dataclasses import replace
@@ -156,7 +157,7 @@ def activation_profile(lm: LoadedModel, prompt: str, channel: int) -> list[float
     """Max |h| on ``channel`` over the prompt's tokens after each decoder layer (``passes.run``)."""
     from superweight.probe.passes import Group, run
 
-    ids = lm.tokenizer(prompt, return_tensors="pt")["input_ids"].to(lm.device)
+    ids = torch.tensor([tokens(lm.tokenizer, prompt, special=True)], device=lm.device)
     (ans,) = run(lm, [Group(ids, torch.ones_like(ids, dtype=torch.bool), residual=True)], reduce=lambda lp: None)
     return [float(mx[channel]) for mx, _ in ans.residual]
 

@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from superweight.models.load import LoadedModel
+from superweight.probe.tokens import tokens
 
 
 @dataclass
@@ -39,7 +40,7 @@ def mean_next_token(lm: LoadedModel, contexts: list[str], progress: Callable[[in
     at each row's last real token only (``Group(last=True)``)."""
     from superweight.probe.passes import Group, run, stack
 
-    enc = [lm.tokenizer(text, return_tensors="pt")["input_ids"][0] for text in contexts]
+    enc = [torch.tensor(tokens(lm.tokenizer, text, special=True)) for text in contexts]
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
     groups = []
     for at in range(0, len(order), BATCH):

@@ -16,33 +16,11 @@ import torch.nn.functional as F
 from superweight.probe.passes import real_log_probs, stack  # noqa: F401 - re-exported: they were here
 
 from superweight.probe.prompts import DEFAULT_PROMPT, PROBE_SENTENCES  # noqa: F401 - named here too
+from superweight.probe.tokens import tokens
 
 
 def _device(model) -> torch.device:
     return next(model.parameters()).device
-
-
-def encode_prompts(lm, prompts) -> list[torch.Tensor]:
-    """Each prompt as token ids [1, T] on the model's device; an empty one, one that tokenizes
-    to nothing, or one longer than the context is refused in one line."""
-    from superweight.errors import UsageError
-    from superweight.probe.realtext import context_of
-
-    if not prompts:
-        raise UsageError("no prompt given")
-    out = []
-    for p in prompts:
-        if not p or not p.strip():
-            raise UsageError("empty prompt: give some text with --prompt")
-        ids = lm.tokenizer(p, return_tensors="pt")["input_ids"]
-        if ids.numel() == 0:
-            raise UsageError(f"prompt {p!r} tokenizes to nothing")
-        ctx = context_of(lm.model)
-        if ctx is not None and ids.shape[1] > ctx:
-            raise UsageError(f"a prompt of {ids.shape[1]} tokens is longer than {lm.name}'s context of {ctx} tokens; "
-                             "give a shorter --prompt")
-        out.append(ids.to(lm.device))
-    return out
 
 
 @dataclass
@@ -57,20 +35,9 @@ class Probe:
     intact_nll: float  # mean NLL of the intact model on the targets
     resume: object = None  # passes.Resume: the intact layer outputs on these sentences (edited rows start there)
 
-    @staticmethod
-    def encode(model, tokenizer, sentences=PROBE_SENTENCES) -> tuple[torch.Tensor, torch.Tensor]:
-        """The sentences as a right-padded batch on the model's device: (ids [B, T], mask [B, T])."""
-        ids = [tokenizer(s, add_special_tokens=True)["input_ids"] for s in sentences]
-        ids = [i for i in ids if len(i) >= 2]
-        if not ids:
-            raise ValueError("probe sentences are empty after tokenization")
-        input_ids, mask = stack([torch.tensor(i) for i in ids])
-        dev = _device(model)
-        return input_ids.to(dev), mask.to(dev)
-
     @classmethod
     def from_base(cls, model, input_ids: torch.Tensor, mask: torch.Tensor, base: torch.Tensor) -> "Probe":
-        """A probe from the intact model's log-probs ``base`` [N, V] on ``encode``'s batch."""
+        """A probe from the intact model's log-probs ``base`` [N, V] on a right-padded batch of sentences (``stack`` of ``tokens.sentences``)."""
         has_next = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], 1)
         rows = has_next[mask]  # in the order of mask's real positions
         nxt = mask.clone()
@@ -101,7 +68,7 @@ def _tokens(tokenizer, text: str, need: int | None) -> torch.Tensor:
     a prefix cut at a line break, twice as long each time until it holds more than ``need``
     tokens, so the token at the cut is never one of them."""
     def enc(t):
-        return tokenizer(t, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+        return torch.tensor(tokens(tokenizer, t), dtype=torch.long)
 
     if need is None:
         return enc(text)

@@ -54,11 +54,14 @@ STATS = {"layer_tokens": 0, "head_tokens": 0, "passes": 0}
 
 
 @torch.no_grad()
-def stack(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token rows ([T_i] or [1, T_i]) -> right-padded ([b, T], mask [b, T])."""
+def stack(rows: list, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows ([T_i] or [1, T_i] tensors, or lists of ids) -> right-padded ([b, T], mask
+    [b, T]) on ``device`` (default: the first row's)."""
+    rows = [torch.as_tensor(r) for r in rows]
+    device = device if device is not None else rows[0].device
     width = max(r.shape[-1] for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long, device=rows[0].device)
-    mask = torch.zeros(len(rows), width, dtype=torch.bool, device=rows[0].device)
+    ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
     for b, r in enumerate(rows):
         ids[b, : r.shape[-1]] = r.reshape(-1)
         mask[b, : r.shape[-1]] = True

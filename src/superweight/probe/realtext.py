@@ -31,6 +31,7 @@ import torch
 
 from superweight.errors import UsageError
 from superweight.probe.passes import Chunked, Group, run, stack
+from superweight.probe.tokens import tokens
 from superweight.probe.records import CONFIDENCE, TextEffect, spread  # noqa: F401 - named here too
 
 CONDITIONS = ("bos", "mid")
@@ -44,8 +45,8 @@ def start_token(tokenizer, vocab_size: int | None = None) -> tuple[int, str] | N
     def fits(tid):
         return tid is not None and (vocab_size is None or 0 <= tid < vocab_size)
 
-    probe = tokenizer("a", add_special_tokens=True)["input_ids"]
-    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    probe = tokens(tokenizer, "a", special=True)
+    bare = tokens(tokenizer, "a")
     choices = [probe[0]] if len(probe) > len(bare) and probe[-len(bare):] == bare else []
     choices += [tokenizer.get_vocab().get("<|endoftext|>"), tokenizer.bos_token_id, tokenizer.eos_token_id]
     tid = next((t for t in choices if fits(t)), None)
@@ -104,7 +105,7 @@ def make_windows(tokenizer, text: str, window: int, count: int, device, source: 
     passages = [p.strip() for p in text.split("\n\n") if p.strip()]
     if seed:
         random.Random(seed).shuffle(passages)
-    gap = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
+    gap = tokens(tokenizer, "\n\n")
     stream: list[int] = []
     starts: list[int] = []  # token offset where each passage begins
     read, need = 0, count * 3 * window  # tokens read before a first try; twice as many while windows fall short
@@ -112,7 +113,7 @@ def make_windows(tokenizer, text: str, window: int, count: int, device, source: 
         while read < len(passages) and len(stream) < need:
             stream += gap
             starts.append(len(stream))
-            stream += tokenizer(passages[read], add_special_tokens=False)["input_ids"]
+            stream += tokens(tokenizer, passages[read])
             read += 1
         bos_rows, mid_rows = _cut(stream, starts, len(gap), window, count, start)
         if len(bos_rows) == count or read == len(passages):
@@ -265,6 +266,7 @@ class RealText:
         self.starts = [0] + self.stops[:-1]  # the first window of each stage
         self._stages: list[dict] = []  # per stage: {"base", "resume"} per condition
         self.hidden: dict[str, list] = {}  # the intact residual stream on each condition's first window
+        self.summary: dict = {}  # what the proof read so far (``_stage`` keeps it)
         self._stage(0)
         self.finite = all(math.isfinite(b.nll) for b in self._stages[0]["base"].values())  # else: NaN or Inf somewhere
 
@@ -276,13 +278,6 @@ class RealText:
     def ppl(self, cond: str) -> float:
         """The intact perplexity on the windows measured so far (``summary``'s windows)."""
         return _ppl(self._stages, cond)
-
-    def summary(self) -> dict:
-        """What the proof read: its windows (those some edit used: the stages computed), the
-        budget, the first look, and the intact perplexity per condition on those windows."""
-        measured = self.stops[len(self._stages) - 1]
-        return {**self.windows.rows(0, measured).to_dict(), "budget": self.windows.count, "first": self.stops[0],
-                "ppl_intact": {c: _ppl(self._stages, c) for c in CONDITIONS}}
 
     def _stage(self, k: int) -> dict:
         """The intact baselines and layer outputs of stage ``k``'s windows, computed on first use."""
@@ -296,6 +291,10 @@ class RealText:
                                  "resume": {c: a.resume for c, a in zip(CONDITIONS, answers)}})
             if j == 0:  # embeddings, then each layer [T, H]
                 self.hidden = {c: a.hidden for c, a in zip(CONDITIONS, answers)}
+            # what the proof read: its windows (the stages computed), the budget, the first
+            # look, and the intact perplexity per condition on those windows
+            self.summary = {**self.windows.rows(0, self.stops[j]).to_dict(), "budget": self.windows.count,
+                            "first": self.stops[0], "ppl_intact": {c: _ppl(self._stages, c) for c in CONDITIONS}}
         return self._stages[k]
 
     def measure(self, edits: list[tuple], conditions: list[tuple] | None = None, windows: int | None = None,

@@ -24,6 +24,7 @@ from superweight.coords import Coord
 from superweight.errors import UsageError
 from superweight.models.adapters import Storage
 from superweight.models.load import LoadedModel
+from superweight.probe.tokens import tokens
 from superweight.quant.rtn import QuantConfig, QuantizedTensor, quantize_tensor
 
 
@@ -141,7 +142,7 @@ def massive_input_columns(lm: LoadedModel, names: list[str], ratio: float, max_c
         from superweight.probe.passes import Group, run
 
         for p in prompts:
-            ids = lm.tokenizer(p, return_tensors="pt").input_ids.to(lm.device)
+            ids = torch.tensor([tokens(lm.tokenizer, p, special=True)], device=lm.device)
             run(lm, [Group(ids, torch.ones_like(ids, dtype=torch.bool), last=True)], reduce=lambda lp: None)
     finally:
         for h in handles:
