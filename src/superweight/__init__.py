@@ -55,3 +55,26 @@ class _Package(types.ModuleType):
 
 sys.modules[__name__].__class__ = _Package
 
+
+def _html(result) -> str:
+    from superweight.output.html import detect_fragment
+
+    return detect_fragment(result)
+
+
+def _jupyter_view() -> bool:
+    """In an IPython kernel (Jupyter, VS Code, Colab), a ``DetectResult`` shows itself as the
+    findings table and the detection figure (``output.html.detect_fragment``): registered
+    here, by the type's name, so that nothing is imported until one is shown and
+    ``results`` stays below ``output`` (no ``_repr_html_`` importing upward). Whether a
+    shell was there to register with."""
+    ipython = sys.modules.get("IPython")  # a kernel has imported it before any user code
+    shell = getattr(ipython, "get_ipython", lambda: None)() if ipython is not None else None
+    if shell is None:
+        return False
+    shell.display_formatter.formatters["text/html"].for_type_by_name("superweight.results", "DetectResult", _html)
+    return True
+
+
+_jupyter_view()
+

@@ -182,12 +182,6 @@ class DetectResult:
     massive: list[dict] = field(default_factory=list)  # massive residual channels and what makes them
     uncertain: list[Finding] = field(default_factory=list)  # grade uncertain: an interval straddles a threshold
 
-    def _repr_html_(self) -> str:
-        """In Jupyter: the findings table and the detection figure (output/html.py)."""
-        from superweight.output.html import detect_fragment
-
-        return detect_fragment(self)
-
     @property
     def coords(self) -> list[Coord]:
         """The super weights' coordinates (what the other commands act on)."""

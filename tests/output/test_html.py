@@ -4,6 +4,7 @@ on a tiny model; bad input in one line. (tools/check_page.py looks at it in Chro
 from __future__ import annotations
 
 import json
+import sys
 from html.parser import HTMLParser
 
 import pytest
@@ -77,9 +78,26 @@ def tiny_report(planted):
     return build_report(planted, cfg, TINY_SUPER, command="superweight report tiny")
 
 
-def test_repr_html_shows_the_findings_and_a_figure(planted):
+def jupyter_html(result) -> str:
+    """What an IPython kernel shows for ``result``: its HTML formatter's output, with the view
+    that ``import superweight`` registers (a real shell; the registration runs again, since
+    the package was imported before the shell existed)."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    assert sw._jupyter_view()
+    data, _ = shell.display_formatter.format(result)
+    return data["text/html"]
+
+
+def test_outside_a_kernel_nothing_is_registered(monkeypatch):
+    monkeypatch.delitem(sys.modules, "IPython", raising=False)
+    assert not sw._jupyter_view()
+
+
+def test_jupyter_shows_the_findings_and_a_figure(planted):
     result = sw.detect(planted, TINY_SUPER)
-    frag = result._repr_html_()
+    frag = jupyter_html(result)
     page = parse(frag)
     text = "".join(page.text)
     assert page.tags.get("svg") == 1 and page.tags.get("table") == 1
@@ -166,7 +184,7 @@ def test_cli_report_writes_the_page_and_json(planted, tmp_path, capsys):
 
 def test_real_smollm2_fragment(smol_result):
     """The real model's detection as Jupyter shows it: its super weight, graded, copyable."""
-    frag = smol_result._repr_html_()
+    frag = jupyter_html(smol_result)
     page = parse(frag)
     assert 'data-copy="11:507:1229"' in frag and page.tags["svg"] == 1
     assert '<span class="super">super</span>' in frag

@@ -1,5 +1,5 @@
 """One self-contained HTML page per model (``superweight report``), and the same tables in
-Jupyter (``DetectResult._repr_html_``).
+Jupyter (a ``DetectResult`` in an IPython kernel: the view ``superweight.__init__`` registers).
 
 Self-contained: the figures are inline SVG, the style and the few lines of script (the copy
 buttons) are in the page, and nothing is fetched, so the page works offline and can be
@@ -96,7 +96,7 @@ def findings_table(result) -> str:
 
 
 def detect_fragment(result, agreement=None) -> str:
-    """The findings table and the detection figure: ``DetectResult._repr_html_``."""
+    """The findings table and the detection figure: what Jupyter shows for a ``DetectResult``."""
     coords = " ".join(str(c) for c in result.coords)
     parts = [f"<p><b>{e(result.model)}</b> ({e(result.architecture)}, {result.num_layers} layers): "
              f"{len(result.super_weights)} super, {len(result.strong)} strong weight(s), "
