@@ -81,3 +81,28 @@ def test_sites_are_range_checked_and_read_in_output_input_terms():
             a.site(sw.Coord(99, 0, 0, expert))
         names = [n for n, _ in a.linear_weights()]
         assert site.param_name in names and not any("embed" in n or "norm" in n or "wte" in n for n in names)
+
+
+def test_a_new_family_is_one_entry(monkeypatch):
+    """README, "What a change touches": a family is its ``Family`` line in models/adapters.py.
+    BLOOM (not supported: ``transformer.h``, ``mlp.dense_4h_to_h``, its own attention with
+    ALiBi) with that one line added: detect finds and grades the weight planted in it."""
+    import pytest
+    import torch
+    from tiny import byte_tokenizer, graded, plant
+    from transformers import BloomConfig, BloomForCausalLM
+
+    from superweight.models import adapters
+
+    with pytest.raises(sw.UnsupportedModelError, match="unsupported architecture 'bloom'"):
+        adapters.family_for("bloom")
+    monkeypatch.setattr(adapters, "FAMILIES", adapters.FAMILIES + (
+        adapters.Family("bloom", ("bloom",), "transformer.h", ("mlp.dense_4h_to_h",)),))
+    torch.manual_seed(0)
+    model = BloomForCausalLM(BloomConfig(vocab_size=258, hidden_size=64, n_layer=4, n_head=4, initializer_range=1.0,
+                                         bos_token_id=256, eos_token_id=257, pad_token_id=257))
+    lm = sw.LoadedModel.wrap(model.eval(), byte_tokenizer(), name="tiny-bloom")
+    planted = sw.Coord(1, 5, 7)
+    plant(lm, planted, 400)
+    result = sw.detect(lm, sw.DetectConfig(window=32))
+    assert graded(result) == [planted] and result.architecture == "bloom"
