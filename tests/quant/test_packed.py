@@ -234,5 +234,6 @@ def test_a_group_size_that_does_not_divide_is_refused_before_detection(saved, ca
     assert main(["quantize", str(tmp / "m"), "--format", "compressed-tensors", "--group-size", "48",
                  "--out", str(tmp / "q")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "group size 48 does not divide its input width" in err[0]
+    assert len(err) == 1 and "group size 48 does not divide its input width 64" in err[0]
+    assert "pick a divisor: --group-size 64 or 32" in err[0]  # sizes that fit, the largest first
     assert not (tmp / "q").exists()

@@ -84,8 +84,11 @@ def fits(prefix: str, shape: tuple[int, ...], cfg: QuantConfig) -> None:
     if len(shape) != 2:
         raise UsageError(f"{prefix}: compressed-tensors here packs 2-D linear weights, not shape {shape}")
     if shape[1] % cfg.size:
+        fit = [g for g in (256, 128, 64, 32, 16) if g <= shape[1] and shape[1] % g == 0][:2]
         raise UsageError(f"{prefix}: group size {cfg.size} does not divide its input width {shape[1]} "
-                         "(compressed-tensors has no ragged group); pick a divisor")
+                         "(compressed-tensors has no ragged group); "
+                         + (f"pick a divisor: --group-size {' or '.join(map(str, fit))}" if fit
+                            else "no group size from 16 to 256 divides it: leave it out with --exclude"))
 
 
 def pack_codes(u: torch.Tensor, bits: int) -> torch.Tensor:
