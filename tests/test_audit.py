@@ -142,7 +142,7 @@ def test_smollm2_edited_copy_audits_to_the_weight_it_lost(smol, tmp_path):
     assert f.verdict() == "lost"
     first, last = a.conclusion()
     assert first.startswith("11:507:1229 (super) lost: value 5.876 -> 0, super activation down ")
-    assert f"superweight quantize {smol.name} --coords 11:507:1229 --out " in first
+    assert "`superweight quantize --coords 11:507:1229 --out " in first  # the default model: no argument
     assert last.startswith("conclusion: ") and "loses or damages 1 of 1" in last
 
 
@@ -174,6 +174,7 @@ def test_mismatched_models_are_refused_before_detection(tiny_pair, tmp_path, cap
 
     AutoModelForCausalLM.from_config(small.model.config).save_pretrained(tmp_path / "three")
     small.tokenizer.save_pretrained(tmp_path / "three")
+    capsys.readouterr()  # the save's own progress bar, when this test runs first
     _one_line(capsys, main(["audit", str(d / "orig"), str(tmp_path / "three")]), "not the same model")
     _one_line(capsys, main(["report", str(d / "orig"), "--audit", str(tmp_path / "three"),
                             "--out", str(tmp_path / "r.html")]), "not the same model")
@@ -242,3 +243,31 @@ def test_percentages_are_never_minus_zero_nor_exponents():
 
     assert [fmt_pct(x) for x in (-1e-9, -0.004, 1.0, 0.9996, 1e-7, 0, None)] == \
         [">-0.01%", "-0.4%", "100%", "100%", "<0.01%", "0%", "-"]
+
+
+def _finding(rel: float, peak_quantized: float):
+    from superweight.audit import Block, FindingAudit
+
+    return FindingAudit(sw.Coord(11, 507, 1229), "super", 5.876, 5.876 * (1 - rel), Block("group 64", 64), 0.1, 0.1,
+                        {"original": 24058.0, "quantized": peak_quantized, "restored": peak_quantized})
+
+
+def test_a_kept_value_with_a_fallen_activation_is_not_told_to_hold_it_out():
+    """Held out (value exact) but its super activation down 15%: holding it out again cannot
+    help; the conclusion says what can. A damaged value is told to be held out, with a
+    command that runs: the model as the user named it (quoted), the default with none."""
+    from superweight.audit import AuditResult
+
+    ppl = {k: {"bos": 50.0, "mid": 60.0} for k in ("original", "quantized", "restored")}
+    held = AuditResult("SmolLM2 (GGUF)", "my out/", [_finding(0.0, 20504.0)], ppl, {}, model_arg="smollm2")
+    (first, last) = held.conclusion()
+    assert "damaged: value exact, super activation down 15%" in first and "holding it out cannot help" in first
+    assert "superweight quantize" not in first
+    assert last.endswith("11:507:1229 kept its value but not the activation: the weights that build it need more "
+                         "bits or smaller groups")
+    moved = AuditResult("SmolLM2 (GGUF)", "my out/", [_finding(0.2, 20504.0)], ppl, {}, model_arg="/m/a b")
+    first, last = moved.conclusion()
+    assert "`superweight quantize '/m/a b' --coords 11:507:1229 --out 'my out-held/'`" in first
+    assert last.endswith("requantize with 11:507:1229 held out")
+    default = AuditResult("SmolLM2 (GGUF)", "q", [_finding(0.2, 20504.0)], ppl, {}, model_arg="")
+    assert "`superweight quantize --coords 11:507:1229 --out q-held/`" in default.conclusion()[0]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +89,11 @@ class FindingAudit:
         return abs(self.quantized - self.original) / abs(self.original) if self.original else math.inf
 
     @property
+    def value_kept(self) -> bool:
+        """Its value within ``KEPT["value"]`` of the original's (held out, or quantized finely)."""
+        return self.rel_error <= KEPT["value"]
+
+    @property
     def activation_change(self) -> float | None:
         """Relative change of the super activation (its channel's peak) in the quantized copy."""
         o, q = self.peak.get("original"), self.peak.get("quantized")
@@ -117,6 +123,8 @@ class AuditResult:
     ppl: dict[str, dict[str, float]]  # original / quantized / restored -> condition -> perplexity
     text: dict  # the windows (source, window, count, start token)
     prompt: str = ""  # where the super activation's peak is read
+    model_arg: str | None = None  # the original as a command line names it ("" : the default model; None: no
+    # reference, a model wrapped in Python: its name stands in)
 
     def recovered(self, cond: str) -> float | None:
         """Share of the quantization loss (log perplexity) that the original findings remove."""
@@ -125,14 +133,20 @@ class AuditResult:
 
     def conclusion(self) -> list[str]:
         """The audit in words: one sentence per finding, then the whole copy's."""
-        lines = [_sentence(f, self.original, self.quantized) for f in self.findings]
+        model = self.original if self.model_arg is None else self.model_arg
+        lines = [_sentence(f, model, self.quantized) for f in self.findings]
         if not self.findings:
             return ["no super or strong weight in the original: nothing to audit but perplexity"]
         bad = [f for f in self.findings if f.verdict() != "kept"]
-        lines.append(f"conclusion: {self.quantized} keeps all {len(self.findings)} weight(s) audited" if not bad else
-                     f"conclusion: {self.quantized} loses or damages {len(bad)} of {len(self.findings)} weight(s) "
-                     f"audited ({', '.join(str(f.coord) for f in bad)}): requantize with them held out")
-        return lines
+        if not bad:
+            return lines + [f"conclusion: {self.quantized} keeps all {len(self.findings)} weight(s) audited"]
+        values = [str(f.coord) for f in bad if not f.value_kept]
+        rest = [str(f.coord) for f in bad if f.value_kept]
+        fixes = ([f"requantize with {', '.join(values)} held out"] if values else []) + (
+            [f"{', '.join(rest)} kept {'its value' if len(rest) == 1 else 'their values'} but not the activation: "
+             "the weights that build it need more bits or smaller groups"] if rest else [])
+        return lines + [f"conclusion: {self.quantized} loses or damages {len(bad)} of {len(self.findings)} weight(s) "
+                        f"audited ({', '.join(str(f.coord) for f in bad)}): {'; '.join(fixes)}"]
 
     def to_dict(self) -> dict:
         return {"original": self.original, "quantized": self.quantized, "conclusion": self.conclusion(),
@@ -145,7 +159,10 @@ def _num(x: float) -> str:
 
 
 def _sentence(f: FindingAudit, original: str, quantized: str) -> str:
-    """``kept: value within 0.1%, super activation 24,060 -> 23,900`` and the like."""
+    """``kept: value within 0.1%, super activation 24,060 -> 23,900`` and the like; what to do
+    when it is not kept: hold it out when its value was damaged, and when its value was kept
+    but its activation fell, say that holding it out cannot help. ``original``: the model as
+    a command line names it ("": the default model)."""
     from superweight.numbers import fmt_pct
 
     v = f.verdict()
@@ -155,8 +172,12 @@ def _sentence(f: FindingAudit, original: str, quantized: str) -> str:
     act = "" if a is None else (f", super activation {_num(o)} -> {_num(q)}" if abs(a) <= KEPT["activation"] else
                                 f", super activation {'down' if a < 0 else 'up'} {fmt_pct(abs(a))} "
                                 f"({_num(o)} -> {_num(q)})")
-    fix = "" if v == "kept" else (f": requantize with it held out, e.g. `superweight quantize {original} "
-                                  f"--coords {f.coord} --out {str(quantized).rstrip('/')}-held/`")
+    held = f"{str(quantized).rstrip('/')}-held/"
+    fix = "" if v == "kept" else (
+        ": its value is kept, so holding it out cannot help: the weights that build its activation need more "
+        "bits or smaller groups" if f.value_kept else
+        f": requantize with it held out, e.g. `superweight quantize {shlex.quote(original) + ' ' if original else ''}"
+        f"--coords {f.coord} --out {shlex.quote(held)}`")
     return f"{f.coord} ({f.grade}) {v}: {value}{act}{fix}"
 
 
@@ -327,4 +348,5 @@ def audit(original: LoadedModel, quantized: LoadedModel, findings: list[tuple[Co
     for f in out:  # the channel it writes to, right after its layer
         f.peak = {k: float(residual[f.coord.layer][0][f.coord.row]) for k, (residual, _) in runs.items()}
     ppl = {k: p for k, (_, p) in runs.items()}
-    return AuditResult(original.name, quantized.name, out, ppl, windows.to_dict(), cfg.prompt or DEFAULT_PROMPT)
+    arg = None if original.origin is None else original.origin.ref or ""  # "": the default, no argument
+    return AuditResult(original.name, quantized.name, out, ppl, windows.to_dict(), cfg.prompt or DEFAULT_PROMPT, arg)

@@ -412,8 +412,14 @@ def _load(args, log, outs: Outputs, in_memory: bool = False, ref: Any = "model",
     path = getattr(args, ref) if ref in vars(args) else ref
     dtype, device = getattr(args, "dtype", "auto"), getattr(args, "device", "cpu")
     if as_stored:
-        lm = load(local_checkpoint(path, log), dtype=dtype, device=device, log=log,
-                  trust_remote_code=args.trust_remote_code, stream=True if device == "cpu" else None)
+        from superweight.models.source import resolve
+
+        local = local_checkpoint(path, log)
+        file = resolve(local).path
+        # a GGUF file read layer by layer in its own blocks (on CPU); a directory as load reads
+        # it (streamed on CPU; a compressed-tensors pack whole, dequantized: its values as stored)
+        stream = True if device == "cpu" and file is not None and file.is_file() else None
+        lm = load(local, dtype=dtype, device=device, log=log, trust_remote_code=args.trust_remote_code, stream=stream)
     else:
         stream = False if in_memory and getattr(args, "stream", None) is None else getattr(args, "stream", None)
         lm = load(path, dtype=dtype, device=device, trust_remote_code=args.trust_remote_code,

@@ -157,6 +157,17 @@ def save_edited(lm: LoadedModel, edits: list[Edit], out: str | Path, overwrite: 
         return edit_checkpoint(lm, edits, tmp, why, log)
 
 
+def _packed(source) -> bool:
+    """Whether ``source`` is a compressed-tensors pack (transformers drops the config's
+    ``quantization_config`` once it has dequantized one, so its config.json tells)."""
+    config = Path(source) / "config.json" if isinstance(source, (str, Path)) else None
+    try:
+        qc = json.loads(config.read_text()).get("quantization_config") if config and config.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(qc, dict) and qc.get("quant_method") == "compressed-tensors"
+
+
 def edit_checkpoint(lm: LoadedModel, edits: list[Edit], out: Path, why: str = "", log=None) -> EditResult:
     """Write ``lm``'s checkpoint with ``edits`` applied into the existing, empty directory
     ``out`` (a staging directory), verify it, and write the manifest. ``lm`` must be loaded
@@ -166,7 +177,10 @@ def edit_checkpoint(lm: LoadedModel, edits: list[Edit], out: Path, why: str = ""
     check_edits(edits)
     streamer = lm.adapter.streamer
     if streamer is None:
-        raise ModelLoadError("edit reads a local safetensors directory or a GGUF file")
+        packed = _packed(lm.source)
+        raise ModelLoadError("edit reads a local safetensors directory or a GGUF file" + (
+            f"; {lm.name} is a compressed-tensors pack, read dequantized: edit the original, then quantize it"
+            if packed else ""))
     t0 = time.perf_counter()
     targets = _targets(lm, edits)
     gguf = isinstance(streamer.ckpt, GGUFCheckpoint)

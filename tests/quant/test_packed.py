@@ -237,3 +237,30 @@ def test_a_group_size_that_does_not_divide_is_refused_before_detection(saved, ca
     assert len(err) == 1 and "group size 48 does not divide its input width 64" in err[0]
     assert "pick a divisor: --group-size 64 or 32" in err[0]  # sizes that fit, the largest first
     assert not (tmp / "q").exists()
+
+
+def test_audit_reads_a_packed_output(saved, capsys):
+    """quantize --format compressed-tensors, then audit it: the pack is read whole,
+    dequantized (no "drop --stream" for a flag the user never gave), and its held-out
+    weight is exact."""
+    _, tmp = saved
+    out = tmp / "q"
+    assert main(["quantize", str(tmp / "m"), "--coords", "1:5:7", "--group-size", "32",
+                 "--format", "compressed-tensors", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["audit", str(tmp / "m"), str(out), "--coords", "1:5:7", "--window", "32",
+                 "--json", str(tmp / "a.json")]) == 0, capsys.readouterr().err
+    f, = json.loads((tmp / "a.json").read_text())["findings"]
+    assert f["coord"] == "1:5:7" and f["rel_error"] == 0  # its matrix left unquantized: the value exact
+
+
+def test_edit_refuses_a_packed_output_in_one_line_that_says_what_to_do(saved, capsys):
+    _, tmp = saved
+    out = tmp / "q"
+    assert main(["quantize", str(tmp / "m"), "--coords", "1:5:7", "--group-size", "32",
+                 "--format", "compressed-tensors", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["edit", str(out), "--zero", "1:5:7", "--out", str(tmp / "e")]) != 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "compressed-tensors pack, read dequantized: edit the original, then quantize it" in err[0]
+    assert not (tmp / "e").exists()
