@@ -142,9 +142,10 @@ class AuditResult:
             return lines + [f"conclusion: {self.quantized} keeps all {len(self.findings)} weight(s) audited"]
         values = [str(f.coord) for f in bad if not f.value_kept]
         rest = [str(f.coord) for f in bad if f.value_kept]
+        build = "the weights that build the activation need more bits or smaller groups"
         fixes = ([f"requantize with {', '.join(values)} held out"] if values else []) + (
-            [f"{', '.join(rest)} kept {'its value' if len(rest) == 1 else 'their values'} but not the activation: "
-             "the weights that build it need more bits or smaller groups"] if rest else [])
+            [f"{'every one' if not values else ', '.join(rest)} kept its value but not its activation: {build}"]
+            if rest else [])
         return lines + [f"conclusion: {self.quantized} loses or damages {len(bad)} of {len(self.findings)} weight(s) "
                         f"audited ({', '.join(str(f.coord) for f in bad)}): {'; '.join(fixes)}"]
 
