@@ -263,7 +263,7 @@ def test_a_kept_value_with_a_fallen_activation_is_not_told_to_hold_it_out():
     (first, last) = held.conclusion()
     assert "damaged: value exact, super activation down 15%" in first and "holding it out cannot help" in first
     assert "superweight quantize" not in first
-    assert last.endswith("(11:507:1229): every one kept its value but not its activation: the weights that build "
+    assert last.endswith("(11:507:1229): it kept its value but not its activation: the weights that build "
                          "the activation need more bits or smaller groups")
     both = AuditResult("SmolLM2 (GGUF)", "q", [_finding(0.0, 20504.0), _finding(0.2, 20504.0)], ppl, {}, model_arg="")
     assert both.conclusion()[-1].endswith("requantize with 11:507:1229 held out; 11:507:1229 kept its value but not "

@@ -144,7 +144,8 @@ class AuditResult:
         rest = [str(f.coord) for f in bad if f.value_kept]
         build = "the weights that build the activation need more bits or smaller groups"
         fixes = ([f"requantize with {', '.join(values)} held out"] if values else []) + (
-            [f"{'every one' if not values else ', '.join(rest)} kept its value but not its activation: {build}"]
+            [f"{', '.join(rest) if values else 'it' if len(rest) == 1 else 'each'} kept its value but not its "
+             f"activation: {build}"]
             if rest else [])
         return lines + [f"conclusion: {self.quantized} loses or damages {len(bad)} of {len(self.findings)} weight(s) "
                         f"audited ({', '.join(str(f.coord) for f in bad)}): {'; '.join(fixes)}"]
