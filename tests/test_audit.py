@@ -245,11 +245,11 @@ def test_percentages_are_never_minus_zero_nor_exponents():
         [">-0.01%", "-0.4%", "100%", "100%", "<0.01%", "0%", "-"]
 
 
-def _finding(rel: float, peak_quantized: float):
+def _finding(rel: float, peak_quantized: float, block_error: float = 0.1):
     from superweight.audit import Block, FindingAudit
 
-    return FindingAudit(sw.Coord(11, 507, 1229), "super", 5.876, 5.876 * (1 - rel), Block("group 64", 64), 0.1, 0.1,
-                        {"original": 24058.0, "quantized": peak_quantized, "restored": peak_quantized})
+    return FindingAudit(sw.Coord(11, 507, 1229), "super", 5.876, 5.876 * (1 - rel), Block("group 64", 64), block_error,
+                        0.1, {"original": 24058.0, "quantized": peak_quantized, "restored": peak_quantized})
 
 
 def test_a_kept_value_with_a_fallen_activation_is_not_told_to_hold_it_out():
@@ -275,3 +275,17 @@ def test_a_kept_value_with_a_fallen_activation_is_not_told_to_hold_it_out():
     assert last.endswith("requantize with 11:507:1229 held out")
     default = AuditResult("SmolLM2 (GGUF)", "q", [_finding(0.2, 20504.0)], ppl, {}, model_arg="")
     assert "`superweight quantize --coords 11:507:1229 --out q-held/`" in default.conclusion()[0]
+
+
+
+def test_an_exact_outlier_whose_block_was_crushed_is_still_not_told_to_hold_it_out():
+    """Qwen2.5-Coder's 2:62:1980 in a 4-bit group-128 pack: value exact, the rest of its block
+    100% off (the matrix's median block 11%), activation down 15%. Leaving its matrix
+    unquantized did not bring the activation back (docs/benchmarks.md), so the advice stays
+    "more bits or smaller groups"."""
+    from superweight.audit import AuditResult
+
+    ppl = {k: {"bos": 50.0, "mid": 60.0} for k in ("original", "quantized", "restored")}
+    a = AuditResult("Qwen (GGUF)", "q", [_finding(0.0, 20504.0, block_error=1.0)], ppl, {}, model_arg="qwen2.5-coder-0.5b")
+    first, _ = a.conclusion()
+    assert "holding it out cannot help" in first and "superweight quantize" not in first
