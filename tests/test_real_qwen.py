@@ -145,6 +145,7 @@ def test_the_console_names_a_massive_activation_no_super_weight_makes(qwen_resul
     assert re.search(r"x[\d.]+ \[[\d.]+-[\d.]+\], KL", text)
 
 
+@pytest.mark.real  # reads Qwen's weights by its short name, not through a fixture
 def test_a_qwen_pack_is_one_vllm_serves_and_loads_by_its_rules(tmp_path, capsys):
     """A 4-bit pack in groups of 128 (layer 0's matrices packed, the rest dense, to keep it
     short): Qwen's widths (896, 4864, 128) fit Marlin, so the command says vLLM serves it,

@@ -4,6 +4,8 @@ from __future__ import annotations
 import io
 import time
 
+import pytest
+
 from superweight.output.console import Lines
 from superweight.probe.progress import progress_of, reporting
 
@@ -34,6 +36,7 @@ def test_a_quick_step_or_an_early_error_prints_nothing():
     assert progress_of()(1, 2) is None  # no reporter outside ``reporting``: nothing happens
 
 
+@pytest.mark.slow  # the command in a fresh process
 def test_detect_off_a_terminal_prints_its_steps_with_percent_to_stderr(tmp_path, monkeypatch):
     """The command itself, its output sent to a file: stderr follows the proof step by step
     (SUPERWEIGHT_PROGRESS=all: every update, unthrottled), stdout keeps only the JSON."""
