@@ -43,7 +43,7 @@ import torch
 
 from superweight.coords import Coord
 from superweight.errors import ModelLoadError, UsageError
-from superweight.models.load import LoadedModel
+from superweight.models.load import LoadedModel, is_pack
 
 EDIT_MANIFEST = "superweight-edit.json"
 OTHER_WEIGHTS = (".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5", ".ckpt")
@@ -165,7 +165,7 @@ def _packed(source) -> bool:
         qc = json.loads(config.read_text()).get("quantization_config") if config and config.is_file() else None
     except (OSError, ValueError, AttributeError):
         return False
-    return isinstance(qc, dict) and qc.get("quant_method") == "compressed-tensors"
+    return is_pack(qc)
 
 
 def edit_checkpoint(lm: LoadedModel, edits: list[Edit], out: Path, why: str = "", log=None) -> EditResult:

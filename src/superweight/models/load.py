@@ -385,6 +385,13 @@ def _build(config, rd: Reading, ref, torch_dtype, device: str, trust_remote_code
         raise ModelLoadError(f"cannot load {ref or 'the default model'}: {first_line(e)}") from e
 
 
+def is_pack(quantization_config) -> bool:
+    """Whether a config's ``quantization_config`` (as config.json holds it) is a
+    compressed-tensors pack (``quantize --format compressed-tensors``)."""
+    qc = quantization_config
+    return isinstance(qc, dict) and qc.get("quant_method") == "compressed-tensors"
+
+
 def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", device: str = "cpu",
          trust_remote_code: bool = False, index_id: str | None = None, stream: bool | None = None,
          log=None) -> LoadedModel:
@@ -413,8 +420,7 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
     rd = reading(origin, stream, device, log)
     config = _config(rd, ref, trust_remote_code)
     extra = {}
-    qc = getattr(config, "quantization_config", None)
-    if isinstance(qc, dict) and qc.get("quant_method") == "compressed-tensors":
+    if is_pack(getattr(config, "quantization_config", None)):
         # a packed checkpoint (quantize --format compressed-tensors): transformers unpacks it
         # on load; dequantized, since it cannot run asymmetric packs compressed (quant/packed.py)
         if stream:
