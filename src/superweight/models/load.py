@@ -296,6 +296,13 @@ class Reading:
     gguf: Path | None
     stream: bool
 
+    def parsing(self):
+        """The context transformers reads the config and tokenizer in: a GGUF file's metadata
+        parsed the faster way (``gguf_file.faster_gguf``), else nothing special."""
+        from superweight.models.gguf_file import faster_gguf
+
+        return faster_gguf() if self.gguf is not None else contextlib.nullcontext()
+
 
 def reading(origin: Source, stream: bool | None, device: str, log=None) -> Reading:
     """Decide how to read ``origin`` (``load``'s ``stream`` rule: see its docstring); a GGUF
@@ -329,10 +336,8 @@ def _config(rd: Reading, ref, trust_remote_code: bool):
     """The model's config (transformers parses a GGUF file's metadata for it); a causal LM's only."""
     from transformers import AutoConfig
 
-    from superweight.models.gguf_file import faster_gguf
-
     try:
-        with faster_gguf() if rd.gguf is not None else contextlib.nullcontext():
+        with rd.parsing():
             config = AutoConfig.from_pretrained(rd.arg, trust_remote_code=trust_remote_code, **rd.options)
     except Exception as e:  # noqa: BLE001
         if rd.gguf is not None:  # transformers falls back to reading it as JSON, and says so: ask gguf why
@@ -350,10 +355,8 @@ def _config(rd: Reading, ref, trust_remote_code: bool):
 def _tokenizer(rd: Reading, ref, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
-    from superweight.models.gguf_file import faster_gguf
-
     try:
-        with faster_gguf() if rd.gguf is not None else contextlib.nullcontext():
+        with rd.parsing():
             return AutoTokenizer.from_pretrained(rd.arg, trust_remote_code=trust_remote_code, **rd.options)
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"cannot load the tokenizer of {ref or 'the default model'}: {_tokenizer_error(e)}") from e
