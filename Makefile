@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml Makefile
 $(TEST_STAMP): $(STAMP)
 	# DISABLE_CUDA=1: hqq (the baseline quant-compare measures) skips building its CUDA kernels
 	DISABLE_CUDA=1 $(BIN)/pip install -q --no-compile -e '.[test]'
+	# llmcompressor, the engine `superweight recipe --for llmcompressor` is tested with: --no-deps, because
+	# 0.14 pins transformers<=5.17 and compressed-tensors==0.19 while we run 5.25 and 0.20; its data-free
+	# QuantizationModifier runs on them (README, "Recipes"); its other needs are here already
+	$(BIN)/pip install -q --no-compile --no-deps llmcompressor==0.14.0.1
 	touch $(TEST_STAMP)
 
 detect: $(STAMP)

@@ -9,7 +9,8 @@
 # 2. the synthetic Llama-2-7B (bf16 safetensors, bench/bench_stream.py's recipe) streamed
 #    to the GPU: detect (--recompute: the proof, not the cache) and 4-bit quantize, wall
 #    time and peak RSS each, and whether detect found the planted super weight;
-# 3. vLLM loading and generating from our exports, when vllm is installed there.
+# 3. vLLM loading and generating from our exports, when vllm is installed there;
+# 4. llmcompressor GPTQ and AWQ with and without `superweight recipe`, audited (when installed).
 # Needs: a CUDA build of torch in .venv (the Makefile installs the CPU build; on the GPU
 # machine: .venv/bin/pip install torch --index-url of the CUDA wheels the machine has).
 set -euo pipefail
@@ -83,5 +84,46 @@ print(sys.argv[1], repr(out[0].outputs[0].text))" "$OUT_DIR/$ck" | tee -a "$OUT_
   done
 else
   echo "vllm is not installed here: step 3 (vLLM load and generate) skipped" | tee "$OUT_DIR/vllm.txt"
+fi
+
+# 4. The calibrated llmcompressor recipes (hours on 2 CPU cores, minutes on a GPU): GPTQ and AWQ,
+#    W4A16 in groups of 128, on Qwen2.5-Coder-0.5B, without and with `superweight recipe`'s
+#    protection (the graded weights' matrices in an 8-bit config group), each audited; then
+#    vLLM serves the protected one (a mixed-scheme checkpoint: vLLM resolves the scheme per layer).
+if "$PY" -c "import llmcompressor, datasets" 2>/dev/null; then
+  for mod in gptq awq; do
+    "$SW" recipe qwen2.5-coder-0.5b --for llmcompressor --modifier "$mod" --out "$OUT_DIR/$mod-with.yaml" > /dev/null
+    "$PY" - "$OUT_DIR" "$mod" <<'PYEOF'
+import sys, yaml, pathlib
+d, mod = sys.argv[1], sys.argv[2]
+r = yaml.safe_load(pathlib.Path(f"{d}/{mod}-with.yaml").read_text())
+body = next(iter(r["quant_stage"]["quant_modifiers"].values()))
+body["config_groups"] = {"base": body["config_groups"]["base"]}  # the same scheme, nothing protected
+pathlib.Path(f"{d}/{mod}-without.yaml").write_text(yaml.safe_dump(r, sort_keys=False))
+PYEOF
+    for v in without with; do
+      timed "$mod-$v" "$PY" - "$OUT_DIR" "$mod" "$v" <<'PYEOF'
+import sys, torch, superweight as sw
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from llmcompressor import oneshot
+d, mod, v = sys.argv[1:]
+src = sw.load("qwen2.5-coder-0.5b", stream=False).source
+model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16, device_map="cuda")
+tok = AutoTokenizer.from_pretrained(src)
+oneshot(model=model, dataset="open_platypus", recipe=f"{d}/{mod}-{v}.yaml", output_dir=f"{d}/qwen-{mod}-{v}",
+        max_seq_length=512, num_calibration_samples=128)
+tok.save_pretrained(f"{d}/qwen-{mod}-{v}")
+PYEOF
+      "$SW" audit qwen2.5-coder-0.5b "$OUT_DIR/qwen-$mod-$v" --json "$OUT_DIR/audit-$mod-$v.json" | tail -2
+    done
+  done
+  if "$PY" -c "import vllm" 2>/dev/null; then
+    "$PY" -c "import sys; from vllm import LLM, SamplingParams; \
+llm = LLM(sys.argv[1], gpu_memory_utilization=0.3, enforce_eager=True); \
+print(llm.generate(['Paris is the capital of'], SamplingParams(max_tokens=8, temperature=0))[0].outputs[0].text)" \
+      "$OUT_DIR/qwen-gptq-with" | tee -a "$OUT_DIR/vllm.txt"
+  fi
+else
+  echo "llmcompressor or datasets missing: step 4 (GPTQ/AWQ with and without the recipe) skipped" | tee -a "$OUT_DIR/vllm.txt"
 fi
 column -t "$OUT_DIR/times.tsv"

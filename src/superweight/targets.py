@@ -12,7 +12,8 @@ weight wins:
 Per command (``ACCEPTS``): ``quantize``, ``ablate``, ``scale`` and ``quant-compare`` act on
 given or detected super weights; ``verify`` checks given coordinates or the index's claim
 (it never detects: it checks claims); ``audit`` checks given coordinates or every graded
-weight; ``report`` takes given, detected, the index's, then the strong ones. Detection runs
+weight; ``recipe`` protects given coordinates or every graded weight; ``report`` takes given,
+detected, the index's, then the strong ones. Detection runs
 only when a detection source is reached, and at most once.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ SOURCES = ("given", "detected", "graded", "index", "strong")
 ACCEPTS = {
     "quantize": ("given", "detected"), "ablate": ("given", "detected"), "scale": ("given", "detected"),
     "quant-compare": ("given", "detected"), "verify": ("given", "index"), "audit": ("given", "graded"),
-    "report": ("given", "detected", "index", "strong"),
+    "report": ("given", "detected", "index", "strong"), "recipe": ("given", "graded"),
 }
 
 

@@ -184,6 +184,16 @@ class Adapter:
                         yield Site(i, f"{fam.layers}.{i}.{fam.experts}", mod, e, False, fam.expert_down)
 
     @property
+    def layers_prefix(self) -> str:
+        """The module-name prefix of the decoder layers (``model.layers.``)."""
+        return self.family.layers + "."
+
+    def linears(self) -> dict[str, tuple[int, int]]:
+        """The decoder layers' linear modules: name -> ``(out, in)`` (meta weights included)."""
+        return {name: (m.out_features, m.in_features) for name, m in self.model.named_modules()
+                if isinstance(m, nn.Linear) and name.startswith(self.layers_prefix)}
+
+    @property
     def has_experts(self) -> bool:
         return any(s.expert is not None for s in self.sites)
 

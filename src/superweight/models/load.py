@@ -37,12 +37,25 @@ class LoadedModel:
     index_id: str | None = None  # hub id to look up in the index, when known
     source: Path | str | None = None  # the local checkpoint directory (GGUF: its converted cache) or hub id
     origin: Source | None = None  # what the user's reference resolved to (GGUF: the file itself)
+    blocks: dict | None = None  # module -> (kind, size): the blocks an engine quantized it in (models/dense.py)
 
     @classmethod
     def wrap(cls, model, tokenizer, name: str | None = None, index_id: str | None = None) -> "LoadedModel":
         """Use a model you already loaded (in a notebook, say)."""
         name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
         return cls(model.eval(), tokenizer, Adapter(model), name, index_id)
+
+    @classmethod
+    def from_engine(cls, model, tokenizer, name: str | None = None) -> "LoadedModel":
+        """A model an engine quantized in memory (bitsandbytes, HQQ, torchao): its quantized
+        linears are replaced, in place, by plain ones holding the engine's dequantized
+        weights, and the block each was quantized in is kept for ``audit`` (models/dense.py)."""
+        from superweight.models.dense import dense_
+
+        blocks = dense_(model)
+        lm = cls.wrap(model, tokenizer, name)
+        lm.blocks = blocks
+        return lm
 
     @property
     def device(self) -> torch.device:
@@ -388,6 +401,9 @@ def _build(config, rd: Reading, ref, torch_dtype, device: str, trust_remote_code
         raise ModelLoadError(f"cannot load {ref or 'the default model'}: {first_line(e)}") from e
 
 
+ENGINE_METHODS = ("bitsandbytes", "hqq", "torchao")  # checkpoints transformers loads into an engine's modules
+
+
 def is_pack(quantization_config) -> bool:
     """Whether a config's ``quantization_config`` (as config.json holds it) is a
     compressed-tensors pack (``quantize --format compressed-tensors``)."""
@@ -431,17 +447,51 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
         from transformers import CompressedTensorsConfig
 
         rd = replace(rd, stream=False)
-        extra = {"quantization_config": CompressedTensorsConfig(dequantize=True)}
+        extra = {} if mixed_pack(config.quantization_config) else {
+            "quantization_config": CompressedTensorsConfig(dequantize=True)}
+    engine = _engine_method(getattr(config, "quantization_config", None))
+    if engine:
+        # saved by an engine transformers loads into its own modules (bitsandbytes, hqq, torchao):
+        # read whole, then each module back to a plain linear holding the engine's dequantized weight
+        if stream:
+            raise UsageError(f"{ref}: a {engine} checkpoint is read whole (dequantized after loading); drop --stream")
+        rd = replace(rd, stream=False)
     if isinstance(rd.source, Path) and rd.source.is_dir():
         _check_weights(rd.source)
     tokenizer = _tokenizer(rd, ref, trust_remote_code)
     model, streamer = _build(config, rd, ref, torch_dtype, device, trust_remote_code, extra)
     model.eval().requires_grad_(False)  # inference only
+    blocks = None
+    if is_pack(getattr(config, "quantization_config", None)) and mixed_pack(config.quantization_config):
+        model.hf_quantizer.compressor.decompress_model(model)  # each matrix by its own group's scheme
+    if engine:
+        from superweight.models.dense import dense_
+
+        blocks = dense_(model)
     adapter = Adapter(model)
     adapter.streamer = streamer
     if streamer is not None and hasattr(log, "layer"):
         streamer.progress = log.layer  # the CLI shows a bar over layers
-    return LoadedModel(model, tokenizer, adapter, str(origin.name), origin.index_id, rd.source, origin)
+    return LoadedModel(model, tokenizer, adapter, str(origin.name), origin.index_id, rd.source, origin, blocks)
+
+
+def mixed_pack(quantization_config) -> bool:
+    """A compressed-tensors config with more than one config group (llmcompressor's recipe
+    with the super weights' matrices at 8 bits, say). transformers 5.25's
+    ``CompressedTensorsConfig(dequantize=True)`` decodes every dense matrix with the first
+    group's scheme (``get_dense_scheme``), which turns an 8-bit matrix into noise; such a
+    checkpoint is loaded compressed, as plain ``from_pretrained`` does, and decompressed by
+    compressed-tensors' own ``decompress_model``, each matrix by the group that targets it."""
+    groups = quantization_config.get("config_groups") if isinstance(quantization_config, dict) else None
+    return isinstance(groups, dict) and len(groups) > 1
+
+
+def _engine_method(quantization_config) -> str | None:
+    """The engine of a checkpoint saved quantized by bitsandbytes, hqq or torchao (None otherwise)."""
+    qc = quantization_config
+    method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
+    method = getattr(method, "value", method)
+    return method if method in ENGINE_METHODS else None
 
 
 def local_checkpoint(ref: str | None, log=None) -> str | None:

@@ -191,6 +191,23 @@ def _slash(out) -> str:
     return f"{str(out).rstrip('/') or '/'}/".replace("//", "/")
 
 
+def print_recipe(console, r, out: str | None) -> None:
+    """A recipe: what it protects and how, its cost in bits, what it cannot do, then the
+    recipe itself (or where it was written)."""
+    b = r.bits
+    held = "; ".join(f"{m.module} ({', '.join(m.coords)}){f' = GGUF {m.gguf}' if m.gguf else ''}"
+                     for m in r.protected) or "nothing (no super or strong weight found; give --coords)"
+    print_lines(console, f"recipe for {r.engine}: {r.model}",
+                f"protects: {held}, {r.protects}" if r.protected else f"protects: {held}",
+                f"bits per weight over {b['over']}: {b['without']:.3f} without the protection, {b['with']:.3f} with it "
+                f"(+{b['extra']:.3f})",
+                *(f"cannot protect: {c}" for c in r.cannot))
+    if out:
+        print_lines(console, f"written to {out}; apply: {r.apply.replace(r.filename, out)}")
+    else:
+        print_lines(console, f"apply (saved as {r.filename}): {r.apply}", "", r.text.rstrip("\n"))
+
+
 def print_quantize(console, report, out: str, fmt, held: str, manifest: str) -> None:
     """``fmt``: the output's ``formats.Format`` (its lines, and its loading line if it needs one)."""
     from superweight.quant.engines import describe

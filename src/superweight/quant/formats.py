@@ -23,6 +23,7 @@ import importlib
 FORMATS = {  # name -> the class that implements it; the first is the default
     "dequantized": "superweight.quant.formats:Dequantized",
     "compressed-tensors": "superweight.quant.packed:CompressedTensors",
+    "gguf": "superweight.quant.gguf_out:GGUFFile",
 }
 
 
@@ -33,6 +34,7 @@ class Format:
     name = ""
     packs = False  # True: chosen tensors are stored in the format's own layout (``write`` answers)
     holds_out = "columns"  # what its hold-out keeps: "columns" (sparse, exact) or "matrices" (left unquantized)
+    whole_file = False  # True: written as one file from a source of its own kind (gguf), not tensor by tensor
 
     def defaults(self) -> dict:
         """``QuantConfig`` fields this format needs unless the user gives them."""
