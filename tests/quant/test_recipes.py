@@ -272,3 +272,12 @@ def test_a_per_tensor_group_is_read_as_one_block(planted, tmp_path):
     q = applied(r, planted.source, out=tmp_path / "t")
     b = block_of(q, SW)
     assert b.kind == "compressed-tensors int8 sym per tensor" and b.size == 128 * 64
+
+
+def test_the_mlp_scope_adds_the_layers_gate_and_up(planted):
+    r = recipe(planted, [(SW, "super")], RecipeConfig(engine="torchao", scope="mlp"))
+    assert sorted(m.module for m in r.protected) == [f"model.layers.1.mlp.{p}_proj" for p in ("down", "gate", "up")]
+    down = recipe(planted, [(SW, "super")], RecipeConfig(engine="torchao"))
+    assert r.bits["extra"] == pytest.approx(3 * down.bits["extra"], rel=1e-3)
+    with pytest.raises(UsageError, match="--scope"):
+        RecipeConfig(engine="torchao", scope="layer")

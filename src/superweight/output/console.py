@@ -195,7 +195,7 @@ def print_recipe(console, r, out: str | None) -> None:
     """A recipe: what it protects and how, its cost in bits, what it cannot do, then the
     recipe itself (or where it was written)."""
     b = r.bits
-    held = "; ".join(f"{m.module} ({', '.join(m.coords)}){f' = GGUF {m.gguf}' if m.gguf else ''}"
+    held = "; ".join(f"{m.module} ({', '.join(m.coords) or 'its MLP'}){f' = GGUF {m.gguf}' if m.gguf else ''}"
                      for m in r.protected) or "nothing (no super or strong weight found; give --coords)"
     print_lines(console, f"recipe for {r.engine}: {r.model}",
                 f"protects: {held}, {r.protects}" if r.protected else f"protects: {held}",
