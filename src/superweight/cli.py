@@ -154,7 +154,7 @@ def _recipe_args(r: argparse.ArgumentParser) -> None:
                         "(bitsandbytes: always; llmcompressor W8A8: always)")
     p.add_argument("--scope", choices=["down", "mlp"], default="down",
                    help="protect each finding's down projection (default), or every linear of its MLP (gate and up "
-                        "too: symmetric int4's super activation within 1%% instead of 5-8%%, at three times the bits)")
+                        "too, at three times the bits; what it buys: docs/results/engines.md)")
     p.add_argument("--coords", nargs="+", metavar="L:R:C", help="weights to protect (default: the super and strong "
                                                                 "weights detect grades)")
     p.add_argument("--out", metavar="FILE", help="write the recipe to FILE (default: print it)")

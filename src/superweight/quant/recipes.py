@@ -28,10 +28,11 @@ hqq and torchao 8-bit groups) or left unquantized (``protect="skip"``: llmcompre
   them with the real engines as they are printed.
 
 - ``scope="mlp"`` protects every linear of each finding's MLP (gate and up projections too,
-  which write the massive input the super weight multiplies). Measured on SmolLM2
-  (docs/results/engines.md): it brings symmetric int4's super activation from +5-8% to
-  +1%, at three times the bits (+0.200 instead of +0.067 bits per weight), and does not help
-  nf4 or Q4_0, whose activation errors come from earlier layers; so the default is ``down``.
+  which write the massive input the super weight multiplies), at three times the bits.
+  Measured (docs/results/engines.md): on SmolLM2 it brings torchao int4's super activation
+  from +5.1% to +1.0% (+0.200 instead of +0.067 bits per weight) and does not help nf4 or
+  Q4_0; on Qwen2.5-Coder it moves llmcompressor W4A16's from -15.8% only to -12.0% (+0.439
+  bits): most of an activation's error comes from earlier layers. So the default is ``down``.
 
 ``recipe(lm, findings, cfg)`` is the verb; ``RecipeConfig`` checks its options; each engine
 is one function in ``ENGINES``.
