@@ -80,7 +80,7 @@ def main() -> None:
         for engine, fields, gtype in PLAN:
             if args.engines and engine not in args.engines:
                 continue
-            key = (engine, fields.get("scheme") or (fields["bits"] if engine == "bitsandbytes" else None), gtype)
+            key = (engine, fields.get("scheme") or (None if engine == "llama.cpp" else fields["bits"]), gtype)
             if args.plan == "core" and (key not in CORE or fields.get("group_size") or
                                         engine in ("hqq", "torchao") and fields["bits"] != 4):
                 continue
