@@ -1,6 +1,7 @@
 # Set-up is part of every target: a fresh machine needs only python3 (3.10+) and make.
 # `make detect` installs what detection needs; `make test` adds the test tools and the
-# quantization baselines (hqq, optimum-quanto, compressed-tensors) on top.
+# quantization baselines and the engines `superweight recipe` is tested with (hqq, optimum-quanto,
+# compressed-tensors, torchao, bitsandbytes, llmcompressor) on top.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
