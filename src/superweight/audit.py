@@ -182,26 +182,29 @@ def _num(x: float) -> str:
 
 def engine_of(lm: LoadedModel) -> str | None:
     """The engine whose layout ``lm``'s checkpoint is in, for the advice (None: ours or unknown)."""
-    from superweight.models.streaming import GGUFCheckpoint
+    from superweight.quant.export import MANIFEST
 
-    ckpt = lm.adapter.streamer.ckpt if lm.adapter.streamer is not None else None
-    if isinstance(ckpt, GGUFCheckpoint) or isinstance(lm.origin and lm.origin.path, Path) and \
-            str(lm.origin.path).endswith(".gguf"):
+    path = lm.origin.path if lm.origin is not None else None
+    if path is not None and path.is_file():  # a file source is a GGUF (resolve refuses others), read either way
         return "llama.cpp"
     if lm.blocks:
         return next(iter(lm.blocks.values()))[0].split()[0]
-    src = lm.source
-    if isinstance(src, Path) and (src / "config.json").is_file():
-        from superweight.quant.export import MANIFEST
-
-        if (src / MANIFEST).is_file():
-            return None
-        try:
-            qc = json.loads((src / "config.json").read_text()).get("quantization_config") or {}
-        except (ValueError, UnicodeDecodeError, AttributeError):
-            return None
-        return "llmcompressor" if qc.get("quant_method") == "compressed-tensors" else None
+    if _hf_quant_config(lm) is not None and not (lm.source / MANIFEST).is_file():  # not our own pack
+        return "llmcompressor"
     return None
+
+
+def _hf_quant_config(lm: LoadedModel) -> dict | None:
+    """The compressed-tensors ``quantization_config`` of ``lm``'s checkpoint folder (None: none)."""
+    src = lm.source
+    cfg_path = src / "config.json" if isinstance(src, Path) else None
+    if cfg_path is None or not cfg_path.is_file():
+        return None
+    try:
+        qc = json.loads(cfg_path.read_text()).get("quantization_config")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return None
+    return qc if isinstance(qc, dict) and qc.get("quant_method") == "compressed-tensors" else None
 
 
 def _recipe_line(original: str, engine: str) -> str:
@@ -302,15 +305,8 @@ def compressed_tensors_block(lm: LoadedModel, site) -> Block | None:
     ``quantization_config`` by the library's own matching (an exact name, then a regex, then
     a class; the first group whose target matches wins; ``ignore`` first); None when the
     checkpoint is not one."""
-    src = lm.source
-    cfg_path = src / "config.json" if isinstance(src, Path) else None
-    if cfg_path is None or not cfg_path.is_file():
-        return None
-    try:
-        qc = json.loads(cfg_path.read_text()).get("quantization_config")
-    except (ValueError, UnicodeDecodeError, AttributeError):
-        return None
-    if not isinstance(qc, dict) or qc.get("quant_method") != "compressed-tensors":
+    qc = _hf_quant_config(lm)
+    if qc is None:
         return None
     from compressed_tensors.utils.match import match_name, match_targets
 
@@ -388,9 +384,8 @@ def block_errors(orig: torch.Tensor, quant: torch.Tensor, size: int | None, flat
 def measure(lm: LoadedModel, prompt: tuple[torch.Tensor, torch.Tensor], windows) -> tuple[list, dict, dict]:
     """One pass: the residual stream's per-channel max |h| after each layer on the prompt
     ((ids, mask) [1, T]), perplexity on each condition's windows, and its interval over them."""
-    from superweight.probe.records import spread
-
     from superweight.probe.passes import Group, run
+    from superweight.probe.records import spread
     from superweight.probe.realtext import Baseline
 
     dev = lm.device
@@ -399,7 +394,9 @@ def measure(lm: LoadedModel, prompt: tuple[torch.Tensor, torch.Tensor], windows)
     reducers = [lambda lp: None] + [Baseline.building(windows.ids[c].to(dev), windows.mask[c].to(dev)) for c in CONDITIONS]
     answers = run(lm, groups, per_group=reducers)
     bases = dict(zip(CONDITIONS, (a.value for a in answers[1:])))
-    spreads = {c: [math.exp(v) for v in spread([float(x) for x in b.window_nll])] for c, b in bases.items()}
+    # the interval is over windows' mean NLLs; the point pools every token: widened to hold it
+    spreads = {c: [math.exp(min(lo, b.nll)), math.exp(max(hi, b.nll))]
+               for c, b in bases.items() for lo, hi in [spread([float(x) for x in b.window_nll])]}
     return answers[0].residual, {c: math.exp(b.nll) for c, b in bases.items()}, spreads
 
 

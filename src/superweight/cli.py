@@ -612,7 +612,7 @@ def _gguf_job(args, console) -> "Job":
         from superweight.models.source import resolve
 
         src = resolve(args.model).path
-        if src is None or not src.is_file() or src.suffix.lower() != ".gguf":
+        if src is None or not src.is_file():  # a file source is a GGUF: resolve refuses any other file
             raise UsageError(f"--format gguf requantizes a GGUF file; {args.model or 'the default model'} is not one "
                              "(llama.cpp's convert_hf_to_gguf.py makes one; or use `superweight recipe --for llama.cpp`)")
         lm = _load(args, log, outs)
@@ -646,7 +646,7 @@ def cmd_quantize(args, console):
     from superweight.quant.export import MANIFEST, check_format, write_quantized
     from superweight.quant.formats import get
 
-    if args.format == "gguf":
+    if get(args.format).whole_file:  # one file from a source of its own kind (gguf), not tensor by tensor
         return _gguf_job(args, console)
 
     cfg, shard = quant_config(args), _bytes(args.max_shard_size)

@@ -281,3 +281,9 @@ def test_the_mlp_scope_adds_the_layers_gate_and_up(planted):
     assert r.bits["extra"] == pytest.approx(3 * down.bits["extra"], rel=1e-3)
     with pytest.raises(UsageError, match="--scope"):
         RecipeConfig(engine="torchao", scope="layer")
+
+
+def test_hqq_and_torchao_refuse_per_channel_instead_of_falling_back(planted):
+    for engine in ("hqq", "torchao"):
+        with pytest.raises(UsageError, match="quantizes in groups: give --group-size"):
+            recipe(planted, [(SW, "super")], RecipeConfig(engine=engine, group_size=0))

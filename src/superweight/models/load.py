@@ -439,7 +439,9 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
     rd = reading(origin, stream, device, log)
     config = _config(rd, ref, trust_remote_code)
     extra = {}
-    if is_pack(getattr(config, "quantization_config", None)):
+    qc = getattr(config, "quantization_config", None)
+    mixed = is_pack(qc) and mixed_pack(qc)
+    if is_pack(qc):
         # a packed checkpoint (quantize --format compressed-tensors): transformers unpacks it
         # on load; dequantized, since it cannot run asymmetric packs compressed (quant/packed.py)
         if stream:
@@ -447,9 +449,8 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
         from transformers import CompressedTensorsConfig
 
         rd = replace(rd, stream=False)
-        extra = {} if mixed_pack(config.quantization_config) else {
-            "quantization_config": CompressedTensorsConfig(dequantize=True)}
-    engine = _engine_method(getattr(config, "quantization_config", None))
+        extra = {} if mixed else {"quantization_config": CompressedTensorsConfig(dequantize=True)}
+    engine = _engine_method(qc)
     if engine:
         # saved by an engine transformers loads into its own modules (bitsandbytes, hqq, torchao):
         # read whole, then each module back to a plain linear holding the engine's dequantized weight
@@ -462,7 +463,7 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
     model, streamer = _build(config, rd, ref, torch_dtype, device, trust_remote_code, extra)
     model.eval().requires_grad_(False)  # inference only
     blocks = None
-    if is_pack(getattr(config, "quantization_config", None)) and mixed_pack(config.quantization_config):
+    if mixed:
         model.hf_quantizer.compressor.decompress_model(model)  # each matrix by its own group's scheme
     if engine:
         from superweight.models.dense import dense_

@@ -73,28 +73,24 @@ def quantize_gguf(src: Path, dest: Path, qtype: str, keep: list[str], keep_type:
     if missing:
         raise UsageError(f"{src.name} has no tensor {', '.join(missing)}")
     rep = GGUFReport(qtype, keep_type, dest.name)
+
+    def account(t, kind) -> None:  # the tensor as written, and its bits over the decoder's matrices
+        n = int(np.prod(t.shape))
+        block, size = gguf.GGML_QUANT_SIZES[kind]
+        rep.tensors[t.name] = kind.name
+        rep.numel, rep.bits = rep.numel + n, rep.bits + n * size * 8 / block
+
     replace = {}
     todo = [t for t in reader.tensors if DECODER.match(t.name) and len(t.shape) == 2]
     for i, t in enumerate(todo):
         want = keep_type if t.name in keep else qtype
-        n = int(np.prod(t.shape))
-        if want is None:
-            rep.tensors[t.name] = t.tensor_type.name
-            b, s = gguf.GGML_QUANT_SIZES[t.tensor_type]
-            rep.numel, rep.bits = rep.numel + n, rep.bits + n * s * 8 / b
-            continue
-        wt = gguf.GGMLQuantizationType[want]
-        wb, ws = gguf.GGML_QUANT_SIZES[wt]
-        vals = gguf_file.values(t)
-        if vals.shape[-1] % wb:
-            rep.copied.append(t.name)
-            b, s = gguf.GGML_QUANT_SIZES[t.tensor_type]
-            rep.tensors[t.name] = t.tensor_type.name
-            rep.numel, rep.bits = rep.numel + n, rep.bits + n * s * 8 / b
-            continue
-        replace[t.name] = (gguf.quants.quantize(vals.astype(np.float32), wt), wt)
-        rep.tensors[t.name] = want
-        rep.numel, rep.bits = rep.numel + n, rep.bits + n * ws * 8 / wb
+        kind = t.tensor_type if want is None else gguf.GGMLQuantizationType[want]
+        if want is not None and gguf_file.element_shape(t)[-1] % gguf.GGML_QUANT_SIZES[kind][0]:
+            rep.copied.append(t.name)  # its rows do not split into the type's blocks: left as it is
+            kind, want = t.tensor_type, None
+        if want is not None:
+            replace[t.name] = (gguf.quants.quantize(gguf_file.values(t).astype(np.float32), kind), kind)
+        account(t, kind)
         if log is not None and hasattr(log, "layer"):
             log.layer(i + 1, len(todo))
     gguf_file.write_copy(reader, dest, replace, {"superweight.quantize": f"{qtype}; protected {keep_type}: "
@@ -112,6 +108,3 @@ class GGUFFile(Format):
     name = "gguf"
     holds_out = "matrices"
     whole_file = True
-
-    def defaults(self) -> dict:
-        return {"symmetric": True, "act_ratio": 0.0}

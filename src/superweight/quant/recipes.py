@@ -321,8 +321,17 @@ def _names(protected) -> str:
     return "{" + "".join(f"\n    {m.module!r},  # {', '.join(m.coords)}" for m in protected) + ("\n}" if protected else "}")
 
 
+def _grouped(engine: str, group: int) -> int:
+    """``group``, refused when it is 0 (per channel, asked or the only default that fits):
+    the hqq and torchao recipes are written in groups."""
+    if not group:
+        raise UsageError(f"the {engine} recipe quantizes in groups: give --group-size 32, 64 or 128 (one that "
+                         "divides every input width)")
+    return group
+
+
 def _hqq(lm, cfg, protected, shapes, group) -> Recipe:
-    g = group or 64
+    g = _grouped("hqq", group)
     prefix = lm.adapter.layers_prefix
     keep = "None  # left unquantized" if cfg.protect == "skip" else f"BaseQuantizeConfig(nbits=8, group_size={g})"
     text = (_header(lm, protected, "hqq") +
@@ -350,9 +359,9 @@ def _hqq(lm, cfg, protected, shapes, group) -> Recipe:
 
 
 def _torchao(lm, cfg, protected, shapes, group) -> Recipe:
-    g = group or 64
+    g = _grouped("torchao", group)
     prefix = lm.adapter.layers_prefix
-    dtype = "torch.int8" if cfg.bits == 8 else f"torch.int{cfg.bits}"
+    dtype = f"torch.int{cfg.bits}"
     text = (_header(lm, protected, "torchao") +
             "import torch\nfrom torchao.quantization import IntxWeightOnlyConfig, quantize_\n"
             "from torchao.quantization.granularity import PerGroup\n\n"
