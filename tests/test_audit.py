@@ -143,7 +143,7 @@ def test_smollm2_edited_copy_audits_to_the_weight_it_lost(smol, tmp_path):
     first, last = a.conclusion()
     assert first.startswith("11:507:1229 (super) lost: value 5.876 -> 0, super activation down ")
     assert "`superweight quantize --coords 11:507:1229 --out " in first  # the default model: no argument
-    assert last.startswith("conclusion: ") and "loses or damages 1 of 1" in last
+    assert last.startswith("conclusion: ") and "keeps 0 of 1 weight(s) audited; 11:507:1229 lost (value -100%, " in last
 
 
 # -- issue 24: refused before any work, in one line ------------------------------------------
@@ -261,10 +261,11 @@ def test_a_kept_value_with_a_fallen_activation_is_not_told_to_hold_it_out():
     ppl = {k: {"bos": 50.0, "mid": 60.0} for k in ("original", "quantized", "restored")}
     held = AuditResult("SmolLM2 (GGUF)", "my out/", [_finding(0.0, 20504.0)], ppl, {}, model_arg="smollm2")
     (first, last) = held.conclusion()
-    assert "damaged: value exact, super activation down 15%" in first and "holding it out cannot help" in first
+    assert "moved: value exact, super activation down 15%" in first and "holding it out cannot help" in first
     assert "superweight quantize" not in first
-    assert last.endswith("(11:507:1229): it kept its value but not its activation: the weights that build "
-                         "the activation need more bits or smaller groups")
+    assert last.endswith("keeps 0 of 1 weight(s) audited; 11:507:1229 moved (value 0%, activation -15%): it kept "
+                         "its value but not its activation: the weights that build the activation need more bits or "
+                         "smaller groups")
     both = AuditResult("SmolLM2 (GGUF)", "q", [_finding(0.0, 20504.0), _finding(0.2, 20504.0)], ppl, {}, model_arg="")
     assert both.conclusion()[-1].endswith("requantize with 11:507:1229 held out; 11:507:1229 kept its value but not "
                                           "its activation: the weights that build the activation need more bits or "

@@ -100,3 +100,20 @@ def test_a_weight_whose_neighbours_matter_is_graded_with_them(smol_result):
     assert set(f.effect.matters_in) >= {"bos"} and f.effect.margin["bos"] >= smol_result.config.min_control_ratio
     assert sw.Coord(9, 507, 200) not in [r.coord for r in smol_result.rejected]
 
+
+
+def test_what_is_printed_says_what_the_proof_did(smol_result, tmp_path):
+    """Issue 40 on SmolLM2: intervals that hold their point (``x1.19 [1.2-1.2]`` was the old
+    print of 11:507:1487), 9:507:200's partners on the console and the page, the header's
+    window counts as the JSON has them."""
+    from printed import check_console
+
+    from superweight.output.html import findings_table
+
+    text = check_console(smol_result)
+    assert "strong, jointly with 9:507:868, 9:260:200" in text
+    page = findings_table(smol_result)
+    for f in smol_result.strong:
+        if f.jointly_with:
+            assert f"jointly with {', '.join(map(str, f.jointly_with))}" in page
+            assert "its effect is the group&#x27;s" in page

@@ -199,3 +199,12 @@ def test_llmcompressor_keeps_qwens_graded_weights_with_the_recipe_and_clamps_the
     for f in b.findings:
         assert f.block.kind == "compressed-tensors int4 sym group 128"
         assert f.rel_error == pytest.approx(1 / 15, rel=1e-2), (str(f.coord), f.rel_error)
+
+
+def test_what_is_printed_says_what_the_proof_did(qwen_result):
+    """Issue 40 on Qwen2.5-Coder: ``x1.08 [1.1-1.1]`` (2:62:1980, mid) printed its point
+    outside its own interval; 3:62:2247 and 3:62:3016 name each other."""
+    from printed import check_console
+
+    text = check_console(qwen_result)
+    assert "jointly with 3:62:3016" in text and "jointly with 3:62:2247" in text

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "src" / "superweight"
 LAYERS = [
     ("superweight.errors", "superweight.paths", "superweight.version", "superweight.coords", "superweight.output.atomic",
-     "superweight.numbers", "superweight.signing", "superweight.wheels"),
+     "superweight.numbers", "superweight.signing", "superweight.wheels", "superweight.probe.progress"),
     ("superweight.models", "superweight.index", "superweight.texts"),
     ("superweight.probe",),
     ("superweight.results", "superweight.residual", "superweight.proof", "superweight.detect", "superweight.verification",

@@ -74,9 +74,15 @@ class Block:
 # A finding is kept when its value is within 1% and its super activation within 10% of the
 # original's; lost when its value is off by more than half, or the super activation falls by
 # more than half (the paper's collapse: zeroing SmolLM2's super weight takes it down 90%+);
-# damaged in between.
+# damaged when its value is off by more than 1% short of that; moved when its value is kept
+# but its activation moved by more than 10% short of that (the weight is intact; the weights
+# that build the activation are not: issue 40, a pack that keeps every value is not said to
+# damage them). VERDICT_RULE says it in words, on the console, the page and in the JSON.
 KEPT = {"value": 0.01, "activation": 0.10}
 LOST = {"value": 0.5, "activation": 0.5}
+VERDICT_RULE = ("kept: value within 1% and super activation within 10%; moved: value within 1%, activation moved "
+                "more than 10%; damaged: value off by more than 1%; lost: value off by more than half or super "
+                "activation down by more than half")
 # A finding whose value is kept but whose activation fell is not told to be held out: on both
 # real models, leaving its whole matrix unquantized did not bring the activation back
 # (docs/benchmarks.md, "What an audit's advice rests on"), though its block's other weights
@@ -110,18 +116,31 @@ class FindingAudit:
         o, q = self.peak.get("original"), self.peak.get("quantized")
         return (q - o) / o if o and q is not None and math.isfinite(q) else None
 
+    @property
+    def value_change(self) -> float:
+        """Signed relative change of its value, (quantized - original) / |original|."""
+        return (self.quantized - self.original) / abs(self.original) if self.original else math.inf
+
     def verdict(self) -> str:
-        """``kept``, ``damaged`` or ``lost`` (``KEPT`` and ``LOST`` hold the rule)."""
+        """``kept``, ``moved``, ``damaged`` or ``lost`` (``VERDICT_RULE``; ``KEPT`` and ``LOST`` hold the numbers)."""
         e, a = self.rel_error, self.activation_change
         if not math.isfinite(e) or e > LOST["value"] or a is not None and a < -LOST["activation"]:
             return "lost"
-        if e <= KEPT["value"] and (a is None or abs(a) <= KEPT["activation"]):
-            return "kept"
-        return "damaged"
+        if e > KEPT["value"]:
+            return "damaged"
+        return "kept" if a is None or abs(a) <= KEPT["activation"] else "moved"
+
+    def sizes(self) -> str:
+        """``value -0.04%, activation -12%``: the two changes the verdict is read from."""
+        from superweight.numbers import fmt_signed_pct
+
+        a = self.activation_change
+        return f"value {fmt_signed_pct(self.value_change)}" + ("" if a is None else f", activation {fmt_signed_pct(a)}")
 
     def to_dict(self) -> dict:
         return {"coord": str(self.coord), "grade": self.grade, "original": self.original, "quantized": self.quantized,
-                "rel_error": _finite(self.rel_error), "block": {"kind": self.block.kind, "size": self.block.size},
+                "rel_error": _finite(self.rel_error), "value_change": _finite(self.value_change),
+                "activation_change": self.activation_change, "block": {"kind": self.block.kind, "size": self.block.size},
                 "block_error": self.block_error, "typical_block_error": self.typical_block_error,
                 "channel": self.coord.row, "peak": self.peak, "verdict": self.verdict()}
 
@@ -155,7 +174,9 @@ class AuditResult:
                    "weights of a row)" if any(f.block.kind.startswith("assumed") for f in self.findings) else "")
         bad = [f for f in self.findings if f.verdict() != "kept"]
         if not bad:
-            return lines + [f"conclusion: {self.quantized} keeps all {len(self.findings)} weight(s) audited{assumed}"]
+            return lines + [f"conclusion: {self.quantized} keeps all {len(self.findings)} weight(s) audited: every "
+                            f"value within {KEPT['value']:.0%} and every super activation within "
+                            f"{KEPT['activation']:.0%}{assumed}"]
         values = [str(f.coord) for f in bad if not f.value_kept]
         rest = [str(f.coord) for f in bad if f.value_kept]
         build = "the weights that build the activation need more bits or smaller groups"
@@ -165,15 +186,17 @@ class AuditResult:
             [(f"{', '.join(rest)} kept {'its value but not its' if len(rest) == 1 else 'their values but not their'}"
               if values else f"{'it' if len(rest) == 1 else 'each'} kept its value but not its") + f" activation: {build}"]
             if rest else [])
-        return lines + [f"conclusion: {self.quantized} loses or damages {len(bad)} of {len(self.findings)} weight(s) "
-                        f"audited ({', '.join(str(f.coord) for f in bad)}): {'; '.join(fixes)}{assumed}"]
+        kept = len(self.findings) - len(bad)
+        said = "; ".join(f"{f.coord} {f.verdict()} ({f.sizes()})" for f in bad)
+        return lines + [f"conclusion: {self.quantized} keeps {kept} of {len(self.findings)} weight(s) audited; "
+                        f"{said}: {'; '.join(fixes)}{assumed}"]
 
     def to_dict(self) -> dict:
         return {"original": self.original, "quantized": self.quantized, "conclusion": self.conclusion(),
                 "findings": [f.to_dict() for f in self.findings], "perplexity": self.ppl,
                 "perplexity_interval": self.ppl_interval,
                 "recovered": {c: self.recovered(c) for c in CONDITIONS}, "text": self.text, "prompt": self.prompt,
-                "engine": self.engine}
+                "engine": self.engine, "verdict_rule": VERDICT_RULE}
 
 
 def _num(x: float) -> str:
@@ -217,13 +240,15 @@ def _sentence(f: FindingAudit, original: str, quantized: str, engine: str | None
     when it is not kept: hold it out when its value was damaged, and when its value was kept
     but its activation fell, say that holding it out cannot help. ``original``: the model as
     a command line names it ("": the default model)."""
-    from superweight.numbers import fmt_pct
+    from superweight.numbers import fmt_pct, fmt_signed_pct
 
     v = f.verdict()
     value = ("value exact" if f.rel_error == 0 else f"value within {fmt_pct(max(f.rel_error, 1e-4))}"
-             if f.rel_error <= KEPT["value"] else f"value {_num(f.original)} -> {_num(f.quantized)}")
+             if f.rel_error <= KEPT["value"] else
+             f"value {_num(f.original)} -> {_num(f.quantized)} ({fmt_signed_pct(f.value_change)})")
     a, o, q = f.activation_change, f.peak.get("original"), f.peak.get("quantized")
-    act = "" if a is None else (f", super activation {_num(o)} -> {_num(q)}" if abs(a) <= KEPT["activation"] else
+    act = "" if a is None else (f", super activation {_num(o)} -> {_num(q)} ({fmt_signed_pct(a)})"
+                                if abs(a) <= KEPT["activation"] else
                                 f", super activation {'down' if a < 0 else 'up'} {fmt_pct(abs(a))} "
                                 f"({_num(o)} -> {_num(q)})")
     held = f"{str(quantized).rstrip('/')}-held/"

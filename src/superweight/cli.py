@@ -18,8 +18,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from superweight.output.console import status_line  # first: its clock is the run's start
 from superweight.errors import SuperweightError, UsageError
-from superweight.output.console import status_line
 from superweight.output.outputs import Outputs, Terminated, model_sources, signals_end_the_run, write_json
 
 
@@ -409,21 +409,28 @@ class Job:
     sources: list | None = None  # what the command reads (default: its model argument)
 
 
-def run(args, console, job: Job) -> int:
-    sources = job.sources if job.sources is not None else model_sources(getattr(args, "model", None))
-    with Outputs(sources=sources) as outs:
-        staged = job.declare(outs)
-        js = outs.file(getattr(args, "json", None), "--json")
-        if getattr(args, "dry_run", False):
-            outs.discard()  # staged outputs removed, locks released: nothing lands
-            console.print("options and outputs are fine; nothing was loaded or written (--dry-run)", markup=False)
-            return 0
-        with status_line(console, console.is_terminal) as log:
+def run(args, console, command: Callable[[Any, Any], Job]) -> int:
+    """The command's job (``command(args, console)``, which may import torch: the progress
+    line is already running, issue 40), its outputs declared and staged, its work, then its
+    files, its JSON and what it prints."""
+    with status_line(console, console.is_terminal, start=f"superweight {args.cmd}: starting") as log:
+        job = command(args, console)
+        sources = job.sources if job.sources is not None else model_sources(getattr(args, "model", None))
+        with Outputs(sources=sources) as outs:
+            staged = job.declare(outs)
+            js = outs.file(getattr(args, "json", None), "--json")
+            if getattr(args, "dry_run", False):
+                outs.discard()  # staged outputs removed, locks released: nothing lands
+                log.close()
+                console.print("options and outputs are fine; nothing was loaded or written (--dry-run)", markup=False)
+                return 0
             result = job.work(outs, staged, log)
-        obj = job.to_json(result) if js or getattr(args, "json", None) == "-" else None
-        job.files(result, staged)
-        if js:
-            write_json(obj, js)
+            log("writing the outputs")
+            obj = job.to_json(result) if js or getattr(args, "json", None) == "-" else None
+            job.files(result, staged)
+            if js:
+                write_json(obj, js)
+            log.close()
     if getattr(args, "json", None) == "-":
         write_json(obj, "-")
     job.show(console, result)
@@ -828,7 +835,7 @@ def _main(argv: list[str] | None) -> int:
             from superweight.models.load import check_device
 
             check_device(args.device)
-        return run(args, console, COMMANDS[args.cmd](args, console))
+        return run(args, console, COMMANDS[args.cmd])
     except SuperweightError as e:
         if debug:
             raise

@@ -20,3 +20,49 @@ def fmt_pct(x: float | None) -> str:
         return "<0.01%" if v > 0 else ">-0.01%"
     text = f"{v:.0f}%" if abs(v) >= 9.95 else f"{v:.2g}%"
     return "0%" if text == "-0%" else text
+
+
+def fmt_signed_pct(x: float | None) -> str:
+    """A signed change as a percentage: ``+0.04%``, ``-12%``, ``0%``."""
+    if x is None or not math.isfinite(x):
+        return "-"
+    text = fmt_pct(abs(x))
+    return text if text in ("0%", "-") else ("-" if x < 0 else "+") + text
+
+
+def _sig(x: float, d: int) -> str:
+    """``x`` to ``d`` significant digits, trailing zeros kept (1.0 -> "1.00" at 3)."""
+    mant, _, exp = f"{x:#.{d}g}".partition("e")
+    return mant.rstrip(".") + (f"e{exp}" if exp else "")
+
+
+def _fixed(x: float, k: int) -> str:
+    return "0" if x == 0 else f"{x:.{k}f}"
+
+
+def fmt_interval(point: float | None, lo: float | None, hi: float | None, digits: int = 3) -> str:
+    """``1.19 [1.17-1.21]``: a point and its interval with as many digits as it takes for the
+    three to read apart where they differ, and for the printed ends to hold the printed point
+    where the interval holds it (``[1.2-1.2]`` around 1.19 was the old print). Between 1e-4 and
+    1e5 and within a factor 1000, the three share their decimals, from ``digits`` significant
+    digits of the largest, every nonzero one with two at least (``1.005 [0.998-1.004]``,
+    ``7.61 [4.30-18.20]``); else each has its own significant digits (``3.62e+05 [3.1e+05-4.2e+05]``).
+    A value that is not a finite number prints as "-"."""
+    vals = (point, lo, hi)
+    if any(v is None or not math.isfinite(v) for v in vals):
+        return fmt_g(point, digits) if point is not None else "-"
+    big = max(abs(v) for v in vals)
+    small = min((abs(v) for v in vals if v != 0), default=big)
+    shared = big > 0 and 1e-4 <= small and big < 1e5 and big / small < 1000
+    for extra in range(0, 6):
+        if shared:
+            k = max(0, digits - 1 - math.floor(math.log10(big)) + extra)
+            k = max(k, *(1 - math.floor(math.log10(abs(v))) for v in vals if v != 0))  # two digits each
+            p, a, b = (_fixed(v, k) for v in vals)
+        else:
+            p, a, b = _sig(point, digits + extra), _sig(lo, 2 + extra), _sig(hi, 2 + extra)
+        apart = (lo == point or a != p) and (hi == point or b != p) and (lo == hi or a != b)
+        holds = not (lo <= point <= hi) or float(a) <= float(p) <= float(b)
+        if apart and holds:
+            break
+    return f"{p} [{a}-{b}]"

@@ -326,7 +326,10 @@ def detect_once(lm, cfg=None, log=None, recompute: bool = False):
     from superweight.results import DetectConfig, DetectResult
 
     cfg = cfg or DetectConfig()
-    return cached(lm, cfg, lambda: detect(lm, cfg, log=log), DetectResult, "detect", recompute=recompute, log=log)
+    result, prov = cached(lm, cfg, lambda: detect(lm, cfg, log=log), DetectResult, "detect", recompute=recompute,
+                          log=log)
+    result.model = lm.name  # the model as it is named now, not as the run that proved it named it (issue 40)
+    return result, prov
 
 
 def verify_once(lm, coords, cfg=None, log=None, recompute: bool = False):
@@ -361,7 +364,6 @@ def detection(lm, cfg=None, log=None, recompute: bool = False) -> Detection:
     from superweight.index import compare, known
 
     result, prov = detect_once(lm, cfg, log=log, recompute=recompute)
-    result.model = lm.name  # a verdict from the cache names the model read now, not the copy that proved it
     entry = known(lm.index_id)
     return Detection(result, prov, compare(result.coords, entry) if entry else None)
 

@@ -86,12 +86,18 @@ def convert_gguf(path: Path, dest: Path, check=None) -> str | None:
         return names
     params = dict(model.named_parameters(remove_duplicate=False))
     spec = {n: tuple(params[n].shape) for n in names}
+    from superweight.probe.progress import progress_of
+
+    report = progress_of()
+
     def tensors():
-        for name in names:
+        for i, name in enumerate(names):
+            report(i, len(names))  # the conversion's own percent, by tensors written
             yield next(ckpt.read_iter([name]))
             ckpt.release(ckpt.spans(name))  # the file's pages it was read from leave this process
 
     write_safetensors(dest / "model.safetensors", tensors(), spec, {"format": "pt", "source": str(path)})
+    report(len(names), len(names))
     save_config(config, type(model).__name__, dest, dtype="float32")
     tok.save_pretrained(dest)
     return None

@@ -5,10 +5,12 @@ import math
 import time
 from contextlib import contextmanager
 
-from rich.markup import escape
-from rich.table import Table
+START = time.monotonic()  # when the command line began (cli.py imports this module first)
 
-from superweight.numbers import fmt_g, fmt_pct  # noqa: F401 - the output's number formats, named here too
+from rich.markup import escape  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from superweight.numbers import fmt_g, fmt_interval, fmt_pct  # noqa: F401 - the output's number formats, named here too
 
 
 def _add(t: Table, *cells) -> None:
@@ -22,10 +24,9 @@ def _short(param: str, coord) -> str:
 
 
 def fmt_spread(e, cond: str) -> str:
-    """A real-text effect with its interval over windows: ``x1.78 [1.2-2.5], KL 0.46 [0.2-0.71] (8 windows)``."""
+    """A real-text effect with its interval over windows: ``x1.19 [1.17-1.21], KL 0.123 [0.118-0.130] (4 windows)``."""
     iv = e.text.interval(cond)
-    (plo, phi), (klo, khi) = iv["ppl_ratio"], iv["kl"]
-    return (f"x{e.text.ppl_ratio[cond]:.3g} [{plo:.2g}-{phi:.2g}], KL {e.text.kl[cond]:.3g} [{klo:.2g}-{khi:.2g}]"
+    return (f"x{fmt_interval(e.text.ppl_ratio[cond], *iv['ppl_ratio'])}, KL {fmt_interval(e.text.kl[cond], *iv['kl'])}"
             f" ({iv['windows']} window{'s' if iv['windows'] != 1 else ''})")
 
 
@@ -40,26 +41,53 @@ def _text(e, cond: str) -> str:
             + (f" (ctl {ctl:.2g}, {margin:.0f}x)" if ctl is not None and margin is not None else ""))
 
 
+def grade_label(f) -> str:
+    """``super``, or ``strong, jointly with 9:507:868, 9:260:200`` for a weight graded with partners."""
+    return f.grade + (f", jointly with {', '.join(map(str, f.jointly_with))}" if f.jointly_with else "")
+
+
+def windows_used(result) -> dict[str, str]:
+    """Per condition, the windows the graded weights' numbers rest on (``4``, or ``4-8`` when
+    some were read further), as each one's interval in the JSON counts them."""
+    graded = [f for f in result.super_weights + result.strong + result.uncertain if f.effect and f.effect.text]
+    out = {}
+    for c in ("bos", "mid"):
+        ns = sorted({f.effect.text.interval(c)["windows"] for f in graded if c in f.effect.text.kls})
+        if ns:
+            out[c] = str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
+    return out
+
+
+def text_header(tx: dict, result) -> str:
+    """What the proof read: its text, window, first look and most windows, the windows the
+    graded weights used per condition, and the intact perplexity over the windows read."""
+    used = windows_used(result)
+    read = tx["windows"]["bos"]
+    return (f"real text: {tx['source']}" + (f" (seed {tx['seed']})" if tx.get("seed") else "")
+            + f", windows of {tx['window']} tokens, {tx.get('first', read)} per condition first, doubled while a "
+            f"grade is open, {tx.get('budget', read)} at most"
+            + (f"; the graded weights used {', '.join(f'{c} {n}' for c, n in used.items())}" if used else "")
+            + f"; bos = starting with {tx['start_token']} (intact perplexity {tx['ppl_intact']['bos']:.4g} over the "
+            f"{read} read), mid = starting mid-text ({tx['ppl_intact']['mid']:.4g}); [lo-hi]: 95% bootstrap "
+            "interval over windows")
+
+
 def print_detect(console, result, agreement, index_id, verbose: bool = False) -> None:
-    console.print(f"[bold]{result.model}[/bold]  ({result.architecture}, {result.num_layers} layers, "
+    console.print(f"[bold]{escape(result.model)}[/bold]  ({result.architecture}, {result.num_layers} layers, "
                   f"{result.rounds} round(s), probe perplexity {result.probe_ppl:.4g})")
     if result.text:
-        tx = result.text
-        console.print(escape(
-            f"real text: {tx['source']}" + (f" (seed {tx['seed']})" if tx.get("seed") else "")
-            + f", windows of {tx['window']} tokens, {tx.get('first', tx['windows']['bos'])} per condition first, "
-            f"{tx['windows']['bos']} used of {tx.get('budget', tx['windows']['bos'])} at most; "
-            f"bos = starting with {tx['start_token']} (perplexity {tx['ppl_intact']['bos']:.4g}), "
-            f"mid = starting mid-text ({tx['ppl_intact']['mid']:.4g}); [lo-hi]: 95% bootstrap interval over windows"))
+        console.print(escape(text_header(result.text, result)))
     graded = result.super_weights + result.strong + result.uncertain
     if graded:
-        t = Table(title="graded weights (row = output channel, col = input channel; zeroed alone on real text, "
-                        "next to the strongest control)", title_justify="left")
+        joint = any(f.jointly_with for f in graded)
+        t = Table(title="graded weights (row = output channel, col = input channel; zeroed alone on real text"
+                        + (", or with its partners where jointly: the effect is the group's" if joint else "")
+                        + ", next to the strongest control)", title_justify="left")
         for col in ("grade", "layer", "module", "row", "col", "value", "output act", "token", "bos", "mid", "matters in"):
             t.add_column(col, justify="left" if col in ("grade", "module", "bos", "mid", "matters in") else "right")
         for f in graded:
             e = f.effect
-            _add(t, f.grade + (" (jointly)" if f.jointly_with else ""), str(f.coord.layer), _short(f.param, f.coord),
+            _add(t, grade_label(f), str(f.coord.layer), _short(f.param, f.coord),
                  str(f.coord.row), str(f.coord.col), fmt_g(f.value), fmt_g(f.output_activation), str(f.token),
                  _text(e, "bos"), _text(e, "mid"), ", ".join(e.matters_in) if e else "-")
         console.print(t)
@@ -143,40 +171,66 @@ def print_edit(console, report, out: str) -> None:
     console.print(escape(f"served by: {', '.join(GGUF if report.format == 'gguf' else DENSE)}"))
 
 
-AUDIT_LEGEND = (
-    "legend: original / quantized: the weight's value in each copy; rel. error: |quantized - original| / |original|; "
-    "block: the quantization block that holds it; rest of block / median block: relative RMS error of the other "
-    "weights of its block, and of the matrix's median block; super act.: max |h| of its row's channel after its "
-    "layer on the prompt, in the original, the quantized copy, and the quantized copy with the findings restored",
-    "perplexity: bos = windows from the start token, mid = mid-text; loss recovered: the share of the quantization's "
-    "log-perplexity loss that restoring the findings' original values removes ('-': no loss to recover)",
-    "verdict: kept = value within 1% and super activation within 10%; lost = value off by more than half or super "
-    "activation down more than half; damaged = in between",
-)
+def audit_legend() -> tuple[str, ...]:
+    """The audit's legend: its columns, its perplexity table, its verdict rule (audit.VERDICT_RULE)."""
+    from superweight.audit import VERDICT_RULE
+
+    return (
+        "legend: original / quantized: the weight's value in each copy; change: (quantized - original) / |original|; "
+        "block: the quantization block that holds it; rest of block / median block: relative RMS error of the other "
+        "weights of its block, and of the matrix's median block; super act.: max |h| of its row's channel after its "
+        "layer on the prompt, in the original, the quantized copy, and the quantized copy with the findings restored, "
+        "and its change in the quantized copy",
+        "perplexity: bos = windows from the start token, mid = mid-text, each with its 95% bootstrap interval over "
+        "windows; loss recovered: the share of the quantization's log-perplexity loss that restoring the findings' "
+        "original values removes ('-': no loss to recover)",
+        f"verdict: {VERDICT_RULE}",
+    )
+
+
+def audit_rows(result) -> list[list[str]]:
+    """One row per finding: its values and their change, its block and its errors, its super
+    activation in the three models and its change, the verdict."""
+    from superweight.numbers import fmt_signed_pct
+
+    return [[str(f.coord), f.grade, fmt_g(f.original), fmt_g(f.quantized), fmt_signed_pct(f.value_change),
+             f.block.kind, fmt_pct(f.block_error), fmt_pct(f.typical_block_error), fmt_g(f.peak.get("original")),
+             fmt_g(f.peak.get("quantized")), fmt_signed_pct(f.activation_change), fmt_g(f.peak.get("restored")),
+             f.verdict()] for f in result.findings]
+
+
+AUDIT_HEAD = ["weight", "grade", "original", "quantized", "change", "block", "rest of block", "median block",
+              "super act. orig", "quant", "change", "restored", "verdict"]
+
+
+def audit_ppl_rows(result) -> list[list[str]]:
+    """Per condition: each model's perplexity with its interval over windows, and the loss recovered."""
+    out = []
+    for c in ("bos", "mid"):
+        cells = []
+        for k in ("original", "quantized", "restored"):
+            iv = result.ppl_interval.get(k, {}).get(c)
+            cells.append(fmt_interval(result.ppl[k][c], *iv) if iv else fmt_g(result.ppl[k][c]))
+        out.append([c, *cells, fmt_pct(result.recovered(c))])
+    return out
 
 
 def print_audit(console, result) -> None:
     t = Table(title=f"audit: {result.quantized}\n  against {result.original}", title_justify="left")
-    for col in ("weight", "grade", "original", "quantized", "rel. error", "block", "rest of block", "median block",
-                "super act. orig", "quant", "restored"):
-        t.add_column(col, justify="left" if col in ("weight", "grade", "block") else "right")
-    for f in result.findings:
-        _add(t, str(f.coord), f.grade, fmt_g(f.original), fmt_g(f.quantized), fmt_pct(f.rel_error), f.block.kind,
-             fmt_pct(f.block_error), fmt_pct(f.typical_block_error), fmt_g(f.peak.get("original")), fmt_g(f.peak.get("quantized")),
-             fmt_g(f.peak.get("restored")))
+    for i, col in enumerate(AUDIT_HEAD):
+        t.add_column(col, justify="left" if col in ("weight", "grade", "block", "verdict") else "right")
+    for row in audit_rows(result):
+        _add(t, *row)
     console.print(t)
     tx = result.text
     p = Table(title=f"perplexity on {tx['source']} ({tx['windows']['bos']} window(s) of {tx['window']} tokens "
                     f"per condition; bos = from the start token, mid = mid-text)", title_justify="left")
     for col in ("condition", "original", "quantized", "quantized + findings restored", "loss recovered"):
         p.add_column(col, justify="left" if col == "condition" else "right")
-    for c in ("bos", "mid"):
-        r = result.recovered(c)
-        _add(p, c, fmt_g(result.ppl["original"][c]), fmt_g(result.ppl["quantized"][c]), fmt_g(result.ppl["restored"][c]),
-             fmt_pct(r))
+    for row in audit_ppl_rows(result):
+        _add(p, *row)
     console.print(p)
-    print_lines(console, *AUDIT_LEGEND, "", *result.conclusion())
-
+    print_lines(console, *audit_legend(), "", *result.conclusion())
 
 
 def print_lines(console, *lines: str) -> None:
@@ -245,46 +299,77 @@ def print_compare(console, result, out: str) -> None:
 
 
 class Progress:
-    """How far a command is: ``log(msg)`` starts a step, ``step(done, total)`` (batched passes)
-    or ``layer(i, n)`` (a streamed model's layers) says how far the step is. ``show(text)``
-    draws it: on a terminal, a live status line with a bar, the percent and the time left in
-    the step; off a terminal (logs, CI, nohup), ``Lines`` prints a line per step that lasts,
-    and at most one progress line every ``every`` seconds."""
+    """How far a command is: ``log(msg)`` starts a step, ``step(done, total)`` (batched passes,
+    a conversion's tensors) or ``layer(i, n)`` (a streamed model's layers) says how far it is,
+    ``expect(total)`` declares a step's groups when they come in several runs. ``show(text)``
+    draws it: on a terminal a live status line, off a terminal (``Lines``) a line per step and
+    then one at least every ``every`` seconds (``tick``, called by a heartbeat thread), each
+    with the step, its percent and the time left, or the time it has run when no count is known.
 
-    def __init__(self):
-        self.t0 = self.since = time.monotonic()
-        self.msg, self.frac, self.by_step, self.runs = "", None, False, [0, 0, 0, 0]
+    A step's percent never goes down (issue 40): runs counted against a declared total add up;
+    an undeclared second run is a new part of the step (``(part 2)``), with its own percent.
+    ``clock``: the time source (a fake one in the tests)."""
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.t0 = self.since = clock()
+        self.msg, self.label, self.frac, self.by_step = "", "", None, False
+        self.total, self.before, self.last, self.part = None, 0, (0, 0), 1
 
     def __call__(self, msg: str) -> None:
-        self.msg, self.frac, self.by_step, self.since = msg, None, False, time.monotonic()
-        self.runs = [0, 0, 0, 0]  # groups done and in all of the step's finished runs; the current run's
+        self.msg = self.label = msg
+        self.frac, self.by_step, self.since = None, False, self.clock()
+        self.total, self.before, self.last, self.part = None, 0, (0, 0), 1
         self.show(msg)
 
+    def expect(self, total: int) -> None:
+        """The step's groups in all, over however many runs report them."""
+        self.total, self.before, self.last = max(int(total), 1), 0, (0, 0)
+
     def step(self, done: int, total: int) -> None:
-        """A run of passes reports its groups: a step may hold several runs, counted together."""
+        """A run of passes reports its groups done of its own ``total``."""
         self.by_step = True
-        base_done, base_total, last_done, last_total = self.runs
-        if done <= last_done or total != last_total:  # another run in the same step
-            base_done, base_total = base_done + last_total, base_total + last_total
-        self.runs = [base_done, base_total, done, total]
-        self._at((base_done + done) / max(base_total + total, 1))
+        last_done, last_total = self.last
+        if last_total and (done < last_done or total != last_total or last_done == last_total):  # a new run
+            self.before += last_total
+            if self.total is None:  # undeclared: a new part of the step, with its own percent
+                self.part += 1
+                self.label, self.since, self.frac = f"{self.msg} (part {self.part})", self.clock(), None
+        self.last = (done, total)
+        if self.total is not None:
+            self._at(min(1.0, (self.before + done) / self.total))
+        else:
+            self._at(done / max(total, 1))
 
     def layer(self, i: int, n: int) -> None:
         if not self.by_step:  # the step's own count, when it has one, says more than one pass's layers
             self._at(i / max(n, 1))
 
     def _at(self, frac: float) -> None:
-        self.frac = frac
-        self.show(f"{self.msg}  {self.where()}")
+        self.frac = frac if self.frac is None else max(self.frac, frac)
+        self.show(self.text())
+
+    def text(self) -> str:
+        """The step as it stands now: its label and where it is."""
+        return f"{self.label}  {self.where()}"
 
     def where(self) -> str:
         """``[######..............] 30%, about 12 s left``: the step's share done, and the time
-        it will take at its pace so far."""
+        it will take at its pace so far; ``(running 12 s)`` while no count is known."""
+        spent = self.clock() - self.since
+        if self.frac is None:
+            return f"(running {_duration(spent)})"
         done = round(20 * self.frac)
-        spent = time.monotonic() - self.since
         left = spent * (1 - self.frac) / self.frac if self.frac > 0 else None
         eta = "" if left is None or self.frac >= 1 else f", about {_duration(left)} left"
         return f"[{'#' * done}{'.' * (20 - done)}] {100 * self.frac:.0f}%{eta}"
+
+    def tick(self) -> None:
+        """Called every second by the heartbeat: redraw the step as it stands now."""
+
+    def close(self) -> None:
+        """The work is over: nothing more is drawn."""
+        self.msg = ""
 
     def show(self, text: str) -> None:  # pragma: no cover - replaced below
         pass
@@ -295,63 +380,105 @@ def _duration(s: float) -> str:
 
 
 class _Live(Progress):
-    """On a terminal: rich's status line."""
+    """On a terminal: rich's status line, redrawn each second (the time left moves)."""
 
-    def __init__(self, status):
-        super().__init__()
+    def __init__(self, status, clock=time.monotonic):
+        super().__init__(clock)
         self.status = status
 
     def show(self, text: str) -> None:
-        self.status.update(text)
+        self.status.update(escape(text))
+
+    def tick(self) -> None:
+        if self.msg:
+            self.status.update(escape(self.text()))
 
 
 class Lines(Progress):
     """Off a terminal: ``superweight: [  41 s] zeroing 14 candidate(s) on real text  [####.....] 40%,
-    about 12 s left`` on ``stream``, a line when a step has lasted ``first`` seconds (a quick
-    step, or an error in the first seconds, prints nothing) and then at most every ``every``."""
+    about 12 s left`` on ``stream``: nothing in the run's first ``first`` seconds (a quick command,
+    or an error in its first second, prints only its own lines), then each step's first line
+    at once, and a line at most every ``every`` seconds as it moves and at least every
+    ``every`` seconds while it runs (``tick``). ``t0``: when the run started (the process's
+    start, ``START``), on ``clock``."""
 
-    def __init__(self, stream, first: float = 2.0, every: float = 5.0):
-        super().__init__()
-        self.stream, self.first, self.every = stream, first, every
-        self.last = -1e9
-        self.pending: str | None = None
+    def __init__(self, stream, every: float = 5.0, clock=time.monotonic, quiet: bool = False,
+                 first: float = 1.0, t0: float | None = None):
+        super().__init__(clock)
+        self.stream, self.every, self.quiet, self.first = stream, every, quiet, first
+        if t0 is not None:
+            self.t0 = t0
+        self.printed = -1e18
+        self.said = False  # the current step's first line is out
 
     def __call__(self, msg: str) -> None:
-        self._flush()  # the step that ends, if it lasted and was not said yet
         super().__call__(msg)
+        self.said = False
+        self.tick()  # a new step is said at once, past the run's first second
 
     def show(self, text: str) -> None:
-        now = time.monotonic()
-        self.pending = text
-        if now - self.since >= self.first and now - self.last >= self.every:
-            self._flush()
+        if self.msg and self.said and self.clock() - self.printed >= self.every:
+            self._print(text)
 
-    def _flush(self) -> None:
-        now = time.monotonic()
-        if self.pending is not None and now - self.since >= self.first:
-            print(f"superweight: [{now - self.t0:5.0f} s] {self.pending}", file=self.stream, flush=True)
-            self.last = now
-        self.pending = None
+    def tick(self) -> None:
+        now = self.clock()
+        if self.msg and now - self.t0 >= self.first and (not self.said or now - self.printed >= self.every):
+            self._print(self.text() if self.said or self.frac is not None or now - self.since >= 1 else self.label)
+
+    def _print(self, text: str) -> None:
+        now = self.clock()
+        self.printed, self.said = now, True
+        if not self.quiet:
+            print(f"superweight: [{now - self.t0:5.0f} s] {text}", file=self.stream, flush=True)
 
 
 @contextmanager
-def status_line(console, enabled: bool, stream=None):
+def _heartbeat(log: Progress, period: float = 0.25):
+    """A daemon thread that calls ``log.tick()`` every ``period`` seconds while the block runs."""
+    import threading
+
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(period):
+            try:
+                log.tick()
+            except Exception:  # noqa: BLE001 - a closed stream at exit must not kill the run
+                return
+
+    t = threading.Thread(target=beat, name="superweight-progress", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join(timeout=2 * period)
+
+
+QUIET = ("off", "0", "no", "false", "none")
+
+
+@contextmanager
+def status_line(console, enabled: bool, stream=None, start: str = "starting"):
     """The command's ``log`` (a ``Progress``), whose batched passes report into it too: a
-    live line on a terminal (``enabled``), else progress lines on ``stream`` (stderr):
-    ``SUPERWEIGHT_PROGRESS=off`` prints none, ``all`` every update unthrottled."""
+    live line on a terminal (``enabled``), else progress lines on ``stream`` (stderr), the
+    first (``start``) at once: ``SUPERWEIGHT_PROGRESS=off`` (or 0, no, false, none) prints
+    none, ``all`` every update unthrottled."""
     import os
     import sys
 
     from superweight.probe.progress import reporting
 
     if not enabled:
-        mode = os.environ.get("SUPERWEIGHT_PROGRESS", "").lower()
-        log = Lines(stream or sys.stderr, *((1e18, 1e18) if mode in ("off", "0", "no") else
-                                            (0.0, 0.0) if mode == "all" else ()))
-        with reporting(log.step):
+        mode = os.environ.get("SUPERWEIGHT_PROGRESS", "").strip().lower()
+        log = Lines(stream or sys.stderr, every=0.0 if mode == "all" else 5.0, quiet=mode in QUIET,
+                    first=0.0 if mode == "all" else 1.0, t0=START)
+        log(start)
+        with reporting(log), _heartbeat(log):
             yield log
         return
-    with console.status("starting") as st:
+    with console.status(escape(start)) as st:
         log = _Live(st)
-        with reporting(log.step):
+        log(start)
+        with reporting(log), _heartbeat(log):
             yield log

@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 
 from superweight.output import plot
-from superweight.output.console import AUDIT_LEGEND, fmt_g as g, fmt_pct, fmt_spread
+from superweight.output.console import AUDIT_HEAD, audit_legend, audit_ppl_rows, audit_rows, fmt_g as g, fmt_spread, text_header
 
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1100px;padding:0 16px 40px;
@@ -82,17 +82,20 @@ def findings_table(result) -> str:
         return '<p class="note">No super or strong weight: no single weight\'s removal moves real text more than its controls.</p>'
     rows = []
     for f in graded:
-        grade = f'<span class="{e(f.grade)}">{e(f.grade)}</span>' + (" (jointly)" if f.jointly_with else "")
+        grade = (f'<span class="{e(f.grade)}">{e(f.grade)}</span>'
+                 + (f", jointly with {e(', '.join(map(str, f.jointly_with)))}" if f.jointly_with else ""))
         module = f.param.split(f".{f.coord.layer}.", 1)[-1].removesuffix(".weight")
         rows.append([grade, coord_cell(f.coord), e(module), g(f.value), g(f.output_activation), str(f.token),
                      _effect(f, "bos"), _effect(f, "mid"), e(", ".join(f.effect.matters_in) if f.effect else "-")])
     head = ["grade", "L:R:C", "module", "value", "output act.", "token", "bos (from the start token)", "mid (mid-text)",
             "matters in"]
-    return table(head, rows, left={0, 1, 2, 6, 7, 8}, raw=True, wrap={6, 7, 8},
+    return table(head, rows, left={0, 1, 2, 6, 7, 8}, raw=True, wrap={0, 6, 7, 8},
                  caption="Each graded weight: its value, the output activation it makes, the token it fires on, and "
                          "what zeroing it alone does on real text in each condition (perplexity ratio and KL with "
                          "their 95% intervals over windows, the strongest control's KL and the finding's margin over "
-                         "it). The grade is decided in the condition named under 'matters in'.")
+                         "it). The grade is decided in the condition named under 'matters in'."
+                         + (" A weight graded jointly was zeroed with the partners named: its effect is the group's."
+                            if any(f.jointly_with for f in graded) else ""))
 
 
 def detect_fragment(result, agreement=None) -> str:
@@ -187,23 +190,16 @@ def _quant(rep) -> str:
 
 
 def audit_section(a) -> str:
-    rows = [[coord_cell(f.coord), e(f.grade), g(f.original), g(f.quantized), fmt_pct(f.rel_error), e(f.block.kind),
-             fmt_pct(f.block_error), fmt_pct(f.typical_block_error), g(f.peak.get("original")), g(f.peak.get("quantized")),
-             g(f.peak.get("restored"))] for f in a.findings]
-    head = ["L:R:C", "grade", "original", "quantized", "rel. error", "block", "rest of block", "median block",
-            "super act., original", "super act., quantized", "super act., restored"]
-    prow = []
-    for c in ("bos", "mid"):
-        r = a.recovered(c)
-        prow.append([c, g(a.ppl["original"][c]), g(a.ppl["quantized"][c]), g(a.ppl["restored"][c]), fmt_pct(r)])
+    rows = [[coord_cell(r[0]), *(e(x) for x in r[1:])] for r in audit_rows(a)]
+    legend = audit_legend()
     words = "".join(f"<li>{e(line)}</li>" for line in a.conclusion())
     return (f"<p>{e(a.quantized)} against {e(a.original)}.</p><ul>{words}</ul>"
-            + table(head, rows, left={0, 1, 5}, raw=True, caption=AUDIT_LEGEND[0].removeprefix("legend: "))
-            + f'<p class="note">{"<br>".join(e(x) for x in AUDIT_LEGEND[2:])}</p>'
+            + table(AUDIT_HEAD, rows, left={0, 1, 5, 12}, raw=True, caption=legend[0].removeprefix("legend: "))
+            + f'<p class="note">{"<br>".join(e(x) for x in legend[2:])}</p>'
             + f'<p class="note">Perplexity on {e(a.text["source"])}, {a.text["windows"]["bos"]} window(s) of '
               f'{a.text["window"]} tokens per condition (bos: from the start token; mid: mid-text).</p>'
-            + table(["condition", "original", "quantized", "quantized, findings restored", "loss recovered"], prow,
-                    left={0}, caption=AUDIT_LEGEND[1]))
+            + table(["condition", "original", "quantized", "quantized, findings restored", "loss recovered"],
+                    audit_ppl_rows(a), left={0}, caption=legend[1]))
 
 
 HOW_TO_READ = [
@@ -275,7 +271,7 @@ def render_report(rep) -> str:
                + (f"; real text: {tx['source']}, bos perplexity {g(tx['ppl_intact']['bos'])}, "
                   f"mid {g(tx['ppl_intact']['mid'])}" if tx else ""))
     sections = [
-        ("Findings", findings_table(r) + _rejected(r)
+        ("Findings", (f'<p class="note">{e(text_header(tx, r))}.</p>' if tx else "") + findings_table(r) + _rejected(r)
          + (f'<p class="note">{e(_agreement(rep.agreement))}</p>' if rep.agreement else
             '<p class="note">index: no entry for this model</p>')),
         ("The super activation through the network",

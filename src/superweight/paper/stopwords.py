@@ -60,8 +60,11 @@ def shift(lm: LoadedModel, contexts: list[str], intervention: Callable[[], Abstr
           top: int = 10, progress: Callable[[int], None] | None = None) -> list[TokenShift]:
     """The ``top`` tokens whose mean next-token probability moved most (by absolute change)
     between the intact model and the model under ``intervention()``."""
+    from superweight.probe.progress import expect
+
     if not contexts:
         raise ValueError("no contexts")
+    expect(2 * -(-len(contexts) // BATCH))  # the groups of both passes over the contexts: one percent
     before = mean_next_token(lm, contexts, progress)
     with intervention():
         after = mean_next_token(lm, contexts, progress)

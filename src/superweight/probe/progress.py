@@ -1,6 +1,9 @@
-"""Where the passes say how far they are: ``reporting(fn)`` around a command's work, and every
-``passes.run`` inside it calls ``fn(groups done, groups in all)`` after each batched pass.
-No torch here: the command line sets it up before it knows whether it will load a model."""
+"""Where the passes say how far they are: ``reporting(log)`` around a command's work (``log``
+a ``console.Progress``, or any ``fn(done, total)``), and every ``passes.run`` inside it calls
+``progress_of()(groups done, groups in all)`` after each batched pass; code that runs several
+passes as one step declares their groups first with ``expect(total)``, so the step's percent
+adds up instead of starting again. No torch here: the command line sets it up before it knows
+whether it will load a model."""
 from __future__ import annotations
 
 import contextvars
@@ -10,8 +13,8 @@ _PROGRESS: contextvars.ContextVar = contextvars.ContextVar("superweight_progress
 
 
 @contextmanager
-def reporting(fn):
-    token = _PROGRESS.set(fn)
+def reporting(log):
+    token = _PROGRESS.set(log)
     try:
         yield
     finally:
@@ -19,5 +22,15 @@ def reporting(fn):
 
 
 def progress_of():
-    """The reporter in effect, or one that does nothing."""
-    return _PROGRESS.get() or (lambda done, total: None)
+    """The reporter in effect, ``fn(done, total)``, or one that does nothing."""
+    log = _PROGRESS.get()
+    if log is None:
+        return lambda done, total: None
+    return getattr(log, "step", log)
+
+
+def expect(total: int) -> None:
+    """Declare the current step's groups in all (a no-op without a reporter that counts)."""
+    log = _PROGRESS.get()
+    if log is not None and hasattr(log, "expect"):
+        log.expect(total)
