@@ -300,8 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--audit", metavar="QUANTIZED", help="also audit this quantized copy of the model (see superweight audit)")
     r.add_argument("--no-ablate", dest="ablate", action="store_false", help="skip the short ablation")
     r.add_argument("--no-quant", dest="quant", action="store_false", help="skip the RTN sweep")
-    r.add_argument("--seqlen", type=int, default=512, help="perplexity window of the ablation and the sweep (default 512)")
-    r.add_argument("--max-windows", type=int, default=1, help="windows per perplexity (default 1: a one-minute page)")
+    r.add_argument("--seqlen", type=int, help="perplexity window of the ablation and the sweep (default 128)")
+    r.add_argument("--max-windows", type=int,
+                   help="windows per perplexity, its interval over them (default 6: a one-minute page on SmolLM2)")
     r.add_argument("--stopword-prompts", type=int, default=50, help="LAMBADA prompts for the stopword shift (default 50; 0: skip)")
     i = _command(sub, "index", "list the known super weights shipped with the package")
     i.add_argument("--json", metavar="PATH", help="write the index as JSON to PATH ('-' for stdout)")
@@ -751,8 +752,8 @@ def cmd_report(args, console):
     from superweight.overview import ReportConfig, build_report
 
     coords, dcfg = _coords(args), detect_config(args)
-    cfg = ReportConfig(ablate=args.ablate, quant=args.quant, seqlen=args.seqlen, max_windows=args.max_windows,
-                       stopword_prompts=args.stopword_prompts)
+    given = {k: getattr(args, k) for k in ("seqlen", "max_windows") if getattr(args, k) is not None}
+    cfg = ReportConfig(ablate=args.ablate, quant=args.quant, stopword_prompts=args.stopword_prompts, **given)
     def work(outs, staged, log):
         lm = _load(args, log, outs, in_memory=args.ablate or args.quant)
         quantized = _load(args, log, outs, ref=args.audit, as_stored=True) if args.audit else None

@@ -74,7 +74,7 @@ def planted():
 
 @pytest.fixture(scope="module")
 def tiny_report(planted):
-    cfg = ReportConfig(seqlen=64, max_windows=1, stopword_prompts=4)
+    cfg = ReportConfig(seqlen=32, max_windows=3, stopword_prompts=4)
     return build_report(planted, cfg, TINY_SUPER, command="superweight report tiny")
 
 
@@ -122,11 +122,17 @@ def test_report_page_has_every_section_and_its_numbers(tiny_report):
     assert "<script>" in html and "http" not in html.split("<script>")[1].split("</script>")[0]
     # the sweep: every bit width x layout x hold-out, with the numbers of the result
     assert len(rep.quant) == 2 * len(LAYOUTS) * len(HOLDS)
-    for q in rep.quant:
-        assert f"{q.perplexity:.4g}" in text
+    from superweight.numbers import fmt_interval
+
+    for q in rep.quant:  # issue 40: each with its interval over the windows, and its ratio's paired one
+        assert len(q.ppl.nlls) == 3 and q.interval[0] <= q.perplexity <= q.interval[1]
+        assert fmt_interval(q.perplexity, *q.interval) in text
+        assert "x" + fmt_interval(*q.ppl.ratio(rep.quant_ref_ppl)) in text
     # its unquantized reference is the ablation's intact perplexity (same windows), not measured twice
     original = next(c for c in rep.ablation.conditions if c.name == "original")
     assert rep.quant_ref == original.perplexity["lambada"]
+    for c in rep.ablation.conditions:
+        assert fmt_interval(c.perplexity["lambada"], *c.perplexity_interval["lambada"]) in text
     for c in rep.ablation.conditions:
         assert c.name in text
     d = rep.to_dict()

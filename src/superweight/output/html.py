@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 
 from superweight.output import plot
-from superweight.output.console import AUDIT_HEAD, audit_legend, audit_ppl_rows, audit_rows, fmt_g as g, fmt_spread, text_header
+from superweight.output.console import AUDIT_HEAD, audit_legend, audit_ppl_rows, audit_rows, fmt_g as g, fmt_interval, fmt_spread, text_header
 
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1100px;padding:0 16px 40px;
@@ -151,19 +151,37 @@ def _massive(result) -> str:
                                    "they begin at and peak after, and what makes them.")
 
 
+def _ppl(value, interval) -> str:
+    """A perplexity with its interval over windows, when it has one of more than a point."""
+    if interval and interval[0] != interval[1]:
+        return fmt_interval(value, *interval)
+    return g(value)
+
+
 def _ablation(rep) -> str:
     a = rep.ablation
     if a is None:
         return '<p class="note">No weights to ablate.</p>' if not rep.coords else '<p class="note">Skipped (--no-ablate).</p>'
     texts = list(a.conditions[0].perplexity) if a.conditions else []
-    rows = [[c.name] + [g(c.perplexity[t]) for t in texts] + [g(max(c.activation) if c.activation else None)]
-            for c in a.conditions]
+    orig = next((c for c in a.conditions if c.name == "original"), None)
+
+    def vs(c, t):
+        if orig is None or c is orig:
+            return "-"
+        return "x" + fmt_interval(*c.ppl(t).ratio(orig.ppl(t)))
+
+    rows = [[c.name] + [x for t in texts for x in (_ppl(c.perplexity[t], c.perplexity_interval.get(t)), vs(c, t))]
+            + [g(max(c.activation) if c.activation else None)] for c in a.conditions]
     out = [f'<p class="note">The paper\'s Table 1 without the zero-shot tasks: perplexity over {rep.config.max_windows} '
-           f"window(s) of {rep.config.seqlen} tokens, and the peak of residual channel {a.channel}.</p>",
-           table(["condition"] + [f"perplexity, {t}" for t in texts] + [f"channel {a.channel} peak"], rows, left={0},
+           f"window(s) of {rep.config.seqlen} tokens (cut from running text, no start token) with its 95% bootstrap interval over "
+           f"them, and the peak of "
+           f"residual channel {a.channel}.</p>",
+           table(["condition"] + [x for t in texts for x in (f"perplexity, {t}", "vs original")]
+                 + [f"channel {a.channel} peak"], rows, left={0},
                  caption="Perplexity with the weights removed (prune SW), with the super activation put back "
                          "(restore SA), and with the largest other weights removed instead (prune non-SW), against "
-                         "the original; and the super activation's peak in each."),
+                         "the original (the ratio's interval paired window by window); and the super activation's "
+                         "peak in each."),
            figure(plot.svg(plot.fig_activations(a)), "the super activation's channel after each layer, per condition")]
     if a.stopwords:
         out.append(figure(plot.svg(plot.fig_stopwords(a)),
@@ -172,21 +190,29 @@ def _ablation(rep) -> str:
 
 
 def _quant(rep) -> str:
+    from superweight.overview import holdout_notes
+
     if not rep.quant:
         return '<p class="note">Skipped (--no-quant).</p>'
     held = ", ".join(str(c) for c in rep.coords) or "none"
-    rows = [[q.layout, str(q.bits), q.hold, f"{q.bits_per_weight:.3f}", g(q.perplexity),
-             f"x{q.perplexity / rep.quant_ref:.3g}"] for q in rep.quant]
-    points = [(q.layout, q.bits, q.hold, q.perplexity) for q in rep.quant]
+    ref = rep.quant_ref_ppl
+    rows = [[q.layout, str(q.bits), q.hold, f"{q.bits_per_weight:.3f}", _ppl(q.perplexity, q.interval),
+             "x" + (fmt_interval(*q.ppl.ratio(ref)) if ref is not None and q.ppl is not None
+                    else f"{q.perplexity / rep.quant_ref:.3g}")] for q in rep.quant]
+    points = [(q.layout, q.bits, q.hold, q.perplexity, q.interval) for q in rep.quant]
+    notes = holdout_notes(rep.quant, held)
     return (f'<p class="note">Asymmetric round-to-nearest of every decoder linear weight, holding out nothing, the '
             f'weights acted on ({e(held)}), or those and the weight columns of input channels whose peak is 10x the '
-            f"median channel's or more (superweight's own hold-out). Perplexity on {e(rep.config.text)}, {rep.config.max_windows} window(s) of {rep.config.seqlen} tokens; "
-            f"unquantized {g(rep.quant_ref)}.</p>"
+            f"median channel's or more (superweight's own hold-out). Perplexity on {e(rep.config.text)}, "
+            f"{rep.config.max_windows} window(s) of {rep.config.seqlen} tokens, with its 95% bootstrap interval over "
+            f"them; unquantized {e(_ppl(rep.quant_ref, rep.quant_ref_interval))}.</p>"
             + table(["layout", "bits", "held out", "bits/weight", "perplexity", "vs unquantized"], rows, left={0, 2},
                     caption="Perplexity after round-to-nearest quantization at each layout and width, with and "
-                            "without the hold-out, and its ratio to the unquantized model's.")
+                            "without the hold-out, and its ratio to the unquantized model's (its interval paired "
+                            "window by window).")
+            + (f'<p class="note">Where the hold-out does not help: {e("; ".join(notes))}.</p>' if notes else "")
             + figure(plot.svg(plot.fig_quant(points, rep.quant_ref, rep.config.text)),
-                     "RTN perplexity with and without the hold-out"))
+                     "RTN perplexity with and without the hold-out (bars: the interval over windows)"))
 
 
 def audit_section(a) -> str:
@@ -235,9 +261,11 @@ HOW_TO_READ = [
      "super activation put back where it is made; prune non-SW: the paper's control, the largest weights of every "
      "matrix zeroed (its top fraction by magnitude), the super weights kept."),
     ("Why the baseline perplexities differ",
-     "Each section measures on its own text and windows: the findings on the proof's 128-token windows (bos and "
-     "mid), the short ablation on longer windows of GPL-3 and LAMBADA, the RTN sweep on its text and window, and "
-     "the probe perplexity on six short sentences. Compare numbers within a table, not across tables."),
+     "Each section measures on its own windows: the findings on the proof's 128-token windows (bos and mid, "
+     "drawn from the whole text), the short ablation and the RTN sweep on the first windows of their text, cut "
+     "one after another with no start token (mid-text), and the probe perplexity on six short sentences. Compare "
+     "numbers within a table, not across tables; a ratio to the table's own reference is paired window by window, "
+     "so its interval is narrower than the perplexities'."),
 ]
 
 

@@ -28,7 +28,7 @@ def fig_detect(result):
     for f in result.super_weights + result.strong:
         color, tag = ("red", "SW") if f.grade == "super" else ("darkorange", "strong")
         ax.axvline(f.coord.layer, color=color, ls=":", lw=1)
-        ax.annotate(f"{tag} {f.coord.layer}:[{f.coord.row},{f.coord.col}] ({', '.join(f.effect.matters_in)})",
+        ax.annotate(f"{tag} {f.coord} ({', '.join(f.effect.matters_in)})",
                     (f.coord.layer, abs(f.output_activation)), textcoords="offset points", xytext=(6, 6),
                     color=color, fontsize=8)
     for f in result.rejected:
@@ -79,7 +79,8 @@ def fig_effects(result):
 
 def fig_quant(points, ref_ppl: float, text: str):
     """Perplexity after RTN at each bit width and layout, for each hold-out (``points``:
-    (layout, bits, what is held out, perplexity))."""
+    (layout, bits, what is held out, perplexity[, its interval [lo, hi] or None])), the
+    interval over windows as an error bar."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 3.6), dpi=110)
     labels = sorted({p[0] for p in points}, key=lambda x: [p[0] for p in points].index(x))
@@ -88,10 +89,14 @@ def fig_quant(points, ref_ppl: float, text: str):
     holds = list(dict.fromkeys(p[2] for p in points))
     w = 0.8 / len(holds)
     for k, hold in enumerate(holds):
-        ys = [next((p[3] for p in points if p[0] == lab and p[1] == b and p[2] == hold), float("nan"))
-              for b in bits for lab in labels]
+        got = [next((p for p in points if p[0] == lab and p[1] == b and p[2] == hold), None)
+               for b in bits for lab in labels]
+        ys = [p[3] if p else float("nan") for p in got]
+        ivs = [p[4] if p and len(p) > 4 and p[4] else None for p in got]
+        err = [[y - iv[0] if iv else 0 for y, iv in zip(ys, ivs)], [iv[1] - y if iv else 0 for y, iv in zip(ys, ivs)]]
         ax.bar([i + (k - (len(holds) - 1) / 2) * w for i in range(len(xs))], ys, width=w,
-               color=("gray", "seagreen", "royalblue")[k % 3], label=f"held out: {hold}")
+               color=("gray", "seagreen", "royalblue")[k % 3], label=f"held out: {hold}",
+               yerr=err if any(ivs) else None, error_kw={"elinewidth": 0.8, "capsize": 2})
     ax.axhline(ref_ppl, color="black", ls=":", lw=1, label="unquantized")
     ax.set_xticks(range(len(xs)), xs, fontsize=8)
     ax.set_yscale("log")

@@ -23,7 +23,7 @@ import torch
 from superweight.paper import stopwords, zeroshot
 from superweight.texts import lambada, read_text  # noqa: F401 - read_text: re-exported for callers
 from superweight.coords import Coord
-from superweight.probe.measures import perplexity
+from superweight.probe.measures import perplexity_spread
 from superweight.probe.tokens import tokens
 from superweight.errors import UsageError, flag
 from superweight.probe.interventions import activation_restored, outliers_pruned, scaled, zeroed
@@ -76,6 +76,16 @@ class ConditionResult:
     accuracy: dict[str, float] = field(default_factory=dict)
     perplexity: dict[str, float] = field(default_factory=dict)
     activation: list[float] = field(default_factory=list)  # SA channel max |h| after each layer
+    perplexity_interval: dict[str, list[float]] = field(default_factory=dict)  # as perplexity: its 95% bootstrap
+    # interval over the windows read (one window: the point itself)
+    window_nll: dict[str, list[float]] = field(default_factory=dict)  # each window's mean token NLL
+
+    def ppl(self, text: str):
+        """The perplexity on ``text`` as a ``measures.Perplexity`` (its windows, for paired ratios)."""
+        from superweight.probe.measures import Perplexity
+
+        lo, hi = self.perplexity_interval.get(text) or (self.perplexity[text],) * 2
+        return Perplexity(self.perplexity[text], lo, hi, tuple(self.window_nll.get(text, ())))
 
     @property
     def mean_accuracy(self) -> float | None:
@@ -83,7 +93,8 @@ class ConditionResult:
 
     def to_dict(self) -> dict:
         return {"condition": self.name, "accuracy": self.accuracy, "mean_accuracy": self.mean_accuracy,
-                "perplexity": self.perplexity, "activation": self.activation}
+                "perplexity": self.perplexity, "perplexity_interval": self.perplexity_interval,
+                "window_nll": self.window_nll, "activation": self.activation}
 
 
 @dataclass
@@ -169,7 +180,8 @@ def measure_condition(lm: LoadedModel, name: str, cfg: AblateConfig, channel: in
     for t, text in texts.items():
         if log:
             log(f"{name}: perplexity on {t}")
-        res.perplexity[t] = perplexity(lm, lm.tokenizer, text, cfg.seqlen, cfg.max_windows)
+        p = perplexity_spread(lm, lm.tokenizer, text, cfg.seqlen, cfg.max_windows)
+        res.perplexity[t], res.perplexity_interval[t], res.window_nll[t] = p.value, p.interval(), list(p.nlls)
     if cfg.tasks:
         if log:
             log(f"{name}: zero-shot {', '.join(cfg.tasks)}")

@@ -89,6 +89,53 @@ def perplexity(model, tokenizer, text: str, seqlen: int = 2048, max_windows: int
     ``max_windows``, only as much of the text as those windows need is tokenized.
     ``model``: a ``LoadedModel`` (the windows then go through ``passes.run``, the one
     engine: batched, the head a chunk at a time) or a bare causal LM (a plain loop)."""
+    nlls = window_nlls(model, tokenizer, text, seqlen, max_windows)
+    return math.exp(math.fsum(nlls) / len(nlls))
+
+
+@dataclass(frozen=True)
+class Perplexity:
+    """A perplexity over windows with its spread: ``value`` = exp(mean token NLL), ``lo``/``hi``
+    its 95% bootstrap interval over the windows (exp of the mean NLL's, ``records.spread``);
+    ``nlls``: each window's mean token NLL, for ratios paired window by window."""
+
+    value: float
+    lo: float
+    hi: float
+    nlls: tuple[float, ...] = ()
+
+    @classmethod
+    def of(cls, nlls) -> "Perplexity":
+        from superweight.probe.records import spread
+
+        lo, hi = spread(list(nlls))
+        return cls(math.exp(math.fsum(nlls) / len(nlls)), math.exp(lo), math.exp(hi), tuple(nlls))
+
+    def interval(self) -> list[float]:
+        return [self.lo, self.hi]
+
+    def ratio(self, ref: "Perplexity") -> tuple[float, float, float]:
+        """This perplexity over ``ref``'s on the same windows, with the 95% bootstrap interval
+        of the ratio paired window by window (the windows' own spread cancels)."""
+        from superweight.probe.records import spread
+
+        d = [a - b for a, b in zip(self.nlls, ref.nlls)]
+        if not d or len(d) != len(ref.nlls):
+            r = self.value / ref.value
+            return r, r, r
+        lo, hi = spread(d)
+        return math.exp(math.fsum(d) / len(d)), math.exp(lo), math.exp(hi)
+
+
+def perplexity_spread(model, tokenizer, text: str, seqlen: int = 2048, max_windows: int | None = None) -> Perplexity:
+    """``perplexity`` with its interval over the windows."""
+    return Perplexity.of(window_nlls(model, tokenizer, text, seqlen, max_windows))
+
+
+@torch.no_grad()
+def window_nlls(model, tokenizer, text: str, seqlen: int = 2048, max_windows: int | None = None) -> list[float]:
+    """The mean token NLL of each window ``perplexity`` reads (windows of equal length, so
+    exp of their mean is the perplexity)."""
     ids = _tokens(tokenizer, text, None if max_windows is None else max_windows * seqlen)
     n = ids.numel() // seqlen
     if max_windows is not None:
@@ -100,17 +147,15 @@ def perplexity(model, tokenizer, text: str, seqlen: int = 2048, max_windows: int
     if isinstance(model, LoadedModel):
         return _perplexity_passes(model, ids, n, seqlen)
     dev = _device(model)
-    total, count = 0.0, 0
+    out = []
     for w in range(n):
         x = ids[w * seqlen : (w + 1) * seqlen][None].to(dev)
         logits = model(input_ids=x, use_cache=False).logits.float()
-        nll = F.cross_entropy(logits[0, :-1], x[0, 1:], reduction="sum")
-        total += float(nll)
-        count += seqlen - 1
-    return math.exp(total / count)
+        out.append(float(F.cross_entropy(logits[0, :-1], x[0, 1:], reduction="sum")) / (seqlen - 1))
+    return out
 
 
-def _perplexity_passes(lm, ids: torch.Tensor, n: int, seqlen: int) -> float:
+def _perplexity_passes(lm, ids: torch.Tensor, n: int, seqlen: int) -> list[float]:
     from superweight.probe.passes import Chunked, Group, run
 
     x = ids[: n * seqlen].view(n, seqlen).to(lm.device)
@@ -135,4 +180,4 @@ def _perplexity_passes(lm, ids: torch.Tensor, n: int, seqlen: int) -> float:
             return self.total
 
     answers = run(lm, [Group(x[i: i + 1], mask[i: i + 1]) for i in range(n)], per_group=[NLL(x[i]) for i in range(n)])
-    return math.exp(sum(a.value for a in answers) / (n * (seqlen - 1)))
+    return [a.value / (seqlen - 1) for a in answers]
