@@ -44,21 +44,25 @@ def fmt_interval(point: float | None, lo: float | None, hi: float | None, digits
     """``1.19 [1.17-1.21]``: a point and its interval with as many digits as it takes for the
     three to read apart where they differ, and for the printed ends to hold the printed point
     where the interval holds it (``[1.2-1.2]`` around 1.19 was the old print). Between 1e-4 and
-    1e5 and within a factor 1000, the three share their decimals, from ``digits`` significant
-    digits of the largest, every nonzero one with two at least (``1.005 [0.998-1.004]``,
-    ``7.61 [4.30-18.20]``); else each has its own significant digits (``3.62e+05 [3.1e+05-4.2e+05]``).
+    1e5 and within a factor 1000, the ends share their decimals, from ``digits`` significant
+    digits of the larger, each with two at least, and the point has ``digits`` of its own at
+    least (``1.006 [0.998-1.004]``, ``7.61 [4.3-18.2]``); else each has its own significant
+    digits (``3.62e+05 [3.1e+05-4.2e+05]``).
     A value that is not a finite number prints as "-"."""
     vals = (point, lo, hi)
     if any(v is None or not math.isfinite(v) for v in vals):
         return fmt_g(point, digits) if point is not None else "-"
-    big = max(abs(v) for v in vals)
-    small = min((abs(v) for v in vals if v != 0), default=big)
-    shared = big > 0 and 1e-4 <= small and big < 1e5 and big / small < 1000
+    ends = max(abs(lo), abs(hi))
+    small = min((abs(v) for v in vals if v != 0), default=ends)
+    shared = ends > 0 and 1e-4 <= small and max(ends, abs(point)) < 1e5 and ends / small < 1000
+
+    def decimals(x: float, sig: int) -> int:
+        return 0 if x == 0 else max(0, sig - 1 - math.floor(math.log10(abs(x))))
+
     for extra in range(0, 6):
-        if shared:
-            k = max(0, digits - 1 - math.floor(math.log10(big)) + extra)
-            k = max(k, *(1 - math.floor(math.log10(abs(v))) for v in vals if v != 0))  # two digits each
-            p, a, b = (_fixed(v, k) for v in vals)
+        if shared:  # the ends share their decimals, 2 significant digits each at least; the point has its own 3
+            k = max(decimals(ends, digits) + extra, *(decimals(v, 2) for v in (lo, hi)))
+            p, a, b = _fixed(point, max(k, decimals(point, digits))), _fixed(lo, k), _fixed(hi, k)
         else:
             p, a, b = _sig(point, digits + extra), _sig(lo, 2 + extra), _sig(hi, 2 + extra)
         apart = (lo == point or a != p) and (hi == point or b != p) and (lo == hi or a != b)

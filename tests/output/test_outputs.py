@@ -618,3 +618,21 @@ def test_overwrite_replaces_only_a_folder_of_our_own_files_there_from_the_start(
     monkeypatch.setattr(export, "write_quantized", meanwhile)
     one_line(capsys, quantize(tiny_dir, other, "--overwrite"), "appeared while this run was working")
     assert listing(other) == [MANIFEST, "thesis.tex"]
+
+
+def test_intervals_are_printed_with_the_digits_they_need():
+    """Issue 40: the old prints ``x1.19 [1.2-1.2]`` (SmolLM2's 11:507:1487), ``x1.08 [1.1-1.1]``
+    (Qwen's 2:62:1980, its point outside its printed interval) and ``x1.01 [1-1]``: each end with
+    the digits that tell lo, point and hi apart, and ends that hold their point."""
+    from superweight.numbers import fmt_interval, fmt_signed_pct
+
+    assert fmt_interval(1.1903, 1.1712, 1.2087) == "1.19 [1.17-1.21]"
+    assert fmt_interval(1.0801, 1.0712, 1.0933) == "1.08 [1.07-1.09]"
+    assert fmt_interval(1.0055, 0.998, 1.004) == "1.006 [0.998-1.004]"  # a point outside: still apart
+    assert fmt_interval(7.61, 4.3, 18.2) == "7.61 [4.3-18.2]"
+    assert fmt_interval(3.624e5, 3.1e5, 4.2e5) == "3.62e+05 [3.1e+05-4.2e+05]"
+    assert fmt_interval(None, 1, 2) == "-" and fmt_interval(float("nan"), 1, 2) == "-"
+    for p, lo, hi in [(1.0 + k / 1000, 1.0 + (k - 3) / 1000, 1.0 + (k + 4) / 1000) for k in range(0, 40)]:
+        pt, a, b = (float(x.strip("[]")) for x in fmt_interval(p, lo, hi).replace("-", " ").split())
+        assert a <= pt <= b and a != pt != b
+    assert [fmt_signed_pct(x) for x in (0.0004, -0.12, 0.0, None)] == ["+0.04%", "-12%", "0%", "-"]
