@@ -254,3 +254,21 @@ def test_a_second_run_says_whose_proof_it_waits_for(planted_dir, cache, capsys):
         assert t.is_alive()
     t.join(120)
     assert got and f"waiting for the run (pid {__import__('os').getpid()}) proving this model" in capsys.readouterr().err
+
+
+def test_a_cached_verdict_names_the_model_as_it_is_named_now(planted_dir, cache, tmp_path):
+    """Issue 40: a verdict proven on one copy (a path in a cache, say) and read for the same
+    content under another name is reported under the name given now, by every reader."""
+    import shutil
+
+    from superweight.overview import ReportConfig, build_report
+
+    first, _ = detect_once(sw.load(str(planted_dir)), CFG)
+    assert first.model == str(planted_dir)
+    other = tmp_path / "as-the-user-named-it"
+    shutil.copytree(planted_dir, other)
+    lm = sw.load(str(other))
+    again, prov = detect_once(lm, CFG)
+    assert prov.source == "cache" and again.model == str(other)
+    rep = build_report(lm, ReportConfig(ablate=False, quant=False), CFG)
+    assert rep.result.model == str(other) and rep.model == str(other)

@@ -68,22 +68,35 @@ class QuantRow:
                 "bits_per_weight": round(self.bits_per_weight, 4)}
 
 
+HELPS = 0.95  # a hold-out "helps" where it takes perplexity 5% or more below holding out nothing, at the
+# upper end of the ratio's interval paired window by window
+
+
 def holdout_notes(rows: list[QuantRow], acted: str) -> list[str]:
-    """Where holding out the weights acted on does not help, in a sentence: each layout and
-    width where its perplexity over the row holding out nothing, paired window by window,
-    has an interval that holds 1 (the numbers say it; no reason is guessed)."""
-    out = []
+    """Where holding out the weights acted on does not help, in one sentence: the layouts and
+    widths where its perplexity over the row holding out nothing, paired window by window, is
+    not ``HELPS`` below 1 at the upper end of its interval (each with that ratio), and, where the
+    massive-input columns' hold-out does help at those points, that it is what does. The
+    numbers say it; no reason is guessed."""
+    flat, cols = [], []
     for (layout, bits) in dict.fromkeys((r.layout, r.bits) for r in rows):
         by = {r.hold: r for r in rows if (r.layout, r.bits) == (layout, bits)}
-        none, held = by.get(HOLDS[0]), by.get(HOLDS[1])
+        none, held, more = by.get(HOLDS[0]), by.get(HOLDS[1]), by.get(HOLDS[2])
         if none is None or held is None or none.ppl is None or held.ppl is None:
             continue
         r, lo, hi = held.ppl.ratio(none.ppl)
-        if lo <= 1 <= hi:
-            out.append(f"at {bits} bits in {layout}, holding out {acted} gives x{fmt_interval(r, lo, hi)} of holding "
-                       f"out nothing ({held.perplexity:.4g} against {none.perplexity:.4g}): rounding those weights "
-                       "costs nothing measurable there; the loss comes from the other weights")
-    return out
+        if hi >= HELPS:
+            flat.append(f"{bits} bits in {layout} x{fmt_interval(r, lo, hi)}")
+            if more is not None and more.ppl is not None:
+                cols.append(more.ppl.ratio(none.ppl)[2] < HELPS)
+    if not flat:
+        return []
+    line = (f"holding out {acted} alone takes perplexity less than {1 - HELPS:.0%} below holding out nothing "
+            f"(its ratio to that, paired window by window: {'; '.join(flat)}): rounding those weights costs little "
+            "there, and the loss comes from rounding the other weights")
+    if cols and all(cols):
+        line += ", which the massive-input columns' hold-out does reduce at each of these points"
+    return [line]
 
 
 @dataclass

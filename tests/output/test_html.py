@@ -194,3 +194,24 @@ def test_real_smollm2_fragment(smol_result):
     page = parse(frag)
     assert 'data-copy="11:507:1229"' in frag and page.tags["svg"] == 1
     assert '<span class="super">super</span>' in frag
+
+
+def test_the_hold_out_rows_are_explained_where_they_do_not_help():
+    """Issue 40: SmolLM2's 3-bit blocks of 4096 held out nothing and the super weight at
+    3.679e+05 and 3.624e+05 with no word why. A point where holding out the weights acted on
+    is not 5% below holding out nothing (paired window by window) is named with its ratio; a
+    point where it helps is not; the massive-input columns are credited only where they help."""
+    from superweight.overview import HOLDS, QuantRow, holdout_notes
+    from superweight.probe.measures import Perplexity
+
+    def row(bits, hold, nlls):
+        p = Perplexity.of(nlls)
+        return QuantRow("blocks of 4096", bits, hold, p.value, 3.0, p.interval(), p)
+
+    base = [4.0, 4.5, 5.0, 5.5]
+    rows = [row(3, HOLDS[0], base), row(3, HOLDS[1], [x + d for x, d in zip(base, (0.01, -0.02, 0.03, 0.0))]), row(3, HOLDS[2], [x - 1 for x in base]),
+            row(4, HOLDS[0], base), row(4, HOLDS[1], [x - 0.5 for x in base]), row(4, HOLDS[2], [x - 1 for x in base])]
+    (note,) = holdout_notes(rows, "11:507:1229")
+    assert "3 bits in blocks of 4096 x1.01 [0.99-1.03]" in note and "4 bits" not in note
+    assert note.endswith("which the massive-input columns' hold-out does reduce at each of these points")
+    assert holdout_notes(rows[3:], "11:507:1229") == []

@@ -210,7 +210,7 @@ def _quant(rep) -> str:
                     caption="Perplexity after round-to-nearest quantization at each layout and width, with and "
                             "without the hold-out, and its ratio to the unquantized model's (its interval paired "
                             "window by window).")
-            + (f'<p class="note">Where the hold-out does not help: {e("; ".join(notes))}.</p>' if notes else "")
+            + "".join(f'<p class="note">{e(n[:1].upper() + n[1:])}.</p>' for n in notes)
             + figure(plot.svg(plot.fig_quant(points, rep.quant_ref, rep.config.text)),
                      "RTN perplexity with and without the hold-out (bars: the interval over windows)"))
 
