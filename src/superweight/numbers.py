@@ -36,6 +36,11 @@ def _sig(x: float, d: int) -> str:
     return mant.rstrip(".") + (f"e{exp}" if exp else "")
 
 
+def _same(a: float, b: float) -> bool:
+    """Equal but for float rounding (a perplexity pooled over tokens against its windows' mean)."""
+    return abs(a - b) <= 1e-6 * max(abs(a), abs(b))
+
+
 def _fixed(x: float, k: int) -> str:
     return "0" if x == 0 else f"{x:.{k}f}"
 
@@ -48,10 +53,13 @@ def fmt_interval(point: float | None, lo: float | None, hi: float | None, digits
     digits of the larger, each with two at least, and the point has ``digits`` of its own at
     least (``1.006 [0.998-1.004]``, ``7.61 [4.3-18.2]``); else each has its own significant
     digits (``3.62e+05 [3.1e+05-4.2e+05]``).
-    A value that is not a finite number prints as "-"."""
+    An interval of no width (one window) prints as the point alone; a value that is not a
+    finite number prints as "-"."""
     vals = (point, lo, hi)
     if any(v is None or not math.isfinite(v) for v in vals):
         return fmt_g(point, digits) if point is not None else "-"
+    if _same(lo, hi):  # one window, or windows that agree: no interval to show
+        return fmt_g(point, digits)
     ends = max(abs(lo), abs(hi))
     small = min((abs(v) for v in vals if v != 0), default=ends)
     shared = ends > 0 and 1e-4 <= small and max(ends, abs(point)) < 1e5 and ends / small < 1000
@@ -65,7 +73,7 @@ def fmt_interval(point: float | None, lo: float | None, hi: float | None, digits
             p, a, b = _fixed(point, max(k, decimals(point, digits))), _fixed(lo, k), _fixed(hi, k)
         else:
             p, a, b = _sig(point, digits + extra), _sig(lo, 2 + extra), _sig(hi, 2 + extra)
-        apart = (lo == point or a != p) and (hi == point or b != p) and (lo == hi or a != b)
+        apart = (_same(lo, point) or a != p) and (_same(hi, point) or b != p) and a != b
         holds = not (lo <= point <= hi) or float(a) <= float(p) <= float(b)
         if apart and holds:
             break
