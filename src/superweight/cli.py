@@ -315,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-quant", dest="quant", action="store_false", help="skip the RTN sweep")
     r.add_argument("--seqlen", type=int, help="perplexity window of the ablation and the sweep (default 128)")
     r.add_argument("--max-windows", type=int,
-                   help="windows per perplexity, its interval over them (default 6: a one-minute page on SmolLM2)")
+                   help="windows per perplexity, its interval over them (default 4: a one-minute page on SmolLM2, "
+                        "two on Qwen2.5-Coder-0.5B)")
     r.add_argument("--stopword-prompts", type=int, default=50, help="LAMBADA prompts for the stopword shift (default 50; 0: skip)")
     i = _command(sub, "index", "list the known super weights shipped with the package")
     i.add_argument("--json", metavar="PATH", help="write the index as JSON to PATH ('-' for stdout)")
