@@ -242,7 +242,8 @@ def test_no_output_lands_inside_the_model_being_read(model_copy, tmp_path, capsy
 
 
 def test_no_output_lands_inside_the_converted_gguf_cache(tmp_path, capsys, monkeypatch):
-    """Known only once loaded: the run stops there, and the cache is as it was."""
+    """Issue 42: superweight's own cache is off limits by rule, refused before any work; the
+    cache is as it was."""
     from superweight.models.load import _gguf_cache_dir
 
     monkeypatch.setenv("SUPERWEIGHT_CACHE", str(tmp_path / "cache"))
@@ -252,7 +253,7 @@ def test_no_output_lands_inside_the_converted_gguf_cache(tmp_path, capsys, monke
     cache = _gguf_cache_dir(f)
     before = snapshot(cache)
     capsys.readouterr()  # the library's bar of that conversion (the API does not quiet it)
-    one_line(capsys, main(["detect", str(f), "--json", str(cache / "config.json")]), "is inside the model being read")
+    one_line(capsys, main(["detect", str(f), "--json", str(cache / "config.json")]), "is inside superweight's cache")
     assert snapshot(cache) == before
 
 
@@ -636,3 +637,43 @@ def test_intervals_are_printed_with_the_digits_they_need():
         pt, a, b = (float(x.strip("[]")) for x in fmt_interval(p, lo, hi).replace("-", " ").split())
         assert a <= pt <= b and a != pt != b
     assert [fmt_signed_pct(x) for x in (0.0004, -0.12, 0.0, None)] == ["+0.04%", "-12%", "0%", "-"]
+
+
+def test_a_hub_model_named_without_an_org_is_guarded_like_any_other(tmp_path, capsys, monkeypatch):
+    """Issue 42, reproduction 1 (data loss): ``gpt2``'s snapshot file, a link into the hub's
+    ``blobs/``, named by ``--json`` or ``--plot``: refused before any work, the blob intact.
+    ``org/name`` ids were guarded; an id without an org was not."""
+    import huggingface_hub.constants as hc
+
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for repo in ("gpt2", "openai-community/gpt2"):
+        folder = hub / ("models--" + repo.replace("/", "--"))
+        (folder / "blobs").mkdir(parents=True)
+        (folder / "blobs" / "abc123").write_text('{"model_type": "gpt2"}')
+        snap = folder / "snapshots" / "rev1"
+        snap.mkdir(parents=True)
+        (snap / "config.json").symlink_to(Path("../../blobs/abc123"))
+        for flag in ("--json", "--plot"):
+            one_line(capsys, main(["detect", repo, flag, str(snap / "config.json")]), "the model being read")
+        assert (folder / "blobs" / "abc123").read_text() == '{"model_type": "gpt2"}'
+
+
+def test_no_output_lands_anywhere_in_superweights_cache(tmp_path, capsys, monkeypatch):
+    """Issue 42, reproduction 2: a converted GGUF's folder, fetched wheels, locks: the whole
+    cache is superweight's, refused by rule whatever the source."""
+    monkeypatch.setenv("SUPERWEIGHT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "gguf" / "m-0123-v2").mkdir(parents=True)
+    (tmp_path / "cache" / "pypi").mkdir()
+    for inside in ("gguf/m-0123-v2/config.json", "pypi/x.json", "new.json"):
+        one_line(capsys, main(["index", "--json", str(tmp_path / "cache" / inside)]), "inside superweight's cache")
+    assert sorted(p.name for p in (tmp_path / "cache").rglob("*.json")) == []
+
+
+def test_an_output_path_that_is_not_utf8_is_written(tmp_path, capsys):
+    """Issue 42, reproduction 6: a path's bytes as the OS has them (``os.fsencode``), not a
+    crash in the lock's name."""
+    dest = os.fsdecode(os.fsencode(str(tmp_path)) + b"/r\xe9sultat-\xff.json")
+    assert main(["index", "--json", dest]) == 0
+    assert json.loads(Path(dest).read_text())[0]["model"]

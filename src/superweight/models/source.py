@@ -183,5 +183,5 @@ def dir_fingerprint(d: Path) -> str | None:
         return None
     h = hashlib.sha256()
     for p in files:
-        h.update(f"{p.relative_to(d)}\0{content_hash(p)}\n".encode())
+        h.update(os.fsencode(p.relative_to(d)) + f"\0{content_hash(p)}\n".encode())  # a name's bytes, as the OS has them
     return h.hexdigest()

@@ -81,7 +81,7 @@ class Lock:
 
     def __init__(self, dest: Path, wait: bool = False, on_wait=None):
         self.dest = dest
-        key = hashlib.sha256(str(dest).encode()).hexdigest()[:24]
+        key = hashlib.sha256(os.fsencode(dest)).hexdigest()[:24]  # a path's bytes: any name the OS takes
         self.path = lock_dir() / f"{key}.lock"
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)

@@ -81,7 +81,10 @@ def model_sources(ref: str | None) -> list[Path]:
         except Exception:  # noqa: BLE001 - not installed: the load says so, in its own words
             return []
     p = Path(ref).expanduser()
-    return [p] if os.path.lexists(p) else []
+    if os.path.lexists(p):
+        return [p]
+    hub = _hub_folder(ref)  # a hub id of any shape (``gpt2`` as much as ``org/name``): its cache folder
+    return [hub] if hub is not None and hub.is_dir() else []
 
 
 def _no_space(e: BaseException, targets: list[Target]) -> None:
@@ -92,14 +95,17 @@ def _no_space(e: BaseException, targets: list[Target]) -> None:
 
 
 def _hub_folder(ref: str) -> Path | None:
-    """The hub cache folder of a hub id (``models--org--name``: its snapshots and blobs)."""
-    if ref.count("/") != 1:
+    """The hub cache folder of a hub id of any shape (``gpt2``, ``org/name``), as the hub's
+    own client names it (``models--org--name``: its snapshots and blobs); None for what
+    cannot be a hub id."""
+    if not ref or ref.count("/") > 1 or ref.startswith((".", "/", "~")):
         return None
     try:
         from huggingface_hub.constants import HF_HUB_CACHE
+        from huggingface_hub.file_download import repo_folder_name
     except Exception:  # noqa: BLE001
         return None
-    return Path(HF_HUB_CACHE) / ("models--" + ref.replace("/", "--"))
+    return Path(HF_HUB_CACHE) / repo_folder_name(repo_id=ref, repo_type="model")
 
 
 class Outputs:
@@ -172,11 +178,17 @@ class Outputs:
         self._not_source(flag, given, dest, holds)
 
     def _not_source(self, flag: str, given: str, dest: Path, holds: bool) -> None:
+        """The one rule every output meets: it is not, does not lie inside and does not hold
+        anything the run reads (``sources``, resolved through links: the model's folder or
+        file and every file in it, a hub id's cache folder of any shape, a GGUF and its
+        converted folder), nor superweight's own cache (converted GGUFs, fetched models and
+        data, verdicts, locks), which only superweight writes."""
+        from superweight.paths import cache_root
         from superweight.signing import verdict_dir
 
-        cache = real(verdict_dir())
-        if dest == cache or cache in dest.parents or holds and dest in cache.parents:
-            raise UsageError(f"{flag} {given} is inside superweight's verdict cache ({cache}); choose another output")
+        for what, cache in (("verdict cache", real(verdict_dir())), ("cache", real(cache_root()))):
+            if dest == cache or cache in dest.parents or holds and dest in cache.parents:
+                raise UsageError(f"{flag} {given} is inside superweight's {what} ({cache}); choose another output")
         for s in self.sources:
             if dest == s:
                 raise UsageError(f"{flag} {given} is the model being read; choose another output")
