@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -677,3 +678,42 @@ def test_an_output_path_that_is_not_utf8_is_written(tmp_path, capsys):
     dest = os.fsdecode(os.fsencode(str(tmp_path)) + b"/r\xe9sultat-\xff.json")
     assert main(["index", "--json", dest]) == 0
     assert json.loads(Path(dest).read_text())[0]["model"]
+
+
+def test_the_gguf_cache_trusts_only_its_marked_conversions_and_removes_only_its_own(tmp_path, monkeypatch):
+    """Issue 42, reproductions 2 and 3: a converted folder counts only with the marker written
+    last (a damaged one is converted again, a foreign one is refused, not deleted), and an
+    older version's folder is removed only when it holds just a conversion's files and this
+    run does not read it (it was removed whatever it held, even the other model of an audit)."""
+    from superweight import paths
+    from superweight.errors import ModelLoadError
+    from superweight.models.load import CONVERTED_MARKER, _gguf_cache_dir, gguf_to_hf_dir
+
+    monkeypatch.setenv("SUPERWEIGHT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(paths, "READING", set())
+    f = tmp_path / "m.gguf"
+    tiny_moe_gguf(f, sw.Coord(1, 3, 5, 2), 400.0)
+    target = gguf_to_hf_dir(f)
+    assert (target / CONVERTED_MARKER).is_file()
+    (target / "model.safetensors").write_bytes(b"damaged")  # a file cut short: not trusted, converted again
+    assert gguf_to_hf_dir(f) == target and (target / "model.safetensors").stat().st_size > 100
+    old = _gguf_cache_dir(f, 1)
+    shutil.copytree(target, old)
+    paths.reading(old)  # the other model of this run (audit m.gguf OLD)
+    shutil.rmtree(target)
+    gguf_to_hf_dir(f)
+    assert old.is_dir()
+    (old / "notes.txt").write_text("mine")  # not read now, but holds a file a conversion does not write
+    paths.READING.clear()
+    shutil.rmtree(target)
+    gguf_to_hf_dir(f)
+    assert (old / "notes.txt").read_text() == "mine"
+    (old / "notes.txt").unlink()
+    shutil.rmtree(target)
+    gguf_to_hf_dir(f)
+    assert not old.exists()  # just a conversion's files, not read: removed
+    (target / CONVERTED_MARKER).unlink()
+    (target / "notes.txt").write_text("mine")
+    with pytest.raises(ModelLoadError, match="holds files superweight did not write"):
+        gguf_to_hf_dir(f)
+    assert (target / "notes.txt").read_text() == "mine"

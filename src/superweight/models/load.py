@@ -182,13 +182,53 @@ def _check_weights(directory: Path) -> None:
 CONVERTED = 2  # the layout of a converted GGUF's folder: 2 = tensor by tensor, an HF config (2026-12-04)
 
 
+def read_by_this_run(folder: Path) -> bool:
+    """Whether this run reads ``folder`` or something in it (``paths.READING``: the sources its
+    command declared, and what it loaded)."""
+    from superweight.paths import READING
+
+    f = os.path.realpath(folder)
+    return any(r == f or r.startswith(f + os.sep) for r in READING)
+
+
 def _gguf_cache_dir(path: Path, version: int = CONVERTED) -> Path:
     suffix = f"-v{version}" if version > 1 else ""
     return cache_root() / "gguf" / f"{path.stem}-{content_hash(path)[:16]}{suffix}"
 
 
-def _converted(target: Path) -> bool:
-    return (target / "config.json").is_file() and (target / "model.safetensors").is_file()
+CONVERTED_MARKER = "superweight-converted.json"  # written last into a conversion, before it is published
+# what a conversion writes (the tokenizer's files vary by family); a folder holding anything
+# else is not one superweight wrote, and is never deleted
+CONVERSION_FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                    "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "vocab.json",
+                    "merges.txt", "tokenizer.model", "added_tokens.json", CONVERTED_MARKER}
+
+
+def _mark_converted(folder: Path, source_hash: str) -> None:
+    """The marker of a finished conversion: the source's SHA-256 and each file's size."""
+    files = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
+    (folder / CONVERTED_MARKER).write_text(json.dumps({"source_sha256": source_hash, "files": files}, indent=1))
+
+
+def _converted(target: Path, source_hash: str | None = None) -> bool:
+    """A conversion superweight finished (issue 42: the cache trusts only what it wrote): its
+    marker, for this source when ``source_hash`` is given, and every file it lists, at its size."""
+    try:
+        mark = json.loads((target / CONVERTED_MARKER).read_text())
+        files = mark["files"]
+        if source_hash is not None and mark.get("source_sha256") != source_hash:
+            return False
+        return "model.safetensors" in files and all((target / n).stat().st_size == size for n, size in files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def only_conversion_files(folder: Path) -> bool:
+    """Whether ``folder`` holds nothing but the files a conversion writes (and so may be removed)."""
+    try:
+        return all(p.is_file() and not p.is_symlink() and p.name in CONVERSION_FILES for p in folder.iterdir())
+    except OSError:
+        return False
 
 
 def _sweep_legacy(where: Path, older_than: float = 86400.0) -> None:
@@ -223,13 +263,17 @@ def gguf_to_hf_dir(path: Path, log=None) -> Path:
     from superweight.output.atomic import locked, publish_dir, temp_dir
 
     target = _gguf_cache_dir(path)
-    if _converted(target):
+    digest = content_hash(path)
+    if _converted(target, digest):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     _sweep_legacy(target.parent)
     with locked(target, wait=True) as lock:
-        if _converted(target):  # a run that held the lock before us finished it
+        if _converted(target, digest):  # a run that held the lock before us finished it
             return target
+        if target.exists() and not only_conversion_files(target):
+            raise ModelLoadError(f"{target} holds files superweight did not write; it is left as it is: remove it "
+                                 f"to convert {path.name} again")
         if log:
             log(f"first use of {path.name}: converting GGUF to a cached float32 checkpoint (once)")
         from superweight.models.convert import convert_gguf
@@ -245,11 +289,15 @@ def gguf_to_hf_dir(path: Path, log=None) -> Path:
                 raise header_error(path, e) from e
             if lacks:
                 raise _lacks(str(path), [lacks])
-            publish_dir(tmp, target, overwrite=True, lock=lock)  # over an incomplete directory of an older version
+            _mark_converted(tmp, digest)  # last: a folder without it is not trusted
+            publish_dir(tmp, target, overwrite=True, lock=lock)  # over a damaged or unmarked conversion
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(_gguf_cache_dir(path, 1), ignore_errors=True)  # the same file converted by an older version
+        old = _gguf_cache_dir(path, 1)  # the same file converted by an older version: removed only when it
+        # holds just a conversion's files and this run does not read it
+        if old.is_dir() and only_conversion_files(old) and not read_by_this_run(old):
+            shutil.rmtree(old, ignore_errors=True)
     return target
 
 

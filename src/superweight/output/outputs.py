@@ -112,6 +112,9 @@ class Outputs:
     """Declare outputs (checked and locked at once), write to each ``tmp``, land on exit."""
 
     def __init__(self, sources=()):
+        from superweight.paths import reading
+
+        reading(*sources)
         self.sources = _with_real_files(sources)
         self.targets: list[Target] = []
         self.locks: list[Lock] = []
@@ -213,6 +216,9 @@ class Outputs:
             if isinstance(p, str) and not os.path.lexists(p):
                 p = _hub_folder(p)
             if isinstance(p, (str, Path)) and os.path.lexists(p):
+                from superweight.paths import reading
+
+                reading(p)
                 self.sources += _with_real_files([p])
         for t in self.targets:
             self._not_source(t.flag, t.given, t.dest, t.kind != "file")
