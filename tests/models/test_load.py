@@ -147,3 +147,30 @@ def test_transformers_reads_gguf_through_our_reader_only_inside_the_block():
             raise RuntimeError
     assert gguf.GGUFReader is stock and gguf.get_tensor_name_map is maps
     assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is not gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)
+
+
+@pytest.mark.parametrize("key, value, said", [("num_hidden_layers", 10**9, "config.json says 1,000,000,000 decoder layers"),
+                                              ("hidden_size", 4096, "config.json says a hidden size of 4,096")])
+def test_a_config_that_disagrees_with_its_weights_is_refused_before_torch_is_imported(tmp_path, key, value, said):
+    """Issue 42, reproduction 4: a config.json claiming 10^9 layers ran silently for minutes.
+    The config is compared with the safetensors headers before anything is built, in the
+    command's first fraction of a second: one line, exit 2, torch not even imported."""
+    import json
+    import subprocess
+    import sys
+
+    from tiny import tiny_model
+
+    lm = tiny_model("llama")
+    lm.model.save_pretrained(tmp_path / "m")
+    lm.tokenizer.save_pretrained(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg[key] = value
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    code = ("import sys\nfrom superweight.cli import main\n"
+            f"code = main(['detect', {str(tmp_path / 'm')!r}])\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\nsys.exit(code)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, "SUPERWEIGHT_VERDICTS": "off"})
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("superweight: error:")]
+    assert p.returncode == 2 and len(lines) == 1 and said in lines[0], p.stderr

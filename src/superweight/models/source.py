@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,7 @@ def resolve(ref: str | None, index_id: str | None = None, log=None) -> Source:
                 raise ModelLoadError(f"{p} is {what}, not a regular file; refusing to read it")
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{ref} has no config.json: not a Hugging Face model directory")
+        check_sizes(path)
     elif looks_like_path(ref):
         raise ModelLoadError(f"no such file or directory: {ref}")
     else:
@@ -185,3 +187,55 @@ def dir_fingerprint(d: Path) -> str | None:
     for p in files:
         h.update(os.fsencode(p.relative_to(d)) + f"\0{content_hash(p)}\n".encode())  # a name's bytes, as the OS has them
     return h.hexdigest()
+
+
+# --- sizes, before anything is built -----------------------------------------------------
+
+_LAYER = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
+_EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight")
+
+
+def _first(cfg: dict, *keys):
+    for k in keys:
+        v = cfg.get(k)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+    return None
+
+
+def check_sizes(d: Path) -> None:
+    """A model folder's config.json against its weights' safetensors headers, read as bytes,
+    before torch is imported or any module built (issue 42: a config claiming 10^9 layers ran
+    silently for minutes): as many decoder layers as the config says at least (a checkpoint
+    may carry more, as extra prediction heads do), and an embedding whose width is the
+    config's hidden size. Nothing to compare (no safetensors, a config nested per text
+    model): nothing refused here; transformers checks the rest when it loads."""
+    try:
+        cfg = json.loads((d / "config.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return  # the config's own reader says what is wrong with it
+    if not isinstance(cfg, dict):
+        return
+    shapes: dict[str, list] = {}
+    for f in sorted(d.glob("*.safetensors")):
+        try:
+            with open(f, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                if not 0 < n <= 100_000_000:
+                    return
+                header = json.loads(fh.read(n))
+        except (OSError, ValueError, UnicodeDecodeError):
+            return  # a damaged file: the load names it
+        if isinstance(header, dict):
+            shapes.update({k: v.get("shape") for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)})
+    if not shapes:
+        return
+    layers = {int(m.group(1)) for k in shapes for m in [_LAYER.search(k)] if m}
+    want = _first(cfg, "num_hidden_layers", "n_layer", "num_layers")
+    if want is not None and layers and want > max(layers) + 1:
+        raise ModelLoadError(f"{d}: config.json says {want:,} decoder layers, its weights hold {max(layers) + 1}")
+    hidden = _first(cfg, "hidden_size", "n_embd", "d_model")
+    emb = next((s for k, s in shapes.items() if k.endswith(_EMBEDDINGS)), None)
+    if hidden is not None and isinstance(emb, list) and len(emb) == 2 and hidden not in emb:
+        raise ModelLoadError(f"{d}: config.json says a hidden size of {hidden:,}, its embedding is "
+                             f"{emb[0]} x {emb[1]}")
