@@ -272,3 +272,19 @@ def test_a_cached_verdict_names_the_model_as_it_is_named_now(planted_dir, cache,
     assert prov.source == "cache" and again.model == str(other)
     rep = build_report(lm, ReportConfig(ablate=False, quant=False), CFG)
     assert rep.result.model == str(other) and rep.model == str(other)
+
+
+def test_a_window_longer_than_the_context_is_capped_said_and_keyed_by_what_was_read(planted_dir, cache):
+    """Issue 42 (minor): a huge --window was capped silently and its verdict keyed by the huge
+    number (so never found again under the window really read)."""
+    from dataclasses import replace
+
+    from superweight.probe.realtext import context_of
+
+    lm = sw.load(str(planted_dir))
+    ctx = context_of(lm.model)
+    said = []
+    huge, p1 = detect_once(lm, replace(CFG, window=10**6), log=said.append)
+    assert any(f"--window 1,000,000 is longer than the model's context: windows of {ctx:,} tokens" in s for s in said)
+    same, p2 = detect_once(lm, replace(CFG, window=ctx))
+    assert p2.source == "cache" and p2.key == p1.key

@@ -672,6 +672,10 @@ def cmd_quantize(args, console):
         return _gguf_job(args, console)
 
     cfg, shard = quant_config(args), _bytes(args.max_shard_size)
+    if args.format != "dequantized":  # what the format refuses of the config alone, before any load (issue 42)
+        import torch
+
+        get(args.format).check(cfg.with_model_dtype(torch.float32))
 
     def work(outs, staged, log):
         lm = _load(args, log, outs)

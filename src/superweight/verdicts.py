@@ -320,12 +320,27 @@ def peek(source, cfg, dtype: str | None, device: str, cls, kind: str = "detect",
     return result, Provenance("cache", body["computed_at"], body["seconds"], _digest(key))
 
 
+def capped(lm, cfg, log=None):
+    """``cfg`` with its real-text window capped at the model's context, said once (issue 42: a
+    huge --window was capped silently and the verdict keyed by the huge number)."""
+    from dataclasses import replace
+
+    from superweight.probe.realtext import context_of
+
+    ctx = context_of(lm.model)
+    if ctx is None or cfg.window <= ctx:
+        return cfg
+    if log:
+        log(f"--window {cfg.window:,} is longer than the model's context: windows of {ctx:,} tokens")
+    return replace(cfg, window=ctx)
+
+
 def detect_once(lm, cfg=None, log=None, recompute: bool = False):
     """``detect.detect`` through the cache: (DetectResult, Provenance)."""
     from superweight.detect import detect
     from superweight.results import DetectConfig, DetectResult
 
-    cfg = cfg or DetectConfig()
+    cfg = capped(lm, cfg or DetectConfig(), log)
     result, prov = cached(lm, cfg, lambda: detect(lm, cfg, log=log), DetectResult, "detect", recompute=recompute,
                           log=log)
     result.model = lm.name  # the model as it is named now, not as the run that proved it named it (issue 40)
@@ -337,7 +352,7 @@ def verify_once(lm, coords, cfg=None, log=None, recompute: bool = False):
     from superweight.results import DetectConfig
     from superweight.verification import VerifyResult, verify_report
 
-    cfg = cfg or DetectConfig()
+    cfg = capped(lm, cfg or DetectConfig(), log)
     for c in coords:
         lm.adapter.site(c)  # range checks before any hashing
     rep, prov = cached(lm, cfg, lambda: verify_report(lm, coords, cfg, log), VerifyResult, "verify",

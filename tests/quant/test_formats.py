@@ -74,3 +74,18 @@ def test_the_format_names_cost_no_torch():
             "assert 'torch' not in sys.modules, 'torch imported'; print(','.join(f.FORMATS))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "dequantized,compressed-tensors,gguf"
+
+
+def test_a_config_the_pack_cannot_store_is_refused_before_the_model_is_loaded(tmp_path, cli_here, error_line,
+                                                                             monkeypatch):
+    """Issue 42 (minor): ``--format compressed-tensors --block-size 64`` was refused only after
+    the model was loaded."""
+    import superweight.cli as cli
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(cli, "_load", no_load)
+    error_line(cli_here("quantize", "--format", "compressed-tensors", "--block-size", "64", "--out",
+                        str(tmp_path / "q")), "compressed-tensors stores groups")
+    assert not (tmp_path / "q").exists()
