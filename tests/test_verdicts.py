@@ -288,3 +288,17 @@ def test_a_window_longer_than_the_context_is_capped_said_and_keyed_by_what_was_r
     assert any(f"--window 1,000,000 is longer than the model's context: windows of {ctx:,} tokens" in s for s in said)
     same, p2 = detect_once(lm, replace(CFG, window=ctx))
     assert p2.source == "cache" and p2.key == p1.key
+
+
+def test_a_full_disk_for_the_secret_is_said_as_such(planted_dir, cache, monkeypatch):
+    """Issue 42 (minor): a full disk while writing the cache's secret said "not writable"."""
+    import errno
+
+    from superweight import signing
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(signing.tempfile, "mkstemp", full)
+    _, prov = detect_once(sw.load(str(planted_dir)), CFG)
+    assert prov.source == "uncached" and "no space left on the device for" in prov.note

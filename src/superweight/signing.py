@@ -39,9 +39,10 @@ def known_secret(where: Path | None = None) -> bytes | None:
     return got if len(got) >= SECRET_BYTES else None
 
 
-def secret(where: Path | None = None) -> bytes | None:
+def secret(where: Path | None = None, why: list | None = None) -> bytes | None:
     """The cache's secret, made on first use (or in place of a short or damaged one); None
-    when the folder cannot be written."""
+    when the folder cannot be written (the OSError appended to ``why``, when given: a full
+    disk is said as such, not as "not writable")."""
     where = where or verdict_dir()
     got = known_secret(where)
     if got is not None:
@@ -64,7 +65,9 @@ def secret(where: Path | None = None) -> bytes | None:
         finally:
             if tmp is not None:
                 os.unlink(tmp)
-    except OSError:
+    except OSError as e:
+        if why is not None:
+            why.append(e)
         return None
     return known_secret(where)
 

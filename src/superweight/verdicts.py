@@ -256,9 +256,13 @@ def cached(lm, cfg, compute: Callable[[], object], cls, kind: str = "detect", ex
     if key is None:
         return run("the model has no checkpoint on disk to name it by")
     where = cache_dir()
-    secret = make_secret(where)
+    why: list = []
+    secret = make_secret(where, why)
     if secret is None:
-        return run(f"{where} is not writable")
+        import errno
+
+        full = any(getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) for e in why)
+        return run(f"no space left on the device for {where}" if full else f"{where} is not writable")
     name = _digest(key)
     path = where / f"{name}.json"
     from superweight.output.atomic import locked

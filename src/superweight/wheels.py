@@ -38,6 +38,8 @@ def pip_download(packages: list[str], folder: Path) -> tuple[int, str]:
         proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(staging),
                                *packages], capture_output=True, text=True)
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        if "No space left on device" in proc.stderr or "Disk quota exceeded" in proc.stderr:
+            last = f"no space left on the device in {folder}; free some and run again"
         for w in sorted(staging.glob("*.whl")):
             if whole(w):
                 w.replace(folder / w.name)

