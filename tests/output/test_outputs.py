@@ -717,3 +717,24 @@ def test_the_gguf_cache_trusts_only_its_marked_conversions_and_removes_only_its_
     with pytest.raises(ModelLoadError, match="holds files superweight did not write"):
         gguf_to_hf_dir(f)
     assert (target / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("argv", [
+    ["detect", "{m}", "--json", "{c}/x.json"], ["detect", "{m}", "--plot", "{c}/x.png"],
+    ["verify", "{m}", "--coords", "1:1:1", "--json", "{c}/x.json"], ["index", "--json", "{c}/x.json"],
+    ["ablate", "{m}", "--coords", "1:1:1", "--tasks", "none", "--out", "{c}/a"],
+    ["scale", "{m}", "--coords", "1:1:1", "--factors", "0", "--tasks", "none", "--out", "{c}/s"],
+    ["quantize", "{m}", "--out", "{c}/q"], ["recipe", "{m}", "--for", "torchao", "--coords", "1:1:1", "--out", "{c}/r.py"],
+    ["quant-compare", "{m}", "--coords", "1:1:1", "--out", "{c}/qc"], ["edit", "{m}", "--zero", "1:1:1", "--out", "{c}/e"],
+    ["audit", "{m}", "{m}", "--json", "{c}/x.json"], ["report", "{m}", "--out", "{c}/r.html"],
+])
+def test_every_command_that_writes_refuses_superweights_cache(model_copy, tmp_path, capsys, monkeypatch, argv):
+    """Issue 42: the guard's table: each command that writes, into superweight's own cache
+    (a folder of it that exists), refused in one line before any work, nothing written there."""
+    cache = tmp_path / "cache"
+    (cache / "gguf").mkdir(parents=True)
+    monkeypatch.setenv("SUPERWEIGHT_CACHE", str(cache))
+    before = sorted(p.name for p in cache.rglob("*"))
+    fmt = dict(m=model_copy, c=cache / "gguf")
+    one_line(capsys, main([a.format(**fmt) for a in argv]), "inside superweight's cache")
+    assert sorted(p.name for p in cache.rglob("*") if p.suffix != ".lock") == before
