@@ -96,13 +96,14 @@ def planted_llama(coord: sw.Coord = sw.Coord(1, 5, 7), factor: float = 400.0) ->
     return lm
 
 
-def tiny_moe_gguf(path, coord: sw.Coord, factor: float = 400.0, drop: str | None = None) -> None:
+def tiny_moe_gguf(path, coord: sw.Coord, factor: float = 400.0, drop: str | None = None, blocks: int = 3) -> None:
     """Write a tiny Qwen3-MoE GGUF file (float32 tensors, experts stacked per layer as
     llama.cpp stores them: ``blk.N.ffn_{gate,up,down}_exps``) with a super weight planted
     at ``coord`` and a byte-level BPE tokenizer with one merge. Tensor names come from
     transformers' own GGUF name map. Sizes that transformers' GGUF reader does not take
     from the file (the experts' width) are left at the config class's defaults. ``drop``:
-    leave out the tensors whose GGUF name contains it (a checkpoint that lacks a weight)."""
+    leave out the tensors whose GGUF name contains it (a checkpoint that lacks a weight);
+    ``blocks``: the block count its metadata claims (the tensors hold 3)."""
     from accelerate import init_empty_weights
     from gguf import GGUFWriter
     from transformers.convert_slow_tokenizer import bytes_to_unicode
@@ -129,7 +130,7 @@ def tiny_moe_gguf(path, coord: sw.Coord, factor: float = 400.0, drop: str | None
         meta = AutoModelForCausalLM.from_config(cfg)
     names = {hf: g for g, hf in get_gguf_hf_weights_map(meta, TENSOR_PROCESSORS["qwen3moe"](config=cfg.to_dict())).items()}
     w = GGUFWriter(str(path), "qwen3moe")
-    for key, value in [("context_length", 128), ("block_count", 3), ("feed_forward_length", 64),
+    for key, value in [("context_length", 128), ("block_count", blocks), ("feed_forward_length", 64),
                        ("embedding_length", 32), ("attention.head_count", 4), ("attention.head_count_kv", 4),
                        ("attention.key_length", 8), ("expert_count", 4), ("expert_used_count", 4)]:
         w.add_uint32(f"qwen3moe.{key}", value)

@@ -174,3 +174,19 @@ def test_a_config_that_disagrees_with_its_weights_is_refused_before_torch_is_imp
                        env={**__import__("os").environ, "SUPERWEIGHT_VERDICTS": "off"})
     lines = [ln for ln in p.stderr.splitlines() if ln.startswith("superweight: error:")]
     assert p.returncode == 2 and len(lines) == 1 and said in lines[0], p.stderr
+
+
+def test_a_gguf_whose_metadata_claims_more_blocks_than_its_tensors_is_refused_before_its_config(tmp_path, cli_here,
+                                                                                            error_line, monkeypatch):
+    """Issue 42, item 3 for GGUF files: the metadata's block count against the tensor table,
+    before transformers makes a config of it (10^9 blocks took its config alone 13 s), on the
+    converting path and on the streamed one."""
+    from tiny import tiny_moe_gguf
+
+    monkeypatch.setenv("SUPERWEIGHT_CACHE", str(tmp_path / "cache"))
+    f = tmp_path / "m.gguf"
+    tiny_moe_gguf(f, sw.Coord(1, 3, 5, 2), 400.0, blocks=10**9)
+    said = "its metadata says 1,000,000,000 blocks, its tensors hold 3"
+    error_line(cli_here("detect", str(f), "--no-stream"), said)
+    error_line(cli_here("edit", str(f), "--zero", "1:3:5:2", "--out", str(tmp_path / "e")), said)
+    assert not (tmp_path / "e").exists()

@@ -218,3 +218,31 @@ def header_error(path: Path, e: BaseException):
     from superweight.errors import ModelLoadError, first_line
 
     return ModelLoadError(f"cannot read GGUF file {path}: its header is damaged or truncated ({first_line(e)})")
+
+
+def check_gguf_sizes(path: str | Path) -> None:
+    """A GGUF file's metadata against its tensor table, before transformers builds a config
+    from it (issue 42: a config claiming 10^9 layers takes transformers' config alone 13 s,
+    and the model's build far longer): ``{arch}.block_count`` may not exceed the blocks its
+    tensors hold (``blk.N.``), and ``{arch}.embedding_length`` must be a width of the token
+    embedding. A file the reader cannot parse is left to the load, which names it."""
+    import re
+
+    from superweight.errors import ModelLoadError
+
+    try:
+        r = reader(path)
+        arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
+        field = r.fields.get(f"{arch}.block_count")
+        want = int(field.parts[-1][0]) if field is not None else None
+        width = r.fields.get(f"{arch}.embedding_length")
+        hidden = int(width.parts[-1][0]) if width is not None else None
+        blocks = {int(m.group(1)) for t in r.tensors for m in [re.match(r"blk\.(\d+)\.", t.name)] if m}
+        emb = next((tuple(int(x) for x in t.shape) for t in r.tensors if t.name == "token_embd.weight"), None)
+    except Exception:  # noqa: BLE001 - the reader raises several types; the load says what is wrong
+        return
+    if want is not None and blocks and want > max(blocks) + 1:
+        raise ModelLoadError(f"{path}: its metadata says {want:,} blocks, its tensors hold {max(blocks) + 1}")
+    if hidden is not None and emb is not None and hidden not in emb:
+        raise ModelLoadError(f"{path}: its metadata says an embedding length of {hidden:,}, its token embedding is "
+                             f"{' x '.join(map(str, emb))}")

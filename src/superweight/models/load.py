@@ -271,6 +271,9 @@ def gguf_to_hf_dir(path: Path, log=None) -> Path:
     with locked(target, wait=True) as lock:
         if _converted(target, digest):  # a run that held the lock before us finished it
             return target
+        from superweight.models.gguf_file import check_gguf_sizes
+
+        check_gguf_sizes(path)  # before the conversion reads a config from it
         if target.exists() and not only_conversion_files(target):
             raise ModelLoadError(f"{target} holds files superweight did not write; it is left as it is: remove it "
                                  f"to convert {path.name} again")
@@ -374,6 +377,9 @@ def reading(origin: Source, stream: bool | None, device: str, log=None) -> Readi
     elif path.is_dir():
         source = path
     elif stream or (stream is None and not _conversion_fits(path)):
+        from superweight.models.gguf_file import check_gguf_sizes
+
+        check_gguf_sizes(path)  # before transformers reads a config from it
         source = gguf = path
     else:
         source = gguf_to_hf_dir(path, log)
