@@ -43,7 +43,7 @@ import torch
 
 from superweight.coords import Coord
 from superweight.errors import ModelLoadError, UsageError
-from superweight.models.load import LoadedModel, is_pack
+from superweight.models.load import CONVERTED_MARKER, LoadedModel, is_pack
 
 EDIT_MANIFEST = "superweight-edit.json"
 OTHER_WEIGHTS = (".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5", ".ckpt")
@@ -256,8 +256,8 @@ def _edit_safetensors(mapped, targets, out: Path, report: EditResult, why: str, 
                 h.write(data)
         report.files.append(str(rel))
     for p in sorted(src.iterdir()):
-        if not p.is_file() or p.name.startswith(".") or p in files or p.name == EDIT_MANIFEST:
-            continue
+        if not p.is_file() or p.name.startswith(".") or p in files or p.name in (EDIT_MANIFEST, CONVERTED_MARKER):
+            continue  # superweight's own records of the source (an edit's manifest, a converted GGUF's marker)
         if p.name.endswith(OTHER_WEIGHTS + (".safetensors",)):
             report.not_copied.append(p.name)  # another format, or weights the index does not list
             continue

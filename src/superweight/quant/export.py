@@ -164,9 +164,13 @@ def _source_checkpoint(lm: LoadedModel, names: list[str]):
 
 
 def _copy_side_files(src: Path, dst: Path) -> None:
+    """The source's config, tokenizer and other files, not its weights nor superweight's own
+    records (a quantize manifest, a converted GGUF's marker: they speak of the source)."""
+    from superweight.models.load import CONVERTED_MARKER
+
     for f in sorted(src.iterdir()):
         if f.is_file() and not f.name.startswith(".") and not f.name.endswith(WEIGHT_SUFFIXES) \
-                and f.name != "model.safetensors.index.json" and f.name != MANIFEST:
+                and f.name not in ("model.safetensors.index.json", MANIFEST, CONVERTED_MARKER):
             shutil.copy2(f, dst / f.name)
 
 
