@@ -14,6 +14,7 @@ def test_the_import_graph_has_no_circle_and_no_import_back_up():
     edges, private, argparse_users, back_up = import_graph.graph()
     assert import_graph.cycles(edges) == []
     assert back_up == []  # issue 33: no import runs back up a layer
+    assert import_graph.folders_out_of_layer(edges) == []  # issue 41: nor a folder, by a leaf kept in it
     assert private == []
     assert argparse_users == []
     assert "superweight.detect" not in edges["superweight.audit"]  # audit takes types, not the algorithm

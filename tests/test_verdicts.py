@@ -211,7 +211,7 @@ def test_a_link_planted_in_the_cache_is_replaced_not_written_through(planted_dir
 def test_an_edited_remembered_hash_is_not_trusted(tmp_path, monkeypatch):
     import hashlib
 
-    from superweight.models.source import content_hash
+    from superweight.hashing import content_hash
 
     monkeypatch.setenv("SUPERWEIGHT_CACHE", str(tmp_path / "c"))
     monkeypatch.setenv("SUPERWEIGHT_VERDICT_CACHE", str(tmp_path / "c" / "verdicts"))
@@ -240,7 +240,7 @@ def test_json_naming_the_runs_own_cache_entry_is_refused_not_waited_on(planted_d
 def test_a_second_run_says_whose_proof_it_waits_for(planted_dir, cache, capsys):
     import threading
 
-    from superweight.output.atomic import locked
+    from superweight.atomic import locked
     from superweight.verdicts import _digest, verdict_key
 
     lm = sw.load(str(planted_dir))

@@ -6,7 +6,8 @@
 Every ``import`` of a superweight module counts, at module level or inside a function (a
 deferred import is still a dependency). The package is layered, lowest first (``LAYERS``):
 
-0. leaves: errors, paths, version, coords, output.atomic (writes files whole; imports only leaves)
+0. leaves: errors, paths, version, coords, atomic (writes files whole), progress (how far a step is),
+   hashing (a file's content identity), numbers, signing, wheels: each imports only leaves
 1. reading models and data: models/*, index, texts
 2. measuring: probe/*
 3. detecting and proving: results, residual, detect, verification, verdicts, targets
@@ -14,7 +15,10 @@ deferred import is still a dependency). The package is layered, lowest first (``
 5. what the commands write: output/*
 6. the face: cli, the package ``__init__``
 
-An import "runs back up" when it goes from a lower layer to a higher one.
+An import "runs back up" when it goes from a lower layer to a higher one. At folder scale
+(issue 41) every module of a folder (``models/``, ``probe/``, ``quant/``, ``paper/``, ``output/``)
+sits in its folder's layer: a leaf lives on the ground floor, not in a folder above it, so no
+folder imports from a folder above its own.
 """
 from __future__ import annotations
 
@@ -24,8 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "src" / "superweight"
 LAYERS = [
-    ("superweight.errors", "superweight.paths", "superweight.version", "superweight.coords", "superweight.output.atomic",
-     "superweight.numbers", "superweight.signing", "superweight.wheels", "superweight.probe.progress"),
+    ("superweight.errors", "superweight.paths", "superweight.version", "superweight.coords", "superweight.atomic",
+     "superweight.numbers", "superweight.signing", "superweight.wheels", "superweight.progress", "superweight.hashing"),
     ("superweight.models", "superweight.index", "superweight.texts"),
     ("superweight.probe",),
     ("superweight.results", "superweight.residual", "superweight.proof", "superweight.detect", "superweight.verification",
@@ -81,6 +85,18 @@ def imports(name: str, path: Path, known: set[str]) -> list[tuple[str, list[str]
                 else:
                     out.append((base, [a.name], node.lineno))
     return out
+
+
+def folder(module: str) -> str | None:
+    """``superweight.models`` for ``superweight.models.load``; None for a module at the top."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 2 else None
+
+
+def folders_out_of_layer(mods) -> list[str]:
+    """Modules that sit in another layer than their folder's (a leaf kept inside a folder above it)."""
+    return [f"{m} (layer {layer(m)}) in {folder(m)} (layer {layer(folder(m))})"
+            for m in sorted(mods) if folder(m) and layer(m) != layer(folder(m))]
 
 
 def graph():
@@ -155,7 +171,11 @@ def main(argv: list[str]) -> int:
     for p in private:
         print("  " + p)
     print(f"modules other than cli importing argparse: {argparse_users or 'none'}")
-    broken = circles or back_up or private or argparse_users
+    misplaced = folders_out_of_layer(edges)
+    print(f"modules out of their folder's layer: {len(misplaced)} (none allowed)")
+    for m in misplaced:
+        print("  " + m)
+    broken = circles or back_up or private or argparse_users or misplaced
     return 1 if broken else 0
 
 

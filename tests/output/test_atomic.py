@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from superweight.output.atomic import atomic_path
+from superweight.atomic import atomic_path
 
 
 def test_a_file_appears_only_once_complete(tmp_path):

@@ -17,7 +17,7 @@ import pytest
 from tiny import plant, tiny_model, tiny_moe_gguf
 
 import superweight as sw
-from superweight.output.atomic import Lock
+from superweight.atomic import Lock
 from superweight.cli import main
 from superweight.quant.export import MANIFEST
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from superweight.output.console import Lines
-from superweight.probe.progress import expect, progress_of, reporting
+from superweight.progress import expect, progress_of, reporting
 
 
 class Clock:

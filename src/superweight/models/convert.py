@@ -86,7 +86,7 @@ def convert_gguf(path: Path, dest: Path, check=None) -> str | None:
         return names
     params = dict(model.named_parameters(remove_duplicate=False))
     spec = {n: tuple(params[n].shape) for n in names}
-    from superweight.probe.progress import progress_of
+    from superweight.progress import progress_of
 
     report = progress_of()
 

@@ -21,7 +21,8 @@ import torch
 
 from superweight.models.adapters import Adapter, family_for
 from superweight.errors import ModelLoadError, SuperweightError, UnsupportedModelError, UsageError, first_line
-from superweight.models.source import DTYPE_NAMES, Source, content_hash, dtype_name, looks_like_path, resolve  # noqa: F401 - content_hash: named here too
+from superweight.hashing import content_hash
+from superweight.models.source import DTYPE_NAMES, Source, dtype_name, looks_like_path, resolve
 from superweight.models.gguf_file import header_error
 from superweight.paths import cache_root
 
@@ -260,7 +261,7 @@ def gguf_to_hf_dir(path: Path, log=None) -> Path:
     (``convert.convert_gguf``); return its path. The conversion holds the lock on its target
     (a second run waits for it, then uses its result), is staged in a temporary, and clears
     what a killed conversion left."""
-    from superweight.output.atomic import locked, publish_dir, temp_dir
+    from superweight.atomic import locked, publish_dir, temp_dir
 
     target = _gguf_cache_dir(path)
     digest = content_hash(path)

@@ -67,7 +67,7 @@ def fetch_split(m: SplitGGUF, log=None) -> Path:
     """The assembled GGUF file of ``m``, downloaded and joined on first use. The first use
     holds the file's lock: a second run (or a second test worker) waits for it, then reads
     its result, instead of downloading into the same folder at the same time."""
-    from superweight.output.atomic import locked
+    from superweight.atomic import locked
 
     target = _cache() / m.file
     if _assembled(target, m):

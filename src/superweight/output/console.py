@@ -467,7 +467,7 @@ def status_line(console, enabled: bool, stream=None, start: str = "starting"):
     import os
     import sys
 
-    from superweight.probe.progress import reporting
+    from superweight.progress import reporting
 
     if not enabled:
         mode = os.environ.get("SUPERWEIGHT_PROGRESS", "").strip().lower()

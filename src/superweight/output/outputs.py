@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from superweight.errors import UsageError
-from superweight.output.atomic import (Lock, anchor, full_disk, no_space, publish_dir, publish_file, real,
+from superweight.atomic import (Lock, anchor, full_disk, no_space, publish_dir, publish_file, real,
                                        replaceable, clear_leftovers, temp_dir, temp_file)
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from superweight.output.atomic import atomic_path
+from superweight.atomic import atomic_path
 
 
 def plot_detect(result, path: str | Path) -> Path:

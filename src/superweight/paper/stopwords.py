@@ -60,7 +60,7 @@ def shift(lm: LoadedModel, contexts: list[str], intervention: Callable[[], Abstr
           top: int = 10, progress: Callable[[int], None] | None = None) -> list[TokenShift]:
     """The ``top`` tokens whose mean next-token probability moved most (by absolute change)
     between the intact model and the model under ``intervention()``."""
-    from superweight.probe.progress import expect
+    from superweight.progress import expect
 
     if not contexts:
         raise ValueError("no contexts")

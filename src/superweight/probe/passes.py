@@ -31,7 +31,7 @@ import torch
 from superweight.coords import Coord
 from superweight.errors import UnsupportedModelError
 from superweight.probe.hooks import summarize, watch
-from superweight.probe.progress import progress_of
+from superweight.progress import progress_of
 from superweight.models.load import LoadedModel
 
 MAX_GROUPS = 16  # groups per pass

@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import save_file
 
 from superweight.version import VERSION as __version__
-from superweight.output.atomic import atomic_dir
+from superweight.atomic import atomic_dir
 from superweight.errors import ModelLoadError
 from superweight.models.load import LoadedModel
 from superweight.quant.rtn import QuantConfig
