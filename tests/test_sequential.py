@@ -10,7 +10,8 @@ from tiny import planted_llama
 
 import superweight as sw
 from superweight.proof import Judge, decided, grade
-from superweight.probe.realtext import CONDITIONS, TextEffect, spread
+from superweight.probe.realtext import CONDITIONS
+from superweight.probe.records import TextEffect, spread
 from superweight.results import Control, DetectConfig, Effect
 
 DECISIVE = sw.Coord(1, 5, 7)  # moves every window by ~1.5 nats

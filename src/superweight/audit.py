@@ -430,7 +430,7 @@ def audit(original: LoadedModel, quantized: LoadedModel, findings: list[tuple[Co
     """Compare ``quantized`` with ``original`` at ``findings`` ((coordinate, grade) pairs)."""
     from superweight.proof import Judge
     from superweight.probe.interventions import edited
-    from superweight.probe.measures import DEFAULT_PROMPT
+    from superweight.probe.prompts import DEFAULT_PROMPT
     from superweight.results import DetectConfig
 
     cfg = cfg or AuditConfig()

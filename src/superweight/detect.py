@@ -19,8 +19,7 @@ from typing import Callable
 
 from superweight.coords import Coord
 from superweight.models.load import LoadedModel
-from superweight.probe.hooks import SiteRecord
-from superweight.probe.measures import DEFAULT_PROMPT  # noqa: F401 - detect's, named here too
+from superweight.probe.records import SiteRecord
 from superweight.probe.passes import Group
 from superweight.proof import Judge
 from superweight.residual import massive_channels, super_activation

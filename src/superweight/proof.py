@@ -20,7 +20,8 @@ from superweight.models.load import LoadedModel
 from superweight.probe import passes, tokens
 from superweight.probe.measures import Probe
 from superweight.probe.passes import Group, stack
-from superweight.probe.realtext import CONDITIONS, RealText, TextEffect, context_of, make_windows
+from superweight.probe.realtext import CONDITIONS, RealText, context_of, make_windows
+from superweight.probe.records import TextEffect
 from superweight.residual import massive_channels
 from superweight.results import Control, DetectConfig, Effect, Finding
 

@@ -564,7 +564,7 @@ def test_no_output_lands_inside_a_hub_models_cache_folder(tmp_path, monkeypatch,
 
 def test_percentages_read_as_percentages():
     """A zeroed weight's error is "100%", not "1e+02%" (as the audit table first showed it)."""
-    from superweight.output.console import fmt_pct
+    from superweight.numbers import fmt_pct
 
     assert [fmt_pct(x) for x in (1.0, 0.153, 12.34, 0.053, 0.000123, 0.0, None, float("nan"))] == \
         ["100%", "15%", "1234%", "5.3%", "0.012%", "0%", "-", "-"]

@@ -9,7 +9,8 @@ from tiny import tiny_model
 
 from superweight.proof import Judge
 from superweight.results import DetectConfig
-from superweight.probe.measures import perplexity, real_log_probs, stack
+from superweight.probe.measures import perplexity
+from superweight.probe.passes import real_log_probs, stack
 
 
 def test_kl_is_zero_for_the_intact_model_and_grows_with_a_change():

@@ -10,7 +10,8 @@ from tiny import plant, tiny_model
 import superweight as sw
 from superweight.probe import passes
 from superweight.probe import tokens
-from superweight.probe.measures import PROBE_SENTENCES, real_log_probs
+from superweight.probe.passes import real_log_probs
+from superweight.probe.prompts import PROBE_SENTENCES
 from superweight.probe.hooks import summarize, watch
 from superweight.probe.passes import Group, stack
 

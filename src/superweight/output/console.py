@@ -10,7 +10,7 @@ START = time.monotonic()  # when the command line began (cli.py imports this mod
 from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from superweight.numbers import fmt_g, fmt_interval, fmt_pct  # noqa: F401 - the output's number formats, named here too
+from superweight.numbers import fmt_g, fmt_interval, fmt_pct  # noqa: E402
 
 
 def _add(t: Table, *cells) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import html
 
 from superweight.output import plot
-from superweight.output.console import AUDIT_HEAD, audit_legend, audit_ppl_rows, audit_rows, fmt_g as g, fmt_interval, fmt_spread, text_header
+from superweight.numbers import fmt_g as g, fmt_interval
+from superweight.output.console import AUDIT_HEAD, audit_legend, audit_ppl_rows, audit_rows, fmt_spread, text_header
 
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1100px;padding:0 16px 40px;

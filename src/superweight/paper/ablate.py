@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from superweight.paper import stopwords, zeroshot
-from superweight.texts import lambada, read_text  # noqa: F401 - read_text: re-exported for callers
+from superweight.texts import lambada, read_text
 from superweight.coords import Coord
 from superweight.probe.measures import perplexity_spread
 from superweight.probe.tokens import tokens

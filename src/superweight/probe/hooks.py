@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from superweight.models.adapters import Adapter, Site
-from superweight.probe.records import SiteRecord  # noqa: F401 - made here, defined there (torch-free)
+from superweight.probe.records import SiteRecord  # made here, defined there (torch-free)
 
 
 def summarize(site: Site, x: torch.Tensor, y: torch.Tensor, tokens: torch.Tensor, zeroed=()) -> SiteRecord:

@@ -13,9 +13,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from superweight.probe.passes import real_log_probs, stack  # noqa: F401 - re-exported: they were here
-
-from superweight.probe.prompts import DEFAULT_PROMPT, PROBE_SENTENCES  # noqa: F401 - named here too
 from superweight.probe.tokens import tokens
 
 

@@ -32,7 +32,7 @@ import torch
 from superweight.errors import UsageError
 from superweight.probe.passes import Chunked, Group, run, stack
 from superweight.probe.tokens import tokens
-from superweight.probe.records import CONFIDENCE, TextEffect, spread  # noqa: F401 - named here too
+from superweight.probe.records import TextEffect
 
 CONDITIONS = ("bos", "mid")
 TOP_K = 256

@@ -124,7 +124,7 @@ def massive_input_columns(lm: LoadedModel, names: list[str], ratio: float, max_c
     least ``ratio`` times the median channel's: the super activation's channel and its kind.
     Their weight columns multiply the massive activations, so their error is amplified. At
     most ``max_cols`` per weight, largest first. (Fused expert weights get none.)"""
-    from superweight.probe.measures import DEFAULT_PROMPT
+    from superweight.probe.prompts import DEFAULT_PROMPT
 
     prompts = prompts or (DEFAULT_PROMPT,)
     peak: dict[str, torch.Tensor] = {}
