@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import random
 import zlib
+from typing import NamedTuple
 
 from superweight.coords import Coord
 from superweight.models.finite import refuse_nonfinite
@@ -71,9 +72,18 @@ def controls_for(lm: LoadedModel, coords: list[Coord], avoid: set[Coord], n_rand
     return [Control("largest", largest), Control("random", tuple(rand)), Control("neighbours", tuple(near))]
 
 
-def _bounds(eff: Effect, cfg: DetectConfig, end: int) -> tuple[str, dict, list[str], dict]:
-    """(grade, margin per condition, conditions where it matters, what each condition shows:
-    ``wreck``, ``matters`` or ``none``) with every number at one end of its interval over
+class Bounds(NamedTuple):
+    """What the numbers say at one end of their intervals (``_bounds``)."""
+
+    grade: str  # super, strong or rejected
+    margin: dict  # condition -> the candidate's KL over its strongest control's
+    matters: list  # the conditions where it matters
+    state: dict  # condition -> wreck, matters or none
+
+
+def _bounds(eff: Effect, cfg: DetectConfig, end: int) -> Bounds:
+    """The grade, margin per condition, conditions where it matters, and what each condition
+    shows (``wreck``, ``matters`` or ``none``) with every number at one end of its interval over
     windows: ``end`` 0 the point values (means over windows), -1 the pessimistic end (the
     candidate's lower bound against its controls' upper bounds), +1 the optimistic end.
     Conditions without a measured control are not graded."""
@@ -94,14 +104,14 @@ def _bounds(eff: Effect, cfg: DetectConfig, end: int) -> tuple[str, dict, list[s
             if ppl >= cfg.super_ppl_ratio:
                 wreck.append(c)
     state = {c: "wreck" if c in wreck else "matters" if c in matters else "none" for c in eff.text.kls}
-    return ("super" if wreck else "strong" if matters else "rejected"), margin, matters, state
+    return Bounds("super" if wreck else "strong" if matters else "rejected", margin, matters, state)
 
 
 def _open(eff: Effect, cfg: DetectConfig) -> tuple[str, ...]:
     """The conditions whose part in the grade differs at the two ends of the intervals:
     the only ones where more windows can change it (a condition that shows the same at both
     ends is decided on its own, and its windows stop there)."""
-    lo, hi = _bounds(eff, cfg, -1)[3], _bounds(eff, cfg, +1)[3]
+    lo, hi = _bounds(eff, cfg, -1).state, _bounds(eff, cfg, +1).state
     return tuple(c for c in eff.text.kls if lo[c] != hi[c]) or tuple(eff.text.kls)
 
 
@@ -110,7 +120,7 @@ def decided(eff: Effect, cfg: DetectConfig) -> bool:
     the same (a candidate below ``strong_kl`` even at its upper bound is decided too)."""
     if eff.text is None:
         return True
-    return _bounds(eff, cfg, -1)[0] == _bounds(eff, cfg, +1)[0]
+    return _bounds(eff, cfg, -1).grade == _bounds(eff, cfg, +1).grade
 
 
 def grade(eff: Effect, cfg: DetectConfig) -> tuple[str, str | None]:
@@ -125,10 +135,11 @@ def grade(eff: Effect, cfg: DetectConfig) -> tuple[str, str | None]:
             f"screened out on the probe sentences: zeroing it moves them by {eff.kl:.3g} nats"
             + (f", its control {eff.control_kl:.2g}" if eff.control_kl is not None else "")
             + f" (needs >= {cfg.screen_kl:g} and >= {cfg.screen_margin:g}x the control)")
-    g, margin, matters, _ = _bounds(eff, cfg, 0)
+    point = _bounds(eff, cfg, 0)
+    g, margin = point.grade, point.margin
     eff.margin = margin or None
-    eff.matters_in = matters
-    low, high = _bounds(eff, cfg, -1)[0], _bounds(eff, cfg, +1)[0]
+    eff.matters_in = point.matters
+    low, high = _bounds(eff, cfg, -1).grade, _bounds(eff, cfg, +1).grade
     if low == "rejected" and high != "rejected":  # does it matter at all? the windows cannot tell
         return "uncertain", f"{low} or {high}: " + "; ".join(_straddles(eff, cfg))
     if low != high:  # it matters for sure; that it wrecks the model is not shown at both ends
@@ -149,7 +160,7 @@ def grade(eff: Effect, cfg: DetectConfig) -> tuple[str, str | None]:
 def _straddles(eff: Effect, cfg: DetectConfig) -> list[str]:
     """Each threshold that an interval over windows straddles, in words."""
     out = []
-    lo, hi = _bounds(eff, cfg, -1)[1], _bounds(eff, cfg, +1)[1]
+    lo, hi = _bounds(eff, cfg, -1).margin, _bounds(eff, cfg, +1).margin
     for c in eff.text.kls:
         iv = eff.text.interval(c, cfg.confidence)
         n = f"{iv['windows']} windows"
