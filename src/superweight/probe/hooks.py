@@ -23,6 +23,17 @@ from superweight.models.adapters import Adapter, Site
 from superweight.probe.records import SiteRecord  # made here, defined there (torch-free)
 
 
+@contextmanager
+def hooked(handles: list):
+    """The one way hooks are held: the block runs with ``handles`` (hook handles registered
+    before it, or appended inside it) and each is removed when it ends, however it ends."""
+    try:
+        yield handles
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def summarize(site: Site, x: torch.Tensor, y: torch.Tensor, tokens: torch.Tensor, zeroed=()) -> SiteRecord:
     """x: [N, in], y: [N, out] for N tokens whose prompt positions are ``tokens``.
     ``zeroed``: (row, col) pairs of the weight to count as zero (ablated by subtraction)."""
@@ -152,8 +163,5 @@ def watch(adapter: Adapter, fn, sites=None, strict: bool = False) -> Iterator[No
 
             handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(mod.register_forward_hook(post))
-        try:
+        with hooked(handles):
             yield
-        finally:
-            for h in handles:
-                h.remove()

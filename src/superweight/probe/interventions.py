@@ -21,6 +21,7 @@ from torch import nn
 from superweight.models.adapters import Adapter
 from superweight.coords import Coord
 from superweight.errors import UsageError
+from superweight.probe.hooks import hooked
 
 __all__ = ["edited", "edited_params", "zeroed", "scaled", "activation_restored", "outliers_pruned", "prunable_params"]
 
@@ -108,11 +109,8 @@ def activation_restored(adapter: Adapter, coords, values: dict[Coord, float] | N
                 out[b, t, c.row] += (xc[b, t] * values[c]).to(out.dtype)
             return out
         handles.append(site.module.register_forward_hook(hook))
-    try:
+    with hooked(handles):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def prunable_params(adapter: Adapter) -> list[tuple[str, nn.Parameter]]:

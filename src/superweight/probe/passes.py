@@ -30,7 +30,7 @@ import torch
 
 from superweight.coords import Coord
 from superweight.errors import UnsupportedModelError
-from superweight.probe.hooks import summarize, watch
+from superweight.probe.hooks import hooked, summarize, watch
 from superweight.progress import progress_of
 from superweight.models.load import LoadedModel
 
@@ -361,11 +361,8 @@ def _final(body, out: list, hidden_states: bool = False):
         if not hidden_states or getattr(o, "hidden_states", None) is not None:
             raise _BodyDone
 
-    handle = body.register_forward_hook(hook, with_kwargs=True)
-    try:
+    with hooked([body.register_forward_hook(hook, with_kwargs=True)]):
         yield
-    finally:
-        handle.remove()
 
 
 class _Body(torch.nn.Module):
@@ -437,12 +434,10 @@ def _kept(lm: LoadedModel, kept: list, answers: list):
             if r.outputs is not None:
                 r.outputs.append(h[rows].detach().clone())
 
-    handles = [layer.register_forward_hook(hook) for layer in lm.adapter.layers]
     try:
-        yield
+        with hooked([layer.register_forward_hook(hook) for layer in lm.adapter.layers]):
+            yield
     finally:
-        for h in handles:
-            h.remove()
         for k, _ in kept:
             if answers[k].resume.outputs is None or len(answers[k].resume.outputs) != len(lm.adapter.layers):
                 answers[k].resume = None  # could not be recorded: later rows start from the embeddings

@@ -138,15 +138,13 @@ def massive_input_columns(lm: LoadedModel, names: list[str], ratio: float, max_c
             x = inp[0].detach().abs().reshape(-1, inp[0].shape[-1]).amax(0).float().cpu()
             peak[name] = x if name not in peak else torch.maximum(peak[name], x)
         handles.append(mod.register_forward_hook(hook))
-    try:  # one pass per prompt through the engine (no padding for the hooks to see), the head at the last token only
-        from superweight.probe.passes import Group, run
+    from superweight.probe.hooks import hooked
+    from superweight.probe.passes import Group, run
 
+    with hooked(handles):  # one pass per prompt through the engine (no padding for the hooks to see), the head at the last token only
         for p in prompts:
             ids = torch.tensor([tokens(lm.tokenizer, p, special=True)], device=lm.device)
             run(lm, [Group(ids, torch.ones_like(ids, dtype=torch.bool), last=True)], reduce=lambda lp: None)
-    finally:
-        for h in handles:
-            h.remove()
     out = {}
     for name, x in peak.items():
         med = x.median().clamp(min=1e-12)

@@ -28,6 +28,7 @@ from superweight.coords import Coord
 from superweight.models.load import LoadedModel
 from superweight.quant.rtn import QuantConfig
 from superweight.quant.apply import quantizable, quantized
+from superweight.probe.hooks import hooked
 
 
 def fake_quant_per_token(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
@@ -83,8 +84,5 @@ def w8a8(lm: LoadedModel, holdout=(), bits: int = 8, weights: bool = True) -> It
             def pre(m, args, chans=chans):
                 return (quant_with_holdout(args[0], chans, bits),) + tuple(args[1:])
             handles.append(mod.register_forward_pre_hook(pre))
-        try:
+        with hooked(handles):
             yield
-        finally:
-            for h in handles:
-                h.remove()
