@@ -48,7 +48,7 @@ def _fixed(x: float, k: int) -> str:
 def fmt_interval(point: float | None, lo: float | None, hi: float | None, digits: int = 3) -> str:
     """``1.19 [1.17-1.21]``: a point and its interval with as many digits as it takes for the
     three to read apart where they differ, and for the printed ends to hold the printed point
-    where the interval holds it (``[1.2-1.2]`` around 1.19 was the old print). Between 1e-4 and
+    where the interval holds it (never ``[1.2-1.2]`` around 1.19). Between 1e-4 and
     1e5 and within a factor 1000, the ends share their decimals, from ``digits`` significant
     digits of the larger, each with two at least, and the point has ``digits`` of its own at
     least (``1.006 [0.998-1.004]``, ``7.61 [4.3-18.2]``); else each has its own significant

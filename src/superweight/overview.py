@@ -32,11 +32,10 @@ class ReportConfig:
     ablate: bool = True  # the short ablation
     quant: bool = True  # the RTN sweep
     text: str = "lambada"  # perplexity text for the ablation and the sweep
-    # windows of 128 tokens, 4 of them (one 512-token window until issue 40): the findings'
-    # window length and first look, and the same tokens as the one window was, so each
-    # perplexity carries its interval over windows and each ratio its paired one at the cost
-    # the page had. 6 windows took SmolLM2's report to 53 s (60 s target) but Qwen's to 143 s
-    # (2 min target; docs/benchmarks.md, "Issue 40"); --max-windows buys more
+    # windows of 128 tokens, 4 of them: the findings' window length and first look, 512
+    # tokens in all, so each perplexity carries its interval over windows and each ratio its
+    # paired one within the page's budgets (60 s on SmolLM2, 2 min on Qwen2.5-Coder; 6 windows
+    # took Qwen's to 143 s: docs/benchmarks.md, "Issue 40"); --max-windows buys more
     seqlen: int = 128
     max_windows: int = 4
     # 50, not the ablate command's 500: the page shows which tokens gain mass, not the

