@@ -110,12 +110,15 @@ class Report:
     ablation: object | None = None  # AblateResult
     quant: list[QuantRow] = field(default_factory=list)
     quant_ref: float | None = None  # unquantized perplexity on the same windows
-    quant_ref_interval: list[float] | None = None  # ... and its interval over them
-    quant_ref_ppl: object | None = None  # ... as a measures.Perplexity
+    quant_ref_ppl: object | None = None  # ... as a measures.Perplexity (its interval and windows)
     audit: object | None = None  # AuditResult
     created: str = ""
     command: str = ""
     provenance: object | None = None  # verdicts.Provenance: computed now, or from the verdict cache
+
+    @property
+    def quant_ref_interval(self) -> list[float] | None:
+        return self.quant_ref_ppl.interval() if self.quant_ref_ppl is not None else None
 
     def to_dict(self) -> dict:
         from superweight.version import VERSION as __version__
@@ -199,7 +202,7 @@ def build_report(lm: LoadedModel, cfg: ReportConfig | None = None, detect_cfg=No
             if orig is not None and cfg.text in orig.perplexity:
                 known_ref = orig.ppl(cfg.text)
         ref, rep.quant = quant_sweep(lm, acts, cfg, log, ref=known_ref)
-        rep.quant_ref, rep.quant_ref_interval, rep.quant_ref_ppl = ref.value, ref.interval(), ref
+        rep.quant_ref, rep.quant_ref_ppl = ref.value, ref
     if quantized_model is not None:
         from superweight.audit import audit
 

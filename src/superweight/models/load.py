@@ -192,9 +192,10 @@ def read_by_this_run(folder: Path) -> bool:
     return any(r == f or r.startswith(f + os.sep) for r in READING)
 
 
-def _gguf_cache_dir(path: Path, version: int = CONVERTED) -> Path:
+def _gguf_cache_dir(path: Path, version: int = CONVERTED, digest: str | None = None) -> Path:
+    """The converted folder of GGUF file ``path`` (``digest``: its SHA-256, when known already)."""
     suffix = f"-v{version}" if version > 1 else ""
-    return cache_root() / "gguf" / f"{path.stem}-{content_hash(path)[:16]}{suffix}"
+    return cache_root() / "gguf" / f"{path.stem}-{(digest or content_hash(path))[:16]}{suffix}"
 
 
 CONVERTED_MARKER = "superweight-converted.json"  # written last into a conversion, before it is published
@@ -263,8 +264,8 @@ def gguf_to_hf_dir(path: Path, log=None) -> Path:
     what a killed conversion left."""
     from superweight.atomic import locked, publish_dir, temp_dir
 
-    target = _gguf_cache_dir(path)
     digest = content_hash(path)
+    target = _gguf_cache_dir(path, digest=digest)
     if _converted(target, digest):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -298,7 +299,7 @@ def gguf_to_hf_dir(path: Path, log=None) -> Path:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-        old = _gguf_cache_dir(path, 1)  # the same file converted by an older version: removed only when it
+        old = _gguf_cache_dir(path, 1, digest)  # the same file converted by an older version: removed only when it
         # holds just a conversion's files and this run does not read it
         if old.is_dir() and only_conversion_files(old) and not read_by_this_run(old):
             shutil.rmtree(old, ignore_errors=True)

@@ -10,7 +10,7 @@ START = time.monotonic()  # when the command line began (cli.py imports this mod
 from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from superweight.numbers import fmt_g, fmt_interval, fmt_pct  # noqa: E402
+from superweight.numbers import fmt_g, fmt_interval, fmt_pct, fmt_signed_pct  # noqa: E402
 
 
 def _add(t: Table, *cells) -> None:
@@ -191,8 +191,6 @@ def audit_legend() -> tuple[str, ...]:
 def audit_rows(result) -> list[list[str]]:
     """One row per finding: its values and their change, its block and its errors, its super
     activation in the three models and its change, the verdict."""
-    from superweight.numbers import fmt_signed_pct
-
     return [[str(f.coord), f.grade, fmt_g(f.original), fmt_g(f.quantized), fmt_signed_pct(f.value_change),
              f.block.kind, fmt_pct(f.block_error), fmt_pct(f.typical_block_error), fmt_g(f.peak.get("original")),
              fmt_g(f.peak.get("quantized")), fmt_signed_pct(f.activation_change), fmt_g(f.peak.get("restored")),
@@ -217,7 +215,7 @@ def audit_ppl_rows(result) -> list[list[str]]:
 
 def print_audit(console, result) -> None:
     t = Table(title=f"audit: {result.quantized}\n  against {result.original}", title_justify="left")
-    for i, col in enumerate(AUDIT_HEAD):
+    for col in AUDIT_HEAD:
         t.add_column(col, justify="left" if col in ("weight", "grade", "block", "verdict") else "right")
     for row in audit_rows(result):
         _add(t, *row)
@@ -365,7 +363,7 @@ class Progress:
         return f"[{'#' * done}{'.' * (20 - done)}] {100 * self.frac:.0f}%{eta}"
 
     def tick(self) -> None:
-        """Called every second by the heartbeat: redraw the step as it stands now."""
+        """Called by the heartbeat (``_heartbeat``, four times a second): redraw the step as it stands now."""
 
     def close(self) -> None:
         """The work is over: nothing more is drawn."""
@@ -380,7 +378,7 @@ def _duration(s: float) -> str:
 
 
 class _Live(Progress):
-    """On a terminal: rich's status line, redrawn each second (the time left moves)."""
+    """On a terminal: rich's status line, redrawn by the heartbeat (the time left moves)."""
 
     def __init__(self, status, clock=time.monotonic):
         super().__init__(clock)

@@ -116,10 +116,10 @@ class Perplexity:
         of the ratio paired window by window (the windows' own spread cancels)."""
         from superweight.probe.records import spread
 
-        d = [a - b for a, b in zip(self.nlls, ref.nlls)]
-        if not d or len(d) != len(ref.nlls):
+        if not self.nlls or len(self.nlls) != len(ref.nlls):  # not the same windows: no pairing
             r = self.value / ref.value
             return r, r, r
+        d = [a - b for a, b in zip(self.nlls, ref.nlls)]
         lo, hi = spread(d)
         return math.exp(math.fsum(d) / len(d)), math.exp(lo), math.exp(hi)
 
