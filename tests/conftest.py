@@ -78,7 +78,7 @@ def smol_result(smol):
     before), and kept for the commands after it."""
     import superweight as sw
 
-    return sw.detect_once(smol)[0]
+    return sw.detection(smol).result
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +99,7 @@ def qwen():
 def qwen_result(qwen):
     import superweight as sw
 
-    return sw.detect_once(qwen)[0]
+    return sw.detection(qwen).result
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -161,7 +161,7 @@ def no_detection(monkeypatch):
     def banned(*a, **k):
         raise AssertionError("detection ran before the refusal")
 
-    monkeypatch.setattr(verdicts, "detect_once", banned)
+    monkeypatch.setattr(verdicts, "detection", banned)
 
 
 def test_mismatched_models_are_refused_before_detection(tiny_pair, tmp_path, capsys, no_detection):

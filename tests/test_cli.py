@@ -269,14 +269,16 @@ def test_version_prints_the_package_version_without_loading_torch():
 
 
 def test_help_groups_the_commands_and_gives_each_two_examples(capsys):
-    from superweight.cli import EXAMPLES, GROUPS, build_parser
+    from superweight.cli import COMMANDS, GROUPS, build_parser
 
     top = build_parser().format_help()
-    for group, names in GROUPS.items():
-        assert f"\n{group}:\n" in top and all(f"\n  {n} " in top for n in names)
-    assert sorted(n for names in GROUPS.values() for n in names) == sorted(EXAMPLES)
+    for group in GROUPS:
+        names = [c.name for c in COMMANDS if c.group == group]
+        assert names and f"\n{group}:\n" in top and all(f"\n  {n} " in top for n in names)
+    assert {c.group for c in COMMANDS} == set(GROUPS)
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "cmd")
+    assert list(sub.choices) == [c.name for c in COMMANDS]  # build_parser: one subparser per spec
     for name, p in sub.choices.items():
         text = p.format_help()
         examples = text.split("examples:\n", 1)[1].splitlines()

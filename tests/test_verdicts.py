@@ -7,8 +7,15 @@ import pytest
 from tiny import plant, tiny_model
 
 import superweight as sw
+import superweight.verdicts as verdicts
 from superweight.results import DetectConfig, DetectResult
-from superweight.verdicts import cache_dir, detect_once, from_state, to_state, verify_once
+from superweight.verdicts import cache_dir, detection, from_state, to_state, verify_once
+
+
+def detect_once(lm, cfg, **kw):
+    """(result, provenance) of ``detection``, as these tests read them."""
+    d = detection(lm, cfg, **kw)
+    return d.result, d.provenance
 
 CFG = DetectConfig(window=32)
 COORD = sw.Coord(1, 5, 7)
@@ -302,3 +309,25 @@ def test_a_full_disk_for_the_secret_is_said_as_such(planted_dir, cache, monkeypa
     monkeypatch.setattr(signing.tempfile, "mkstemp", full)
     _, prov = detect_once(sw.load(str(planted_dir)), CFG)
     assert prov.source == "uncached" and "no space left on the device for" in prov.note
+
+
+def test_detect_asks_the_cache_once(planted_dir, cache, cli_here, monkeypatch):
+    """Issue 41: ``superweight detect`` makes one call (``detection``) and the entry is read at
+    most once a run: looked up by the source before loading; on a miss, loaded and proved
+    with no second read (the lookup found none and no other run wrote it meanwhile); on a
+    hit, never loaded."""
+    import superweight.cli as cli
+
+    asked, loads = [], []
+    real_read, real_load = verdicts._read, cli._load
+    monkeypatch.setattr(verdicts, "_read", lambda *a: asked.append("read") or real_read(*a))
+    monkeypatch.setattr(cli, "_load", lambda *a, **k: loads.append(1) or real_load(*a, **k))
+    miss = cli_here("detect", str(planted_dir), "--window", "32", "--json", "-")
+    assert miss.returncode == 0, miss.stderr
+    assert json.loads(miss.stdout)["verdict"]["source"] == "computed" and asked == [] and loads == [1]
+    hit = cli_here("detect", str(planted_dir), "--window", "32", "--json", "-")
+    assert json.loads(hit.stdout)["verdict"]["source"] == "cache" and asked == ["read"] and loads == [1]
+    (cache / "verdicts" / f"{json.loads(hit.stdout)['verdict']['key']}.json").write_text("{}")  # damaged
+    again = cli_here("detect", str(planted_dir), "--window", "32", "--json", "-")
+    got = json.loads(again.stdout)["verdict"]
+    assert got["source"] == "computed" and got["note"] == "recomputed: a damaged cache entry" and loads == [1, 1]

@@ -4,7 +4,9 @@
     python tools/import_graph.py --edges    # every edge, importer -> imported
 
 Every ``import`` of a superweight module counts, at module level or inside a function (a
-deferred import is still a dependency). The package is layered, lowest first (``LAYERS``):
+deferred import is still a dependency), and so does a registry's ``"superweight.x.y:Class"``
+string (a class loaded by name is imported all the same: issue 41's hidden circle went
+through one). The package is layered, lowest first (``LAYERS``):
 
 0. leaves: errors, paths, version, coords, atomic (writes files whole), progress (how far a step is),
    hashing (a file's content identity), numbers, signing, wheels: each imports only leaves
@@ -23,6 +25,7 @@ folder imports from a folder above its own.
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -84,7 +87,12 @@ def imports(name: str, path: Path, known: set[str]) -> list[tuple[str, list[str]
                     out.append((sub, [], node.lineno))
                 else:
                     out.append((base, [a.name], node.lineno))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and BY_NAME.match(node.value):
+            out.append((node.value.split(":")[0], [], node.lineno))  # a registry's "module:class", loaded by name
     return out
+
+
+BY_NAME = re.compile(r"^superweight(\.\w+)+:\w+$")
 
 
 def folder(module: str) -> str | None:

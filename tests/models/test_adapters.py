@@ -24,7 +24,7 @@ def test_the_package_imports_its_public_names_on_first_use_without_torch():
             "assert sw.DetectResult.__name__ == 'DetectResult'; print(sorted(set(sw.__all__) - set(dir(sw)) - set(sw._PUBLIC)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
-    from superweight.quant import QuantConfig, quantize_tensor
+    from superweight.quant.rtn import QuantConfig, quantize_tensor
     from superweight.quant.rtn import QuantConfig as Q, quantize_tensor as qt
 
     assert QuantConfig is Q and quantize_tensor is qt

@@ -229,7 +229,7 @@ def test_a_group_size_that_does_not_divide_is_refused_before_detection(saved, ca
     def banned(*a, **k):
         raise AssertionError("detection ran before the refusal")
 
-    monkeypatch.setattr(verdicts, "detect_once", banned)
+    monkeypatch.setattr(verdicts, "detection", banned)
     _, tmp = saved
     assert main(["quantize", str(tmp / "m"), "--format", "compressed-tensors", "--group-size", "48",
                  "--out", str(tmp / "q")]) == 2
@@ -262,5 +262,5 @@ def test_edit_refuses_a_packed_output_in_one_line_that_says_what_to_do(saved, ca
     capsys.readouterr()
     assert main(["edit", str(out), "--zero", "1:5:7", "--out", str(tmp / "e")]) != 0
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert len(err) == 1 and "compressed-tensors pack, read dequantized: edit the original, then quantize it" in err[0]
+    assert len(err) == 1 and "compressed-tensors checkpoint, read dequantized: edit the original, then quantize it" in err[0]
     assert not (tmp / "e").exists()

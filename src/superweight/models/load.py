@@ -457,19 +457,70 @@ def _build(config, rd: Reading, ref, torch_dtype, device: str, trust_remote_code
         raise ModelLoadError(f"cannot load {ref or 'the default model'}: {first_line(e)}") from e
 
 
-ENGINE_METHODS = ("bitsandbytes", "hqq", "torchao")  # checkpoints transformers loads into an engine's modules
+class Reader:
+    """How a checkpoint saved quantized is read back, by the ``quant_method`` of its config's
+    ``quantization_config``: read whole, ``from_pretrained`` given ``options``, the model
+    then handed to ``after`` (which returns the blocks its weights were read in, or None).
+    A ``quantize`` format whose outputs need reading of their own answers the same
+    (``quant.format.Format``) and is passed in ``load(readers=...)``."""
+
+    quant_method = ""
+    how = "dequantized after loading"
+
+    def options(self, quantization_config) -> dict:
+        return {}
+
+    def after(self, model, quantization_config):
+        return None
 
 
-def is_pack(quantization_config) -> bool:
-    """Whether a config's ``quantization_config`` (as config.json holds it) is a
-    compressed-tensors pack (``quantize --format compressed-tensors``)."""
+class Packed(Reader):
+    """compressed-tensors checkpoints (llmcompressor's, ``quantize --format compressed-tensors``):
+    transformers unpacks them on load, dequantized, since it cannot run asymmetric packs
+    compressed (quant/packed.py); a mixed one (``mixed_pack``) is decompressed by its groups."""
+
+    quant_method = "compressed-tensors"
+    how = "dequantized on load"
+
+    def options(self, quantization_config) -> dict:
+        from transformers import CompressedTensorsConfig
+
+        return {} if mixed_pack(quantization_config) else {"quantization_config": CompressedTensorsConfig(dequantize=True)}
+
+    def after(self, model, quantization_config):
+        if mixed_pack(quantization_config):
+            model.hf_quantizer.compressor.decompress_model(model)  # each matrix by its own group's scheme
+
+
+class Engine(Reader):
+    """Checkpoints saved by an engine transformers loads into its own modules (bitsandbytes,
+    hqq, torchao): each module back to a plain linear holding the engine's dequantized weight."""
+
+    def __init__(self, method: str):
+        self.quant_method = method
+
+    def after(self, model, quantization_config):
+        from superweight.models.dense import dense_
+
+        return dense_(model)
+
+
+READERS = {r.quant_method: r for r in (Packed(), Engine("bitsandbytes"), Engine("hqq"), Engine("torchao"))}
+
+
+def reader(quantization_config, readers: dict | None = None):
+    """The reader of a checkpoint whose config holds ``quantization_config`` (as config.json
+    has it, or transformers' object): ``readers`` (a format's own) before ``READERS``; None
+    for a checkpoint read as plain floats."""
     qc = quantization_config
-    return isinstance(qc, dict) and qc.get("quant_method") == "compressed-tensors"
+    method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
+    method = getattr(method, "value", method)
+    return {**READERS, **(readers or {})}.get(method) if isinstance(method, str) else None
 
 
 def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", device: str = "cpu",
          trust_remote_code: bool = False, index_id: str | None = None, stream: bool | None = None,
-         log=None) -> LoadedModel:
+         log=None, readers: dict | None = None) -> LoadedModel:
     """Load a causal LM for detection: ``source.resolve`` finds what ``ref`` names,
     ``reading`` decides how to read it, and this builds the model.
 
@@ -494,37 +545,18 @@ def load(ref: str | None = None, *, dtype: str | torch.dtype | None = "auto", de
     origin = resolve(ref, index_id, log)
     rd = reading(origin, stream, device, log)
     config = _config(rd, ref, trust_remote_code)
-    extra = {}
     qc = getattr(config, "quantization_config", None)
-    mixed = is_pack(qc) and mixed_pack(qc)
-    if is_pack(qc):
-        # a packed checkpoint (quantize --format compressed-tensors): transformers unpacks it
-        # on load; dequantized, since it cannot run asymmetric packs compressed (quant/packed.py)
+    rdr, extra = reader(qc, readers), {}
+    if rdr is not None:  # saved quantized: read whole, as its reader says
         if stream:
-            raise UsageError(f"{ref}: a compressed-tensors checkpoint is read whole (dequantized on load); drop --stream")
-        from transformers import CompressedTensorsConfig
-
-        rd = replace(rd, stream=False)
-        extra = {} if mixed else {"quantization_config": CompressedTensorsConfig(dequantize=True)}
-    engine = _engine_method(qc)
-    if engine:
-        # saved by an engine transformers loads into its own modules (bitsandbytes, hqq, torchao):
-        # read whole, then each module back to a plain linear holding the engine's dequantized weight
-        if stream:
-            raise UsageError(f"{ref}: a {engine} checkpoint is read whole (dequantized after loading); drop --stream")
-        rd = replace(rd, stream=False)
+            raise UsageError(f"{ref}: a {rdr.quant_method} checkpoint is read whole ({rdr.how}); drop --stream")
+        rd, extra = replace(rd, stream=False), rdr.options(qc)
     if isinstance(rd.source, Path) and rd.source.is_dir():
         _check_weights(rd.source)
     tokenizer = _tokenizer(rd, ref, trust_remote_code)
     model, streamer = _build(config, rd, ref, torch_dtype, device, trust_remote_code, extra)
     model.eval().requires_grad_(False)  # inference only
-    blocks = None
-    if mixed:
-        model.hf_quantizer.compressor.decompress_model(model)  # each matrix by its own group's scheme
-    if engine:
-        from superweight.models.dense import dense_
-
-        blocks = dense_(model)
+    blocks = rdr.after(model, qc) if rdr is not None else None
     adapter = Adapter(model)
     adapter.streamer = streamer
     if streamer is not None and hasattr(log, "layer"):
@@ -541,14 +573,6 @@ def mixed_pack(quantization_config) -> bool:
     compressed-tensors' own ``decompress_model``, each matrix by the group that targets it."""
     groups = quantization_config.get("config_groups") if isinstance(quantization_config, dict) else None
     return isinstance(groups, dict) and len(groups) > 1
-
-
-def _engine_method(quantization_config) -> str | None:
-    """The engine of a checkpoint saved quantized by bitsandbytes, hqq or torchao (None otherwise)."""
-    qc = quantization_config
-    method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
-    method = getattr(method, "value", method)
-    return method if method in ENGINE_METHODS else None
 
 
 def local_checkpoint(ref: str | None, log=None) -> str | None:

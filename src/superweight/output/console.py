@@ -261,7 +261,7 @@ def print_recipe(console, r, out: str | None) -> None:
 
 
 def print_quantize(console, report, out: str, fmt, held: str, manifest: str) -> None:
-    """``fmt``: the output's ``formats.Format`` (its lines, and its loading line if it needs one)."""
+    """``fmt``: the output's ``format.Format`` (its lines, and its loading line if it needs one)."""
     from superweight.quant.engines import describe
 
     cfg = report.config

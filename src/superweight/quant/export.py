@@ -6,8 +6,9 @@ to its own precision), the source's config, generation config and tokenizer file
 ``superweight-quant.json``: the method, the configuration, the held-out weights and the
 effective bits per weight, overall and per tensor.
 
-``format`` names the output format (``formats.py``: what each accepts, writes and adds);
-``"compressed-tensors"`` writes the chosen weights packed instead (``packed.py``: int codes in
+The output format (``format.Format``, by its name in ``formats.py``) says what it accepts,
+stores for each chosen weight and adds; ``plan`` asks it all before any work, and the writer
+follows the ``Plan``. ``"compressed-tensors"`` writes the chosen weights packed instead (``packed.py``: int codes in
 int32, a scale and zero point per group, ``quantization_config`` in config.json), the
 matrices holding the super weights unquantized and listed in its ``ignore``.
 
@@ -27,6 +28,7 @@ import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -39,6 +41,7 @@ from superweight.models.load import LoadedModel
 from superweight.quant.rtn import QuantConfig
 from superweight.quant.apply import QuantResult, kept_by_param, progress, held_columns, quantize_, quantize_param, quantizable
 from superweight.quant import formats
+from superweight.quant.format import Format
 
 MANIFEST = "superweight-quant.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5")
@@ -174,16 +177,57 @@ def _copy_side_files(src: Path, dst: Path) -> None:
             shutil.copy2(f, dst / f.name)
 
 
+@dataclass
+class Plan:
+    """One preflight of a write, taken before any model work (the detection of the weights to
+    hold out takes half a minute): the format, the config resolved to the model's dtype and
+    checked by the format, the chosen weights and their shapes, every one fitting the format.
+    ``keeping(coords)`` adds the weights to hold out once they are known."""
+
+    fmt: Format
+    cfg: QuantConfig
+    shapes: dict[str, tuple[int, ...]]  # chosen weight -> its shape as the model holds it, [out, in]
+    dtype: torch.dtype  # the model's, that the chosen weights are written at
+    keep: tuple = ()  # the coordinates to hold out
+    kept: dict[str, list] = field(default_factory=dict)  # chosen weight -> its coordinates to hold out
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.shapes)
+
+    @property
+    def quantized(self) -> list[str]:
+        """The chosen weights the format quantizes (the rest it leaves as they are)."""
+        return [n for n in self.shapes if not self.fmt.leaves(n in self.kept)]
+
+    def keeping(self, lm: LoadedModel, keep) -> "Plan":
+        return replace(self, keep=tuple(keep), kept=kept_by_param(lm, keep))
+
+
+def plan(lm: LoadedModel, fmt: Format | str, cfg: QuantConfig, include=(), exclude=(), keep=()) -> Plan:
+    """What the write will do, or one line saying what the format refuses: a config it cannot
+    store (a model-dtype scale resolved first), a matrix its groups do not fit."""
+    fmt = formats.get(fmt) if isinstance(fmt, str) else fmt
+    chosen = quantizable(lm, include, exclude)
+    dtype = chosen[0][1].dtype if chosen else torch.float32
+    cfg = cfg.with_model_dtype(dtype)
+    fmt.check(cfg)
+    shapes = {n: tuple(p.shape) for n, p in chosen}
+    for n, shape in shapes.items():
+        fmt.fits(n, shape, cfg)
+    return Plan(fmt, cfg, shapes, dtype).keeping(lm, keep)
+
+
 def save_quantized(lm: LoadedModel, cfg: QuantConfig, out: str | Path, keep=(), include=(), exclude=(),
                    overwrite: bool = False, max_shard_bytes: int = 2 << 30, log=None,
-                   format: str = "dequantized") -> QuantResult:
+                   format: Format | str = "dequantized") -> QuantResult:
     """Quantize ``lm``'s decoder linear weights and write the whole model to ``out``, which
     appears only once complete (``atomic_dir``: locked, refused if it exists unless
     ``overwrite``, and then only if it is empty or an earlier quantize output: it holds
     ``MANIFEST``)."""
-    cfg.check()
+    p = plan(lm, format, cfg, include, exclude, keep)
     with atomic_dir(out, overwrite, marker=MANIFEST) as tmp:
-        return write_quantized(lm, cfg, tmp, keep, include, exclude, max_shard_bytes, log, format)
+        return write_quantized(lm, p, tmp, max_shard_bytes, log)
 
 
 def _unique_state(model) -> dict[str, torch.Tensor]:
@@ -197,71 +241,48 @@ def _unique_state(model) -> dict[str, torch.Tensor]:
     return out
 
 
-def _stream(lm, cfg, fmt, report, writer, items, chosen_set, shapes, kept, cols, convert: bool, dtype) -> None:
-    """The streamed write: each group's tensors under the model's names, the chosen ones
-    quantized (or stored in ``fmt``'s own layout), all written back under the names
-    save_pretrained gives them."""
+def _stream(lm, p: Plan, items, cols, report, writer, convert: bool) -> None:
+    """The streamed write: each group's tensors under the model's names, the chosen ones as
+    the format stores them (or left as they are, where it says so), all written under the
+    names save_pretrained gives them."""
     from transformers.core_model_loading import revert_weight_conversion
 
+    quantized = set(p.quantized)
     for _, tensors in items:
         out = {}
         for k, t in tensors:
             if convert and t.dtype.is_floating_point:
-                t = t.to(dtype)  # GGUF: dequantized float32, written at the model's dtype
-            if k in chosen_set:
-                if tuple(t.shape) != shapes[k]:
-                    raise ModelLoadError(f"{k} has shape {tuple(t.shape)} in the checkpoint, the config implies {shapes[k]}")
-                if fmt.holds_out == "matrices" and k in kept:
-                    report.add_dense(k, t)  # the format's hold-out: the whole matrix as it is
-                else:
-                    def quantize(w, k=k):
-                        return quantize_param(w, cfg, kept.get(k, []), lm.adapter.storage(w), cols.get(k, []))
+                t = t.to(p.dtype)  # GGUF: dequantized float32, written at the model's dtype
+            if k not in p.shapes:
+                out[k] = t
+                continue
+            if tuple(t.shape) != p.shapes[k]:
+                raise ModelLoadError(f"{k} has shape {tuple(t.shape)} in the checkpoint, the config implies {p.shapes[k]}")
+            if k not in quantized:
+                report.add_dense(k, t)  # the format's hold-out: the whole matrix as it is
+                out[k] = t
+                continue
 
-                    stored, q = fmt.write(k, t, cfg, quantize) or quantize(t)
-                    report.add(k, t.shape, q)
-                    if fmt.packs:
-                        for name, v in stored.items():
-                            writer.add(name, v)
-                        continue
-                    t = stored
-            out[k] = t
+            def quantize(w, k=k):
+                return quantize_param(w, p.cfg, p.kept.get(k, []), lm.adapter.storage(w), cols.get(k, []))
+
+            stored, q = p.fmt.store(k, t, p.cfg, quantize)
+            report.add(k, t.shape, q)
+            out.update(stored)
         for k, t in revert_weight_conversion(lm.model, out).items():
             writer.add(k, t)
 
 
-def check_format(lm: LoadedModel, cfg: QuantConfig, include=(), exclude=(), format: str = "dequantized") -> None:
-    """What ``write_quantized`` would refuse about the format, before any model work (the
-    detection of the weights to hold out takes half a minute): a compressed-tensors config it
-    cannot store, or a matrix whose width its groups do not divide."""
-    fmt = formats.get(format)
-    chosen = quantizable(lm, include, exclude)
-    fmt.check(cfg.with_model_dtype(chosen[0][1].dtype if chosen else torch.float32))
-    for n, p in chosen:
-        fmt.fits(n, tuple(p.shape), cfg)
-
-
-def write_quantized(lm: LoadedModel, cfg: QuantConfig, tmp: Path, keep=(), include=(), exclude=(),
-                    max_shard_bytes: int = 2 << 30, log=None, format: str = "dequantized") -> QuantResult:
-    """``save_quantized``'s work, into the existing empty directory ``tmp`` (a staging directory)."""
-    fmt = formats.get(format)
-    chosen = quantizable(lm, include, exclude)
-    cfg = cfg.with_model_dtype(chosen[0][1].dtype if chosen else torch.float32)
-    fmt.check(cfg)
-    cfg.check()
+def write_quantized(lm: LoadedModel, p: Plan, tmp: Path, max_shard_bytes: int = 2 << 30, log=None) -> QuantResult:
+    """``save_quantized``'s work as ``p`` plans it, into the existing empty directory ``tmp``
+    (a staging directory)."""
     tmp = Path(tmp)
-    names = [n for n, _ in chosen]
-    shapes = {n: tuple(p.shape) for n, p in chosen}
-    kept = kept_by_param(lm, keep)
-    # the matrices the format quantizes (one that holds out whole matrices leaves the kept ones
-    # as they are); each must fit it, before anything is written
-    quantized = [n for n in names if n not in kept or fmt.holds_out != "matrices"]
-    for n in quantized:
-        fmt.fits(n, shapes[n], cfg)
+    names, fmt, cfg = p.names, p.fmt, p.cfg
     ckpt = _source_checkpoint(lm, names)
-    if ckpt is None and any(p.is_meta for _, p in chosen):
+    if ckpt is None and any(w.is_meta for n, w in lm.adapter.linear_weights() if n in p.shapes):
         raise ModelLoadError("cannot quantize a streamed model whose checkpoint names differ from the model's")
-    if ckpt is None and not fmt.packs:
-        report = quantize_(lm, cfg, keep, include, exclude, log)
+    if ckpt is None and fmt.in_place:
+        report = quantize_(lm, cfg, p.keep, names, (), log)
         lm.model.save_pretrained(tmp, max_shard_size=max_shard_bytes)
         lm.tokenizer.save_pretrained(tmp)
     else:
@@ -271,12 +292,10 @@ def write_quantized(lm: LoadedModel, cfg: QuantConfig, tmp: Path, keep=(), inclu
         safetensors = ckpt is not None and not isinstance(ckpt, GGUFCheckpoint)
         groups = ckpt.groups() if ckpt is not None else [None]
         read = (lambda g: ckpt.read_iter(g)) if ckpt is not None else (lambda g: _unique_state(lm.model).items())
-        dtype = next((p.dtype for _, p in chosen), torch.float32)
-        report = QuantResult(cfg, list(keep))
+        report = QuantResult(cfg, list(p.keep))
         t0 = time.perf_counter()
         cols = held_columns(lm, names, cfg)
         writer = ShardWriter(tmp, max_shard_bytes)
-        chosen_set = set(names)
         # one group per stored tensor, or per set of stored tensors transformers fuses on
         # load (a layer's experts): read under the model's names, quantized as the model
         # holds them, written back under the names save_pretrained would use
@@ -284,8 +303,7 @@ def write_quantized(lm: LoadedModel, cfg: QuantConfig, tmp: Path, keep=(), inclu
         torch.set_num_threads(compute_threads(threads))
         try:
             items = progress(prefetched(groups, read), log, "quantizing", total=len(groups))
-            _stream(lm, cfg, fmt, report, writer, items, chosen_set,
-                    shapes, kept, cols, convert=ckpt is not None and not safetensors, dtype=dtype)
+            _stream(lm, p, items, cols, report, writer, convert=ckpt is not None and not safetensors)
         except BaseException:
             writer.abort()
             raise
@@ -304,11 +322,11 @@ def write_quantized(lm: LoadedModel, cfg: QuantConfig, tmp: Path, keep=(), inclu
 
             save_config(lm.model.config, type(lm.model).__name__, tmp, generation=getattr(lm.model, "generation_config", None))
             lm.tokenizer.save_pretrained(tmp)
-        fmt.finish(tmp, lm, cfg, {n.removesuffix(".weight") for n in quantized})
-    report.engines = fmt.engines(cfg, {n.removesuffix(".weight"): shapes[n] for n in quantized})
-    manifest = {"tool": f"superweight {__version__}", "source": lm.name, "format": format, **report.to_dict()}
-    if fmt.holds_out == "matrices":
-        manifest["unquantized_matrices"] = sorted(n for n in names if n in kept)
-    manifest["written"] = sorted({p.name for p in tmp.iterdir()} | {MANIFEST})  # what --overwrite may replace
+        fmt.finish(tmp, lm, cfg, {n.removesuffix(".weight") for n in p.quantized})
+    report.engines = fmt.engines(cfg, {n.removesuffix(".weight"): p.shapes[n] for n in p.quantized})
+    manifest = {"tool": f"superweight {__version__}", "source": lm.name, "format": fmt.name, **report.to_dict()}
+    if fmt.leaves(True):
+        manifest["unquantized_matrices"] = sorted(set(names) - set(p.quantized))
+    manifest["written"] = sorted({f.name for f in tmp.iterdir()} | {MANIFEST})  # what --overwrite may replace
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return report

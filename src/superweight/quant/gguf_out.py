@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from superweight.errors import UsageError
-from superweight.quant.formats import Format
+from superweight.quant.format import Format
 
 TYPES = {(4, True): "Q4_0", (4, False): "Q4_1", (5, True): "Q5_0", (5, False): "Q5_1", (8, True): "Q8_0",
          (8, False): "Q8_0"}
@@ -106,5 +106,4 @@ class GGUFFile(Format):
     ``--hold`` and ``--include``/``--exclude`` do not apply and are refused when given."""
 
     name = "gguf"
-    holds_out = "matrices"
     whole_file = True

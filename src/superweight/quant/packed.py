@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 
 from superweight.errors import UsageError
-from superweight.quant.formats import Format
+from superweight.quant.format import Format
 from superweight.quant.rtn import MODEL_DTYPE, SCALE_DTYPES, QuantConfig, QuantizedTensor, quantize_codes
 
 TENSORS = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape")
@@ -141,12 +141,10 @@ def loading_line(out: str, symmetric: bool) -> str:
 
 
 class CompressedTensors(Format):
-    """``--format compressed-tensors`` (``formats.Format``): the chosen weights packed, the
+    """``--format compressed-tensors`` (``format.Format``): the chosen weights packed, the
     super weights' matrices left unquantized and named in the config's ``ignore``."""
 
     name = "compressed-tensors"
-    packs = True
-    holds_out = "matrices"
 
     def defaults(self) -> dict:
         # symmetric: the pack plain from_pretrained loads as it is; integer zero points when
@@ -159,7 +157,10 @@ class CompressedTensors(Format):
     def fits(self, name: str, shape: tuple[int, ...], cfg) -> None:
         fits(name.removesuffix(".weight"), shape, cfg)
 
-    def write(self, name: str, w, cfg, quantize):
+    def leaves(self, held: bool) -> bool:
+        return held  # no sparse hold-out: a held weight's whole matrix stays as it is
+
+    def store(self, name: str, w, cfg, quantize):
         return pack(name.removesuffix(".weight"), w, cfg)
 
     def finish(self, out, lm, cfg, quantized_modules: set[str]) -> None:

@@ -130,22 +130,6 @@ class QuantConfig:
             raise UsageError(f"--scale-dtype must be one of {', '.join(SCALE_DTYPES)}, not {self.scale_dtype!r}")
         return self
 
-    @classmethod
-    def for_format(cls, fmt: str = "dequantized", *, symmetric: bool | None = None, act_ratio: float | None = None,
-                   scale_dtype: str | None = None, **kw) -> "QuantConfig":
-        """A config with the output format's defaults for what is not given.
-        ``dequantized``: asymmetric min-max with a float zero point, ``act_ratio`` 10 (the
-        massive-input columns held out), float16 scales. ``compressed-tensors``: symmetric
-        (the pack plain ``from_pretrained`` loads as it is), an integer zero point when
-        asymmetric (the format's convention), ``act_ratio`` 0 (it stores no sparse weights),
-        scales at the model's dtype (``MODEL_DTYPE``, resolved by ``with_model_dtype``:
-        transformers dequantizes at the scale's dtype, so that keeps it exact)."""
-        from superweight.quant.formats import get
-
-        given = {k: v for k, v in (("symmetric", symmetric), ("act_ratio", act_ratio), ("scale_dtype", scale_dtype))
-                 if v is not None}
-        return cls(**{**get(fmt).defaults(), **given, **kw})
-
     def with_model_dtype(self, dtype: torch.dtype) -> "QuantConfig":
         """``MODEL_DTYPE`` scales resolved to ``dtype`` (float16 when that is no float type of ours)."""
         if self.scale_dtype != MODEL_DTYPE:
