@@ -38,7 +38,7 @@ assert len(rec) == 30
 
 
 # What any run of either path pays before it touches a weight.
-IMPORTS = "import superweight.cli, superweight.detect; from transformers import AutoTokenizer, LlamaForCausalLM"
+IMPORTS = "import superweight.cli, superweight.find; from transformers import AutoTokenizer, LlamaForCausalLM"
 
 
 def run_once(cmd: list[str], env: dict | None = None) -> tuple[float, float]:

@@ -8,7 +8,7 @@ import pytest
 from tiny import planted_llama
 
 import superweight as sw
-from superweight.detect import per_layer, spikes
+from superweight.find import per_layer, spikes
 from superweight.proof import controls_for, grade, largest_controls
 from superweight.probe.records import SiteRecord, TextEffect
 from superweight.results import Control, DetectConfig, Effect

@@ -17,11 +17,11 @@ def test_the_import_graph_has_no_circle_and_no_import_back_up():
     assert import_graph.folders_out_of_layer(edges) == []  # issue 41: nor a folder, by a leaf kept in it
     assert private == []
     assert argparse_users == []
-    assert "superweight.detect" not in edges["superweight.audit"]  # audit takes types, not the algorithm
-    assert "superweight.detect" not in edges["superweight.output.html"]
+    assert "superweight.find" not in edges["superweight.audit"]  # audit takes types, not the algorithm
+    assert "superweight.find" not in edges["superweight.output.html"]
     # the proof's set-up is shared: verify and audit build a Judge, neither runs the algorithm
-    assert "superweight.detect" not in edges["superweight.proof"]
-    assert "superweight.detect" not in edges["superweight.verification"]
+    assert "superweight.find" not in edges["superweight.proof"]
+    assert "superweight.find" not in edges["superweight.verification"]
 
 
 def test_one_detect_call_makes_few_stops():
@@ -32,7 +32,7 @@ def test_one_detect_call_makes_few_stops():
     stops, files = follow_detect.follow()
     assert len(stops) <= 15 and len(files) <= 5, stops
     where = {s.split(":")[0] for s in stops}
-    assert where <= {"detect.py", "proof.py", "probe/passes.py", "probe/realtext.py", "residual.py"}, where
+    assert where <= {"find.py", "proof.py", "probe/passes.py", "probe/realtext.py", "residual.py"}, where
 
 
 def test_no_module_re_exports_another_modules_names():

@@ -1,4 +1,4 @@
-"""The shipped index of published super weights (index.py, data/index.json)."""
+"""The shipped index of published super weights (catalog.py, data/index.json)."""
 from __future__ import annotations
 
 import superweight as sw

@@ -71,9 +71,7 @@ def test_detection_runs_once_through_the_verdict_cache(lm, monkeypatch):
 
 
 def test_one_order_over_each_commands_sources(lm, no_detection, monkeypatch):
-    import importlib
-
-    index = importlib.import_module("superweight.index")  # the package's face names a function index
+    from superweight import catalog as index
 
     entry = index.IndexEntry("tiny/llama", "a paper", (sw.Coord(2, 3, 4),))
     monkeypatch.setattr(index, "known", lambda hub_id: entry)

@@ -23,7 +23,7 @@ def follow(show_all: bool = False):
     from tiny import plant, tiny_model
 
     import superweight as sw
-    from superweight.detect import detect
+    from superweight.find import detect
 
     lm = tiny_model("llama")
     plant(lm, sw.Coord(1, 5, 7), 400)

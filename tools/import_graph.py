@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / "superweight"
 LAYERS = [
     ("superweight.errors", "superweight.paths", "superweight.version", "superweight.coords", "superweight.atomic",
      "superweight.numbers", "superweight.signing", "superweight.wheels", "superweight.progress", "superweight.hashing"),
-    ("superweight.models", "superweight.index", "superweight.texts"),
+    ("superweight.models", "superweight.catalog", "superweight.texts"),
     ("superweight.probe",),
-    ("superweight.results", "superweight.residual", "superweight.proof", "superweight.detect", "superweight.verification",
+    ("superweight.results", "superweight.residual", "superweight.proof", "superweight.find", "superweight.verification",
      "superweight.verdicts", "superweight.targets"),
     ("superweight.quant", "superweight.paper", "superweight.audit", "superweight.edit", "superweight.overview"),
     ("superweight.output",),

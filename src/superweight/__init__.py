@@ -11,18 +11,17 @@ Public API::
 """
 import importlib
 import sys
-import types
 
 # The public names are imported on first use (PEP 562), so that ``import superweight`` and
 # the command line's start (``superweight --version``, a cached verdict) do not load torch.
 _PUBLIC = {
-    "Coord": "coords", "detect": "detect", "DetectConfig": "results", "DetectResult": "results", "Finding": "results",
+    "Coord": "coords", "detect": "find", "DetectConfig": "results", "DetectResult": "results", "Finding": "results",
     "Verdict": "verification", "VerifyResult": "verification", "verify": "verification",
     "verify_report": "verification", "verify_together": "verification",
     "Edit": "edit", "EditResult": "edit", "save_edited": "edit",
     "ModelLoadError": "errors", "SuperweightError": "errors", "UnsupportedModelError": "errors", "UsageError": "errors",
     "edited": "probe.interventions", "zeroed": "probe.interventions",
-    "IndexEntry": "index", "compare": "index", "index": "index", "known": "index",
+    "IndexEntry": "catalog", "compare": "catalog", "index": "catalog", "known": "catalog",
     "LoadedModel": "models.load",
     "Provenance": "verdicts", "detection": "verdicts", "Detection": "verdicts", "verify_once": "verdicts",
 }
@@ -51,19 +50,6 @@ def __getattr__(name: str):
     if name in _PUBLIC:
         return getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-class _Package(types.ModuleType):
-    """Loading the submodules ``superweight.detect`` and ``superweight.index`` binds them on the
-    package; the public functions of those names keep their place (as when they were imported eagerly)."""
-
-    def __setattr__(self, name, value):
-        if name in _PUBLIC and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 def _html(result) -> str:

@@ -428,7 +428,7 @@ def measure(lm: LoadedModel, prompt: tuple[torch.Tensor, torch.Tensor], windows)
 def audit(original: LoadedModel, quantized: LoadedModel, findings: list[tuple[Coord, str]],
           cfg: AuditConfig | None = None, log=None) -> AuditResult:
     """Compare ``quantized`` with ``original`` at ``findings`` ((coordinate, grade) pairs)."""
-    from superweight.proof import Judge
+    from superweight.proof import inputs
     from superweight.probe.interventions import edited
     from superweight.probe.prompts import DEFAULT_PROMPT
     from superweight.results import DetectConfig
@@ -439,10 +439,10 @@ def audit(original: LoadedModel, quantized: LoadedModel, findings: list[tuple[Co
     coords = [c for c, _ in findings]
     for c in coords:
         original.adapter.site(c)  # range checks first
-    # detect's set-up (the prompt encoded, the windows cut), with the audit's text, window and count
-    judge = Judge(original, DetectConfig(prompts=(cfg.prompt or DEFAULT_PROMPT,), text=cfg.text, window=cfg.window,
-                                         windows=cfg.windows, max_windows=cfg.windows), log)
-    prompt, windows = judge.prompts, judge.windows
+    # the proof's inputs (the prompt encoded, the windows cut), with the audit's text, window and count
+    setup = DetectConfig(prompts=(cfg.prompt or DEFAULT_PROMPT,), text=cfg.text, window=cfg.window,
+                         windows=cfg.windows, max_windows=cfg.windows)
+    prompt, _, windows = inputs(original.tokenizer, original.model, original.device, setup, original.name, log)
     log("comparing the findings' weights and blocks")
     out: list[FindingAudit] = []
     for c, grade in findings:

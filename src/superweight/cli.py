@@ -765,7 +765,7 @@ def cmd_report(args, console):
 
 
 def cmd_index(args, console):
-    from superweight.index import index
+    from superweight.catalog import index
     from superweight.output.console import print_index
 
     return Job(work=lambda outs, staged, log: index(), sources=[], to_json=lambda entries: [e.to_dict() for e in entries],

@@ -21,7 +21,7 @@ from superweight.models.load import LoadedModel
 from superweight.probe import passes, tokens
 from superweight.probe.measures import Probe
 from superweight.probe.passes import Group, stack
-from superweight.probe.realtext import CONDITIONS, RealText, context_of, make_windows
+from superweight.probe.realtext import CONDITIONS, RealText, Windows, context_of, make_windows
 from superweight.probe.records import TextEffect
 from superweight.residual import massive_channels
 from superweight.results import Control, DetectConfig, Effect, Finding
@@ -215,6 +215,30 @@ def screened(eff: Effect, cfg: DetectConfig) -> bool:
     return eff.kl >= cfg.screen_kl and eff.kl >= cfg.screen_margin * ctl
 
 
+class Inputs(NamedTuple):
+    """What a proof reads, encoded once (``inputs``)."""
+
+    prompts: tuple  # (ids, mask) [B, T]: the prompts scanned for spikes
+    sentences: tuple  # (ids, mask) [B, T]: the probe sentences
+    windows: Windows  # the real-text windows, per condition
+
+
+def inputs(tok, model, device, cfg: DetectConfig, name: str = "", log=None) -> Inputs:
+    """The prompts and probe sentences encoded by ``tok`` and the real-text windows cut for
+    ``model`` (its context and vocabulary), on ``device``: the set-up of ``Judge``, and all
+    that ``audit`` reads of it. A bad ``--text`` fails here, before any pass; ``name``: the
+    model, in the messages."""
+    from superweight.texts import read_text
+
+    ctx = context_of(model)
+    prompts = stack(tokens.prompts(tok, cfg.prompts, ctx, name), device)
+    sentences = stack(tokens.sentences(tok, cfg.probe_sentences), device)
+    (log or (lambda _msg: None))(f"reading {cfg.text} for the real-text proof")  # before any pass
+    windows = make_windows(tok, read_text(cfg.text), cfg.window, cfg.max_windows, device, cfg.text, ctx,
+                           model.get_input_embeddings().num_embeddings, cfg.seed)
+    return Inputs(prompts, sentences, windows)
+
+
 class Judge:
     """The set-up of every proof, built once per run, and the proof itself: the prompts and
     the probe sentences encoded, the real-text windows cut (a bad ``--text`` fails here,
@@ -226,16 +250,8 @@ class Judge:
     ``detect``, ``verify`` and ``audit`` each build one."""
 
     def __init__(self, lm: LoadedModel, cfg: DetectConfig, log=None):
-        from superweight.texts import read_text
-
         self.lm, self.cfg, self.log, self._rt = lm, cfg, log or (lambda _msg: None), None
-        tok, ctx = lm.tokenizer, context_of(lm.model)
-        self.prompts = stack(tokens.prompts(tok, cfg.prompts, ctx, lm.name), lm.device)  # (ids, mask) [B, T]: scanned
-        self.sentences = stack(tokens.sentences(tok, cfg.probe_sentences), lm.device)  # (ids, mask) [B, T]: the probe
-        self.log(f"reading {cfg.text} for the real-text proof")  # before any pass: a bad --text fails at once
-        self.windows = make_windows(tok, read_text(cfg.text), cfg.window, cfg.max_windows, lm.device, cfg.text, ctx,
-                                    lm.model.get_input_embeddings().num_embeddings, cfg.seed)
-        self._queue: dict[int, list] = {}  # id(effect) -> its control sets, stage by stage
+        self.prompts, self.sentences, self.windows = inputs(lm.tokenizer, lm.model, lm.device, cfg, lm.name, self.log)
         self._intact = None  # (Probe, scan Answer or None): the intact pass, once per run
 
     def intact(self, scan: bool = False, residual: bool = False) -> tuple[Probe, passes.Answer | None]:
@@ -330,21 +346,20 @@ class Judge:
         conditions ``where`` names for its candidate (those still open) only."""
         cfg = self.cfg
         for eff in effects.values():
-            if id(eff) in self._queue:
+            if eff.stages is not None:
                 continue
-            rest = [c for c in eff.controls if c.kind != "neighbours"]
-            queue = [[c for c in eff.controls if c.kind == "neighbours"]]
+            near = [i for i, c in enumerate(eff.controls) if c.kind == "neighbours"]
+            rest = [i for i, c in enumerate(eff.controls) if c.kind != "neighbours"]
             if len(rest) > 1 and min(eff.text.kl[c] for c in _conditions(eff, cfg)) >= UNION_KL:
-                union = Control("+".join(c.kind for c in rest), tuple(x for c in rest for x in c.coords), of=rest)
-                eff.controls.append(union)
-                queue.append([union])
-            else:
-                queue.append(rest)
-            self._queue[id(eff)] = queue
+                parts = [eff.controls[i] for i in rest]
+                eff.controls.append(Control("+".join(c.kind for c in parts), tuple(x for c in parts for x in c.coords),
+                                            of=parts))
+                rest = [len(eff.controls) - 1]
+            eff.stages = [near, rest]
         stage = 0
         while True:
-            batch = [(k, c) for k, eff in effects.items() if len(self._queue[id(eff)]) > stage
-                     and not _settled(eff, cfg) for c in self._queue[id(eff)][stage]]
+            batch = [(k, eff.controls[i]) for k, eff in effects.items() if len(eff.stages) > stage
+                     and not _settled(eff, cfg) for i in eff.stages[stage]]
             if not batch:
                 break
             # a control can change a grade only where its candidate could matter, and is still open
@@ -356,7 +371,8 @@ class Judge:
             for (k, c), te in zip(batch, self._rt.measure([c.coords for _, c in batch], conds, n,
                                                           [c.text for _, c in batch])):
                 c.text = te
-                queue = self._queue[id(effects[k])]
-                if c.of and not _passes(effects[k], te, cfg) and list(c.of) not in queue:
-                    queue.append(list(c.of))  # the union is too close: measure its parts
+                eff = effects[k]
+                parts = [i for i, x in enumerate(eff.controls) if any(x is p for p in c.of or ())]
+                if parts and not _passes(eff, te, cfg) and parts not in eff.stages:
+                    eff.stages.append(parts)  # the union is too close: measure its parts
             stage += 1

@@ -1,7 +1,7 @@
 """What a detection returns: its configuration, and the findings with their evidence.
 
 Plain dataclasses with ``to_dict`` (the JSON the commands write); the algorithm that fills
-them is ``detect.py``. Audit, overview, the HTML page and the verdict cache import these
+them is ``find.py``. Audit, overview, the HTML page and the verdict cache import these
 types, not the algorithm.
 """
 from __future__ import annotations
@@ -101,6 +101,8 @@ class Effect:
     controls: list[Control] = field(default_factory=list)  # on real text
     margin: dict[str, float] | None = None  # per condition: KL / strongest control's KL (floored)
     matters_in: list[str] = field(default_factory=list)  # conditions with a strong, specific effect
+    stages: list[list[int]] | None = None  # the proof's control sets to measure, stage by stage, as indices
+    #                                        into ``controls`` (None: not staged yet; proof.Judge._controls)
 
     def control_kl_text(self, cond: str) -> float | None:
         vals = [c.text.kl[cond] for c in self.controls if c.text is not None and cond in c.text.kl]

@@ -104,7 +104,7 @@ def which_weights(lm: LoadedModel, given: list[Coord] | None = None, accept: tup
                 return _with(found, list(given), "given", ["given"] * len(given))
             continue
         if source == "index":
-            from superweight.index import known
+            from superweight.catalog import known
 
             found.entry = known(lm.index_id)
             if found.entry is not None and found.entry.super_weights:

@@ -375,7 +375,7 @@ def detection(model, cfg=None, log=None, recompute: bool = False, *, load: Calla
     command that needs the super weights asks. ``model``: a loaded model, or a resolved
     source (``models.source.Source``) with ``load`` (called only on a miss) and the
     ``dtype`` name it would be loaded at; a cached verdict is then answered unloaded."""
-    from superweight.index import compare, known
+    from superweight.catalog import compare, known
     from superweight.results import DetectConfig, DetectResult  # no torch: a cached verdict is answered without it
 
     verdicts = verdicts or Verdicts()
@@ -388,7 +388,7 @@ def detection(model, cfg=None, log=None, recompute: bool = False, *, load: Calla
             entry = known(model.index_id)
             return Detection(result, prov, compare(result.coords, entry) if entry else None)
         model = load()
-    from superweight.detect import detect
+    from superweight.find import detect
 
     lm = model
     cfg = capped(lm, cfg, log)
