@@ -196,22 +196,6 @@ def test_an_asymmetric_pack_is_asked_for_and_prints_its_loading_line(saved, caps
         AutoModelForCausalLM.from_pretrained(out)
 
 
-def test_engine_rules_follow_vllms_wna16_and_marlin_limits():
-    from superweight.quant.engines import describe, for_pack, vllm_refusals
-
-    qwen = {"mlp.down_proj": (896, 4864), "mlp.up_proj": (4864, 896), "self_attn.k_proj": (128, 896)}
-    assert vllm_refusals(4, 128, True, qwen) == [] and vllm_refusals(8, 64, True, qwen) == []
-    assert vllm_refusals(4, 128, False, qwen) == []
-    assert vllm_refusals(3, 128, True, qwen) == ["3-bit codes (its WNA16 kernels take 4 and 8 bits)"]
-    assert "zero points at 4 bits only" in vllm_refusals(8, 128, False, qwen)[0]
-    assert vllm_refusals(4, 256, True, qwen) == ["group size 256 (Marlin takes 32, 64, 128)"]
-    assert vllm_refusals(4, 64, True, {"a": (576, 576)}) == ["input widths 576 (Marlin needs multiples of 128)"]
-    assert vllm_refusals(4, 64, True, {"a": (96, 128)}) == ["output widths 96 (Marlin needs multiples of 64)"]
-    e = for_pack(3, 128, True, qwen)
-    assert e["serve"] == ["transformers"] and describe(e)[1].startswith("warning: vLLM and SGLang cannot serve")
-    assert for_pack(4, 128, False, qwen)["serve"][0].startswith("transformers (CompressedTensorsConfig")
-
-
 def test_a_3_bit_pack_says_vllm_cannot_serve_it(saved, capsys):
     _, tmp = saved
     out = tmp / "q3"
