@@ -83,8 +83,8 @@ with torch.no_grad():
     h = torch.randn(512, lm.model.config.hidden_size)
     t0 = time.perf_counter(); lm.model.get_output_embeddings()(h).float().log_softmax(-1); head = time.perf_counter() - t0
 layer_tok = body / (512 * lm.adapter.num_layers)
-sw.detect_once(lm)  # computed here only if no earlier run cached it
-t0 = time.perf_counter(); _, prov = sw.detect_once(lm); hit = time.perf_counter() - t0
+sw.detection(lm)  # computed here only if no earlier run cached it
+t0 = time.perf_counter(); prov = sw.detection(lm).provenance; hit = time.perf_counter() - t0
 print(json.dumps({"detect_s": wall, **st, "layer_token_s": layer_tok, "head_token_s": head / 512,
                   "floor_s": st["layer_tokens"] * layer_tok + st["head_tokens"] * head / 512,
                   "cache_hit_s": hit, "cache": prov.source}))
