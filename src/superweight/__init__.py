@@ -35,14 +35,17 @@ __all__ = [
 from superweight.version import VERSION as __version__  # noqa: E402
 
 
-def load(ref=None, **options):
-    """``models.load.load(ref, **options)`` that also reads the outputs of every registered
-    ``quantize`` format (``quant.formats.readers``): the embedded SmolLM2-135M-Instruct when
-    ``ref`` is None, or a short name, hub id, directory or .gguf file."""
+def load(ref: str | None = None, *, dtype="auto", device: str = "cpu", trust_remote_code: bool = False,
+         index_id: str | None = None, stream: bool | None = None, log=None):
+    """A causal LM for detection (``models.load.load``, whose docstring says how each source is
+    read), that also reads the outputs of every registered ``quantize`` format
+    (``quant.formats.readers``): the embedded SmolLM2-135M-Instruct when ``ref`` is None, or
+    a short name, hub id, directory or .gguf file."""
     from superweight.models.load import load as load_model
     from superweight.quant.formats import readers
 
-    return load_model(ref, **{"readers": readers(), **options})
+    return load_model(ref, dtype=dtype, device=device, trust_remote_code=trust_remote_code, index_id=index_id,
+                      stream=stream, log=log, readers=readers())
 
 
 def __getattr__(name: str):
