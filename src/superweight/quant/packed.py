@@ -41,8 +41,7 @@ TENSORS = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape")
 
 
 def check(cfg: QuantConfig) -> QuantConfig:
-    """Refuse what the format cannot store, in one line each."""
-    cfg.check()
+    """Refuse what the format cannot store, in one line each (the config checked itself when made)."""
     try:
         import compressed_tensors  # noqa: F401
     except ImportError:
