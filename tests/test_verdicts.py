@@ -331,3 +331,17 @@ def test_detect_asks_the_cache_once(planted_dir, cache, cli_here, monkeypatch):
     again = cli_here("detect", str(planted_dir), "--window", "32", "--json", "-")
     got = json.loads(again.stdout)["verdict"]
     assert got["source"] == "computed" and got["note"] == "recomputed: a damaged cache entry" and loads == [1, 1]
+
+
+def test_an_entry_written_between_the_lookup_and_the_proof_is_read_not_proved_again(planted_dir, cache):
+    """The lookup runs without the lock: another run may land the entry before this one
+    takes it; this run then reads that verdict instead of proving again."""
+    from superweight.models.source import resolve
+
+    lm = sw.load(str(planted_dir))
+    source = resolve(str(planted_dir))
+    v = verdicts.Verdicts()
+    assert v.lookup(source, CFG, "float32", "cpu", DetectResult) is None  # nothing yet
+    detect_once(lm, CFG)  # another run proves and stores it meanwhile
+    d = detection(lm, CFG, verdicts=v)
+    assert d.provenance.source == "cache"

@@ -243,8 +243,9 @@ class Verdicts:
     anything is loaded; ``proved`` answers for a loaded model, from the cache or by
     computing and storing; each answer carries its ``Provenance`` (where it came from, and
     why the cache was not used). ``detection`` is the one call the commands make; it asks
-    the cache once: a key the lookup already found missing is not read again after the
-    load, unless another run held the entry's lock (it may have written it meanwhile)."""
+    the cache once: an entry the lookup found missing or untrusted is not read again after
+    the load, unless another run held its lock or a missing one has appeared since (another
+    run wrote it meanwhile)."""
 
     def __init__(self, where: Path | None = None):
         self.where = where or cache_dir()
@@ -320,8 +321,8 @@ class Verdicts:
             note = None
             if recompute:
                 note = "recomputed: --recompute"
-            elif name in self.asked and not waited:  # looked up already, and no other run wrote since
-                note = self.asked[name]
+            elif name in self.asked and not waited and (self.asked[name] is not None or not path.exists()):
+                note = self.asked[name]  # looked up already, and no other run wrote it since
             elif path.exists():
                 got = _read(path, key, secret, cls)
                 if not isinstance(got, str):
