@@ -57,14 +57,21 @@ class QuantRow:
     layout: str  # "groups of 128", ...
     bits: int
     hold: str  # what is held out exactly: one of HOLDS
-    perplexity: float
+    ppl: object  # a measures.Perplexity: the value, its interval and its windows (for paired ratios)
     bits_per_weight: float
-    interval: list[float] | None = None  # the perplexity's 95% bootstrap interval over the windows
-    ppl: object | None = None  # the same as a measures.Perplexity (its windows, for paired ratios)
+
+    @property
+    def perplexity(self) -> float:
+        return self.ppl.value
+
+    @property
+    def interval(self) -> list[float]:
+        """The perplexity's 95% bootstrap interval over the windows."""
+        return self.ppl.interval()
 
     def to_dict(self) -> dict:
         return {"layout": self.layout, "bits": self.bits, "hold": self.hold, "perplexity": self.perplexity,
-                "perplexity_interval": self.interval, "window_nll": list(self.ppl.nlls) if self.ppl else None,
+                "perplexity_interval": self.interval, "window_nll": list(self.ppl.nlls),
                 "bits_per_weight": round(self.bits_per_weight, 4)}
 
 
@@ -82,12 +89,12 @@ def holdout_notes(rows: list[QuantRow], acted: str) -> list[str]:
     for (layout, bits) in dict.fromkeys((r.layout, r.bits) for r in rows):
         by = {r.hold: r for r in rows if (r.layout, r.bits) == (layout, bits)}
         none, held, more = by.get(HOLDS[0]), by.get(HOLDS[1]), by.get(HOLDS[2])
-        if none is None or held is None or none.ppl is None or held.ppl is None:
+        if none is None or held is None:
             continue
         r, lo, hi = held.ppl.ratio(none.ppl)
         if hi >= HELPS:
             flat.append(f"{bits} bits in {layout} x{fmt_interval(r, lo, hi)}")
-            if more is not None and more.ppl is not None:
+            if more is not None:
                 cols.append(more.ppl.ratio(none.ppl)[2] < HELPS)
     if not flat:
         return []
@@ -109,12 +116,15 @@ class Report:
     config: ReportConfig
     ablation: object | None = None  # AblateResult
     quant: list[QuantRow] = field(default_factory=list)
-    quant_ref: float | None = None  # unquantized perplexity on the same windows
-    quant_ref_ppl: object | None = None  # ... as a measures.Perplexity (its interval and windows)
+    quant_ref_ppl: object | None = None  # the unquantized perplexity on the same windows (a measures.Perplexity)
     audit: object | None = None  # AuditResult
     created: str = ""
     command: str = ""
     provenance: object | None = None  # verdicts.Provenance: computed now, or from the verdict cache
+
+    @property
+    def quant_ref(self) -> float | None:
+        return self.quant_ref_ppl.value if self.quant_ref_ppl is not None else None
 
     @property
     def quant_ref_interval(self) -> list[float] | None:
@@ -159,7 +169,7 @@ def quant_sweep(lm: LoadedModel, coords: list[Coord], cfg: ReportConfig, log, re
         qc = QuantConfig(b, layout, size, act_ratio=10.0 if hold == HOLDS[2] else 0.0)
         with quantized(lm, qc, keep=coords if hold != HOLDS[0] else ()) as rep:
             p = ppl()
-            rows.append(QuantRow(label, b, hold, p.value, rep.bits_per_weight, p.interval(), p))
+            rows.append(QuantRow(label, b, hold, p, rep.bits_per_weight))
     return ref, rows
 
 
@@ -199,8 +209,7 @@ def build_report(lm: LoadedModel, cfg: ReportConfig | None = None, detect_cfg=No
             orig = next((c for c in rep.ablation.conditions if c.name == "original"), None)
             if orig is not None and cfg.text in orig.perplexity:
                 known_ref = orig.ppl(cfg.text)
-        ref, rep.quant = quant_sweep(lm, acts, cfg, log, ref=known_ref)
-        rep.quant_ref, rep.quant_ref_ppl = ref.value, ref
+        rep.quant_ref_ppl, rep.quant = quant_sweep(lm, acts, cfg, log, ref=known_ref)
     if quantized_model is not None:
         from superweight.audit import audit
 

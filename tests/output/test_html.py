@@ -206,7 +206,7 @@ def test_the_hold_out_rows_are_explained_where_they_do_not_help():
 
     def row(bits, hold, nlls):
         p = Perplexity.of(nlls)
-        return QuantRow("blocks of 4096", bits, hold, p.value, 3.0, p.interval(), p)
+        return QuantRow("blocks of 4096", bits, hold, p, 3.0)
 
     base = [4.0, 4.5, 5.0, 5.5]
     rows = [row(3, HOLDS[0], base), row(3, HOLDS[1], [x + d for x, d in zip(base, (0.01, -0.02, 0.03, 0.0))]), row(3, HOLDS[2], [x - 1 for x in base]),

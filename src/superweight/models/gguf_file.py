@@ -14,6 +14,8 @@ holds every value exactly (F16 where it can, else F32), and the change is record
 """
 from __future__ import annotations
 
+import functools
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -68,8 +70,18 @@ def reader(path: str | Path):
     reader slices its ``np.memmap`` once per value, and every memmap slice costs a subclass
     finalization; this one slices a plain ndarray view of the same map, and reads an array
     of strings in one loop. Fields and tensors are the same arrays, views of the file
-    (``tests/models/test_load.py`` compares them with the stock reader's)."""
-    return _reader_class()(str(path))
+    (``tests/models/test_load.py`` compares them with the stock reader's). One reader per file
+    and version of it (path, inode, size, mtime): the sizes check before a streamed read and
+    the stream itself share one parse (0.4 s on SmolLM2's file, 1.1 s on Qwen2.5-Coder's)."""
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    return _parsed(real, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed(path: str, dev: int, ino: int, size: int, mtime_ns: int):
+    """The reader of ``path`` as it was at that (device, inode, size, mtime): read-only views."""
+    return _reader_class()(path)
 
 
 @contextmanager
@@ -79,7 +91,6 @@ def faster_gguf():
     transformers builds that map again for every module of the model (397 times on SmolLM2,
     9 s of a 30 s streamed load). transformers imports both from ``gguf`` when it calls
     them, so they are swapped in the ``gguf`` module for the block, and put back after."""
-    import functools
 
     import gguf
 

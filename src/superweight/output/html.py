@@ -198,8 +198,7 @@ def _quant(rep) -> str:
     held = ", ".join(str(c) for c in rep.coords) or "none"
     ref = rep.quant_ref_ppl
     rows = [[q.layout, str(q.bits), q.hold, f"{q.bits_per_weight:.3f}", _ppl(q.perplexity, q.interval),
-             "x" + (fmt_interval(*q.ppl.ratio(ref)) if ref is not None and q.ppl is not None
-                    else f"{q.perplexity / rep.quant_ref:.3g}")] for q in rep.quant]
+             "x" + fmt_interval(*q.ppl.ratio(ref))] for q in rep.quant]  # paired window by window
     points = [(q.layout, q.bits, q.hold, q.perplexity, q.interval) for q in rep.quant]
     notes = holdout_notes(rep.quant, held)
     return (f'<p class="note">Asymmetric round-to-nearest of every decoder linear weight, holding out nothing, the '
